@@ -1,0 +1,103 @@
+//! The composition root every binary shares: configuration in, stores and
+//! handler state out. SDK clients, keys and files are opened here once, at
+//! cold start, never per request.
+
+use crate::auth::{AuthError, JwtSecret, TokenVerifier};
+use crate::config::{Config, ConfigError, StoreKind};
+use crate::crypto::{CryptoError, MasterKey};
+use crate::http::{AppState, Authenticator};
+use crate::keys::KeyService;
+use crate::resolve::Resolver;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{MetadataStore, SecretStore, StoreError};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+
+/// Why a process could not start. Messages name the setting, never its value.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("master key: {0}")]
+    MasterKey(#[from] CryptoError),
+    #[error("JWT secret: {0}")]
+    JwtSecret(#[from] AuthError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0} is not supported by this version")]
+    Unsupported(&'static str),
+}
+
+/// The metadata and secret stores chosen by `BYOK_STORE`.
+pub struct Stores {
+    pub meta: Arc<dyn MetadataStore>,
+    pub secrets: Arc<dyn SecretStore>,
+}
+
+/// Opens the configured backend.
+pub fn open_stores(config: &Config) -> Result<Stores, InitError> {
+    match config.store {
+        StoreKind::Embedded => {
+            let master = match &config.master_key {
+                Some(b64) => MasterKey::from_base64(b64.expose_secret())?,
+                None => MasterKey::load_or_create(&config.data_dir)?,
+            };
+            let store = Arc::new(EmbeddedStore::open(&config.data_dir, master)?);
+            Ok(Stores {
+                meta: store.clone(),
+                secrets: store,
+            })
+        }
+        StoreKind::Aws => Err(InitError::Unsupported("BYOK_STORE=aws")),
+    }
+}
+
+/// The handler state over `stores`, verifying tokens with `verifier` when
+/// the request did not come through an API Gateway authorizer.
+pub fn state(config: &Config, stores: Stores, verifier: Option<TokenVerifier>) -> AppState {
+    AppState {
+        keys: Arc::new(KeyService::new(stores.meta.clone(), stores.secrets)),
+        resolver: Arc::new(Resolver::new(
+            stores.meta,
+            Arc::new(config.team.clone()),
+            Arc::new(config.upstreams.clone()),
+        )),
+        auth: Arc::new(Authenticator::new(verifier)),
+    }
+}
+
+/// A verifier for the configured JWT settings; `None` when only authorizer
+/// claims are trusted (a Lambda behind an API Gateway JWT authorizer).
+fn verifier(config: &Config, secret: Option<JwtSecret>) -> Result<Option<TokenVerifier>, InitError> {
+    if config.jwks_url.is_some() {
+        return Err(InitError::Unsupported("BYOK_JWKS_URL"));
+    }
+    Ok(secret.map(|s| TokenVerifier::new(s, config.jwt_issuer.clone(), config.jwt_audience.clone())))
+}
+
+/// The state of a Lambda function: tokens are verified only if
+/// `BYOK_JWT_SECRET` is set; otherwise the authorizer's claims are required.
+pub fn lambda_state(config: &Config) -> Result<AppState, InitError> {
+    let secret = config
+        .jwt_secret
+        .as_ref()
+        .map(|s| JwtSecret::from_text(s.expose_secret()))
+        .transpose()?;
+    let verifier = verifier(config, secret)?;
+    Ok(state(config, open_stores(config)?, verifier))
+}
+
+/// The JWT secret byok-local signs and verifies with: `BYOK_JWT_SECRET`, else
+/// one generated once into the data directory.
+pub fn local_jwt_secret(config: &Config) -> Result<JwtSecret, InitError> {
+    Ok(match &config.jwt_secret {
+        Some(s) => JwtSecret::from_text(s.expose_secret())?,
+        None => JwtSecret::load_or_create(&config.data_dir)?,
+    })
+}
+
+/// The state of byok-local: embedded (or configured) store and HS256 tokens.
+pub fn local_state(config: &Config, secret: JwtSecret) -> Result<AppState, InitError> {
+    let verifier = verifier(config, Some(secret))?;
+    Ok(state(config, open_stores(config)?, verifier))
+}

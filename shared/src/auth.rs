@@ -1,0 +1,857 @@
+//! Who is calling: HS256 bearer-token verification (local and self-hosted
+//! deployments) and the mapping of claims, from a verified token or from an
+//! API Gateway authorizer, to the caller's [`Principal`]. No HTTP framework
+//! types live here, so every transport shares the same rules.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aes_gcm::aead::OsRng;
+use aes_gcm::aead::rand_core::RngCore as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::digest::{Key, KeyInit};
+use hmac::{Hmac, Mac as _};
+use secrecy::{ExposeSecret as _, SecretSlice};
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroize as _;
+
+use crate::domain::UserId;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The group whose members may use admin routes.
+pub const ADMIN_GROUP: &str = "admin";
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const DEFAULT_LEEWAY_SECS: u64 = 60;
+
+/// Shortest accepted signing secret, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Name of the secret file [`JwtSecret::load_or_create`] keeps in its directory.
+pub const SECRET_FILE_NAME: &str = "jwt.secret";
+
+/// Why a caller could not be authenticated. Messages never contain the token
+/// or the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token was presented in the Authorization header")]
+    Missing,
+    #[error("the bearer token is not a well-formed JWT")]
+    Malformed,
+    #[error("the bearer token's signature does not match")]
+    BadSignature,
+    #[error("the bearer token uses an unsupported signing algorithm; only HS256 is accepted")]
+    UnsupportedAlgorithm,
+    #[error("the bearer token has expired")]
+    Expired,
+    #[error("the bearer token is not valid yet")]
+    NotYetValid,
+    #[error("the bearer token was issued by an unexpected issuer")]
+    WrongIssuer,
+    #[error("the bearer token is not meant for this audience")]
+    WrongAudience,
+    #[error("the token or authorizer claims carry no usable subject (`sub`)")]
+    MissingSubject,
+    #[error(
+        "the JWT secret is shorter than {MIN_SECRET_LEN} bytes; use at least {MIN_SECRET_LEN} random bytes"
+    )]
+    WeakSecret,
+    #[error("could not read or create the JWT secret file")]
+    Io(#[source] io::Error),
+}
+
+/// The authenticated caller: who they are and whether they may administer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: UserId,
+    pub admin: bool,
+}
+
+/// Claims an API Gateway authorizer already verified (HTTP API JWT authorizer
+/// or REST API Cognito authorizer), placed in the request extensions by the
+/// Lambda adapter. Claims are not secrets, so `Debug` prints them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthorizerClaims(pub Map<String, Value>);
+
+impl AuthorizerClaims {
+    /// The caller these claims describe; expiry was checked by API Gateway.
+    pub fn principal(&self) -> Result<Principal, AuthError> {
+        principal_from_claims(&self.0)
+    }
+}
+
+/// The HS256 signing secret. Its bytes are the UTF-8 bytes of its text form
+/// (the value of `BYOK_JWT_SECRET` or the content of `jwt.secret`).
+#[derive(Clone)]
+pub struct JwtSecret(SecretSlice<u8>);
+
+impl fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtSecret(*****)")
+    }
+}
+
+impl JwtSecret {
+    /// Uses the raw UTF-8 bytes of `text`; rejects fewer than [`MIN_SECRET_LEN`] bytes.
+    pub fn from_text(text: &str) -> Result<Self, AuthError> {
+        if text.len() < MIN_SECRET_LEN {
+            return Err(AuthError::WeakSecret);
+        }
+        Ok(Self(SecretSlice::from(text.as_bytes().to_vec())))
+    }
+
+    /// 32 random bytes from the OS, held as their base64url text (43
+    /// characters), so the text form can be used as `BYOK_JWT_SECRET`.
+    pub fn generate() -> Result<Self, AuthError> {
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        OsRng
+            .try_fill_bytes(raw.as_mut_slice())
+            .map_err(|e| AuthError::Io(io::Error::other(e.to_string())))?;
+        let text = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(raw.as_slice()));
+        Self::from_text(&text)
+    }
+
+    /// Reads `dir/jwt.secret`, creating it (mode 0600, directory 0700) with a
+    /// freshly generated secret if it does not exist yet.
+    pub fn load_or_create(dir: &Path) -> Result<Self, AuthError> {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(AuthError::Io)?;
+        }
+        let path = dir.join(SECRET_FILE_NAME);
+        let secret = Self::generate()?;
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                let mut text = zeroize::Zeroizing::new(secret.expose_bytes().to_vec());
+                text.push(b'\n');
+                if let Err(e) = file.write_all(&text).and_then(|()| file.sync_all()) {
+                    // Leave no empty or partial file behind to be read later.
+                    drop(file);
+                    let _ = fs::remove_file(&path);
+                    return Err(AuthError::Io(e));
+                }
+                tracing::info!(path = %path.display(), "created a new JWT secret file");
+                Ok(secret)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::read_file(&path),
+            Err(e) => Err(AuthError::Io(e)),
+        }
+    }
+
+    /// Reads an existing secret file. A concurrent creator may not have
+    /// written it yet, so an empty file is retried briefly.
+    fn read_file(path: &Path) -> Result<Self, AuthError> {
+        let mode = fs::metadata(path)
+            .map_err(AuthError::Io)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{:o}", mode & 0o777),
+                "the JWT secret file is readable by other users; chmod 600 it"
+            );
+        }
+        for _ in 0..20 {
+            let bytes = zeroize::Zeroizing::new(fs::read(path).map_err(AuthError::Io)?);
+            let text = std::str::from_utf8(&bytes).map_err(|_| AuthError::WeakSecret)?;
+            let text = text.trim();
+            if !text.is_empty() {
+                return Self::from_text(text);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(AuthError::WeakSecret)
+    }
+
+    fn expose_bytes(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+
+    /// HMAC-SHA256 keyed with this secret. The key is reduced to one hash
+    /// block exactly as RFC 2104 prescribes (hash if longer, zero-pad), which
+    /// lets us use the infallible constructor.
+    fn mac(&self) -> HmacSha256 {
+        let key = self.expose_bytes();
+        let mut block = Key::<HmacSha256>::default();
+        if key.len() <= block.len() {
+            block[..key.len()].copy_from_slice(key);
+        } else {
+            let digest = Sha256::digest(key);
+            block[..digest.len()].copy_from_slice(&digest);
+        }
+        let mac = <HmacSha256 as KeyInit>::new(&block);
+        block.as_mut_slice().zeroize();
+        mac
+    }
+}
+
+/// Verifies HS256 bearer tokens signed with the configured secret.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    secret: JwtSecret,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_secs: u64,
+}
+
+impl TokenVerifier {
+    /// `issuer` / `audience`, when set, must match the token's `iss` / `aud`.
+    pub fn new(secret: JwtSecret, issuer: Option<String>, audience: Option<String>) -> Self {
+        Self {
+            secret,
+            issuer,
+            audience,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+        }
+    }
+
+    /// Replaces the default clock-skew leeway of [`DEFAULT_LEEWAY_SECS`].
+    pub fn with_leeway(mut self, leeway_secs: u64) -> Self {
+        self.leeway_secs = leeway_secs;
+        self
+    }
+
+    /// Checks signature, algorithm, `exp`, `nbf`, `iss` and `aud`, then maps
+    /// the claims to a [`Principal`].
+    pub fn verify(&self, token: &str, now_unix: i64) -> Result<Principal, AuthError> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+
+        let header = decode_object(header_b64)?;
+        if header.get("alg").and_then(Value::as_str) != Some("HS256") {
+            return Err(AuthError::UnsupportedAlgorithm);
+        }
+
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature_b64)
+            .map_err(|_| AuthError::Malformed)?;
+        let mut mac = self.secret.mac();
+        mac.update(header_b64.as_bytes());
+        mac.update(b".");
+        mac.update(payload_b64.as_bytes());
+        mac.verify_slice(&signature)
+            .map_err(|_| AuthError::BadSignature)?;
+
+        let claims = decode_object(payload_b64)?;
+        let leeway = i64::try_from(self.leeway_secs).unwrap_or(i64::MAX);
+
+        let exp = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or(AuthError::Malformed)?;
+        if exp.saturating_add(leeway) < now_unix {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = numeric_date(nbf).ok_or(AuthError::Malformed)?;
+            if nbf.saturating_sub(leeway) > now_unix {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        if let Some(issuer) = &self.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
+        {
+            return Err(AuthError::WrongIssuer);
+        }
+        if let Some(audience) = &self.audience {
+            let matches = match claims.get("aud") {
+                Some(Value::String(aud)) => aud == audience,
+                Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+                _ => false,
+            };
+            if !matches {
+                return Err(AuthError::WrongAudience);
+            }
+        }
+        principal_from_claims(&claims)
+    }
+}
+
+/// Decodes one base64url (no padding) segment holding a JSON object.
+fn decode_object(segment: &str) -> Result<Map<String, Value>, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthError::Malformed)?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AuthError::Malformed),
+    }
+}
+
+/// A JWT NumericDate: a JSON number, or a string of digits as API Gateway
+/// forwards it. Fractions are truncated.
+fn numeric_date(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.trunc() as i64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Extracts the caller from claims, whether from a verified token or from an
+/// API Gateway authorizer: `sub` is the user, membership of `admin` in
+/// `cognito:groups` or `groups` grants admin. Checks nothing else (expiry
+/// was checked by whoever verified the claims).
+pub fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, AuthError> {
+    let user = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .and_then(UserId::new)
+        .ok_or(AuthError::MissingSubject)?;
+    let admin = ["cognito:groups", "groups"]
+        .iter()
+        .filter_map(|key| claims.get(*key))
+        .any(|groups| group_names(groups).any(|g| g == ADMIN_GROUP));
+    Ok(Principal { user, admin })
+}
+
+/// Group names from a JSON array, or from the stringified forms API Gateway
+/// produces: `"[admin x]"`, `"[admin, x]"`, `"admin"`, `"admin,x"`.
+fn group_names(value: &Value) -> Box<dyn Iterator<Item = &str> + '_> {
+    match value {
+        Value::Array(items) => Box::new(items.iter().filter_map(Value::as_str).map(str::trim)),
+        Value::String(s) => {
+            let s = s.trim();
+            let s = s
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .unwrap_or(s);
+            Box::new(
+                s.split(|c: char| c == ',' || c.is_whitespace())
+                    .map(|g| g.trim_matches('"'))
+                    .filter(|g| !g.is_empty()),
+            )
+        }
+        _ => Box::new(std::iter::empty()),
+    }
+}
+
+/// Signs an HS256 token for `sub`, valid for `ttl_secs` from `now_unix`, with
+/// `groups: ["admin"]` when `admin`. Used by `byok-local token` and tests.
+pub fn issue_token(
+    secret: &JwtSecret,
+    sub: &str,
+    admin: bool,
+    ttl_secs: u64,
+    now_unix: i64,
+) -> String {
+    let exp = now_unix.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
+    let mut claims = Map::new();
+    claims.insert("sub".into(), Value::from(sub));
+    claims.insert("iat".into(), Value::from(now_unix));
+    claims.insert("exp".into(), Value::from(exp));
+    if admin {
+        claims.insert("groups".into(), Value::from(vec![ADMIN_GROUP]));
+    }
+    sign(
+        secret,
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &Value::Object(claims).to_string(),
+    )
+}
+
+/// `b64(header).b64(payload).b64(HMAC-SHA256)`.
+fn sign(secret: &JwtSecret, header_json: &str, payload_json: &str) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header_json),
+        URL_SAFE_NO_PAD.encode(payload_json)
+    );
+    let mut mac = secret.mac();
+    mac.update(signing_input.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{signature}")
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive. `None` when the value is blank or another scheme.
+pub fn bearer_token(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.trim().split_once(char::is_whitespace)?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && !token.contains(char::is_whitespace))
+    .then_some(token)
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_750_000_000;
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+
+    fn secret() -> JwtSecret {
+        JwtSecret::from_text(SECRET).expect("valid secret")
+    }
+
+    fn verifier() -> TokenVerifier {
+        TokenVerifier::new(secret(), None, None)
+    }
+
+    fn token_with(header: &Value, claims: &Value) -> String {
+        sign(&secret(), &header.to_string(), &claims.to_string())
+    }
+
+    fn hs256(claims: &Value) -> String {
+        token_with(&json!({"alg": "HS256", "typ": "JWT"}), claims)
+    }
+
+    fn user(id: &str, admin: bool) -> Principal {
+        Principal {
+            user: UserId::new(id).expect("valid user id"),
+            admin,
+        }
+    }
+
+    /// Replaces the signature segment with `b64(sig)`.
+    fn with_signature(token: &str, sig: &[u8]) -> String {
+        let (head, _) = token.rsplit_once('.').expect("three segments");
+        format!("{head}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    #[test]
+    fn verify_table() {
+        let other = JwtSecret::from_text("another-secret-that-is-long-enough-0123").expect("valid");
+        let b64 = |s: &str| URL_SAFE_NO_PAD.encode(s);
+        let valid_body = b64(r#"{"sub":"u1","exp":1750000100}"#);
+        let valid_header = b64(r#"{"alg":"HS256"}"#);
+        let tampered = {
+            let token = hs256(&json!({"sub": "u1", "exp": NOW + 100}));
+            let segments: Vec<&str> = token.split('.').collect();
+            let forged = b64(
+                &json!({"sub": "admin-user", "exp": NOW + 100, "groups": ["admin"]}).to_string(),
+            );
+            format!("{}.{forged}.{}", segments[0], segments[2])
+        };
+
+        let cases: Vec<(&str, String, Result<Principal, &str>)> = vec![
+            (
+                "valid",
+                hs256(&json!({"sub": "u1", "exp": NOW + 100})),
+                Ok(user("u1", false)),
+            ),
+            (
+                "issued by issue_token",
+                issue_token(&secret(), "u1", false, 3600, NOW),
+                Ok(user("u1", false)),
+            ),
+            (
+                "admin via issue_token",
+                issue_token(&secret(), "boss", true, 3600, NOW),
+                Ok(user("boss", true)),
+            ),
+            (
+                "admin via groups",
+                hs256(&json!({"sub": "u1", "exp": NOW + 100, "groups": ["x", "admin"]})),
+                Ok(user("u1", true)),
+            ),
+            (
+                "admin via cognito:groups",
+                hs256(&json!({"sub": "u1", "exp": NOW + 100, "cognito:groups": ["admin"]})),
+                Ok(user("u1", true)),
+            ),
+            (
+                "other groups are not admin",
+                hs256(&json!({"sub": "u1", "exp": NOW + 100, "groups": ["admins", "x"]})),
+                Ok(user("u1", false)),
+            ),
+            (
+                "float exp",
+                hs256(&json!({"sub": "u1", "exp": (NOW + 100) as f64 + 0.5})),
+                Ok(user("u1", false)),
+            ),
+            (
+                "expired beyond leeway",
+                hs256(&json!({"sub": "u1", "exp": NOW - 61})),
+                Err("Expired"),
+            ),
+            (
+                "expired within leeway",
+                hs256(&json!({"sub": "u1", "exp": NOW - 60})),
+                Ok(user("u1", false)),
+            ),
+            (
+                "nbf in the future beyond leeway",
+                hs256(&json!({"sub": "u1", "exp": NOW + 1000, "nbf": NOW + 61})),
+                Err("NotYetValid"),
+            ),
+            (
+                "nbf within leeway",
+                hs256(&json!({"sub": "u1", "exp": NOW + 1000, "nbf": NOW + 60})),
+                Ok(user("u1", false)),
+            ),
+            (
+                "bad signature",
+                with_signature(&hs256(&json!({"sub": "u1", "exp": NOW + 100})), &[0u8; 32]),
+                Err("BadSignature"),
+            ),
+            ("tampered payload", tampered, Err("BadSignature")),
+            (
+                "signed with another secret",
+                issue_token(&other, "u1", true, 3600, NOW),
+                Err("BadSignature"),
+            ),
+            (
+                "alg none, empty signature",
+                format!("{}.{valid_body}.", b64(r#"{"alg":"none","typ":"JWT"}"#)),
+                Err("UnsupportedAlgorithm"),
+            ),
+            (
+                "alg None, valid-looking signature",
+                token_with(
+                    &json!({"alg": "None"}),
+                    &json!({"sub": "u1", "exp": NOW + 100}),
+                ),
+                Err("UnsupportedAlgorithm"),
+            ),
+            (
+                "alg HS512",
+                token_with(
+                    &json!({"alg": "HS512"}),
+                    &json!({"sub": "u1", "exp": NOW + 100}),
+                ),
+                Err("UnsupportedAlgorithm"),
+            ),
+            (
+                "alg missing",
+                token_with(
+                    &json!({"typ": "JWT"}),
+                    &json!({"sub": "u1", "exp": NOW + 100}),
+                ),
+                Err("UnsupportedAlgorithm"),
+            ),
+            (
+                "missing sub",
+                hs256(&json!({"exp": NOW + 100})),
+                Err("MissingSubject"),
+            ),
+            (
+                "empty sub",
+                hs256(&json!({"sub": "", "exp": NOW + 100})),
+                Err("MissingSubject"),
+            ),
+            (
+                "numeric sub",
+                hs256(&json!({"sub": 7, "exp": NOW + 100})),
+                Err("MissingSubject"),
+            ),
+            (
+                "missing exp",
+                hs256(&json!({"sub": "u1"})),
+                Err("Malformed"),
+            ),
+            (
+                "non-numeric exp",
+                hs256(&json!({"sub": "u1", "exp": "soon"})),
+                Err("Malformed"),
+            ),
+            (
+                "two segments",
+                format!("{valid_header}.{valid_body}"),
+                Err("Malformed"),
+            ),
+            (
+                "four segments",
+                format!("{valid_header}.{valid_body}.a.b"),
+                Err("Malformed"),
+            ),
+            ("empty", String::new(), Err("Malformed")),
+            (
+                "bad base64 header",
+                format!("!!!.{valid_body}.abc"),
+                Err("Malformed"),
+            ),
+            (
+                "bad base64 signature",
+                format!("{valid_header}.{valid_body}.***"),
+                Err("Malformed"),
+            ),
+            (
+                "signed non-JSON payload",
+                sign(&secret(), r#"{"alg":"HS256"}"#, "not json"),
+                Err("Malformed"),
+            ),
+            (
+                "signed non-object payload",
+                sign(&secret(), r#"{"alg":"HS256"}"#, "[1]"),
+                Err("Malformed"),
+            ),
+            (
+                "non-JSON header",
+                format!("{}.{valid_body}.abc", b64("nope")),
+                Err("Malformed"),
+            ),
+        ];
+
+        let v = verifier();
+        for (name, token, expected) in cases {
+            let got = v.verify(&token, NOW);
+            match (&got, &expected) {
+                (Ok(p), Ok(e)) => assert_eq!(p, e, "{name}"),
+                (Err(err), Err(e)) => assert_eq!(&variant(err), e, "{name}: {err}"),
+                _ => panic!("{name}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    fn variant(err: &AuthError) -> String {
+        let s = format!("{err:?}");
+        s.split('(').next().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn issuer_and_audience_when_configured() {
+        let v = TokenVerifier::new(secret(), Some("https://issuer".into()), Some("byok".into()));
+        let base = |extra: Value| {
+            let mut claims = json!({"sub": "u1", "exp": NOW + 100});
+            if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
+                c.extend(e);
+            }
+            hs256(&claims)
+        };
+        let cases: Vec<(&str, Value, Result<(), &str>)> = vec![
+            (
+                "both match",
+                json!({"iss": "https://issuer", "aud": "byok"}),
+                Ok(()),
+            ),
+            (
+                "aud array",
+                json!({"iss": "https://issuer", "aud": ["x", "byok"]}),
+                Ok(()),
+            ),
+            (
+                "wrong iss",
+                json!({"iss": "https://evil", "aud": "byok"}),
+                Err("WrongIssuer"),
+            ),
+            ("missing iss", json!({"aud": "byok"}), Err("WrongIssuer")),
+            (
+                "wrong aud",
+                json!({"iss": "https://issuer", "aud": "other"}),
+                Err("WrongAudience"),
+            ),
+            (
+                "aud array without it",
+                json!({"iss": "https://issuer", "aud": ["x"]}),
+                Err("WrongAudience"),
+            ),
+            (
+                "missing aud",
+                json!({"iss": "https://issuer"}),
+                Err("WrongAudience"),
+            ),
+        ];
+        for (name, extra, expected) in cases {
+            let got = v.verify(&base(extra), NOW);
+            match (&got, expected) {
+                (Ok(p), Ok(())) => assert_eq!(p, &user("u1", false), "{name}"),
+                (Err(err), Err(e)) => assert_eq!(variant(err), e, "{name}"),
+                _ => panic!("{name}: got {got:?}, expected {expected:?}"),
+            }
+        }
+        // Unconfigured: iss and aud are ignored.
+        let token = base(json!({"iss": "anyone", "aud": "anything"}));
+        assert!(verifier().verify(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn principal_from_stringified_groups() {
+        let cases = [
+            (json!("[admin x]"), true),
+            (json!("[admin, x]"), true),
+            (json!("[x admin]"), true),
+            (json!("admin"), true),
+            (json!("admin,x"), true),
+            (json!("x, admin"), true),
+            (json!("[\"admin\",\"x\"]"), true),
+            (json!(["admin", "x"]), true),
+            (json!("[]"), false),
+            (json!(""), false),
+            (json!("[administrators x]"), false),
+            (json!("x"), false),
+            (json!(["x"]), false),
+            (json!(42), false),
+        ];
+        for (groups, admin) in cases {
+            for key in ["cognito:groups", "groups"] {
+                let claims = json!({"sub": "u1", key: groups.clone(), "exp": "1750000000"});
+                let claims = claims.as_object().expect("object");
+                assert_eq!(
+                    principal_from_claims(claims).expect("principal"),
+                    user("u1", admin),
+                    "{key}: {groups}"
+                );
+            }
+        }
+        let no_sub = json!({"cognito:groups": "admin"});
+        assert!(matches!(
+            principal_from_claims(no_sub.as_object().expect("object")),
+            Err(AuthError::MissingSubject)
+        ));
+        let claims = AuthorizerClaims(json!({"sub": "u9"}).as_object().expect("object").clone());
+        assert_eq!(claims.principal().expect("principal"), user("u9", false));
+    }
+
+    #[test]
+    fn secret_rules() {
+        assert!(matches!(
+            JwtSecret::from_text("short"),
+            Err(AuthError::WeakSecret)
+        ));
+        assert!(matches!(
+            JwtSecret::from_text(&"a".repeat(31)),
+            Err(AuthError::WeakSecret)
+        ));
+        assert!(JwtSecret::from_text(&"a".repeat(32)).is_ok());
+
+        let generated = JwtSecret::generate().expect("generate");
+        assert_eq!(generated.expose_bytes().len(), 43);
+        assert!(
+            generated
+                .expose_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        );
+        assert_ne!(
+            generated.expose_bytes(),
+            JwtSecret::generate().expect("generate").expose_bytes()
+        );
+
+        let debug = format!("{:?} {:?}", secret(), verifier());
+        assert!(debug.contains("JwtSecret(*****)"));
+        assert!(!debug.contains(SECRET));
+        assert!(!AuthError::WeakSecret.to_string().contains(SECRET));
+    }
+
+    #[test]
+    fn mac_matches_hmac_crate_for_all_key_lengths() {
+        for len in [32, 63, 64, 65, 131, 200] {
+            let text: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            let secret = JwtSecret::from_text(&text).expect("valid");
+            let mut ours = secret.mac();
+            ours.update(b"message");
+            let mut reference =
+                <HmacSha256 as hmac::Mac>::new_from_slice(text.as_bytes()).expect("any length");
+            reference.update(b"message");
+            assert_eq!(
+                ours.finalize().into_bytes(),
+                reference.finalize().into_bytes(),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn known_jwt_vector() {
+        // Produced independently with Python's hmac/hashlib/base64 over the
+        // same secret, header and payload.
+        const EXPECTED: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+            eyJzdWIiOiJ1MSIsImV4cCI6MTc1MDAwMDEwMH0.\
+            Gzr1YIFcpmIoEWikPZ6FmMTnHMyPGJslVgpdMCTTDeo";
+        let token = sign(
+            &secret(),
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"sub":"u1","exp":1750000100}"#,
+        );
+        assert_eq!(token, EXPECTED);
+        assert_eq!(
+            verifier().verify(EXPECTED, NOW).expect("valid"),
+            user("u1", false)
+        );
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let cases = [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER   abc  ", Some("abc")),
+            ("  Bearer\tabc", Some("abc")),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("", None),
+            ("   ", None),
+            ("Basic abc", None),
+            ("Bearer a b", None),
+            ("Bearerabc", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(bearer_token(value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn load_or_create_is_private_and_stable() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("nested").join("state");
+        let first = JwtSecret::load_or_create(&dir).expect("create");
+        let file = dir.join(SECRET_FILE_NAME);
+        let mode = fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = fs::metadata(&dir).expect("dir").permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+
+        let second = JwtSecret::load_or_create(&dir).expect("load");
+        assert_eq!(first.expose_bytes(), second.expose_bytes());
+
+        // The file's text is a usable BYOK_JWT_SECRET.
+        let text = fs::read_to_string(&file).expect("read");
+        let from_env = JwtSecret::from_text(text.trim()).expect("valid");
+        let token = issue_token(&first, "u1", false, 60, NOW);
+        assert!(
+            TokenVerifier::new(from_env, None, None)
+                .verify(&token, NOW)
+                .is_ok()
+        );
+
+        // A too-short file is refused rather than used.
+        let weak = tmp.path().join("weak");
+        fs::create_dir(&weak).expect("dir");
+        fs::write(weak.join(SECRET_FILE_NAME), "short\n").expect("write");
+        assert!(matches!(
+            JwtSecret::load_or_create(&weak),
+            Err(AuthError::WeakSecret)
+        ));
+    }
+
+    #[test]
+    fn now_is_sane() {
+        assert!(now_unix() > 1_700_000_000);
+    }
+}

@@ -1,0 +1,185 @@
+//! Configuration, read once at start from the environment with the variable
+//! names operators rely on. `Config::from_env` is the only place that reads
+//! `std::env`; everything else receives a `Config`.
+
+use crate::domain::{ApiKey, Service};
+use crate::resolve::{TeamCredentials, Upstreams};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Which storage backend serves keys and settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One local SQLite file with sealed secrets (byok-local's default).
+    Embedded,
+    /// DynamoDB metadata and Secrets Manager secrets (the default on Lambda).
+    Aws,
+}
+
+/// Everything the binaries need to know, parsed and checked.
+#[derive(Debug)]
+pub struct Config {
+    pub store: StoreKind,
+    pub data_dir: PathBuf,
+    /// Base64 of the 32-byte master key; else one is generated into `data_dir`.
+    pub master_key: Option<SecretString>,
+    pub listen: SocketAddr,
+    /// HS256 secret that signs user tokens (byok-local: generated if unset).
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub validate_per_minute: u32,
+    pub table_name: Option<String>,
+    pub secret_prefix: String,
+    pub upstreams: Upstreams,
+    pub team: TeamCredentials,
+}
+
+/// A variable held a value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} must be one of {expected}")]
+    Invalid {
+        name: &'static str,
+        expected: &'static str,
+    },
+    #[error("{name} is not a valid absolute URL")]
+    BadUrl { name: &'static str },
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+pub const DEFAULT_DATA_DIR: &str = ".byok";
+pub const DEFAULT_SECRET_PREFIX: &str = "byok/";
+pub const DEFAULT_VALIDATE_PER_MINUTE: u32 = 5;
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`; empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let on_lambda = get("AWS_LAMBDA_FUNCTION_NAME").is_some();
+
+        let store = match get("BYOK_STORE").as_deref() {
+            None if on_lambda => StoreKind::Aws,
+            None | Some("embedded") => StoreKind::Embedded,
+            Some("aws") => StoreKind::Aws,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "BYOK_STORE",
+                    expected: "embedded, aws",
+                });
+            }
+        };
+        let listen = get("BYOK_LISTEN")
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned())
+            .parse()
+            .map_err(|_| ConfigError::Invalid {
+                name: "BYOK_LISTEN",
+                expected: "an address like 127.0.0.1:8787",
+            })?;
+        let validate_per_minute = match get("BYOK_VALIDATE_PER_MINUTE") {
+            None => DEFAULT_VALIDATE_PER_MINUTE,
+            Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or(ConfigError::Invalid {
+                name: "BYOK_VALIDATE_PER_MINUTE",
+                expected: "a positive whole number",
+            })?,
+        };
+
+        let mut upstreams = Upstreams::default();
+        let mut team = TeamCredentials::default();
+        for service in Service::ALL {
+            let var = service.base_url_env();
+            if let Some(url) = get(var) {
+                let url = url.trim().trim_end_matches('/').to_owned();
+                if url::Url::parse(&url).is_err() {
+                    return Err(ConfigError::BadUrl { name: var });
+                }
+                upstreams.set(service, url);
+            }
+            if let Some(key) = get(service.team_key_env()) {
+                team.insert(service, ApiKey::new(key.trim()));
+            }
+        }
+
+        Ok(Self {
+            store,
+            data_dir: get("BYOK_DATA_DIR").map_or_else(|| DEFAULT_DATA_DIR.into(), PathBuf::from),
+            master_key: get("BYOK_MASTER_KEY").map(SecretString::from),
+            listen,
+            jwt_secret: get("BYOK_JWT_SECRET").map(SecretString::from),
+            jwt_issuer: get("BYOK_JWT_ISSUER"),
+            jwt_audience: get("BYOK_JWT_AUDIENCE"),
+            jwks_url: get("BYOK_JWKS_URL"),
+            validate_per_minute,
+            table_name: get("BYOK_TABLE_NAME"),
+            secret_prefix: get("BYOK_SECRET_PREFIX")
+                .unwrap_or_else(|| DEFAULT_SECRET_PREFIX.to_owned()),
+            upstreams,
+            team,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.store, StoreKind::Embedded);
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(".byok"));
+        assert_eq!(c.validate_per_minute, 5);
+        assert_eq!(c.secret_prefix, "byok/");
+        assert_eq!(c.upstreams.base_url(Service::OpenAi), "https://api.openai.com/v1");
+        assert!(!c.team.has(Service::Gateway));
+        assert_eq!(config(&[("AWS_LAMBDA_FUNCTION_NAME", "keys")]).unwrap().store, StoreKind::Aws);
+    }
+
+    #[test]
+    fn reads_the_documented_names() {
+        let c = config(&[
+            ("BYOK_STORE", "aws"),
+            ("BYOK_LISTEN", "127.0.0.1:0"),
+            ("BYOK_DATA_DIR", "/tmp/x"),
+            ("BYOK_VALIDATE_PER_MINUTE", "9"),
+            ("BYOK_OPENAI_BASE_URL", "http://127.0.0.1:9000/v1/"),
+            ("AI_GATEWAY_URL", "http://127.0.0.1:9001/v1"),
+            ("AI_GATEWAY_API_KEY", "vck_team_0123456789abcdef"),
+            ("OPENROUTER_API_KEY", "sk-or-v1-team0123456789"),
+            ("GROQ_API_KEY", "  "),
+        ])
+        .unwrap();
+        assert_eq!(c.store, StoreKind::Aws);
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.validate_per_minute, 9);
+        assert_eq!(c.upstreams.base_url(Service::OpenAi), "http://127.0.0.1:9000/v1");
+        assert_eq!(c.upstreams.base_url(Service::Gateway), "http://127.0.0.1:9001/v1");
+        assert!(c.team.has(Service::Gateway));
+        assert!(c.team.has(Service::OpenRouter));
+        assert!(!c.team.has(Service::Groq));
+        assert!(!format!("{c:?}").contains("team0123456789"));
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        assert!(config(&[("BYOK_STORE", "s3")]).is_err());
+        assert!(config(&[("BYOK_LISTEN", "nowhere")]).is_err());
+        assert!(config(&[("BYOK_VALIDATE_PER_MINUTE", "0")]).is_err());
+        assert!(config(&[("BYOK_ANTHROPIC_BASE_URL", "not a url")]).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! User-chosen base URLs (gateway only): `https` on a public host, no
+//! credentials, no literal loopback, private, link-local or metadata address.
+//! Saving does no DNS lookup; resolved addresses are checked when connecting.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use url::{Host, Url};
+
+/// A base URL that passed the save-time checks, normalised (no trailing `/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserBaseUrl(String);
+
+/// Why a base URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BaseUrlError {
+    #[error("baseUrl is not a valid absolute URL")]
+    Invalid,
+    #[error("baseUrl must use https")]
+    NotHttps,
+    #[error("baseUrl must not contain credentials")]
+    Credentials,
+    #[error("baseUrl must not contain a query or fragment")]
+    QueryOrFragment,
+    #[error("baseUrl must name a public host, not a local, private or metadata address")]
+    NonPublicHost,
+}
+
+const MAX_LEN: usize = 2048;
+
+impl UserBaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, BaseUrlError> {
+        if raw.len() > MAX_LEN {
+            return Err(BaseUrlError::Invalid);
+        }
+        let url = Url::parse(raw.trim()).map_err(|_| BaseUrlError::Invalid)?;
+        if url.scheme() != "https" {
+            return Err(BaseUrlError::NotHttps);
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(BaseUrlError::Credentials);
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(BaseUrlError::QueryOrFragment);
+        }
+        match url.host() {
+            None => return Err(BaseUrlError::Invalid),
+            Some(Host::Ipv4(ip)) if !is_public_ip(IpAddr::V4(ip)) => {
+                return Err(BaseUrlError::NonPublicHost);
+            }
+            Some(Host::Ipv6(ip)) if !is_public_ip(IpAddr::V6(ip)) => {
+                return Err(BaseUrlError::NonPublicHost);
+            }
+            Some(Host::Domain(name)) if !is_public_name(name) => {
+                return Err(BaseUrlError::NonPublicHost);
+            }
+            Some(_) => {}
+        }
+        Ok(Self(url.as_str().trim_end_matches('/').to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `host` or `host:port` when the port is not the scheme's default.
+    pub fn host(&self) -> String {
+        url_host(&self.0).unwrap_or_default()
+    }
+}
+
+/// The host of a URL with `:port` when the port is not the scheme's default;
+/// never the credentials, path or query.
+pub fn url_host(raw: &str) -> Option<String> {
+    let url = Url::parse(raw).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+/// Host names that never name a public host.
+fn is_public_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    const PRIVATE_SUFFIXES: [&str; 5] = [".localhost", ".local", ".internal", ".lan", ".home.arpa"];
+    name.contains('.')
+        && name != "localhost"
+        && !PRIVATE_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// True for addresses on the public internet; false for loopback, private,
+/// link-local (incl. the 169.254.169.254 metadata service), shared, unspecified,
+/// multicast, documentation and unique-local ranges.
+pub fn is_public_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            is_public_v6(v6)
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (RFC 6598)
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00 // unique local, incl. fd00:ec2::254 (metadata)
+        || (first & 0xffc0) == 0xfe80 // link-local
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
+        || (first == 0x64 && ip.segments()[1] == 0xff9b)) // NAT64 can reach private v4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_public_https() {
+        let cases = [
+            ("https://my-gateway.vercel.sh/v1", "my-gateway.vercel.sh"),
+            ("https://gw.example.com:8443/v1/", "gw.example.com:8443"),
+            ("https://gw.example.com:443/v1", "gw.example.com"),
+            ("https://8.8.8.8/v1", "8.8.8.8"),
+            ("https://[2606:4700::1111]/v1", "[2606:4700::1111]"),
+        ];
+        for (raw, host) in cases {
+            let url = UserBaseUrl::parse(raw).expect(raw);
+            assert_eq!(url.host(), host, "{raw}");
+            assert!(!url.as_str().ends_with('/'));
+        }
+    }
+
+    #[test]
+    fn refuses_unsafe_urls() {
+        use BaseUrlError as E;
+        let cases = [
+            ("not a url", E::Invalid),
+            ("http://gw.example.com/v1", E::NotHttps),
+            ("ftp://gw.example.com/v1", E::NotHttps),
+            ("https://user:pass@gw.example.com/v1", E::Credentials),
+            ("https://user@gw.example.com/v1", E::Credentials),
+            ("https://gw.example.com/v1?x=1", E::QueryOrFragment),
+            ("https://localhost/v1", E::NonPublicHost),
+            ("https://LOCALHOST./v1", E::NonPublicHost),
+            ("https://api.localhost/v1", E::NonPublicHost),
+            ("https://intranet/v1", E::NonPublicHost),
+            ("https://metadata.google.internal/v1", E::NonPublicHost),
+            ("https://127.0.0.1/v1", E::NonPublicHost),
+            ("https://2130706433/v1", E::NonPublicHost),
+            ("https://0x7f.1/v1", E::NonPublicHost),
+            ("https://10.0.0.5/v1", E::NonPublicHost),
+            ("https://172.16.0.1/v1", E::NonPublicHost),
+            ("https://192.168.1.1/v1", E::NonPublicHost),
+            ("https://169.254.169.254/latest", E::NonPublicHost),
+            ("https://100.64.0.1/v1", E::NonPublicHost),
+            ("https://0.0.0.0/v1", E::NonPublicHost),
+            ("https://[::1]/v1", E::NonPublicHost),
+            ("https://[::ffff:127.0.0.1]/v1", E::NonPublicHost),
+            ("https://[fd00:ec2::254]/v1", E::NonPublicHost),
+            ("https://[fe80::1]/v1", E::NonPublicHost),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(UserBaseUrl::parse(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn host_of_operator_urls() {
+        assert_eq!(url_host("http://127.0.0.1:9999/v1").as_deref(), Some("127.0.0.1:9999"));
+        assert_eq!(url_host("https://api.openai.com/v1").as_deref(), Some("api.openai.com"));
+        assert_eq!(url_host("https://u:p@h.example/v1").as_deref(), Some("h.example"));
+        assert_eq!(url_host("nope"), None);
+    }
+}

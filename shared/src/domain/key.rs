@@ -1,0 +1,206 @@
+//! Key records (the metadata kept beside each stored secret), key-format
+//! checks per service, and masking for display.
+
+use super::{ApiKey, Service, Timestamp, UserId};
+
+/// Where a key's secret lives: the backend's id for it and the version the
+/// metadata points at. The version lets caches key on (id, version).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretRef {
+    pub id: String,
+    pub version: String,
+}
+
+/// The outcome of the last check of a key against its provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValidationResult {
+    Valid,
+    Invalid,
+    Unreachable,
+}
+
+impl ValidationResult {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ValidationResult::Valid => "valid",
+            ValidationResult::Invalid => "invalid",
+            ValidationResult::Unreachable => "unreachable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Valid, Self::Invalid, Self::Unreachable]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// The metadata of one stored key: everything but the secret itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub user: UserId,
+    pub service: Service,
+    pub label: String,
+    pub masked_key: String,
+    pub enabled: bool,
+    /// The user's own base URL (gateway only), already checked.
+    pub base_url: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_validated_at: Option<Timestamp>,
+    pub last_validation: Option<ValidationResult>,
+    pub secret: SecretRef,
+    /// Incremented on every write; conditional writes compare it.
+    pub revision: u64,
+}
+
+/// Why a key was refused before anything was stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    #[error("the key is empty")]
+    Empty,
+    #[error("the key is {len} characters long; keys are {min} to {max}")]
+    Length { len: usize, min: usize, max: usize },
+    #[error("the key contains whitespace or characters that are not printable ASCII")]
+    Characters,
+    #[error("{service} keys start with {prefix}")]
+    Prefix {
+        service: &'static str,
+        prefix: &'static str,
+    },
+    #[error("this looks like a {other} key, not a {service} key")]
+    WrongService {
+        service: &'static str,
+        other: &'static str,
+    },
+}
+
+/// Shortest key accepted: short enough for every real key, long enough that
+/// a masked key never shows most of it.
+pub const KEY_MIN_LEN: usize = 16;
+/// Longest key accepted.
+pub const KEY_MAX_LEN: usize = 512;
+
+/// Checks that `key` is shaped like a key of `service`. Never echoes the key.
+pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatError> {
+    let key = key.expose();
+    if key.is_empty() {
+        return Err(KeyFormatError::Empty);
+    }
+    if !(KEY_MIN_LEN..=KEY_MAX_LEN).contains(&key.len()) {
+        return Err(KeyFormatError::Length {
+            len: key.chars().count(),
+            min: KEY_MIN_LEN,
+            max: KEY_MAX_LEN,
+        });
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(KeyFormatError::Characters);
+    }
+    if let Some(prefix) = service.key_prefix()
+        && !key.starts_with(prefix)
+    {
+        return Err(KeyFormatError::Prefix {
+            service: service.as_str(),
+            prefix,
+        });
+    }
+    // `sk-` is OpenAI's prefix, but also the start of Anthropic and OpenRouter keys.
+    if service == Service::OpenAi {
+        for other in [Service::Anthropic, Service::OpenRouter] {
+            if let Some(p) = other.key_prefix()
+                && key.starts_with(p)
+            {
+                return Err(KeyFormatError::WrongService {
+                    service: service.as_str(),
+                    other: other.as_str(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prefixes shown in clear by [`mask_key`], longest first.
+const KNOWN_PREFIXES: [&str; 7] = ["sk-or-v1-", "sk-proj-", "sk-ant-", "xai-", "AIza", "gsk_", "vck_"];
+
+/// `sk-proj-…1234`: the key's known prefix (else its first 3 characters),
+/// an ellipsis and its last 4 characters. Keys too short to mask safely show
+/// only the prefix.
+pub fn mask_key(key: &ApiKey) -> String {
+    let key = key.expose();
+    let prefix = KNOWN_PREFIXES
+        .into_iter()
+        .find(|p| key.starts_with(p))
+        .unwrap_or_else(|| key.get(..3).unwrap_or(""));
+    let rest = &key[prefix.len()..];
+    if rest.len() < 8 || !key.is_ascii() {
+        return format!("{prefix}…");
+    }
+    format!("{prefix}…{}", &key[key.len() - 4..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_by_known_prefix() {
+        let cases = [
+            ("sk-proj-abcdefghijklmnop1234", "sk-proj-…1234"),
+            ("sk-ant-api03-abcdefghij9876", "sk-ant-…9876"),
+            ("sk-or-v1-abcdefghijklmn5555", "sk-or-v1-…5555"),
+            ("xai-abcdefghijklmnop0000", "xai-…0000"),
+            ("AIzaSyabcdefghijklmnop4321", "AIza…4321"),
+            ("gsk_abcdefghijklmnop7777", "gsk_…7777"),
+            ("vck_abcdefghijklmnop8888", "vck_…8888"),
+            ("sk-abcdefghijklmnopqr2222", "sk-…2222"),
+            ("plainkeyvalue-xyz-3333", "pla…3333"),
+            ("sk-proj-short", "sk-proj-…"),
+        ];
+        for (key, masked) in cases {
+            assert_eq!(mask_key(&ApiKey::new(key)), masked, "{key}");
+        }
+    }
+
+    #[test]
+    fn key_formats() {
+        use KeyFormatError as E;
+        let ok = [
+            (Service::OpenAi, "sk-proj-abcdefghijklmnop1234"),
+            (Service::OpenAi, "sk-abcdefghijklmnopqrstu"),
+            (Service::Anthropic, "sk-ant-api03-abcdefghijkl"),
+            (Service::Xai, "xai-abcdefghijklmnopqrst"),
+            (Service::OpenRouter, "sk-or-v1-abcdefghijklmnop"),
+            (Service::Google, "AIzaSyA-abcdefghijklmnopqrstuvwxyz01"),
+            (Service::Groq, "gsk_abcdefghijklmnopqrst"),
+            (Service::Gateway, "vck_abcdefghijklmnopqrst"),
+            (Service::Gateway, "sk-gateway-abcdefghijkl"),
+        ];
+        for (svc, key) in ok {
+            assert_eq!(check_key_format(svc, &ApiKey::new(key)), Ok(()), "{svc} {key}");
+        }
+        let bad: [(Service, &str, fn(&KeyFormatError) -> bool); 8] = [
+            (Service::OpenAi, "", |e| *e == E::Empty),
+            (Service::OpenAi, "sk-short", |e| matches!(e, E::Length { .. })),
+            (Service::OpenAi, "sk-abc def ghi jkl mno", |e| *e == E::Characters),
+            (Service::OpenAi, "pk-abcdefghijklmnopqrst", |e| matches!(e, E::Prefix { .. })),
+            (Service::OpenAi, "sk-ant-abcdefghijklmnop", |e| {
+                matches!(e, E::WrongService { other: "anthropic", .. })
+            }),
+            (Service::Anthropic, "sk-abcdefghijklmnopqrst", |e| matches!(e, E::Prefix { .. })),
+            (Service::Groq, "gsk_abcdefghijklmnopq\u{e9}", |e| *e == E::Characters),
+            (Service::Gateway, "vck_abcdefghijklmnopq\n", |e| *e == E::Characters),
+        ];
+        for (svc, key, want) in bad {
+            let err = check_key_format(svc, &ApiKey::new(key)).expect_err(key);
+            assert!(want(&err), "{svc} {key:?}: {err:?}");
+            assert!(key.is_empty() || !err.to_string().contains(key));
+        }
+        let long = format!("sk-{}", "a".repeat(KEY_MAX_LEN));
+        assert!(matches!(
+            check_key_format(Service::OpenAi, &ApiKey::new(long)),
+            Err(E::Length { .. })
+        ));
+    }
+}

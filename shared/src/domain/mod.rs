@@ -1,0 +1,61 @@
+//! Domain types of the gateway: services, credentials, key records, settings,
+//! model ids and user base URLs. Nothing here knows about storage backends,
+//! HTTP or Lambda.
+
+pub mod base_url;
+pub mod credential;
+pub mod key;
+pub mod model;
+pub mod service;
+pub mod settings;
+
+pub use base_url::{BaseUrlError, UserBaseUrl};
+pub use credential::ApiKey;
+pub use key::{KeyFormatError, KeyRecord, SecretRef, ValidationResult, mask_key};
+pub use model::{ModelError, ModelId};
+pub use service::Service;
+pub use settings::Settings;
+
+use std::fmt;
+
+/// The verified identity of a caller: the token's `sub`, never a body field.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Longest user id accepted; Cognito subs are 36 characters.
+    pub const MAX_LEN: usize = 256;
+
+    /// Accepts a non-empty id of at most [`Self::MAX_LEN`] bytes with no control characters.
+    pub fn new(id: impl Into<String>) -> Option<Self> {
+        let id = id.into();
+        let ok = !id.is_empty() && id.len() <= Self::MAX_LEN && !id.chars().any(char::is_control);
+        ok.then_some(Self(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId({:?})", self.0)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A UTC instant, stored and serialised as RFC 3339 text.
+pub type Timestamp = time::OffsetDateTime;
+
+/// Now, truncated to milliseconds so stored and returned values agree.
+pub fn now() -> Timestamp {
+    let t = time::OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(t)
+}

@@ -1,0 +1,164 @@
+//! Model ids: `provider/model`, or a bare id mapped to its provider by prefix.
+
+use super::Service;
+
+/// A parsed model id: the provider namespace and the model name within it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelId {
+    namespace: String,
+    name: String,
+}
+
+/// Why a model id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("model is required")]
+    Empty,
+    #[error("model ids are provider/model (e.g. openai/gpt-4o-mini) or a known bare id")]
+    Malformed,
+    #[error("no provider is known for a bare model id like this; use provider/model")]
+    UnknownBareId,
+}
+
+/// Bare-id prefixes and the provider each maps to.
+const BARE_PREFIXES: [(&str, Service); 7] = [
+    ("gpt-", Service::OpenAi),
+    ("o1-", Service::OpenAi),
+    ("o3-", Service::OpenAi),
+    ("o4-", Service::OpenAi),
+    ("claude-", Service::Anthropic),
+    ("gemini-", Service::Google),
+    ("grok-", Service::Xai),
+];
+
+/// Bare ids that are whole model names of a prefix family (`o1`, `o3`).
+const BARE_EXACT: [(&str, Service); 2] = [("o1", Service::OpenAi), ("o3", Service::OpenAi)];
+
+const MAX_LEN: usize = 256;
+
+impl ModelId {
+    pub fn parse(raw: &str) -> Result<Self, ModelError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        if raw.len() > MAX_LEN || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ModelError::Malformed);
+        }
+        if let Some((namespace, name)) = raw.split_once('/') {
+            let ns_ok = !namespace.is_empty()
+                && namespace
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if !ns_ok || name.is_empty() || name.starts_with('/') {
+                return Err(ModelError::Malformed);
+            }
+            return Ok(Self {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        let service = BARE_EXACT
+            .into_iter()
+            .find(|(id, _)| *id == raw)
+            .or_else(|| BARE_PREFIXES.into_iter().find(|(p, _)| raw.starts_with(p)))
+            .map(|(_, svc)| svc)
+            .ok_or(ModelError::UnknownBareId)?;
+        Ok(Self {
+            namespace: service.as_str().to_owned(),
+            name: raw.to_owned(),
+        })
+    }
+
+    /// The provider namespace (`openai` in `openai/gpt-4o-mini`).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The model name within the namespace (`gpt-4o-mini`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `provider/model`.
+    pub fn canonical(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The service that can serve this model directly with its own key, if
+    /// the namespace names one (never the gateway: it is not a model provider).
+    pub fn direct_service(&self) -> Option<Service> {
+        self.namespace
+            .parse::<Service>()
+            .ok()
+            .filter(|svc| *svc != Service::Gateway)
+    }
+
+    /// The id `service` receives upstream: `provider/model` for gateway and
+    /// OpenRouter, the bare name for a direct provider.
+    pub fn upstream_for(&self, service: Service) -> String {
+        if service.takes_namespaced_model() {
+            self.canonical()
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_namespaced_and_bare_ids() {
+        let cases = [
+            ("openai/gpt-4o-mini", "openai", "gpt-4o-mini"),
+            ("anthropic/claude-3-5-sonnet", "anthropic", "claude-3-5-sonnet"),
+            ("mistral/mistral-large", "mistral", "mistral-large"),
+            ("meta-llama/llama-3.1-8b:free", "meta-llama", "llama-3.1-8b:free"),
+            ("openrouter/auto", "openrouter", "auto"),
+            ("gpt-4o", "openai", "gpt-4o"),
+            ("o1-mini", "openai", "o1-mini"),
+            ("o3-mini", "openai", "o3-mini"),
+            ("o4-mini", "openai", "o4-mini"),
+            ("o3", "openai", "o3"),
+            ("claude-3-haiku", "anthropic", "claude-3-haiku"),
+            ("gemini-2.0-flash", "google", "gemini-2.0-flash"),
+            ("grok-2", "xai", "grok-2"),
+            (" openai/gpt-4o ", "openai", "gpt-4o"),
+        ];
+        for (raw, ns, name) in cases {
+            let id = ModelId::parse(raw).expect(raw);
+            assert_eq!((id.namespace(), id.name()), (ns, name), "{raw}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_ids() {
+        let cases = [
+            ("", ModelError::Empty),
+            ("llama-3", ModelError::UnknownBareId),
+            ("o2-mini", ModelError::UnknownBareId),
+            ("/gpt-4o", ModelError::Malformed),
+            ("openai/", ModelError::Malformed),
+            ("OpenAI/gpt-4o", ModelError::Malformed),
+            ("openai//gpt", ModelError::Malformed),
+            ("openai/gpt 4o", ModelError::Malformed),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(ModelId::parse(raw), Err(want), "{raw:?}");
+        }
+        assert_eq!(ModelId::parse(&"a".repeat(300)), Err(ModelError::Malformed));
+    }
+
+    #[test]
+    fn upstream_ids_per_service() {
+        let id = ModelId::parse("gpt-4o-mini").unwrap();
+        assert_eq!(id.upstream_for(Service::OpenAi), "gpt-4o-mini");
+        assert_eq!(id.upstream_for(Service::Gateway), "openai/gpt-4o-mini");
+        assert_eq!(id.upstream_for(Service::OpenRouter), "openai/gpt-4o-mini");
+        assert_eq!(id.direct_service(), Some(Service::OpenAi));
+        assert_eq!(ModelId::parse("mistral/x").unwrap().direct_service(), None);
+        assert_eq!(ModelId::parse("gateway/x").unwrap().direct_service(), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! The one error type of the HTTP layer and its one mapping to status codes
+//! and the `{"error":{"code","message"}}` body. Internal details go to the
+//! log, never to the client.
+
+use crate::auth::AuthError;
+use crate::keys::KeyError;
+use crate::resolve::ResolveError;
+use crate::store::StoreError;
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use std::borrow::Cow;
+
+/// Every error code a client can receive; frontends rely on these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    UnknownModel,
+    Unauthorized,
+    InvalidKey,
+    BudgetExceeded,
+    Forbidden,
+    ConsentRequired,
+    NoCredential,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    InvalidKeyFormat,
+    InvalidBaseUrl,
+    RateLimited,
+    UpstreamAuth,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 19] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnknownModel,
+        ErrorCode::Unauthorized,
+        ErrorCode::InvalidKey,
+        ErrorCode::BudgetExceeded,
+        ErrorCode::Forbidden,
+        ErrorCode::ConsentRequired,
+        ErrorCode::NoCredential,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::InvalidKeyFormat,
+        ErrorCode::InvalidBaseUrl,
+        ErrorCode::RateLimited,
+        ErrorCode::UpstreamAuth,
+        ErrorCode::UpstreamRateLimited,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::UpstreamTimeout,
+        ErrorCode::Internal,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::UnknownModel => "unknown_model",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidKey => "invalid_key",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ConsentRequired => "consent_required",
+            ErrorCode::NoCredential => "no_credential",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::InvalidKeyFormat => "invalid_key_format",
+            ErrorCode::InvalidBaseUrl => "invalid_base_url",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UpstreamAuth => "upstream_auth",
+            ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub const fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidRequest | ErrorCode::UnknownModel => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized | ErrorCode::InvalidKey => StatusCode::UNAUTHORIZED,
+            ErrorCode::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::Forbidden | ErrorCode::ConsentRequired | ErrorCode::NoCredential => {
+                StatusCode::FORBIDDEN
+            }
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::InvalidKeyFormat | ErrorCode::InvalidBaseUrl => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ErrorCode::RateLimited | ErrorCode::UpstreamRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ErrorCode::UpstreamAuth => StatusCode::FAILED_DEPENDENCY,
+            ErrorCode::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answered to the client: a stable code and a human sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: Cow<'static, str>,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A 500 whose detail is logged here and never sent.
+    pub fn internal(detail: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %ErrorChain(detail), "internal error");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": { "code": self.code.as_str(), "message": self.message }
+        });
+        let mut response = (self.code.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.code == ErrorCode::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(err: KeyError) -> Self {
+        let code = match &err {
+            KeyError::KeyFormat(_) => ErrorCode::InvalidKeyFormat,
+            KeyError::BaseUrl(_) => ErrorCode::InvalidBaseUrl,
+            KeyError::BaseUrlNotAccepted(_) | KeyError::InvalidLabel | KeyError::EmptyPatch => {
+                ErrorCode::InvalidRequest
+            }
+            KeyError::NotFound(_) => ErrorCode::NotFound,
+            KeyError::Store(store) => return Self::from_store(store),
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+impl From<ResolveError> for ApiError {
+    fn from(err: ResolveError) -> Self {
+        let code = match &err {
+            ResolveError::Model(_) => ErrorCode::UnknownModel,
+            ResolveError::ConsentRequired => ErrorCode::ConsentRequired,
+            ResolveError::NoCredential => ErrorCode::NoCredential,
+            ResolveError::Store(store) => return Self::from_store(store),
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        tracing::debug!(reason = %err, "request not authenticated");
+        Self::new(ErrorCode::Unauthorized, err.to_string())
+    }
+}
+
+impl ApiError {
+    fn from_store(err: &StoreError) -> Self {
+        Self::internal(err)
+    }
+}
+
+/// Displays an error with its sources, for the log.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_with_error_statuses() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code:?}");
+            assert!(code.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+        }
+    }
+}

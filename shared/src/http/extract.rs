@@ -1,0 +1,104 @@
+//! Extractors: the authenticated caller, and JSON bodies whose rejections
+//! become our error codes (400 bad JSON or unknown field, 413 too large)
+//! without echoing request values back.
+
+use super::{ApiError, AppState, ErrorCode};
+use crate::auth::{AuthError, AuthorizerClaims, Principal};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use http::StatusCode;
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+
+/// The signed-in caller: from API Gateway authorizer claims when the request
+/// came through one, else from a verified bearer token.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let claims = parts.extensions.get::<AuthorizerClaims>();
+        let authorization = match parts.headers.get(http::header::AUTHORIZATION) {
+            Some(value) => Some(value.to_str().map_err(|_| AuthError::Malformed)?),
+            None => None,
+        };
+        Ok(Caller(state.auth.authenticate(claims, authorization)?))
+    }
+}
+
+/// A JSON body for `/api/*`: unknown fields and bad JSON are 400
+/// `invalid_request`, an oversized body 413 `payload_too_large`.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: &JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than 64 KiB")
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            ErrorCode::InvalidRequest,
+            "expected a JSON body with Content-Type: application/json",
+        ),
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::new(ErrorCode::InvalidRequest, "request body is not valid JSON")
+        }
+        JsonRejection::JsonDataError(err) => {
+            ApiError::new(ErrorCode::InvalidRequest, shape_message(&err.body_text()))
+        }
+        other => ApiError::new(ErrorCode::InvalidRequest, other.body_text()),
+    }
+}
+
+/// serde's message names the unknown or missing field, which is safe to
+/// repeat; any other message may quote a value from the body (a key), so it
+/// is replaced by a generic sentence.
+fn shape_message(serde_text: &str) -> String {
+    let detail = serde_text.split_once(": ").map_or(serde_text, |(_, d)| d);
+    for kind in ["unknown field `", "missing field `"] {
+        if let Some(rest) = detail.strip_prefix(kind)
+            && let Some((field, _)) = rest.split_once('`')
+            && field.len() <= 64
+            && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return format!("{}`{field}`", kind.trim_end_matches('`'));
+        }
+    }
+    "a field of the request body has the wrong type or value".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shape_message;
+
+    #[test]
+    fn repeats_field_names_but_never_values() {
+        assert_eq!(
+            shape_message("Failed to deserialize the JSON body into the target type: unknown field `apiKeyy`, expected one of `service`, `apiKey` at line 1 column 10"),
+            "unknown field `apiKeyy`"
+        );
+        assert_eq!(
+            shape_message("Failed to deserialize: missing field `service` at line 1 column 2"),
+            "missing field `service`"
+        );
+        let leaked = shape_message(
+            "Failed to deserialize: invalid type: string \"sk-canary-123\", expected a boolean",
+        );
+        assert!(!leaked.contains("canary"), "{leaked}");
+        let odd = shape_message("x: unknown field `sk-canary-123`, expected");
+        assert!(!odd.contains("canary"), "{odd}");
+    }
+}

@@ -1,0 +1,160 @@
+//! HTTP: axum routers per capability (one per Lambda function, all merged for
+//! byok-local), the shared state they run on, and the error mapping.
+//! Handlers are thin adapters over [`crate::keys`] and [`crate::resolve`].
+
+mod error;
+mod extract;
+mod keys;
+mod resolve;
+mod settings;
+
+pub use error::{ApiError, ErrorCode};
+pub use extract::{ApiJson, Caller};
+
+use crate::auth::{AuthError, AuthorizerClaims, Principal, TokenVerifier};
+use crate::keys::KeyService;
+use crate::resolve::Resolver;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body accepted on `/api/*`.
+pub const API_BODY_LIMIT: usize = 64 * 1024;
+
+/// Every route served, as (method, path template); `infra/openapi.json`
+/// describes exactly these (a test holds them in step).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/api/providers"),
+    ("GET", "/api/keys"),
+    ("POST", "/api/keys"),
+    ("PATCH", "/api/keys/{service}"),
+    ("DELETE", "/api/keys/{service}"),
+    ("GET", "/api/user-settings"),
+    ("POST", "/api/user-settings"),
+    ("GET", "/api/resolve"),
+];
+
+/// What every handler can reach. Built once per process by [`crate::app`].
+#[derive(Clone)]
+pub struct AppState {
+    pub keys: Arc<KeyService>,
+    pub resolver: Arc<Resolver>,
+    pub auth: Arc<Authenticator>,
+}
+
+/// Decides who the caller is: claims an API Gateway authorizer already
+/// verified win; otherwise a bearer token checked by the configured verifier.
+pub struct Authenticator {
+    verifier: Option<TokenVerifier>,
+}
+
+impl Authenticator {
+    pub fn new(verifier: Option<TokenVerifier>) -> Self {
+        Self { verifier }
+    }
+
+    pub fn authenticate(
+        &self,
+        claims: Option<&AuthorizerClaims>,
+        authorization: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        if let Some(claims) = claims {
+            return crate::auth::principal_from_claims(&claims.0);
+        }
+        let token = authorization
+            .and_then(crate::auth::bearer_token)
+            .ok_or(AuthError::Missing)?;
+        let verifier = self.verifier.as_ref().ok_or(AuthError::Missing)?;
+        verifier.verify(token, crate::auth::now_unix())
+    }
+}
+
+/// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`, `GET /api/providers`.
+pub fn keys_router(state: AppState) -> Router {
+    finish(keys_routes(state))
+}
+
+/// `GET/POST /api/user-settings`.
+pub fn settings_router(state: AppState) -> Router {
+    finish(settings_routes(state))
+}
+
+/// `GET /api/resolve`.
+pub fn validate_router(state: AppState) -> Router {
+    finish(validate_routes(state))
+}
+
+/// Every route in one router, plus `GET /healthz`: byok-local.
+pub fn local_router(state: AppState) -> Router {
+    let all = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(keys_routes(state.clone()))
+        .merge(settings_routes(state.clone()))
+        .merge(validate_routes(state));
+    finish(all)
+}
+
+fn keys_routes(state: AppState) -> Router {
+    Router::new()
+        .route("/api/providers", get(keys::providers))
+        .route("/api/keys", get(keys::list).post(keys::upsert))
+        .route("/api/keys/{service}", axum::routing::patch(keys::update).delete(keys::delete))
+        .with_state(state)
+}
+
+fn settings_routes(state: AppState) -> Router {
+    Router::new()
+        .route("/api/user-settings", get(settings::get).post(settings::save))
+        .with_state(state)
+}
+
+fn validate_routes(state: AppState) -> Router {
+    Router::new()
+        .route("/api/resolve", get(resolve::preview))
+        .with_state(state)
+}
+
+/// What every router gets: JSON 404/405, the body limit, and a request log.
+fn finish(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
+        .layer(middleware::from_fn(log_request))
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+}
+
+/// One line per request: method, route template (never the raw query), status, time.
+async fn log_request(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    tracing::info!(
+        %method,
+        route,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}

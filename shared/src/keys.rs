@@ -1,0 +1,241 @@
+//! Key management and settings: the operations behind the keys and settings
+//! routes, over the store traits. Checks input before anything is written,
+//! writes the secret before the metadata that points at it, and removes
+//! metadata before the secret.
+
+use crate::domain::key::check_key_format;
+use crate::domain::{
+    ApiKey, BaseUrlError, KeyFormatError, KeyRecord, Service, Settings, UserBaseUrl, UserId,
+    mask_key, now,
+};
+use crate::store::{Expected, MetadataStore, SecretStore, StoreError};
+use std::sync::Arc;
+
+/// Longest label accepted, in characters.
+pub const LABEL_MAX_CHARS: usize = 100;
+/// How often an upsert retries after losing a race with a concurrent write.
+const UPSERT_ATTEMPTS: usize = 3;
+
+/// What the caller asks to store.
+#[derive(Debug)]
+pub struct KeyUpsert {
+    pub service: Service,
+    pub api_key: ApiKey,
+    /// `None`: keep the stored base URL; `Some(None)`: clear it; `Some(Some(url))`: set it.
+    pub base_url: Option<Option<String>>,
+    pub label: Option<String>,
+}
+
+/// A partial update of a stored key.
+#[derive(Debug, Default)]
+pub struct KeyPatch {
+    pub enabled: Option<bool>,
+    pub label: Option<String>,
+}
+
+/// Whether an upsert created a key or replaced one.
+#[derive(Debug)]
+pub enum Upserted {
+    Created(KeyRecord),
+    Replaced(KeyRecord),
+}
+
+/// Why a key operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    KeyFormat(#[from] KeyFormatError),
+    #[error(transparent)]
+    BaseUrl(#[from] BaseUrlError),
+    #[error("baseUrl can only be set for the gateway service, not {0}")]
+    BaseUrlNotAccepted(Service),
+    #[error("label must be 1 to {LABEL_MAX_CHARS} characters with no control characters")]
+    InvalidLabel,
+    #[error("nothing to change: give enabled or label")]
+    EmptyPatch,
+    #[error("no {0} key is stored")]
+    NotFound(Service),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Key and settings operations for the signed-in user.
+pub struct KeyService {
+    meta: Arc<dyn MetadataStore>,
+    secrets: Arc<dyn SecretStore>,
+}
+
+impl KeyService {
+    pub fn new(meta: Arc<dyn MetadataStore>, secrets: Arc<dyn SecretStore>) -> Self {
+        Self { meta, secrets }
+    }
+
+    /// Stores a key: a new one, or a new version replacing the stored one
+    /// (label kept unless given, re-enabled, validation fields cleared).
+    pub async fn upsert(&self, user: &UserId, req: KeyUpsert) -> Result<Upserted, KeyError> {
+        check_key_format(req.service, &req.api_key)?;
+        let label = req.label.as_deref().map(check_label).transpose()?;
+        let base_url = match req.base_url {
+            Some(Some(_)) if !req.service.accepts_base_url() => {
+                return Err(KeyError::BaseUrlNotAccepted(req.service));
+            }
+            Some(Some(raw)) => Some(Some(UserBaseUrl::parse(&raw)?.as_str().to_owned())),
+            other => other.map(|_| None),
+        };
+        let masked_key = mask_key(&req.api_key);
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let existing = self.meta.get_key(user, req.service).await?;
+            // Secret first: metadata never points at a secret that is not there.
+            let secret = self.secrets.put_secret(user, req.service, &req.api_key).await?;
+            let at = now();
+            let (record, expected) = match &existing {
+                Some(old) => (
+                    KeyRecord {
+                        label: label.clone().unwrap_or_else(|| old.label.clone()),
+                        masked_key: masked_key.clone(),
+                        enabled: true,
+                        base_url: base_url.clone().unwrap_or_else(|| old.base_url.clone()),
+                        updated_at: at,
+                        last_validated_at: None,
+                        last_validation: None,
+                        secret,
+                        revision: old.revision + 1,
+                        ..old.clone()
+                    },
+                    Expected::Revision(old.revision),
+                ),
+                None => (
+                    KeyRecord {
+                        user: user.clone(),
+                        service: req.service,
+                        label: label
+                            .clone()
+                            .unwrap_or_else(|| req.service.display_name().to_owned()),
+                        masked_key: masked_key.clone(),
+                        enabled: true,
+                        base_url: base_url.clone().flatten(),
+                        created_at: at,
+                        updated_at: at,
+                        last_validated_at: None,
+                        last_validation: None,
+                        secret,
+                        revision: 1,
+                    },
+                    Expected::Absent,
+                ),
+            };
+            match self.meta.put_key(&record, expected).await {
+                Ok(()) => {
+                    tracing::info!(service = %req.service, replaced = existing.is_some(), "key stored");
+                    return Ok(match existing {
+                        Some(_) => Upserted::Replaced(record),
+                        None => Upserted::Created(record),
+                    });
+                }
+                Err(StoreError::Conflict) if attempt < UPSERT_ATTEMPTS => {
+                    tracing::debug!(service = %req.service, attempt, "key upsert raced; retrying");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// The user's keys, in the order of [`Service::ALL`].
+    pub async fn list(&self, user: &UserId) -> Result<Vec<KeyRecord>, KeyError> {
+        let mut keys = self.meta.load_user(user).await?.keys;
+        keys.sort_by_key(|k| k.service);
+        Ok(keys)
+    }
+
+    /// Changes `enabled` and/or `label` of a stored key.
+    pub async fn update(
+        &self,
+        user: &UserId,
+        service: Service,
+        patch: KeyPatch,
+    ) -> Result<KeyRecord, KeyError> {
+        if patch.enabled.is_none() && patch.label.is_none() {
+            return Err(KeyError::EmptyPatch);
+        }
+        let label = patch.label.as_deref().map(check_label).transpose()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let old = self
+                .meta
+                .get_key(user, service)
+                .await?
+                .ok_or(KeyError::NotFound(service))?;
+            let record = KeyRecord {
+                enabled: patch.enabled.unwrap_or(old.enabled),
+                label: label.clone().unwrap_or_else(|| old.label.clone()),
+                updated_at: now(),
+                revision: old.revision + 1,
+                ..old.clone()
+            };
+            match self.meta.put_key(&record, Expected::Revision(old.revision)).await {
+                Ok(()) => {
+                    tracing::info!(%service, enabled = record.enabled, "key updated");
+                    return Ok(record);
+                }
+                Err(StoreError::Conflict) if attempt < UPSERT_ATTEMPTS => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Removes a key: metadata first, then the secret.
+    pub async fn delete(&self, user: &UserId, service: Service) -> Result<(), KeyError> {
+        self.meta
+            .delete_key(user, service)
+            .await?
+            .ok_or(KeyError::NotFound(service))?;
+        if let Err(err) = self.secrets.delete_secret(user, service).await {
+            // The key is gone for every reader; the leftover secret is unreferenced.
+            tracing::warn!(%service, error = %err, "key metadata removed but its secret was not");
+        }
+        tracing::info!(%service, "key deleted");
+        Ok(())
+    }
+
+    pub async fn settings(&self, user: &UserId) -> Result<Settings, KeyError> {
+        Ok(self.meta.load_user(user).await?.settings)
+    }
+
+    pub async fn save_settings(
+        &self,
+        user: &UserId,
+        settings: Settings,
+    ) -> Result<Settings, KeyError> {
+        self.meta.put_settings(user, settings).await?;
+        tracing::info!(allow_gateway_fallback = settings.allow_gateway_fallback, "settings saved");
+        Ok(settings)
+    }
+}
+
+fn check_label(raw: &str) -> Result<String, KeyError> {
+    let label = raw.trim();
+    let chars = label.chars().count();
+    if chars == 0 || chars > LABEL_MAX_CHARS || label.chars().any(char::is_control) {
+        return Err(KeyError::InvalidLabel);
+    }
+    Ok(label.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(check_label("  Work key ").unwrap(), "Work key");
+        assert!(check_label("").is_err());
+        assert!(check_label("   ").is_err());
+        assert!(check_label("a\nb").is_err());
+        assert!(check_label(&"x".repeat(101)).is_err());
+        assert!(check_label(&"é".repeat(100)).is_ok());
+    }
+}

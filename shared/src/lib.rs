@@ -1,0 +1,40 @@
+//! `byok`: the library every function of the BYOK gateway shares.
+//!
+//! Users store their own provider keys (or a Vercel AI Gateway key); the
+//! gateway keeps them encrypted, decides per request whose key pays, and
+//! serves the same routes as AWS Lambda functions or from one local process
+//! (`byok-local`).
+//!
+//! # Layout
+//! - [`domain`]: services, credentials (secret types), key records, settings,
+//!   model ids, user base URLs. No I/O.
+//! - [`resolve`]: the resolution contract (user gateway → user provider →
+//!   team gateway → team provider), pure over one [`store::UserSnapshot`].
+//! - [`keys`]: key management and settings: the operations behind the keys and
+//!   settings routes, over the store traits.
+//! - [`store`]: storage traits and backends ([`store::embedded`]: SQLite file
+//!   with AES-256-GCM sealed secrets).
+//! - [`crypto`]: the master key and authenticated encryption of secrets.
+//! - [`auth`]: verifying bearer tokens (HS256) or trusting API Gateway
+//!   authorizer claims; the caller's [`auth::Principal`].
+//! - [`http`]: axum routers per capability, the auth extractor, and
+//!   [`http::ApiError`], the one mapping of errors to HTTP.
+//! - [`config`]: configuration, read once from the environment.
+//! - [`app`]: the composition root shared by every binary: config → stores → state.
+//! - [`local`]: the `byok-local` command line (serve, token).
+//! - [`telemetry`]: tracing setup.
+//! - `lambda` (feature `lambda`): running routers as Lambda functions.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod keys;
+#[cfg(feature = "lambda")]
+pub mod lambda;
+pub mod local;
+pub mod resolve;
+pub mod store;
+pub mod telemetry;

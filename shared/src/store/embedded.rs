@@ -1,0 +1,848 @@
+//! The embedded store: settings, key metadata and sealed secrets in one
+//! SQLite file, for `byok-local` and single-host deployments.
+//!
+//! One connection behind a mutex serves every call on the blocking thread
+//! pool. Secrets are sealed with AES-256-GCM under the [`MasterKey`] before
+//! they reach SQLite; the associated data binds each ciphertext to its row
+//! (secret id, version id, user, service), so a ciphertext copied or moved to
+//! another row fails to open.
+//!
+//! # Secret versions
+//! Each (user, service) has one secret id (`{user}/{service}`: services never
+//! contain `/`, so the id is unambiguous) and any number of versions, each
+//! with a stage. [`SecretStore::put_secret`] runs in one transaction: every
+//! row of the secret that is not `current` is deleted, the `current` row
+//! becomes `previous`, and the new version is inserted as `current`. So at
+//! most two versions exist, one `current` and at most one `previous` (two
+//! partial unique indexes enforce it). The stages `pending` and `deprecated`
+//! are allowed by the schema but unused: they are reserved for rotation.
+//! Each row records the id of the master key that sealed it
+//! ([`MasterKey::key_id`]) so master-key rotation can find rows to re-seal.
+
+use super::{Expected, MetadataStore, SecretStore, StoreError, UserSnapshot};
+use crate::crypto::{self, MasterKey};
+use crate::domain::{
+    self, ApiKey, KeyRecord, SecretRef, Service, Settings, Timestamp, UserId, ValidationResult,
+};
+use async_trait::async_trait;
+use rusqlite::types::FromSql;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use std::fmt;
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use time::UtcOffset;
+use time::format_description::well_known::Rfc3339;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "byok.db";
+
+/// The schema this build writes, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema version 1. `STRICT` tables so a value of the wrong type cannot be stored.
+const SCHEMA_V1: &str = "
+CREATE TABLE settings (
+    user_id                TEXT    NOT NULL PRIMARY KEY,
+    allow_gateway_fallback INTEGER NOT NULL CHECK (allow_gateway_fallback IN (0, 1)),
+    updated_at             TEXT    NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE keys (
+    user_id           TEXT    NOT NULL,
+    service           TEXT    NOT NULL,
+    label             TEXT    NOT NULL,
+    masked_key        TEXT    NOT NULL,
+    enabled           INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+    base_url          TEXT,
+    created_at        TEXT    NOT NULL,
+    updated_at        TEXT    NOT NULL,
+    last_validated_at TEXT,
+    last_validation   TEXT,
+    secret_id         TEXT    NOT NULL,
+    secret_version    TEXT    NOT NULL,
+    revision          INTEGER NOT NULL CHECK (revision >= 0),
+    PRIMARY KEY (user_id, service)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE secrets (
+    secret_id     TEXT NOT NULL,
+    version_id    TEXT NOT NULL,
+    user_id       TEXT NOT NULL,
+    service       TEXT NOT NULL,
+    stage         TEXT NOT NULL
+                  CHECK (stage IN ('current', 'previous', 'pending', 'deprecated')),
+    master_key_id TEXT NOT NULL,
+    nonce         BLOB NOT NULL,
+    ciphertext    BLOB NOT NULL,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (secret_id, version_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE UNIQUE INDEX secrets_one_current ON secrets (secret_id) WHERE stage = 'current';
+CREATE UNIQUE INDEX secrets_one_previous ON secrets (secret_id) WHERE stage = 'previous';
+";
+
+const KEY_COLUMNS: &str = "user_id, service, label, masked_key, enabled, base_url, created_at, \
+     updated_at, last_validated_at, last_validation, secret_id, secret_version, revision";
+
+/// Settings, key records and secrets of every user in one SQLite file.
+/// Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+    db_path: PathBuf,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    master: MasterKey,
+    master_key_id: String,
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("db_path", &self.db_path)
+            .field("master_key_id", &self.inner.master_key_id)
+            .finish()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `data_dir/byok.db`: creates `data_dir` with mode
+    /// 0700 if missing, makes the database file 0600 (SQLite gives its
+    /// `-wal`/`-shm` files the same mode), enables WAL and foreign keys, and
+    /// creates or checks the schema.
+    pub fn open(data_dir: &Path, master: MasterKey) -> Result<Self, StoreError> {
+        if !data_dir.exists() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data_dir)
+                .map_err(StoreError::backend)?;
+        }
+        let db_path = data_dir.join(DB_FILE);
+        // Create the file private before SQLite opens it, so it is never readable by others.
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&db_path)
+            .map_err(StoreError::backend)?;
+        std::fs::set_permissions(&db_path, Permissions::from_mode(0o600))
+            .map_err(StoreError::backend)?;
+
+        let mut conn = Connection::open(&db_path).map_err(StoreError::backend)?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(StoreError::backend)?;
+        let journal: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(StoreError::backend)?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::backend(io::Error::other(
+                "SQLite refused the WAL journal mode",
+            )));
+        }
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(StoreError::backend)?;
+        // Overwrite deleted content (old ciphertexts) instead of leaving it in free pages.
+        conn.pragma_update(None, "secure_delete", true)
+            .map_err(StoreError::backend)?;
+        migrate(&mut conn)?;
+
+        let master_key_id = master.key_id();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                master,
+                master_key_id,
+            }),
+            db_path,
+        })
+    }
+
+    /// Where the database file is.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// Runs `f` on the blocking thread pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(StoreError::backend)?
+    }
+}
+
+impl Inner {
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| {
+            StoreError::Corrupt("the database connection lock was poisoned by a panic".to_owned())
+        })
+    }
+}
+
+/// Creates the schema in a new database, or checks an existing one's version.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(StoreError::backend)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(StoreError::backend)?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA_V1).map_err(StoreError::backend)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(StoreError::backend)?;
+        }
+        SCHEMA_VERSION => {}
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {other} is not supported by this build \
+                 (it knows version {SCHEMA_VERSION})"
+            )));
+        }
+    }
+    tx.commit().map_err(StoreError::backend)
+}
+
+/// The secret id of (user, service).
+fn secret_id(user: &UserId, service: Service) -> String {
+    format!("{user}/{service}")
+}
+
+/// Associated data binding a ciphertext to its row. User ids hold no control
+/// characters and version ids are fixed-length hex, so the encoding is unambiguous.
+fn secret_aad(secret_id: &str, version_id: &str, user: &str, service: &str) -> Vec<u8> {
+    format!("byok:v1:{secret_id}:{version_id}\0{user}\0{service}").into_bytes()
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn ts_to_text(t: Timestamp) -> Result<String, StoreError> {
+    t.checked_to_offset(UtcOffset::UTC)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .map_err(StoreError::backend)
+}
+
+fn ts_from_text(text: &str, column: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::parse(text, &Rfc3339)
+        .map_err(|_| StoreError::Corrupt(format!("{column} is not an RFC 3339 timestamp")))
+}
+
+fn bool_from_int(value: i64, column: &str) -> Result<bool, StoreError> {
+    match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(StoreError::Corrupt(format!("{column} is not 0 or 1"))),
+    }
+}
+
+/// Column `idx` of `row`; a value of the wrong type is a corrupt item, not a backend failure.
+fn col<T: FromSql>(row: &Row<'_>, idx: usize, column: &str) -> Result<T, StoreError> {
+    row.get(idx).map_err(|err| match err {
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => {
+            StoreError::Corrupt(format!("{column} has a value of the wrong type"))
+        }
+        other => StoreError::backend(other),
+    })
+}
+
+/// A `keys` row (selected as [`KEY_COLUMNS`]) as a record.
+fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
+    let user = UserId::new(col::<String>(row, 0, "keys.user_id")?)
+        .ok_or_else(|| corrupt("keys.user_id is not a valid user id"))?;
+    let service = col::<String>(row, 1, "keys.service")?
+        .parse::<Service>()
+        .map_err(|_| corrupt("keys.service names no known service"))?;
+    let last_validated_at = col::<Option<String>>(row, 8, "keys.last_validated_at")?
+        .map(|t| ts_from_text(&t, "keys.last_validated_at"))
+        .transpose()?;
+    let last_validation = col::<Option<String>>(row, 9, "keys.last_validation")?
+        .map(|v| {
+            ValidationResult::parse(&v)
+                .ok_or_else(|| corrupt("keys.last_validation is not a known result"))
+        })
+        .transpose()?;
+    let revision = u64::try_from(col::<i64>(row, 12, "keys.revision")?)
+        .map_err(|_| corrupt("keys.revision is negative"))?;
+    Ok(KeyRecord {
+        user,
+        service,
+        label: col(row, 2, "keys.label")?,
+        masked_key: col(row, 3, "keys.masked_key")?,
+        enabled: bool_from_int(col(row, 4, "keys.enabled")?, "keys.enabled")?,
+        base_url: col(row, 5, "keys.base_url")?,
+        created_at: ts_from_text(
+            &col::<String>(row, 6, "keys.created_at")?,
+            "keys.created_at",
+        )?,
+        updated_at: ts_from_text(
+            &col::<String>(row, 7, "keys.updated_at")?,
+            "keys.updated_at",
+        )?,
+        last_validated_at,
+        last_validation,
+        secret: SecretRef {
+            id: col(row, 10, "keys.secret_id")?,
+            version: col(row, 11, "keys.secret_version")?,
+        },
+        revision,
+    })
+}
+
+/// A record as the SQL values of [`KEY_COLUMNS`], in order.
+struct KeyParams {
+    created_at: String,
+    updated_at: String,
+    last_validated_at: Option<String>,
+    revision: i64,
+}
+
+impl KeyParams {
+    fn of(record: &KeyRecord) -> Result<Self, StoreError> {
+        Ok(Self {
+            created_at: ts_to_text(record.created_at)?,
+            updated_at: ts_to_text(record.updated_at)?,
+            last_validated_at: record.last_validated_at.map(ts_to_text).transpose()?,
+            revision: i64::try_from(record.revision).map_err(|_| {
+                StoreError::backend(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "key revision exceeds the storable range",
+                ))
+            })?,
+        })
+    }
+}
+
+/// Reads one record inside a connection or transaction.
+fn select_key(
+    conn: &Connection,
+    user: &UserId,
+    service: Service,
+) -> Result<Option<KeyRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE user_id = ?1 AND service = ?2"
+        ))
+        .map_err(StoreError::backend)?;
+    let mut rows = stmt
+        .query(params![user.as_str(), service.as_str()])
+        .map_err(StoreError::backend)?;
+    match rows.next().map_err(StoreError::backend)? {
+        Some(row) => key_from_row(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl MetadataStore for EmbeddedStore {
+    async fn load_user(&self, user: &UserId) -> Result<UserSnapshot, StoreError> {
+        let user = user.clone();
+        self.run(move |inner| {
+            let mut conn = inner.conn()?;
+            // One read transaction: settings and keys come from the same snapshot.
+            let tx = conn.transaction().map_err(StoreError::backend)?;
+            let allow: Option<i64> = tx
+                .query_row(
+                    "SELECT allow_gateway_fallback FROM settings WHERE user_id = ?1",
+                    [user.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(StoreError::backend)?;
+            let settings = match allow {
+                Some(v) => Settings {
+                    allow_gateway_fallback: bool_from_int(v, "settings.allow_gateway_fallback")?,
+                },
+                None => Settings::default(),
+            };
+            let mut keys = Vec::new();
+            {
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLUMNS} FROM keys WHERE user_id = ?1 ORDER BY service"
+                    ))
+                    .map_err(StoreError::backend)?;
+                let mut rows = stmt.query([user.as_str()]).map_err(StoreError::backend)?;
+                while let Some(row) = rows.next().map_err(StoreError::backend)? {
+                    keys.push(key_from_row(row)?);
+                }
+            }
+            tx.commit().map_err(StoreError::backend)?;
+            Ok(UserSnapshot { settings, keys })
+        })
+        .await
+    }
+
+    async fn get_key(
+        &self,
+        user: &UserId,
+        service: Service,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let user = user.clone();
+        self.run(move |inner| {
+            let conn = inner.conn()?;
+            select_key(&conn, &user, service)
+        })
+        .await
+    }
+
+    async fn put_key(&self, record: &KeyRecord, expected: Expected) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.run(move |inner| {
+            let p = KeyParams::of(&record)?;
+            let r = &record;
+            let mut conn = inner.conn()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            let changed = match expected {
+                Expected::Absent => tx.execute(
+                    &format!(
+                        "INSERT INTO keys ({KEY_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                         ON CONFLICT (user_id, service) DO NOTHING"
+                    ),
+                    params![
+                        r.user.as_str(),
+                        r.service.as_str(),
+                        r.label,
+                        r.masked_key,
+                        r.enabled,
+                        r.base_url,
+                        p.created_at,
+                        p.updated_at,
+                        p.last_validated_at,
+                        r.last_validation.map(ValidationResult::as_str),
+                        r.secret.id,
+                        r.secret.version,
+                        p.revision,
+                    ],
+                ),
+                Expected::Revision(stored) => {
+                    // No stored revision can exceed i64::MAX, so such an expectation never matches.
+                    let Ok(stored) = i64::try_from(stored) else {
+                        return Err(StoreError::Conflict);
+                    };
+                    tx.execute(
+                        "UPDATE keys SET label = ?3, masked_key = ?4, enabled = ?5, base_url = ?6, \
+                         created_at = ?7, updated_at = ?8, last_validated_at = ?9, \
+                         last_validation = ?10, secret_id = ?11, secret_version = ?12, \
+                         revision = ?13 \
+                         WHERE user_id = ?1 AND service = ?2 AND revision = ?14",
+                        params![
+                            r.user.as_str(),
+                            r.service.as_str(),
+                            r.label,
+                            r.masked_key,
+                            r.enabled,
+                            r.base_url,
+                            p.created_at,
+                            p.updated_at,
+                            p.last_validated_at,
+                            r.last_validation.map(ValidationResult::as_str),
+                            r.secret.id,
+                            r.secret.version,
+                            p.revision,
+                            stored,
+                        ],
+                    )
+                }
+            }
+            .map_err(StoreError::backend)?;
+            if changed != 1 {
+                // Dropping the transaction rolls it back; nothing was changed anyway.
+                return Err(StoreError::Conflict);
+            }
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+    }
+
+    async fn delete_key(
+        &self,
+        user: &UserId,
+        service: Service,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let user = user.clone();
+        self.run(move |inner| {
+            let mut conn = inner.conn()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            // A record that cannot be read back is reported and left in place.
+            let Some(record) = select_key(&tx, &user, service)? else {
+                return Ok(None);
+            };
+            tx.execute(
+                "DELETE FROM keys WHERE user_id = ?1 AND service = ?2",
+                params![user.as_str(), service.as_str()],
+            )
+            .map_err(StoreError::backend)?;
+            tx.commit().map_err(StoreError::backend)?;
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.run(move |inner| {
+            let now = ts_to_text(domain::now())?;
+            inner
+                .conn()?
+                .execute(
+                    "INSERT INTO settings (user_id, allow_gateway_fallback, updated_at) \
+                     VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (user_id) DO UPDATE SET \
+                     allow_gateway_fallback = excluded.allow_gateway_fallback, \
+                     updated_at = excluded.updated_at",
+                    params![user.as_str(), settings.allow_gateway_fallback, now],
+                )
+                .map_err(StoreError::backend)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SecretStore for EmbeddedStore {
+    async fn put_secret(
+        &self,
+        user: &UserId,
+        service: Service,
+        key: &ApiKey,
+    ) -> Result<SecretRef, StoreError> {
+        let user = user.clone();
+        let key = key.clone();
+        self.run(move |inner| {
+            let id = secret_id(&user, service);
+            let version = crypto::random_hex::<16>().map_err(StoreError::backend)?;
+            let aad = secret_aad(&id, &version, user.as_str(), service.as_str());
+            let sealed = inner
+                .master
+                .seal(key.expose().as_bytes(), &aad)
+                .map_err(StoreError::backend)?;
+            drop(key);
+            let now = ts_to_text(domain::now())?;
+
+            let mut conn = inner.conn()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            tx.execute(
+                "DELETE FROM secrets WHERE secret_id = ?1 AND stage <> 'current'",
+                [&id],
+            )
+            .map_err(StoreError::backend)?;
+            tx.execute(
+                "UPDATE secrets SET stage = 'previous' WHERE secret_id = ?1 AND stage = 'current'",
+                [&id],
+            )
+            .map_err(StoreError::backend)?;
+            tx.execute(
+                "INSERT INTO secrets (secret_id, version_id, user_id, service, stage, \
+                 master_key_id, nonce, ciphertext, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'current', ?5, ?6, ?7, ?8)",
+                params![
+                    id,
+                    version,
+                    user.as_str(),
+                    service.as_str(),
+                    inner.master_key_id,
+                    sealed.nonce.as_slice(),
+                    sealed.ciphertext,
+                    now,
+                ],
+            )
+            .map_err(StoreError::backend)?;
+            tx.commit().map_err(StoreError::backend)?;
+            Ok(SecretRef { id, version })
+        })
+        .await
+    }
+
+    async fn get_secret(&self, secret: &SecretRef) -> Result<ApiKey, StoreError> {
+        let secret = secret.clone();
+        self.run(move |inner| {
+            let row = inner
+                .conn()?
+                .query_row(
+                    "SELECT user_id, service, master_key_id, nonce, ciphertext \
+                     FROM secrets WHERE secret_id = ?1 AND version_id = ?2",
+                    params![secret.id, secret.version],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, Vec<u8>>(3)?,
+                            row.get::<_, Vec<u8>>(4)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(StoreError::backend)?;
+            let Some((user, service, master_key_id, nonce, ciphertext)) = row else {
+                return Err(StoreError::SecretNotFound);
+            };
+            if master_key_id != inner.master_key_id {
+                return Err(StoreError::Decrypt);
+            }
+            let aad = secret_aad(&secret.id, &secret.version, &user, &service);
+            let plain = inner
+                .master
+                .open(&nonce, &ciphertext, &aad)
+                .map_err(|_| StoreError::Decrypt)?;
+            let text =
+                std::str::from_utf8(&plain).map_err(|_| corrupt("a secret is not UTF-8 text"))?;
+            Ok(ApiKey::new(text))
+        })
+        .await
+    }
+
+    async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError> {
+        let id = secret_id(user, service);
+        self.run(move |inner| {
+            inner
+                .conn()?
+                .execute("DELETE FROM secrets WHERE secret_id = ?1", [&id])
+                .map_err(StoreError::backend)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    fn record(user: &UserId, service: Service, secret: SecretRef) -> KeyRecord {
+        let now = domain::now();
+        KeyRecord {
+            user: user.clone(),
+            service,
+            label: "work".into(),
+            masked_key: "sk-...cdef".into(),
+            enabled: true,
+            base_url: None,
+            created_at: now,
+            updated_at: now,
+            last_validated_at: None,
+            last_validation: None,
+            secret,
+            revision: 1,
+        }
+    }
+
+    fn open(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open(dir, MasterKey::generate()).unwrap()
+    }
+
+    fn raw(store: &EmbeddedStore) -> Connection {
+        Connection::open(store.db_path()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn open_creates_private_files_and_schema() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let store = open(&dir);
+        assert_eq!(store.db_path(), dir.join(DB_FILE));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir) & 0o077, 0);
+        assert_eq!(mode(store.db_path()), 0o600);
+        store
+            .put_secret(&user("u"), Service::OpenAi, &ApiKey::new("sk-x"))
+            .await
+            .unwrap();
+        let wal = dir.join(format!("{DB_FILE}-wal"));
+        assert_eq!(mode(&wal), 0o600);
+
+        let conn = raw(&store);
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        drop(conn);
+        drop(store);
+        // Reopening an existing database keeps the schema.
+        open(&dir);
+        let printed = format!("{:?}", open(&dir));
+        assert!(printed.contains("EmbeddedStore"), "{printed}");
+    }
+
+    #[tokio::test]
+    async fn refuses_unknown_schema_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        raw(&store).pragma_update(None, "user_version", 7).unwrap();
+        drop(store);
+        let err = EmbeddedStore::open(tmp.path(), MasterKey::generate()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt(ref m) if m.contains('7')),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn keeps_only_current_and_previous_versions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let u = user("odd/user:name ü");
+        let mut refs = Vec::new();
+        for i in 0..4 {
+            let key = ApiKey::new(format!("sk-version-{i}"));
+            refs.push(store.put_secret(&u, Service::Gateway, &key).await.unwrap());
+        }
+        assert!(refs.iter().all(|r| r.id == "odd/user:name ü/gateway"));
+        let conn = raw(&store);
+        let mut stmt = conn
+            .prepare("SELECT version_id, stage FROM secrets ORDER BY stage")
+            .unwrap();
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (refs[3].version.clone(), "current".to_owned()),
+                (refs[2].version.clone(), "previous".to_owned()),
+            ]
+        );
+        assert!(matches!(
+            store.get_secret(&refs[1]).await,
+            Err(StoreError::SecretNotFound)
+        ));
+        assert_eq!(
+            store.get_secret(&refs[2]).await.unwrap(),
+            ApiKey::new("sk-version-2")
+        );
+        assert_eq!(refs[3].version.len(), 32);
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_reported_not_panicked_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let u = user("u1");
+        let secret = store
+            .put_secret(&u, Service::OpenAi, &ApiKey::new("sk-canary-corrupt"))
+            .await
+            .unwrap();
+        store
+            .put_key(&record(&u, Service::OpenAi, secret), Expected::Absent)
+            .await
+            .unwrap();
+        let conn = raw(&store);
+
+        conn.execute("UPDATE keys SET created_at = 'yesterday'", [])
+            .unwrap();
+        let err = store.load_user(&u).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt(ref m) if m.contains("created_at")),
+            "{err:?}"
+        );
+        // A record that cannot be read back is not deleted.
+        assert!(store.delete_key(&u, Service::OpenAi).await.is_err());
+        assert_eq!(
+            conn.query_row("SELECT count(*) FROM keys", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            1
+        );
+
+        conn.execute(
+            "UPDATE keys SET created_at = updated_at, service = 'mistral'",
+            [],
+        )
+        .unwrap();
+        let err = store.load_user(&u).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt(ref m) if m.contains("service")),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("canary"));
+
+        conn.execute(
+            "UPDATE keys SET service = 'openai', last_validation = 'maybe'",
+            [],
+        )
+        .unwrap();
+        let err = store.get_key(&u, Service::OpenAi).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn moved_ciphertext_does_not_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let a = store
+            .put_secret(&user("alice"), Service::OpenAi, &ApiKey::new("sk-alice"))
+            .await
+            .unwrap();
+        let b = store
+            .put_secret(&user("bob"), Service::OpenAi, &ApiKey::new("sk-bob"))
+            .await
+            .unwrap();
+        // Give bob's row alice's nonce and ciphertext.
+        raw(&store)
+            .execute(
+                "UPDATE secrets SET (nonce, ciphertext) = \
+                 (SELECT nonce, ciphertext FROM secrets WHERE secret_id = ?1) \
+                 WHERE secret_id = ?2",
+                params![a.id, b.id],
+            )
+            .unwrap();
+        assert!(matches!(
+            store.get_secret(&b).await,
+            Err(StoreError::Decrypt)
+        ));
+        assert_eq!(store.get_secret(&a).await.unwrap(), ApiKey::new("sk-alice"));
+    }
+
+    #[tokio::test]
+    async fn poisoned_lock_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let inner = Arc::clone(&store.inner);
+        let _ = std::thread::spawn(move || {
+            let _guard = inner.conn.lock().unwrap();
+            panic!("poison the lock");
+        })
+        .join();
+        let err = store.load_user(&user("u")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    }
+}

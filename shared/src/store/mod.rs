@@ -1,0 +1,116 @@
+//! Storage traits, split by capability, and their backends.
+//!
+//! Metadata (settings and key records) and secrets live behind separate
+//! traits so a function takes only what it needs: resolution reads one
+//! [`UserSnapshot`] (one round trip), the completion path reads one secret by
+//! (id, version), and only the key-management path writes.
+//!
+//! Write ordering for an upsert is secret first, then metadata pointing at the
+//! new version; a delete removes metadata first, then the secret. A crash in
+//! between leaves at worst an unreferenced secret, never metadata pointing at a
+//! missing secret.
+
+pub mod embedded;
+
+use crate::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
+use async_trait::async_trait;
+
+/// Everything resolution needs about one user, read in one round trip.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserSnapshot {
+    pub settings: Settings,
+    /// The user's key records, any order, at most one per service.
+    pub keys: Vec<KeyRecord>,
+}
+
+impl UserSnapshot {
+    pub fn key(&self, service: Service) -> Option<&KeyRecord> {
+        self.keys.iter().find(|k| k.service == service)
+    }
+
+    /// The record for `service` if it exists and is enabled.
+    pub fn enabled_key(&self, service: Service) -> Option<&KeyRecord> {
+        self.key(service).filter(|k| k.enabled)
+    }
+}
+
+/// What a conditional metadata write expects to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// No record for this (user, service) yet.
+    Absent,
+    /// A record whose revision is this.
+    Revision(u64),
+}
+
+/// Errors of every storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write found another revision than expected.
+    #[error("the record was changed concurrently")]
+    Conflict,
+    /// The secret (or that version of it) does not exist.
+    #[error("secret not found")]
+    SecretNotFound,
+    /// Authenticated decryption failed: wrong master key or tampered data.
+    #[error("secret could not be decrypted: wrong master key or tampered data")]
+    Decrypt,
+    /// A stored item could not be read back into a domain value.
+    #[error("corrupt stored item: {0}")]
+    Corrupt(String),
+    /// The backend itself failed (I/O, SQL, AWS API).
+    #[error("storage backend error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(err))
+    }
+}
+
+/// Settings and key metadata of every user.
+#[async_trait]
+pub trait MetadataStore: Send + Sync {
+    /// The user's settings (defaults if never saved) and all of their key
+    /// records, in one read.
+    async fn load_user(&self, user: &UserId) -> Result<UserSnapshot, StoreError>;
+
+    /// One key record, if any.
+    async fn get_key(&self, user: &UserId, service: Service)
+    -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Writes `record` (its `revision` already the new one) if the stored
+    /// record matches `expected`; else [`StoreError::Conflict`] and nothing changes.
+    async fn put_key(&self, record: &KeyRecord, expected: Expected) -> Result<(), StoreError>;
+
+    /// Removes the record and returns it; `None` if there was none.
+    async fn delete_key(
+        &self,
+        user: &UserId,
+        service: Service,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Saves the user's settings.
+    async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError>;
+}
+
+/// Secret values, one secret per (user, service), versioned.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// Stores `key` as a new version of the (user, service) secret and makes
+    /// it current; the version that was current stays readable as previous.
+    async fn put_secret(
+        &self,
+        user: &UserId,
+        service: Service,
+        key: &ApiKey,
+    ) -> Result<SecretRef, StoreError>;
+
+    /// The exact version `secret` names; [`StoreError::SecretNotFound`] if gone.
+    async fn get_secret(&self, secret: &SecretRef) -> Result<ApiKey, StoreError>;
+
+    /// Removes the (user, service) secret with all its versions. Removing a
+    /// secret that does not exist is not an error.
+    async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError>;
+}

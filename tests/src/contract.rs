@@ -1,0 +1,654 @@
+//! The store contract: what every [`MetadataStore`] and [`SecretStore`]
+//! backend must do, written once and run against each backend.
+//!
+//! A backend's test file calls [`contract_suite!`](crate::contract_suite)
+//! with an `async` expression that builds a [`Backend`]; the macro generates
+//! one `#[tokio::test]` per case, so failures are reported per case. Every
+//! case uses user ids of its own (case name plus a unique suffix), so one
+//! backend (a shared table, a shared account) may serve all cases at once.
+//! The calling crate needs `tokio` (with `macros` and `rt-multi-thread`).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: a failed step is a failed test"
+)]
+
+use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId, ValidationResult};
+use byok::store::{Expected, MetadataStore, SecretStore, StoreError};
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use time::{Duration, OffsetDateTime, UtcOffset};
+
+/// The stores under test, plus whatever must live as long as they do
+/// (a temporary directory, a container handle).
+pub struct Backend {
+    pub meta: Arc<dyn MetadataStore>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub _guard: Box<dyn Any + Send>,
+}
+
+/// Generates one `#[tokio::test]` per contract case. `$make` is an
+/// expression of a future resolving to a [`Backend`]; it is evaluated
+/// once per case.
+#[macro_export]
+macro_rules! contract_suite {
+    ($make:expr) => {
+        $crate::contract_suite!(@cases $make;
+            settings_default_then_round_trip,
+            load_user_of_unknown_user_is_empty,
+            load_user_isolates_users,
+            put_key_absent_twice_conflicts,
+            put_key_checks_revision,
+            delete_key_returns_record_then_none,
+            key_record_round_trips_every_field,
+            secret_round_trip,
+            put_secret_keeps_previous_version,
+            get_secret_unknown_is_not_found,
+            delete_secret_removes_all_versions,
+            secrets_are_independent_per_user_and_service,
+            concurrent_put_key_has_one_winner,
+            odd_user_ids_are_isolated,
+        );
+    };
+    (@cases $make:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let backend: $crate::contract::Backend = $make.await;
+                $crate::contract::$case(&backend).await;
+            }
+        )+
+    };
+}
+
+/// A user id unique to this case and run.
+pub fn unique_user(case: &str) -> UserId {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    UserId::new(format!(
+        "contract-{case}-{}-{nanos:x}-{n}",
+        std::process::id()
+    ))
+    .expect("valid user id")
+}
+
+/// A timestamp with millisecond precision (what every backend must keep).
+fn millis(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .expect("valid nanosecond")
+}
+
+/// A plausible record for (user, service) pointing at `secret`, revision 1.
+pub fn record(user: &UserId, service: Service, secret: SecretRef) -> KeyRecord {
+    let now = byok::domain::now();
+    KeyRecord {
+        user: user.clone(),
+        service,
+        label: format!("{service} key"),
+        masked_key: "sk-...wxyz".to_owned(),
+        enabled: true,
+        base_url: None,
+        created_at: now,
+        updated_at: now,
+        last_validated_at: None,
+        last_validation: None,
+        secret,
+        revision: 1,
+    }
+}
+
+fn fake_ref(user: &UserId, service: Service) -> SecretRef {
+    SecretRef {
+        id: format!("{user}/{service}"),
+        version: "v1".to_owned(),
+    }
+}
+
+fn assert_not_found(result: Result<ApiKey, StoreError>, what: &str) {
+    assert!(
+        matches!(result, Err(StoreError::SecretNotFound)),
+        "{what}: expected SecretNotFound, got {result:?}"
+    );
+}
+
+// ---------------------------------------------------------------- settings
+
+/// Settings default to fallback allowed and round-trip both ways.
+pub async fn settings_default_then_round_trip(b: &Backend) {
+    let user = unique_user("settings");
+    let snap = b.meta.load_user(&user).await.unwrap();
+    assert_eq!(snap.settings, Settings::default());
+    assert!(snap.settings.allow_gateway_fallback);
+
+    for allow in [false, true, false] {
+        let settings = Settings {
+            allow_gateway_fallback: allow,
+        };
+        b.meta.put_settings(&user, settings).await.unwrap();
+        assert_eq!(b.meta.load_user(&user).await.unwrap().settings, settings);
+    }
+
+    // Another user is unaffected.
+    let other = unique_user("settings-other");
+    assert_eq!(
+        b.meta.load_user(&other).await.unwrap().settings,
+        Settings::default()
+    );
+}
+
+/// A user never seen has default settings and no keys.
+pub async fn load_user_of_unknown_user_is_empty(b: &Backend) {
+    let user = unique_user("unknown");
+    let snap = b.meta.load_user(&user).await.unwrap();
+    assert_eq!(snap.settings, Settings::default());
+    assert!(snap.keys.is_empty());
+    assert_eq!(b.meta.get_key(&user, Service::OpenAi).await.unwrap(), None);
+}
+
+// -------------------------------------------------------------------- keys
+
+/// `load_user` returns every key of the user and none of another user.
+pub async fn load_user_isolates_users(b: &Backend) {
+    let alice = unique_user("isolation-alice");
+    let bob = unique_user("isolation-bob");
+    let alice_services = [Service::OpenAi, Service::Anthropic, Service::Gateway];
+    for svc in alice_services {
+        let rec = record(&alice, svc, fake_ref(&alice, svc));
+        b.meta.put_key(&rec, Expected::Absent).await.unwrap();
+    }
+    let mut bob_rec = record(&bob, Service::OpenAi, fake_ref(&bob, Service::OpenAi));
+    bob_rec.label = "bob's".to_owned();
+    b.meta.put_key(&bob_rec, Expected::Absent).await.unwrap();
+    b.meta
+        .put_settings(
+            &bob,
+            Settings {
+                allow_gateway_fallback: false,
+            },
+        )
+        .await
+        .unwrap();
+
+    let snap = b.meta.load_user(&alice).await.unwrap();
+    assert_eq!(snap.settings, Settings::default());
+    let mut services: Vec<Service> = snap.keys.iter().map(|k| k.service).collect();
+    services.sort();
+    let mut want = alice_services.to_vec();
+    want.sort();
+    assert_eq!(services, want);
+    assert!(snap.keys.iter().all(|k| k.user == alice));
+    for svc in alice_services {
+        assert_eq!(snap.key(svc).map(|k| &k.label), Some(&format!("{svc} key")));
+    }
+
+    let snap = b.meta.load_user(&bob).await.unwrap();
+    assert!(!snap.settings.allow_gateway_fallback);
+    assert_eq!(snap.keys, vec![bob_rec]);
+
+    assert_eq!(b.meta.get_key(&bob, Service::Gateway).await.unwrap(), None);
+}
+
+/// Creating twice: the second `Absent` write conflicts and changes nothing.
+pub async fn put_key_absent_twice_conflicts(b: &Backend) {
+    let user = unique_user("absent-twice");
+    let first = record(&user, Service::Groq, fake_ref(&user, Service::Groq));
+    b.meta.put_key(&first, Expected::Absent).await.unwrap();
+
+    let mut second = first.clone();
+    second.label = "intruder".to_owned();
+    second.enabled = false;
+    let result = b.meta.put_key(&second, Expected::Absent).await;
+    assert!(
+        matches!(result, Err(StoreError::Conflict)),
+        "expected Conflict, got {result:?}"
+    );
+    assert_eq!(
+        b.meta.get_key(&user, Service::Groq).await.unwrap(),
+        Some(first)
+    );
+}
+
+/// Updates are conditional on the stored revision.
+pub async fn put_key_checks_revision(b: &Backend) {
+    let user = unique_user("revision");
+    let v1 = record(&user, Service::Xai, fake_ref(&user, Service::Xai));
+    b.meta.put_key(&v1, Expected::Absent).await.unwrap();
+
+    let mut v2 = v1.clone();
+    v2.label = "renamed".to_owned();
+    v2.revision = 2;
+    v2.updated_at = v1.updated_at + Duration::seconds(5);
+
+    // Updating a record that does not exist conflicts.
+    let ghost_user = unique_user("revision-ghost");
+    let mut ghost = v2.clone();
+    ghost.user = ghost_user.clone();
+    let result = b.meta.put_key(&ghost, Expected::Revision(1)).await;
+    assert!(
+        matches!(result, Err(StoreError::Conflict)),
+        "update of missing record: {result:?}"
+    );
+    assert_eq!(
+        b.meta.get_key(&ghost_user, Service::Xai).await.unwrap(),
+        None
+    );
+
+    // Stale (and future) revisions conflict and change nothing.
+    for stale in [0, 2, 7, u64::MAX] {
+        let result = b.meta.put_key(&v2, Expected::Revision(stale)).await;
+        assert!(
+            matches!(result, Err(StoreError::Conflict)),
+            "revision {stale}: {result:?}"
+        );
+        assert_eq!(
+            b.meta.get_key(&user, Service::Xai).await.unwrap().as_ref(),
+            Some(&v1)
+        );
+    }
+
+    // The right revision wins.
+    b.meta.put_key(&v2, Expected::Revision(1)).await.unwrap();
+    assert_eq!(
+        b.meta.get_key(&user, Service::Xai).await.unwrap().as_ref(),
+        Some(&v2)
+    );
+
+    // Now revision 1 is stale.
+    let mut v3 = v2.clone();
+    v3.revision = 3;
+    v3.enabled = false;
+    let result = b.meta.put_key(&v3, Expected::Revision(1)).await;
+    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+    b.meta.put_key(&v3, Expected::Revision(2)).await.unwrap();
+    let snap = b.meta.load_user(&user).await.unwrap();
+    assert_eq!(snap.keys, vec![v3]);
+}
+
+/// Deleting returns the record, then there is none; the slot can be reused.
+pub async fn delete_key_returns_record_then_none(b: &Backend) {
+    let user = unique_user("delete-key");
+    let rec = record(&user, Service::Google, fake_ref(&user, Service::Google));
+    let other = record(&user, Service::OpenAi, fake_ref(&user, Service::OpenAi));
+    b.meta.put_key(&rec, Expected::Absent).await.unwrap();
+    b.meta.put_key(&other, Expected::Absent).await.unwrap();
+
+    assert_eq!(
+        b.meta.delete_key(&user, Service::Google).await.unwrap(),
+        Some(rec.clone())
+    );
+    assert_eq!(
+        b.meta.delete_key(&user, Service::Google).await.unwrap(),
+        None
+    );
+    assert_eq!(b.meta.get_key(&user, Service::Google).await.unwrap(), None);
+    assert_eq!(b.meta.load_user(&user).await.unwrap().keys, vec![other]);
+
+    // After a delete, the record can be created again.
+    b.meta.put_key(&rec, Expected::Absent).await.unwrap();
+    assert_eq!(
+        b.meta.get_key(&user, Service::Google).await.unwrap(),
+        Some(rec)
+    );
+}
+
+/// Every field of a record round-trips exactly (timestamps to the millisecond).
+pub async fn key_record_round_trips_every_field(b: &Backend) {
+    let user = unique_user("fields \"quoted\" 'single' ✓");
+    let base = millis(OffsetDateTime::now_utc());
+    let plus2 = UtcOffset::from_hms(2, 0, 0).expect("offset");
+    let full = KeyRecord {
+        user: user.clone(),
+        service: Service::Gateway,
+        label: "Läbel with ünïcode, 'quotes', \"dq\", %_ and ; -- ".to_owned(),
+        masked_key: "vck_...9Z9z".to_owned(),
+        enabled: false,
+        base_url: Some("https://gw.example.com:8443/v1".to_owned()),
+        created_at: base - Duration::days(400) + Duration::milliseconds(1),
+        updated_at: (base + Duration::milliseconds(999)).to_offset(plus2),
+        last_validated_at: Some(base - Duration::milliseconds(123)),
+        last_validation: Some(ValidationResult::Unreachable),
+        secret: SecretRef {
+            id: "arn:aws:secretsmanager:eu-west-1:123:secret:x/y-AbC".to_owned(),
+            version: "0123456789abcdef0123456789abcdef".to_owned(),
+        },
+        revision: 41,
+    };
+    b.meta.put_key(&full, Expected::Absent).await.unwrap();
+    let got = b.meta.get_key(&user, Service::Gateway).await.unwrap();
+    assert_eq!(got.as_ref(), Some(&full));
+    let got = got.expect("record");
+    assert_eq!(
+        got.created_at.unix_timestamp_nanos(),
+        full.created_at.unix_timestamp_nanos()
+    );
+    assert_eq!(
+        got.updated_at.unix_timestamp_nanos(),
+        full.updated_at.unix_timestamp_nanos()
+    );
+
+    // Optional fields empty, other enum values, via load_user too.
+    let sparse = KeyRecord {
+        user: user.clone(),
+        service: Service::Anthropic,
+        label: String::new(),
+        masked_key: "sk-ant-...abcd".to_owned(),
+        enabled: true,
+        base_url: None,
+        created_at: base,
+        updated_at: base,
+        last_validated_at: None,
+        last_validation: None,
+        secret: fake_ref(&user, Service::Anthropic),
+        revision: 1,
+    };
+    b.meta.put_key(&sparse, Expected::Absent).await.unwrap();
+    let snap = b.meta.load_user(&user).await.unwrap();
+    assert_eq!(snap.key(Service::Anthropic), Some(&sparse));
+    assert_eq!(snap.key(Service::Gateway), Some(&full));
+
+    // Updating can set and clear every optional field.
+    for (i, validation) in [
+        Some(ValidationResult::Valid),
+        Some(ValidationResult::Invalid),
+        None,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut next = snap.key(Service::Gateway).expect("full").clone();
+        let rev = full.revision + i as u64;
+        next.revision = rev + 1;
+        next.last_validation = validation;
+        next.last_validated_at = validation.map(|_| base + Duration::milliseconds(i as i64));
+        next.base_url = None;
+        next.enabled = i % 2 == 0;
+        b.meta
+            .put_key(&next, Expected::Revision(rev))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.meta.get_key(&user, Service::Gateway).await.unwrap(),
+            Some(next)
+        );
+    }
+}
+
+/// Of 8 concurrent writes with the same expectation, exactly one succeeds.
+pub async fn concurrent_put_key_has_one_winner(b: &Backend) {
+    let user = unique_user("concurrent");
+
+    let outcomes = race(b, &user, Expected::Absent, 1).await;
+    let winner = one_winner(&outcomes, "Absent");
+    let stored = b.meta.get_key(&user, Service::OpenRouter).await.unwrap();
+    assert_eq!(stored.map(|r| r.label), Some(format!("writer {winner}")));
+
+    let outcomes = race(b, &user, Expected::Revision(1), 2).await;
+    let winner = one_winner(&outcomes, "Revision(1)");
+    let stored = b
+        .meta
+        .get_key(&user, Service::OpenRouter)
+        .await
+        .unwrap()
+        .expect("record");
+    assert_eq!(stored.label, format!("writer {winner}"));
+    assert_eq!(stored.revision, 2);
+}
+
+async fn race(
+    b: &Backend,
+    user: &UserId,
+    expected: Expected,
+    revision: u64,
+) -> Vec<Result<(), StoreError>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let meta = Arc::clone(&b.meta);
+            let barrier = Arc::clone(&barrier);
+            let mut rec = record(
+                user,
+                Service::OpenRouter,
+                fake_ref(user, Service::OpenRouter),
+            );
+            rec.label = format!("writer {i}");
+            rec.revision = revision;
+            tokio::spawn(async move {
+                barrier.wait().await;
+                meta.put_key(&rec, expected).await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task"));
+    }
+    outcomes
+}
+
+fn one_winner(outcomes: &[Result<(), StoreError>], what: &str) -> usize {
+    let winners: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{what}: {outcomes:?}");
+    for r in outcomes.iter().filter(|r| r.is_err()) {
+        assert!(matches!(r, Err(StoreError::Conflict)), "{what}: {r:?}");
+    }
+    winners[0]
+}
+
+// ----------------------------------------------------------------- secrets
+
+/// A stored secret reads back equal; the ref names the secret.
+pub async fn secret_round_trip(b: &Backend) {
+    let user = unique_user("secret-rt");
+    let key = ApiKey::new("sk-proj-ROUNDTRIP-0123456789-äöü-\"'\\");
+    let sref = b
+        .secrets
+        .put_secret(&user, Service::OpenAi, &key)
+        .await
+        .unwrap();
+    assert!(!sref.id.is_empty());
+    assert!(!sref.version.is_empty());
+    assert_eq!(b.secrets.get_secret(&sref).await.unwrap(), key);
+    // Reading twice is fine.
+    assert_eq!(b.secrets.get_secret(&sref).await.unwrap(), key);
+}
+
+/// A second put makes a new version; the new (current) and the previous
+/// version both stay readable by their refs.
+pub async fn put_secret_keeps_previous_version(b: &Backend) {
+    let user = unique_user("secret-versions");
+    let k1 = ApiKey::new("sk-ant-version-one-aaaaaaaaaaaa");
+    let k2 = ApiKey::new("sk-ant-version-two-bbbbbbbbbbbb");
+    let k3 = ApiKey::new("sk-ant-version-three-cccccccccc");
+    let r1 = b
+        .secrets
+        .put_secret(&user, Service::Anthropic, &k1)
+        .await
+        .unwrap();
+    let r2 = b
+        .secrets
+        .put_secret(&user, Service::Anthropic, &k2)
+        .await
+        .unwrap();
+    assert_eq!(r1.id, r2.id, "one secret per (user, service)");
+    assert_ne!(r1.version, r2.version);
+    assert_eq!(b.secrets.get_secret(&r2).await.unwrap(), k2);
+    assert_eq!(b.secrets.get_secret(&r1).await.unwrap(), k1);
+
+    let r3 = b
+        .secrets
+        .put_secret(&user, Service::Anthropic, &k3)
+        .await
+        .unwrap();
+    assert_eq!(r3.id, r1.id);
+    assert_ne!(r3.version, r2.version);
+    assert_ne!(r3.version, r1.version);
+    assert_eq!(b.secrets.get_secret(&r3).await.unwrap(), k3);
+    assert_eq!(b.secrets.get_secret(&r2).await.unwrap(), k2);
+    // Whether r1 is still readable is up to the backend; if it is, it is k1.
+    match b.secrets.get_secret(&r1).await {
+        Ok(key) => assert_eq!(key, k1),
+        Err(StoreError::SecretNotFound) => {}
+        Err(other) => panic!("oldest version: unexpected {other:?}"),
+    }
+}
+
+/// Unknown versions and unknown secrets are `SecretNotFound`.
+pub async fn get_secret_unknown_is_not_found(b: &Backend) {
+    let user = unique_user("secret-unknown");
+    let sref = b
+        .secrets
+        .put_secret(&user, Service::Xai, &ApiKey::new("xai-known-0123456789"))
+        .await
+        .unwrap();
+    let wrong_version = SecretRef {
+        id: sref.id.clone(),
+        version: "00000000000000000000000000000000".to_owned(),
+    };
+    assert_not_found(
+        b.secrets.get_secret(&wrong_version).await,
+        "unknown version",
+    );
+    let other = unique_user("secret-unknown-other");
+    assert_not_found(
+        b.secrets.get_secret(&fake_ref(&other, Service::Xai)).await,
+        "unknown secret",
+    );
+    // The version id of one secret does not open another secret.
+    let foreign = SecretRef {
+        id: format!("{other}/{}", Service::Xai),
+        version: sref.version.clone(),
+    };
+    assert_not_found(b.secrets.get_secret(&foreign).await, "foreign version");
+}
+
+/// Deleting removes every version; deleting again is fine.
+pub async fn delete_secret_removes_all_versions(b: &Backend) {
+    let user = unique_user("secret-delete");
+    let r1 = b
+        .secrets
+        .put_secret(&user, Service::Groq, &ApiKey::new("gsk_one_0123456789"))
+        .await
+        .unwrap();
+    let r2 = b
+        .secrets
+        .put_secret(&user, Service::Groq, &ApiKey::new("gsk_two_0123456789"))
+        .await
+        .unwrap();
+    b.secrets.delete_secret(&user, Service::Groq).await.unwrap();
+    assert_not_found(b.secrets.get_secret(&r1).await, "previous after delete");
+    assert_not_found(b.secrets.get_secret(&r2).await, "current after delete");
+    b.secrets.delete_secret(&user, Service::Groq).await.unwrap();
+    // Never-existing secrets delete fine too.
+    b.secrets
+        .delete_secret(&unique_user("secret-delete-none"), Service::Groq)
+        .await
+        .unwrap();
+
+    // The secret can be created again afterwards.
+    let key = ApiKey::new("gsk_three_0123456789");
+    let r3 = b
+        .secrets
+        .put_secret(&user, Service::Groq, &key)
+        .await
+        .unwrap();
+    assert_eq!(b.secrets.get_secret(&r3).await.unwrap(), key);
+}
+
+/// Secrets of different users and services do not affect each other.
+pub async fn secrets_are_independent_per_user_and_service(b: &Backend) {
+    let alice = unique_user("secret-indep-alice");
+    let bob = unique_user("secret-indep-bob");
+    let cases = [
+        (&alice, Service::OpenAi, "sk-alice-openai-000000"),
+        (&alice, Service::Anthropic, "sk-ant-alice-anthropic"),
+        (&bob, Service::OpenAi, "sk-bob-openai-11111111"),
+    ];
+    let mut refs = Vec::new();
+    for (user, svc, key) in cases {
+        refs.push(
+            b.secrets
+                .put_secret(user, svc, &ApiKey::new(key))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_ne!(refs[0].id, refs[1].id);
+    assert_ne!(refs[0].id, refs[2].id);
+    for (sref, (_, _, key)) in refs.iter().zip(cases) {
+        assert_eq!(b.secrets.get_secret(sref).await.unwrap(), ApiKey::new(key));
+    }
+
+    // Replacing and deleting one leaves the others alone.
+    for n in 1..=2 {
+        let key = ApiKey::new(format!("sk-alice-new-{n}"));
+        b.secrets
+            .put_secret(&alice, Service::OpenAi, &key)
+            .await
+            .unwrap();
+    }
+    b.secrets
+        .delete_secret(&bob, Service::OpenAi)
+        .await
+        .unwrap();
+    assert_not_found(b.secrets.get_secret(&refs[2]).await, "bob after delete");
+    assert_eq!(
+        b.secrets.get_secret(&refs[1]).await.unwrap(),
+        ApiKey::new(cases[1].2)
+    );
+    b.secrets
+        .delete_secret(&alice, Service::Anthropic)
+        .await
+        .unwrap();
+    assert_not_found(b.secrets.get_secret(&refs[1]).await, "alice anthropic");
+}
+
+/// User ids with separators, quotes and non-ASCII text stay separate.
+pub async fn odd_user_ids_are_isolated(b: &Backend) {
+    let base = unique_user("odd");
+    let names = [
+        base.to_string(),
+        format!("{base}/openai"),
+        format!("{base}:openai"),
+        format!("{base}/openai/openai"),
+        format!("{base} ünï'\"%_*"),
+        format!("{base}#{{}}[]\\"),
+    ];
+    let users: Vec<UserId> = names
+        .iter()
+        .map(|n| UserId::new(n.clone()).expect("valid user id"))
+        .collect();
+    let mut refs = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let key = ApiKey::new(format!("sk-odd-user-{i}-0123456789"));
+        let sref = b
+            .secrets
+            .put_secret(user, Service::OpenAi, &key)
+            .await
+            .unwrap();
+        let mut rec = record(user, Service::OpenAi, sref.clone());
+        rec.label = format!("user {i}");
+        b.meta.put_key(&rec, Expected::Absent).await.unwrap();
+        refs.push(sref);
+    }
+    let ids: std::collections::HashSet<_> = refs.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), users.len(), "secret ids must differ: {refs:?}");
+    for (i, user) in users.iter().enumerate() {
+        let snap = b.meta.load_user(user).await.unwrap();
+        assert_eq!(snap.keys.len(), 1, "user {i}");
+        assert_eq!(snap.keys[0].label, format!("user {i}"));
+        assert_eq!(snap.keys[0].user, *user);
+        assert_eq!(
+            b.secrets.get_secret(&refs[i]).await.unwrap(),
+            ApiKey::new(format!("sk-odd-user-{i}-0123456789"))
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Test support shared by the workspace-level tests: the store contract
+//! suite (run against every backend) and a harness that runs the real
+//! `byok-local` binary.
+
+pub mod contract;
+pub mod harness;
+pub mod http;
