@@ -68,11 +68,15 @@ pub fn state(config: &Config, stores: Stores, verifier: Option<TokenVerifier>) -
 
 /// A verifier for the configured JWT settings; `None` when only authorizer
 /// claims are trusted (a Lambda behind an API Gateway JWT authorizer).
-fn verifier(config: &Config, secret: Option<JwtSecret>) -> Result<Option<TokenVerifier>, InitError> {
+fn verifier(
+    config: &Config,
+    secret: Option<JwtSecret>,
+) -> Result<Option<TokenVerifier>, InitError> {
     if config.jwks_url.is_some() {
         return Err(InitError::Unsupported("BYOK_JWKS_URL"));
     }
-    Ok(secret.map(|s| TokenVerifier::new(s, config.jwt_issuer.clone(), config.jwt_audience.clone())))
+    Ok(secret
+        .map(|s| TokenVerifier::new(s, config.jwt_issuer.clone(), config.jwt_audience.clone())))
 }
 
 /// The state of a Lambda function: tokens are verified only if

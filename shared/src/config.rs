@@ -85,10 +85,15 @@ impl Config {
             })?;
         let validate_per_minute = match get("BYOK_VALIDATE_PER_MINUTE") {
             None => DEFAULT_VALIDATE_PER_MINUTE,
-            Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or(ConfigError::Invalid {
-                name: "BYOK_VALIDATE_PER_MINUTE",
-                expected: "a positive whole number",
-            })?,
+            Some(v) => v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or(ConfigError::Invalid {
+                    name: "BYOK_VALIDATE_PER_MINUTE",
+                    expected: "a positive whole number",
+                })?,
         };
 
         let mut upstreams = Upstreams::default();
@@ -132,8 +137,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> =
-            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Config::from_lookup(|name| vars.get(name).cloned())
     }
 
@@ -145,9 +152,17 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(".byok"));
         assert_eq!(c.validate_per_minute, 5);
         assert_eq!(c.secret_prefix, "byok/");
-        assert_eq!(c.upstreams.base_url(Service::OpenAi), "https://api.openai.com/v1");
+        assert_eq!(
+            c.upstreams.base_url(Service::OpenAi),
+            "https://api.openai.com/v1"
+        );
         assert!(!c.team.has(Service::Gateway));
-        assert_eq!(config(&[("AWS_LAMBDA_FUNCTION_NAME", "keys")]).unwrap().store, StoreKind::Aws);
+        assert_eq!(
+            config(&[("AWS_LAMBDA_FUNCTION_NAME", "keys")])
+                .unwrap()
+                .store,
+            StoreKind::Aws
+        );
     }
 
     #[test]
@@ -167,8 +182,14 @@ mod tests {
         assert_eq!(c.store, StoreKind::Aws);
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.validate_per_minute, 9);
-        assert_eq!(c.upstreams.base_url(Service::OpenAi), "http://127.0.0.1:9000/v1");
-        assert_eq!(c.upstreams.base_url(Service::Gateway), "http://127.0.0.1:9001/v1");
+        assert_eq!(
+            c.upstreams.base_url(Service::OpenAi),
+            "http://127.0.0.1:9000/v1"
+        );
+        assert_eq!(
+            c.upstreams.base_url(Service::Gateway),
+            "http://127.0.0.1:9001/v1"
+        );
         assert!(c.team.has(Service::Gateway));
         assert!(c.team.has(Service::OpenRouter));
         assert!(!c.team.has(Service::Groq));

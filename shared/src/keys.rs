@@ -89,7 +89,10 @@ impl KeyService {
             attempt += 1;
             let existing = self.meta.get_key(user, req.service).await?;
             // Secret first: metadata never points at a secret that is not there.
-            let secret = self.secrets.put_secret(user, req.service, &req.api_key).await?;
+            let secret = self
+                .secrets
+                .put_secret(user, req.service, &req.api_key)
+                .await?;
             let at = now();
             let (record, expected) = match &existing {
                 Some(old) => (
@@ -176,7 +179,11 @@ impl KeyService {
                 revision: old.revision + 1,
                 ..old.clone()
             };
-            match self.meta.put_key(&record, Expected::Revision(old.revision)).await {
+            match self
+                .meta
+                .put_key(&record, Expected::Revision(old.revision))
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(%service, enabled = record.enabled, "key updated");
                     return Ok(record);
@@ -211,7 +218,10 @@ impl KeyService {
         settings: Settings,
     ) -> Result<Settings, KeyError> {
         self.meta.put_settings(user, settings).await?;
-        tracing::info!(allow_gateway_fallback = settings.allow_gateway_fallback, "settings saved");
+        tracing::info!(
+            allow_gateway_fallback = settings.allow_gateway_fallback,
+            "settings saved"
+        );
         Ok(settings)
     }
 }

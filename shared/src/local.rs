@@ -26,7 +26,11 @@ pub const DEV_USER: &str = "dev";
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Serve,
-    Token { sub: String, admin: bool, ttl_secs: u64 },
+    Token {
+        sub: String,
+        admin: bool,
+        ttl_secs: u64,
+    },
     Help,
 }
 
@@ -96,7 +100,11 @@ pub async fn run(command: Command, config: Config, out: &mut dyn Write) -> Resul
             ttl_secs,
         } => {
             let secret = app::local_jwt_secret(&config)?;
-            Ok(writeln!(out, "{}", issue_token(&secret, &sub, admin, ttl_secs, now_unix()))?)
+            Ok(writeln!(
+                out,
+                "{}",
+                issue_token(&secret, &sub, admin, ttl_secs, now_unix())
+            )?)
         }
         Command::Serve => serve(config, out).await,
     }
@@ -134,7 +142,10 @@ fn write_banner(
     };
     writeln!(out, "byok-local listening on http://{addr}")?;
     writeln!(out, "store: {store}")?;
-    writeln!(out, "dev token for user \"{DEV_USER}\" (valid 12 h; more: byok-local token --sub NAME):")?;
+    writeln!(
+        out,
+        "dev token for user \"{DEV_USER}\" (valid 12 h; more: byok-local token --sub NAME):"
+    )?;
     writeln!(out, "  export BYOK_TOKEN={token}")?;
     writeln!(out, "try:")?;
     writeln!(
@@ -178,13 +189,29 @@ mod tests {
         assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
         assert_eq!(
             parse(&["token", "--sub", "alice", "--admin", "--ttl", "60"]).unwrap(),
-            Command::Token { sub: "alice".into(), admin: true, ttl_secs: 60 }
+            Command::Token {
+                sub: "alice".into(),
+                admin: true,
+                ttl_secs: 60
+            }
         );
         assert_eq!(
             parse(&["token", "--sub", "bob"]).unwrap(),
-            Command::Token { sub: "bob".into(), admin: false, ttl_secs: DEFAULT_TOKEN_TTL_SECS }
+            Command::Token {
+                sub: "bob".into(),
+                admin: false,
+                ttl_secs: DEFAULT_TOKEN_TTL_SECS
+            }
         );
-        for bad in [&["token"][..], &["token", "--sub"], &["token", "--sub", ""], &["token", "--sub", "a", "--ttl", "0"], &["token", "--x"], &["frobnicate"], &["serve", "now"]] {
+        for bad in [
+            &["token"][..],
+            &["token", "--sub"],
+            &["token", "--sub", ""],
+            &["token", "--sub", "a", "--ttl", "0"],
+            &["token", "--x"],
+            &["frobnicate"],
+            &["serve", "now"],
+        ] {
             assert!(matches!(parse(bad), Err(LocalError::Usage(_))), "{bad:?}");
         }
     }

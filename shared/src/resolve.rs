@@ -34,7 +34,10 @@ impl ResolutionPath {
 
     /// Team paths are paid by the operator; BYOK paths by the user.
     pub const fn is_team(self) -> bool {
-        matches!(self, ResolutionPath::TeamGateway | ResolutionPath::TeamProvider)
+        matches!(
+            self,
+            ResolutionPath::TeamGateway | ResolutionPath::TeamProvider
+        )
     }
 }
 
@@ -199,10 +202,19 @@ fn choose(
     if let Some(key) = snapshot.enabled_key(Service::Gateway) {
         let (base_url, source) = match &key.base_url {
             Some(url) => (url.clone(), BaseUrlSource::User),
-            None => (upstreams.base_url(Service::Gateway).to_owned(), BaseUrlSource::Default),
+            None => (
+                upstreams.base_url(Service::Gateway).to_owned(),
+                BaseUrlSource::Default,
+            ),
         };
         let cred = CredentialSource::User(key.secret.clone());
-        return Ok(build(ResolutionPath::UserGateway, Service::Gateway, base_url, source, cred));
+        return Ok(build(
+            ResolutionPath::UserGateway,
+            Service::Gateway,
+            base_url,
+            source,
+            cred,
+        ));
     }
 
     // 2. The user's key for the model's provider, else their OpenRouter key.
@@ -213,12 +225,22 @@ fn choose(
         let svc = key.service;
         let base_url = upstreams.base_url(svc).to_owned();
         let cred = CredentialSource::User(key.secret.clone());
-        return Ok(build(ResolutionPath::UserProvider, svc, base_url, BaseUrlSource::Default, cred));
+        return Ok(build(
+            ResolutionPath::UserProvider,
+            svc,
+            base_url,
+            BaseUrlSource::Default,
+            cred,
+        ));
     }
 
     // 3 and 4. Team credentials, in order: gateway, the model's provider, OpenRouter.
     let team_choice = if team.has(Service::Gateway) {
-        Some((ResolutionPath::TeamGateway, Service::Gateway, BaseUrlSource::Team))
+        Some((
+            ResolutionPath::TeamGateway,
+            Service::Gateway,
+            BaseUrlSource::Team,
+        ))
     } else {
         direct
             .filter(|svc| team.has(*svc))
@@ -229,7 +251,13 @@ fn choose(
         Some(_) if !snapshot.settings.allow_gateway_fallback => Err(ResolveError::ConsentRequired),
         Some((path, svc, source)) => {
             let base_url = upstreams.base_url(svc).to_owned();
-            Ok(build(path, svc, base_url, source, CredentialSource::Team(svc)))
+            Ok(build(
+                path,
+                svc,
+                base_url,
+                source,
+                CredentialSource::Team(svc),
+            ))
         }
         None => Err(ResolveError::NoCredential),
     }
@@ -306,7 +334,16 @@ mod tests {
         team: &'static [Service],
         model: &'static str,
         /// (path, provider, upstreamModel, baseUrlHost, baseUrlSource) or the error.
-        want: Result<(&'static str, Service, &'static str, &'static str, &'static str), &'static str>,
+        want: Result<
+            (
+                &'static str,
+                Service,
+                &'static str,
+                &'static str,
+                &'static str,
+            ),
+            &'static str,
+        >,
     }
 
     #[test]
@@ -322,7 +359,13 @@ mod tests {
                 consent: true,
                 team: &[Gateway, OpenAi],
                 model: "gpt-4o-mini",
-                want: Ok(("user-gateway", Gateway, "openai/gpt-4o-mini", "my-gw.example.com", "user")),
+                want: Ok((
+                    "user-gateway",
+                    Gateway,
+                    "openai/gpt-4o-mini",
+                    "my-gw.example.com",
+                    "user",
+                )),
             },
             Case {
                 name: "user gateway key without base URL uses the default gateway",
@@ -330,7 +373,13 @@ mod tests {
                 consent: false,
                 team: &[],
                 model: "mistral/mistral-large",
-                want: Ok(("user-gateway", Gateway, "mistral/mistral-large", "ai-gateway.vercel.sh", "default")),
+                want: Ok((
+                    "user-gateway",
+                    Gateway,
+                    "mistral/mistral-large",
+                    "ai-gateway.vercel.sh",
+                    "default",
+                )),
             },
             Case {
                 name: "disabled gateway key is skipped",
@@ -338,7 +387,13 @@ mod tests {
                 consent: true,
                 team: &[],
                 model: "claude-3-5-sonnet",
-                want: Ok(("user-provider", Anthropic, "claude-3-5-sonnet", "api.anthropic.com", "default")),
+                want: Ok((
+                    "user-provider",
+                    Anthropic,
+                    "claude-3-5-sonnet",
+                    "api.anthropic.com",
+                    "default",
+                )),
             },
             Case {
                 name: "user provider key for the model's provider gets the bare id",
@@ -346,7 +401,13 @@ mod tests {
                 consent: true,
                 team: &[Gateway],
                 model: "openai/gpt-4o",
-                want: Ok(("user-provider", OpenAi, "gpt-4o", "api.openai.com", "default")),
+                want: Ok((
+                    "user-provider",
+                    OpenAi,
+                    "gpt-4o",
+                    "api.openai.com",
+                    "default",
+                )),
             },
             Case {
                 name: "user openrouter key serves any model, namespaced",
@@ -354,7 +415,13 @@ mod tests {
                 consent: true,
                 team: &[Gateway],
                 model: "gpt-4o",
-                want: Ok(("user-provider", OpenRouter, "openai/gpt-4o", "openrouter.ai", "default")),
+                want: Ok((
+                    "user-provider",
+                    OpenRouter,
+                    "openai/gpt-4o",
+                    "openrouter.ai",
+                    "default",
+                )),
             },
             Case {
                 name: "user openrouter key serves a provider we do not call directly",
@@ -362,7 +429,13 @@ mod tests {
                 consent: false,
                 team: &[],
                 model: "meta-llama/llama-3.1-8b",
-                want: Ok(("user-provider", OpenRouter, "meta-llama/llama-3.1-8b", "openrouter.ai", "default")),
+                want: Ok((
+                    "user-provider",
+                    OpenRouter,
+                    "meta-llama/llama-3.1-8b",
+                    "openrouter.ai",
+                    "default",
+                )),
             },
             Case {
                 name: "disabled provider key falls through to the team gateway",
@@ -370,7 +443,13 @@ mod tests {
                 consent: true,
                 team: &[Gateway, Xai],
                 model: "grok-2",
-                want: Ok(("team-gateway", Gateway, "xai/grok-2", "ai-gateway.vercel.sh", "team")),
+                want: Ok((
+                    "team-gateway",
+                    Gateway,
+                    "xai/grok-2",
+                    "ai-gateway.vercel.sh",
+                    "team",
+                )),
             },
             Case {
                 name: "no user keys, consent on, team gateway",
@@ -378,7 +457,13 @@ mod tests {
                 consent: true,
                 team: &[Gateway],
                 model: "gemini-2.0-flash",
-                want: Ok(("team-gateway", Gateway, "google/gemini-2.0-flash", "ai-gateway.vercel.sh", "team")),
+                want: Ok((
+                    "team-gateway",
+                    Gateway,
+                    "google/gemini-2.0-flash",
+                    "ai-gateway.vercel.sh",
+                    "team",
+                )),
             },
             Case {
                 name: "team provider key for the model's provider",
@@ -386,7 +471,13 @@ mod tests {
                 consent: true,
                 team: &[OpenAi, OpenRouter],
                 model: "gpt-4o",
-                want: Ok(("team-provider", OpenAi, "gpt-4o", "api.openai.com", "default")),
+                want: Ok((
+                    "team-provider",
+                    OpenAi,
+                    "gpt-4o",
+                    "api.openai.com",
+                    "default",
+                )),
             },
             Case {
                 name: "team openrouter serves what no team provider key does",
@@ -394,7 +485,13 @@ mod tests {
                 consent: true,
                 team: &[OpenAi, OpenRouter],
                 model: "claude-3-haiku",
-                want: Ok(("team-provider", OpenRouter, "anthropic/claude-3-haiku", "openrouter.ai", "default")),
+                want: Ok((
+                    "team-provider",
+                    OpenRouter,
+                    "anthropic/claude-3-haiku",
+                    "openrouter.ai",
+                    "default",
+                )),
             },
             Case {
                 name: "consent off with a team gateway → consent_required",
@@ -433,7 +530,9 @@ mod tests {
         let upstreams = Upstreams::default();
         for case in cases {
             let snapshot = UserSnapshot {
-                settings: Settings { allow_gateway_fallback: case.consent },
+                settings: Settings {
+                    allow_gateway_fallback: case.consent,
+                },
                 keys: case.keys.clone(),
             };
             let model = ModelId::parse(case.model).unwrap();
@@ -478,9 +577,17 @@ mod tests {
         let r = resolve(&snapshot, &model, &TeamCredentials::default(), &upstreams).unwrap();
         assert_eq!(r.base_url_host, "127.0.0.1:9100");
         assert_eq!(r.base_url, "http://127.0.0.1:9100/v1");
-        let r = resolve(&UserSnapshot::default(), &model, &team(&[Service::Gateway]), &upstreams)
-            .unwrap();
-        assert_eq!((r.base_url_host.as_str(), r.base_url_source), ("127.0.0.1:9200", BaseUrlSource::Team));
+        let r = resolve(
+            &UserSnapshot::default(),
+            &model,
+            &team(&[Service::Gateway]),
+            &upstreams,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.base_url_host.as_str(), r.base_url_source),
+            ("127.0.0.1:9200", BaseUrlSource::Team)
+        );
     }
 
     #[test]
@@ -516,11 +623,21 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(seen.clone());
         let snapshot = UserSnapshot {
             settings: Settings::default(),
-            keys: vec![key(Service::Gateway, true, Some("https://gw.example.com/v1"))],
+            keys: vec![key(
+                Service::Gateway,
+                true,
+                Some("https://gw.example.com/v1"),
+            )],
         };
         tracing::subscriber::with_default(subscriber, || {
             let model = ModelId::parse("gpt-4o").unwrap();
-            resolve(&snapshot, &model, &TeamCredentials::default(), &Upstreams::default()).unwrap();
+            resolve(
+                &snapshot,
+                &model,
+                &TeamCredentials::default(),
+                &Upstreams::default(),
+            )
+            .unwrap();
         });
         let seen = seen.0.lock().unwrap().clone();
         let field = |name: &str| {

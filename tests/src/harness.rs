@@ -84,7 +84,10 @@ impl LocalServer {
                     if n == 0 {
                         break;
                     }
-                    output.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                    output
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             });
         }
@@ -92,7 +95,10 @@ impl LocalServer {
             child: Some(child),
             base: String::new(),
             data_dir: data_dir.to_owned(),
-            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             output,
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
@@ -117,18 +123,29 @@ impl LocalServer {
 
     /// A token from `byok-local token` with this server's configuration.
     pub fn token(&self, sub: &str, admin: bool) -> String {
-        let env: Vec<(&str, &str)> =
-            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let mut cmd = base_command(&self.data_dir, &env);
         cmd.args(["token", "--sub", sub]);
         if admin {
             cmd.arg("--admin");
         }
         let out = cmd.output().expect("run byok-local token");
-        assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let token = String::from_utf8(out.stdout).expect("utf-8 token");
         let token = token.trim().to_owned();
-        assert_eq!(token.split('.').count(), 3, "a JWT alone on stdout: {token:?}");
+        assert_eq!(
+            token.split('.').count(),
+            3,
+            "a JWT alone on stdout: {token:?}"
+        );
         token
     }
 
@@ -176,7 +193,10 @@ pub fn files_below(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir").map_while(Result::ok) {
+        for entry in std::fs::read_dir(&dir)
+            .expect("read dir")
+            .map_while(Result::ok)
+        {
             let path = entry.path();
             if path.is_dir() {
                 pending.push(path);

@@ -54,7 +54,10 @@ impl Api {
         raw: Vec<u8>,
         content_type: Option<&str>,
     ) -> Answer {
-        let mut req = self.client.request(method, format!("{}{path}", self.base)).body(raw);
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .body(raw);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }

@@ -82,9 +82,7 @@ pub fn url_host(raw: &str) -> Option<String> {
 fn is_public_name(name: &str) -> bool {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     const PRIVATE_SUFFIXES: [&str; 5] = [".localhost", ".local", ".internal", ".lan", ".home.arpa"];
-    name.contains('.')
-        && name != "localhost"
-        && !PRIVATE_SUFFIXES.iter().any(|s| name.ends_with(s))
+    name.contains('.') && name != "localhost" && !PRIVATE_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
 /// True for addresses on the public internet; false for loopback, private,
@@ -185,9 +183,18 @@ mod tests {
 
     #[test]
     fn host_of_operator_urls() {
-        assert_eq!(url_host("http://127.0.0.1:9999/v1").as_deref(), Some("127.0.0.1:9999"));
-        assert_eq!(url_host("https://api.openai.com/v1").as_deref(), Some("api.openai.com"));
-        assert_eq!(url_host("https://u:p@h.example/v1").as_deref(), Some("h.example"));
+        assert_eq!(
+            url_host("http://127.0.0.1:9999/v1").as_deref(),
+            Some("127.0.0.1:9999")
+        );
+        assert_eq!(
+            url_host("https://api.openai.com/v1").as_deref(),
+            Some("api.openai.com")
+        );
+        assert_eq!(
+            url_host("https://u:p@h.example/v1").as_deref(),
+            Some("h.example")
+        );
         assert_eq!(url_host("nope"), None);
     }
 }

@@ -122,7 +122,15 @@ pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatE
 }
 
 /// Prefixes shown in clear by [`mask_key`], longest first.
-const KNOWN_PREFIXES: [&str; 7] = ["sk-or-v1-", "sk-proj-", "sk-ant-", "xai-", "AIza", "gsk_", "vck_"];
+const KNOWN_PREFIXES: [&str; 7] = [
+    "sk-or-v1-",
+    "sk-proj-",
+    "sk-ant-",
+    "xai-",
+    "AIza",
+    "gsk_",
+    "vck_",
+];
 
 /// `sk-proj-…1234`: the key's known prefix (else its first 3 characters),
 /// an ellipsis and its last 4 characters. Keys too short to mask safely show
@@ -178,19 +186,41 @@ mod tests {
             (Service::Gateway, "sk-gateway-abcdefghijkl"),
         ];
         for (svc, key) in ok {
-            assert_eq!(check_key_format(svc, &ApiKey::new(key)), Ok(()), "{svc} {key}");
+            assert_eq!(
+                check_key_format(svc, &ApiKey::new(key)),
+                Ok(()),
+                "{svc} {key}"
+            );
         }
         let bad: [(Service, &str, fn(&KeyFormatError) -> bool); 8] = [
             (Service::OpenAi, "", |e| *e == E::Empty),
-            (Service::OpenAi, "sk-short", |e| matches!(e, E::Length { .. })),
-            (Service::OpenAi, "sk-abc def ghi jkl mno", |e| *e == E::Characters),
-            (Service::OpenAi, "pk-abcdefghijklmnopqrst", |e| matches!(e, E::Prefix { .. })),
-            (Service::OpenAi, "sk-ant-abcdefghijklmnop", |e| {
-                matches!(e, E::WrongService { other: "anthropic", .. })
+            (Service::OpenAi, "sk-short", |e| {
+                matches!(e, E::Length { .. })
             }),
-            (Service::Anthropic, "sk-abcdefghijklmnopqrst", |e| matches!(e, E::Prefix { .. })),
-            (Service::Groq, "gsk_abcdefghijklmnopq\u{e9}", |e| *e == E::Characters),
-            (Service::Gateway, "vck_abcdefghijklmnopq\n", |e| *e == E::Characters),
+            (Service::OpenAi, "sk-abc def ghi jkl mno", |e| {
+                *e == E::Characters
+            }),
+            (Service::OpenAi, "pk-abcdefghijklmnopqrst", |e| {
+                matches!(e, E::Prefix { .. })
+            }),
+            (Service::OpenAi, "sk-ant-abcdefghijklmnop", |e| {
+                matches!(
+                    e,
+                    E::WrongService {
+                        other: "anthropic",
+                        ..
+                    }
+                )
+            }),
+            (Service::Anthropic, "sk-abcdefghijklmnopqrst", |e| {
+                matches!(e, E::Prefix { .. })
+            }),
+            (Service::Groq, "gsk_abcdefghijklmnopq\u{e9}", |e| {
+                *e == E::Characters
+            }),
+            (Service::Gateway, "vck_abcdefghijklmnopq\n", |e| {
+                *e == E::Characters
+            }),
         ];
         for (svc, key, want) in bad {
             let err = check_key_format(svc, &ApiKey::new(key)).expect_err(key);

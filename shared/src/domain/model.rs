@@ -113,9 +113,17 @@ mod tests {
     fn parses_namespaced_and_bare_ids() {
         let cases = [
             ("openai/gpt-4o-mini", "openai", "gpt-4o-mini"),
-            ("anthropic/claude-3-5-sonnet", "anthropic", "claude-3-5-sonnet"),
+            (
+                "anthropic/claude-3-5-sonnet",
+                "anthropic",
+                "claude-3-5-sonnet",
+            ),
             ("mistral/mistral-large", "mistral", "mistral-large"),
-            ("meta-llama/llama-3.1-8b:free", "meta-llama", "llama-3.1-8b:free"),
+            (
+                "meta-llama/llama-3.1-8b:free",
+                "meta-llama",
+                "llama-3.1-8b:free",
+            ),
             ("openrouter/auto", "openrouter", "auto"),
             ("gpt-4o", "openai", "gpt-4o"),
             ("o1-mini", "openai", "o1-mini"),

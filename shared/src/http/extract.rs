@@ -4,7 +4,7 @@
 
 use super::{ApiError, AppState, ErrorCode};
 use crate::auth::{AuthError, AuthorizerClaims, Principal};
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use http::StatusCode;
 use http::request::Parts;
@@ -28,7 +28,8 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A JSON body for `/api/*`: unknown fields and bad JSON are 400
+/// A JSON object body for `/api/*`: anything but a JSON object (bad JSON, an
+/// array, a missing or wrong content type) and unknown fields are 400
 /// `invalid_request`, an oversized body 413 `payload_too_large`.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
@@ -37,42 +38,63 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "expected a JSON body with Content-Type: application/json",
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "request body is larger than 64 KiB",
+                )
+            } else {
+                ApiError::new(ErrorCode::InvalidRequest, "request body could not be read")
+            }
+        })?;
+        // serde would also read a struct from a JSON array; only objects are accepted.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "request body must be a JSON object",
+            ));
+        }
+        serde_json::from_slice(&bytes).map(Self).map_err(|err| {
+            let message = match err.classify() {
+                serde_json::error::Category::Data => shape_message(&err.to_string()),
+                _ => "request body is not valid JSON".to_owned(),
+            };
+            ApiError::new(ErrorCode::InvalidRequest, message)
+        })
     }
 }
 
-fn json_rejection(rejection: &JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than 64 KiB")
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            ErrorCode::InvalidRequest,
-            "expected a JSON body with Content-Type: application/json",
-        ),
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::new(ErrorCode::InvalidRequest, "request body is not valid JSON")
-        }
-        JsonRejection::JsonDataError(err) => {
-            ApiError::new(ErrorCode::InvalidRequest, shape_message(&err.body_text()))
-        }
-        other => ApiError::new(ErrorCode::InvalidRequest, other.body_text()),
-    }
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
 }
 
 /// serde's message names the unknown or missing field, which is safe to
 /// repeat; any other message may quote a value from the body (a key), so it
 /// is replaced by a generic sentence.
 fn shape_message(serde_text: &str) -> String {
-    let detail = serde_text.split_once(": ").map_or(serde_text, |(_, d)| d);
+    let detail = serde_text.rsplit_once(": ").map_or(serde_text, |(_, d)| d);
     for kind in ["unknown field `", "missing field `"] {
         if let Some(rest) = detail.strip_prefix(kind)
             && let Some((field, _)) = rest.split_once('`')
             && field.len() <= 64
-            && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             return format!("{}`{field}`", kind.trim_end_matches('`'));
         }
@@ -87,7 +109,9 @@ mod tests {
     #[test]
     fn repeats_field_names_but_never_values() {
         assert_eq!(
-            shape_message("Failed to deserialize the JSON body into the target type: unknown field `apiKeyy`, expected one of `service`, `apiKey` at line 1 column 10"),
+            shape_message(
+                "Failed to deserialize the JSON body into the target type: unknown field `apiKeyy`, expected one of `service`, `apiKey` at line 1 column 10"
+            ),
             "unknown field `apiKeyy`"
         );
         assert_eq!(

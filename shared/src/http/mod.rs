@@ -103,13 +103,19 @@ fn keys_routes(state: AppState) -> Router {
     Router::new()
         .route("/api/providers", get(keys::providers))
         .route("/api/keys", get(keys::list).post(keys::upsert))
-        .route("/api/keys/{service}", axum::routing::patch(keys::update).delete(keys::delete))
+        .route(
+            "/api/keys/{service}",
+            axum::routing::patch(keys::update).delete(keys::delete),
+        )
         .with_state(state)
 }
 
 fn settings_routes(state: AppState) -> Router {
     Router::new()
-        .route("/api/user-settings", get(settings::get).post(settings::save))
+        .route(
+            "/api/user-settings",
+            get(settings::get).post(settings::save),
+        )
         .with_state(state)
 }
 
@@ -137,7 +143,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
 }
 
 /// One line per request: method, route template (never the raw query), status, time.

@@ -28,7 +28,10 @@ pub(super) async fn preview(
         .map(|(_, v)| v.into_owned())
         .filter(|m| !m.trim().is_empty())
         .ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidRequest, "query parameter model is required")
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "query parameter model is required",
+            )
         })?;
     let r = state.resolver.resolve(&caller.user, &model).await?;
     Ok(Json(ResolutionView {

@@ -36,5 +36,11 @@ pub(super) async fn save(
     let settings = Settings {
         allow_gateway_fallback: body.allow_gateway_fallback,
     };
-    Ok(Json(state.keys.save_settings(&caller.user, settings).await?.into()))
+    Ok(Json(
+        state
+            .keys
+            .save_settings(&caller.user, settings)
+            .await?
+            .into(),
+    ))
 }

@@ -77,8 +77,11 @@ pub trait MetadataStore: Send + Sync {
     async fn load_user(&self, user: &UserId) -> Result<UserSnapshot, StoreError>;
 
     /// One key record, if any.
-    async fn get_key(&self, user: &UserId, service: Service)
-    -> Result<Option<KeyRecord>, StoreError>;
+    async fn get_key(
+        &self,
+        user: &UserId,
+        service: Service,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Writes `record` (its `revision` already the new one) if the stored
     /// record matches `expected`; else [`StoreError::Conflict`] and nothing changes.

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: lints, offline checks of the API
+# description and the SAM template, then every Rust test (unit, store
+# contract, end-to-end against the real byok-local binary).
+# Installs what it needs (Python tools into target/py); fails loudly if it cannot.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools: Python virtualenv with the offline checkers"
+PY_ENV=target/py
+if [ ! -x "$PY_ENV/bin/python" ]; then
+  python3 -m venv "$PY_ENV"
+fi
+"$PY_ENV/bin/pip" install --quiet --disable-pip-version-check -r infra/scripts/requirements-test.txt
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
+step "OpenAPI description is valid OpenAPI 3.1"
+"$PY_ENV/bin/openapi-spec-validator" infra/openapi.json
+
+if [ -f infra/scripts/check_template.py ]; then
+  step "SAM template: transform offline and cfn-lint the result"
+  "$PY_ENV/bin/python" infra/scripts/check_template.py template.yaml
+fi
+
+step "build binaries (the end-to-end tests run them)"
+cargo build --workspace --bins --quiet
+
+step "tests"
+cargo test --workspace --all-features --no-fail-fast
