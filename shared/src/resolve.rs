@@ -296,8 +296,6 @@ mod tests {
     use super::*;
     use crate::domain::{KeyRecord, Settings, now};
 
-    const GW_URL: &str = "https://ai-gateway.vercel.sh/v1";
-
     fn key(service: Service, enabled: bool, base_url: Option<&str>) -> KeyRecord {
         let t = now();
         KeyRecord {

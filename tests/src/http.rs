@@ -1,6 +1,10 @@
 //! A small JSON client for end-to-end tests: every call returns the status,
 //! the body as JSON (Null when empty) and the raw text, so tests can assert
 //! on codes and scan for canaries.
+#![expect(
+    clippy::expect_used,
+    reason = "test support: a failed step should stop the test loudly"
+)]
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::Value;

@@ -2,6 +2,11 @@
 //! the embedded store can be asked: no plaintext on disk, the master key
 //! matters, tampering is detected, data survives a reopen.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions: a failed step is a failed test"
+)]
+
 use byok::crypto::MasterKey;
 use byok::domain::{ApiKey, Service, Settings, UserId};
 use byok::store::embedded::EmbeddedStore;
@@ -103,7 +108,20 @@ async fn other_master_key_cannot_decrypt() {
         .unwrap();
     drop(store);
 
-    let store = EmbeddedStore::open(tmp.path(), MasterKey::generate()).unwrap();
+    // Another master key is refused when the store opens, before any use.
+    let refused = EmbeddedStore::open(tmp.path(), MasterKey::generate());
+    assert!(
+        matches!(refused, Err(StoreError::WrongMasterKey)),
+        "{refused:?}"
+    );
+
+    // A row whose master key id was forged to match still fails authentication.
+    let other = MasterKey::generate();
+    let conn = rusqlite::Connection::open(tmp.path().join("byok.db")).unwrap();
+    conn.execute("UPDATE secrets SET master_key_id = ?1", [other.key_id()])
+        .unwrap();
+    drop(conn);
+    let store = EmbeddedStore::open(tmp.path(), other).unwrap();
     let result = store.get_secret(&sref).await;
     assert!(matches!(result, Err(StoreError::Decrypt)), "{result:?}");
     let message = result.unwrap_err().to_string();

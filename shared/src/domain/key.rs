@@ -192,7 +192,8 @@ mod tests {
                 "{svc} {key}"
             );
         }
-        let bad: [(Service, &str, fn(&KeyFormatError) -> bool); 8] = [
+        type Check = fn(&KeyFormatError) -> bool;
+        let bad: [(Service, &str, Check); 8] = [
             (Service::OpenAi, "", |e| *e == E::Empty),
             (Service::OpenAi, "sk-short", |e| {
                 matches!(e, E::Length { .. })

@@ -159,6 +159,18 @@ impl EmbeddedStore {
         migrate(&mut conn)?;
 
         let master_key_id = master.key_id();
+        // Refuse a master key that opens none of the stored secrets: starting
+        // would only turn every later use of a key into an error.
+        let (total, ours): (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE master_key_id = ?1) FROM secrets",
+                [&master_key_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(StoreError::backend)?;
+        if total > 0 && ours == 0 {
+            return Err(StoreError::WrongMasterKey);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -695,11 +707,26 @@ mod tests {
             .unwrap();
         assert_eq!(journal, "wal");
         drop(conn);
-        drop(store);
-        // Reopening an existing database keeps the schema.
-        open(&dir);
-        let printed = format!("{:?}", open(&dir));
+        let printed = format!("{store:?}");
         assert!(printed.contains("EmbeddedStore"), "{printed}");
+        drop(store);
+
+        // Reopening keeps the schema and data; a master key other than the
+        // one that sealed the secrets is refused at open.
+        let dir = tmp.path().join("reopen");
+        let key_b64 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let key = || MasterKey::from_base64(key_b64).unwrap();
+        let store = EmbeddedStore::open(&dir, key()).unwrap();
+        let secret = store
+            .put_secret(&user("u"), Service::OpenAi, &ApiKey::new("sk-y"))
+            .await
+            .unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(&dir, key()).unwrap();
+        assert_eq!(store.get_secret(&secret).await.unwrap().expose(), "sk-y");
+        drop(store);
+        let err = EmbeddedStore::open(&dir, MasterKey::generate()).unwrap_err();
+        assert!(matches!(err, StoreError::WrongMasterKey), "{err:?}");
     }
 
     #[tokio::test]

@@ -55,6 +55,9 @@ pub enum StoreError {
     /// Authenticated decryption failed: wrong master key or tampered data.
     #[error("secret could not be decrypted: wrong master key or tampered data")]
     Decrypt,
+    /// The store's secrets were sealed under another master key than the one given.
+    #[error("the master key does not match the one that sealed this store's secrets")]
+    WrongMasterKey,
     /// A stored item could not be read back into a domain value.
     #[error("corrupt stored item: {0}")]
     Corrupt(String),
