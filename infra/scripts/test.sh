@@ -33,4 +33,12 @@ step "build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --quiet
 
 step "tests"
-cargo test --workspace --all-features --no-fail-fast
+log=target/test-output.log
+set +e
+cargo test --workspace --all-features --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s; if (p == 0) exit 1 }' "$log"
+exit "$status"
