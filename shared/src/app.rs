@@ -2,10 +2,10 @@
 //! handler state out. SDK clients, keys and files are opened here once, at
 //! cold start, never per request.
 
-use crate::auth::{AuthError, JwtSecret, TokenVerifier};
+use crate::auth::{AuthError, Authenticator, JwtSecret, TokenVerifier};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::crypto::{CryptoError, MasterKey};
-use crate::http::{AppState, Authenticator};
+use crate::http::AppState;
 use crate::keys::KeyService;
 use crate::resolve::Resolver;
 use crate::store::embedded::EmbeddedStore;

@@ -201,6 +201,33 @@ impl JwtSecret {
     }
 }
 
+/// Decides who the caller is: claims an API Gateway authorizer already
+/// verified win; otherwise a bearer token checked by the configured verifier.
+pub struct Authenticator {
+    verifier: Option<TokenVerifier>,
+}
+
+impl Authenticator {
+    pub fn new(verifier: Option<TokenVerifier>) -> Self {
+        Self { verifier }
+    }
+
+    pub fn authenticate(
+        &self,
+        claims: Option<&AuthorizerClaims>,
+        authorization: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        if let Some(claims) = claims {
+            return principal_from_claims(&claims.0);
+        }
+        let token = authorization
+            .and_then(bearer_token)
+            .ok_or(AuthError::Missing)?;
+        let verifier = self.verifier.as_ref().ok_or(AuthError::Missing)?;
+        verifier.verify(token, now_unix())
+    }
+}
+
 /// Verifies HS256 bearer tokens signed with the configured secret.
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
@@ -853,5 +880,37 @@ mod tests {
     #[test]
     fn now_is_sane() {
         assert!(now_unix() > 1_700_000_000);
+    }
+
+    #[test]
+    fn authenticator_prefers_authorizer_claims_and_needs_a_verifier_for_tokens() {
+        let secret = JwtSecret::from_text(&"k".repeat(40)).unwrap();
+        let token = issue_token(&secret, "tok-user", false, 600, now_unix());
+        let header = format!("Bearer {token}");
+        let mut claims = Map::new();
+        claims.insert("sub".into(), Value::from("claims-user"));
+        let claims = AuthorizerClaims(claims);
+
+        let with_verifier = Authenticator::new(Some(TokenVerifier::new(secret, None, None)));
+        let from_claims = with_verifier
+            .authenticate(Some(&claims), Some(&header))
+            .unwrap();
+        assert_eq!(from_claims.user.as_str(), "claims-user");
+        let from_token = with_verifier.authenticate(None, Some(&header)).unwrap();
+        assert_eq!(from_token.user.as_str(), "tok-user");
+        assert!(matches!(
+            with_verifier.authenticate(None, None),
+            Err(AuthError::Missing)
+        ));
+        assert!(matches!(
+            with_verifier.authenticate(None, Some("Basic abc")),
+            Err(AuthError::Missing)
+        ));
+
+        // Behind an API Gateway authorizer with no secret configured, a bare
+        // token (one that did not pass the authorizer) is refused.
+        let claims_only = Authenticator::new(None);
+        assert!(claims_only.authenticate(None, Some(&header)).is_err());
+        assert!(claims_only.authenticate(Some(&claims), None).is_ok());
     }
 }

@@ -11,7 +11,7 @@ mod settings;
 pub use error::{ApiError, ErrorCode};
 pub use extract::{ApiJson, Caller};
 
-use crate::auth::{AuthError, AuthorizerClaims, Principal, TokenVerifier};
+use crate::auth::Authenticator;
 use crate::keys::KeyService;
 use crate::resolve::Resolver;
 use axum::Router;
@@ -45,33 +45,6 @@ pub struct AppState {
     pub keys: Arc<KeyService>,
     pub resolver: Arc<Resolver>,
     pub auth: Arc<Authenticator>,
-}
-
-/// Decides who the caller is: claims an API Gateway authorizer already
-/// verified win; otherwise a bearer token checked by the configured verifier.
-pub struct Authenticator {
-    verifier: Option<TokenVerifier>,
-}
-
-impl Authenticator {
-    pub fn new(verifier: Option<TokenVerifier>) -> Self {
-        Self { verifier }
-    }
-
-    pub fn authenticate(
-        &self,
-        claims: Option<&AuthorizerClaims>,
-        authorization: Option<&str>,
-    ) -> Result<Principal, AuthError> {
-        if let Some(claims) = claims {
-            return crate::auth::principal_from_claims(&claims.0);
-        }
-        let token = authorization
-            .and_then(crate::auth::bearer_token)
-            .ok_or(AuthError::Missing)?;
-        let verifier = self.verifier.as_ref().ok_or(AuthError::Missing)?;
-        verifier.verify(token, crate::auth::now_unix())
-    }
 }
 
 /// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`, `GET /api/providers`.
