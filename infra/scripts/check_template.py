@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Offline check of the SAM template: transform it with aws-sam-translator
-(no AWS calls) and lint the resulting CloudFormation with cfn-lint.
+(no AWS calls), lint the resulting CloudFormation with cfn-lint, then assert
+the functions' shape and least-privilege IAM on the transformed template.
 
 Usage: check_template.py [template.yaml]   (needs aws-sam-translator, cfn-lint)
-Exits non-zero if the transform fails or cfn-lint reports any error/warning.
+Exits non-zero if the transform fails, cfn-lint reports any error/warning, or
+a policy/function assertion fails (each failure is printed).
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +20,100 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 from samtranslator.translator.transform import transform  # noqa: E402
 from samtranslator.yaml_helper import yaml_parse  # noqa: E402
 
+# --------------------------------------------------------------- policy ----
+#
+# The IAM actions each function's role may grant, by logical id: exactly
+# these, no more, no fewer (the union over every Fn::If branch, i.e. with
+# every optional parameter set). THIS MUST MATCH THE SDK CALLS IN THE CODE
+# (shared/src/store/dynamo.rs, shared/src/store/secrets_manager.rs,
+# shared/src/app.rs): a new SDK call needs its action here and in
+# template.yaml, a removed call must leave both. KMS actions are those the
+# services make on the function's behalf (kms:ViaService is asserted).
+EXPECTED_ACTIONS = {
+    # Query, GetItem, PutItem (conditional), DeleteItem; CreateSecret (tagged:
+    # TagResource), PutSecretValue, GetSecretValue (cache misses),
+    # DeleteSecret, RestoreSecret (re-added while scheduled for deletion).
+    "KeysFunction": {
+        "dynamodb:Query",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "secretsmanager:CreateSecret",
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:DeleteSecret",
+        "secretsmanager:RestoreSecret",
+        "secretsmanager:TagResource",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+    },
+    # Query, PutItem. No Secrets Manager.
+    "SettingsFunction": {
+        "dynamodb:Query",
+        "dynamodb:PutItem",
+        "kms:Decrypt",
+    },
+    # Query (resolution); GetSecretValue on the team secrets, at cold start.
+    "ValidateFunction": {
+        "dynamodb:Query",
+        "kms:Decrypt",
+        "secretsmanager:GetSecretValue",
+    },
+}
+
+# Which secrets each function may touch: "user" = the per-user secrets under
+# SecretPrefix, "team" = the team secret parameters (read at cold start).
+EXPECTED_SECRET_SCOPES = {
+    "KeysFunction": {"user"},
+    "SettingsFunction": set(),
+    "ValidateFunction": {"team"},
+}
+
+# The only functions that may hold a Secrets Manager write action (a later
+# rotation function joins the keys function here).
+SECRET_WRITERS = {"KeysFunction", "RotationFunction"}
+
+# Secrets Manager actions that only read; every other secretsmanager action
+# counts as a write (CreateSecret, PutSecretValue, DeleteSecret,
+# RestoreSecret, UpdateSecret*, TagResource, ...).
+SECRET_READS = {
+    "secretsmanager:GetSecretValue",
+    "secretsmanager:BatchGetSecretValue",
+    "secretsmanager:DescribeSecret",
+    "secretsmanager:ListSecretVersionIds",
+    "secretsmanager:GetResourcePolicy",
+}
+
+# Where per-user secrets live: the only Secrets Manager resource besides the
+# team secret parameters.
+USER_SECRETS_ARN = (
+    "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+    ":secret:${SecretPrefix}*"
+)
+
+# Team key secrets: environment variable read by the code
+# (config::team_secret_env) -> template parameter holding the ARN.
+TEAM_SECRET_PARAMS = {
+    "BYOK_TEAM_GATEWAY_SECRET_ARN": "TeamGatewayKeySecretArn",
+    "BYOK_TEAM_OPENAI_SECRET_ARN": "TeamOpenAiKeySecretArn",
+    "BYOK_TEAM_ANTHROPIC_SECRET_ARN": "TeamAnthropicKeySecretArn",
+    "BYOK_TEAM_XAI_SECRET_ARN": "TeamXaiKeySecretArn",
+    "BYOK_TEAM_OPENROUTER_SECRET_ARN": "TeamOpenRouterKeySecretArn",
+    "BYOK_TEAM_GOOGLE_SECRET_ARN": "TeamGoogleKeySecretArn",
+    "BYOK_TEAM_GROQ_SECRET_ARN": "TeamGroqKeySecretArn",
+}
+# Functions that resolve with team keys: they get every team variable.
+TEAM_SECRET_READERS = {"ValidateFunction"}
+
+# The one managed policy a role may carry: SAM's own basic execution role
+# (CloudWatch Logs), the only place `*` is tolerated.
+BASIC_EXECUTION_ROLE = re.compile(
+    r"^arn:(aws[a-z-]*|\$\{AWS::Partition\}):iam::aws:policy/service-role/"
+    r"AWSLambdaBasicExecutionRole$"
+)
+
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
 
 class StubPolicyLoader:
     """Stands in for ManagedPolicyLoader: no IAM calls (no managed policies are
@@ -24,6 +121,310 @@ class StubPolicyLoader:
 
     def load(self):
         return {}
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def branches(value):
+    """The values an element can take: both branches of an Fn::If (nested
+    ones too), without AWS::NoValue."""
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        _, yes, no = value["Fn::If"]
+        return branches(yes) + branches(no)
+    if value == NO_VALUE:
+        return []
+    return [value]
+
+
+def expand(items):
+    """A list whose elements may be Fn::If, flattened to every possible
+    element."""
+    out = []
+    for item in as_list(items):
+        out.extend(branches(item))
+    return out
+
+
+def show(value):
+    return json.dumps(value, sort_keys=True)
+
+
+class Checker:
+    def __init__(self, output):
+        self.res = output.get("Resources", {})
+        self.conditions = output.get("Conditions", {})
+        self.errors = []
+
+    def fail(self, where, message):
+        self.errors.append(f"{where}: {message}")
+
+    # ------------------------------------------------------------ helpers --
+
+    def of_type(self, cfn_type):
+        return {k: v for k, v in self.res.items() if v.get("Type") == cfn_type}
+
+    def getatt_arn_of(self, value, cfn_type):
+        """True if value is {"Fn::GetAtt": [X, "Arn"]} for X of cfn_type."""
+        if not (isinstance(value, dict) and set(value) == {"Fn::GetAtt"}):
+            return False
+        target = value["Fn::GetAtt"]
+        if isinstance(target, str):
+            target = target.split(".", 1)
+        return (
+            len(target) == 2
+            and target[1] == "Arn"
+            and self.res.get(target[0], {}).get("Type") == cfn_type
+        )
+
+    def role_documents(self, role_name):
+        """Every policy document attached to a role: inline policies and
+        AWS::IAM::Policy resources naming it."""
+        role = self.res[role_name]["Properties"]
+        docs = []
+        for pol in expand(role.get("Policies", [])):
+            docs.append((f"{role_name}/{pol.get('PolicyName', '?')}", pol.get("PolicyDocument", {})))
+        for name, pol in self.of_type("AWS::IAM::Policy").items():
+            if {"Ref": role_name} in as_list(pol["Properties"].get("Roles", [])):
+                docs.append((name, pol["Properties"].get("PolicyDocument", {})))
+        return docs
+
+    def statements(self, document):
+        """(statement, wrapping condition or None) for every statement a
+        document can contain."""
+        out = []
+        for item in as_list(document.get("Statement", [])):
+            if isinstance(item, dict) and set(item) == {"Fn::If"}:
+                cond, yes, no = item["Fn::If"]
+                out.extend((s, cond) for s in branches(yes))
+                out.extend((s, f"!{cond}") for s in branches(no))
+            else:
+                out.append((item, None))
+        return out
+
+    def or_members(self, cond):
+        """The conditions whose truth implies `cond` is true, as far as
+        can be read off its definition (itself, or the members of an Fn::Or)."""
+        members = {cond}
+        definition = self.conditions.get(cond, {})
+        if isinstance(definition, dict) and set(definition) == {"Fn::Or"}:
+            for m in definition["Fn::Or"]:
+                if isinstance(m, dict) and set(m) == {"Condition"}:
+                    members.add(m["Condition"])
+                else:
+                    return None  # not readable: treat as unproven
+        return members
+
+    # ------------------------------------------------------------- checks --
+
+    def check_no_wildcards(self):
+        """No Allow statement in any role or policy grants Action "*" or
+        Resource "*", NotAction or NotResource; the only managed policy is
+        SAM's basic execution role."""
+        for name, role in self.of_type("AWS::IAM::Role").items():
+            for arn in expand(role["Properties"].get("ManagedPolicyArns", [])):
+                text = arn.get("Fn::Sub") if isinstance(arn, dict) else arn
+                if not (isinstance(text, str) and BASIC_EXECUTION_ROLE.match(text)):
+                    self.fail(name, f"managed policy {show(arn)} is not allowed "
+                              "(only AWSLambdaBasicExecutionRole; grant inline statements)")
+            for where, doc in self.role_documents(name):
+                for st, _ in self.statements(doc):
+                    self.check_statement_wildcards(where, st)
+        for name in self.of_type("AWS::IAM::ManagedPolicy"):
+            self.fail(name, "customer managed policies are not allowed; grant inline statements")
+        # A KMS key policy's Resource is always "*" (it means this key); it
+        # may only delegate to the account (IAM policies then decide).
+        for name, key in self.of_type("AWS::KMS::Key").items():
+            for st in as_list(key["Properties"].get("KeyPolicy", {}).get("Statement", [])):
+                principal = st.get("Principal", {})
+                aws = principal.get("AWS") if isinstance(principal, dict) else principal
+                root = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+                if st.get("Effect") == "Allow" and aws != root:
+                    self.fail(name, f"key policy statement {st.get('Sid')!r} allows "
+                              f"{show(principal)}; only the account root (delegation to IAM)")
+
+    def check_statement_wildcards(self, where, st):
+        sid = st.get("Sid", "?")
+        if "NotAction" in st or "NotResource" in st:
+            self.fail(where, f"statement {sid}: NotAction/NotResource are not allowed")
+        if st.get("Effect") != "Allow":
+            return
+        for action in expand(st.get("Action", [])):
+            if not isinstance(action, str) or "*" in action:
+                self.fail(where, f"statement {sid}: wildcard or computed action {show(action)}")
+        for resource in expand(st.get("Resource", [])):
+            if resource == "*" or (isinstance(resource, str) and resource.endswith(":*")):
+                self.fail(where, f"statement {sid}: Resource {show(resource)} is not allowed")
+
+    def check_functions(self):
+        functions = self.of_type("AWS::Lambda::Function")
+        for name in sorted(set(functions) - set(EXPECTED_ACTIONS)):
+            self.fail(name, "function has no entry in EXPECTED_ACTIONS (check_template.py); "
+                      "add the actions its SDK calls need")
+        for name in sorted(set(EXPECTED_ACTIONS) - set(functions)):
+            self.fail(name, "listed in EXPECTED_ACTIONS but not in the template")
+        for name in sorted(set(functions) - set(EXPECTED_SECRET_SCOPES)):
+            self.fail(name, "function has no entry in EXPECTED_SECRET_SCOPES (check_template.py)")
+        for name, fn in sorted(functions.items()):
+            self.check_function_shape(name, fn)
+            self.check_function_policy(name, fn)
+
+    def check_function_shape(self, name, fn):
+        props = fn["Properties"]
+        build = fn.get("Metadata", {}).get("BuildMethod")
+        if build != "rust-cargolambda":
+            self.fail(name, f"Metadata.BuildMethod is {build!r}, expected 'rust-cargolambda'")
+        if props.get("Runtime") != "provided.al2023":
+            self.fail(name, f"Runtime is {props.get('Runtime')!r}, expected 'provided.al2023'")
+        if props.get("Architectures") != ["arm64"]:
+            self.fail(name, f"Architectures is {props.get('Architectures')!r}, expected ['arm64']")
+
+        group = props.get("LoggingConfig", {}).get("LogGroup")
+        target = group.get("Ref") if isinstance(group, dict) else None
+        log = self.res.get(target, {})
+        if log.get("Type") != "AWS::Logs::LogGroup":
+            self.fail(name, "LoggingConfig.LogGroup must !Ref a log group of the stack")
+        else:
+            if "RetentionInDays" not in log.get("Properties", {}):
+                self.fail(target, "log group has no RetentionInDays (logs would be kept forever)")
+            fname = props.get("FunctionName", {})
+            gname = log["Properties"].get("LogGroupName", {})
+            if isinstance(fname, dict) and isinstance(gname, dict) and "Fn::Sub" in fname:
+                if gname.get("Fn::Sub") != "/aws/lambda/" + fname["Fn::Sub"]:
+                    self.fail(target, f"LogGroupName {show(gname)} is not /aws/lambda/<FunctionName>")
+
+        env = props.get("Environment", {}).get("Variables", {})
+        if env.get("BYOK_STORE") != "aws":
+            self.fail(name, "BYOK_STORE must be 'aws'")
+        if env.get("BYOK_SECRET_PREFIX") != {"Ref": "SecretPrefix"}:
+            self.fail(name, "BYOK_SECRET_PREFIX must be !Ref SecretPrefix (the IAM scope uses it)")
+        table = env.get("BYOK_TABLE_NAME")
+        table = table.get("Ref") if isinstance(table, dict) else None
+        if self.res.get(table, {}).get("Type") != "AWS::DynamoDB::Table":
+            self.fail(name, "BYOK_TABLE_NAME must be !Ref of the stack's table")
+
+    def check_function_policy(self, name, fn):
+        role_ref = fn["Properties"].get("Role")
+        if not (isinstance(role_ref, dict) and self.getatt_arn_of(role_ref, "AWS::IAM::Role")):
+            self.fail(name, f"Role {show(role_ref)} is not a role of this stack; cannot check it")
+            return
+        role = role_ref["Fn::GetAtt"][0] if isinstance(role_ref["Fn::GetAtt"], list) \
+            else role_ref["Fn::GetAtt"].split(".")[0]
+
+        actions = set()
+        team_refs = set()
+        scopes = set()
+        for where, doc in self.role_documents(role):
+            for st, wrap in self.statements(doc):
+                if st.get("Effect") != "Allow":
+                    continue
+                sid = f"{where} statement {st.get('Sid', '?')}"
+                st_actions = {a for a in expand(st.get("Action", [])) if isinstance(a, str)}
+                actions |= st_actions
+                resources = expand(st.get("Resource", []))
+                services = {a.split(":", 1)[0] for a in st_actions}
+                if len(services) != 1:
+                    self.fail(sid, f"mixes services {sorted(services)}; one service per statement")
+                self.check_never_empty(sid, st, wrap)
+
+                if "dynamodb" in services:
+                    for r in resources:
+                        if not self.getatt_arn_of(r, "AWS::DynamoDB::Table"):
+                            self.fail(sid, f"DynamoDB resource {show(r)} is not the table's ARN")
+
+                if "kms" in services:
+                    for r in resources:
+                        if not self.getatt_arn_of(r, "AWS::KMS::Key"):
+                            self.fail(sid, f"KMS resource {show(r)} is not the stack's key")
+                    via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                    if not via:
+                        self.fail(sid, "KMS statement without a StringEquals kms:ViaService condition")
+
+                if "secretsmanager" in services:
+                    writes = st_actions - SECRET_READS
+                    if writes and name not in SECRET_WRITERS:
+                        self.fail(sid, f"{name} may not write secrets: {sorted(writes)} "
+                                  f"(only {sorted(SECRET_WRITERS)})")
+                    st_team = set()
+                    for r in resources:
+                        param = r.get("Ref") if isinstance(r, dict) and set(r) == {"Ref"} else None
+                        if param in TEAM_SECRET_PARAMS.values():
+                            st_team.add(param)
+                            scopes.add("team")
+                        elif r == {"Fn::Sub": USER_SECRETS_ARN}:
+                            scopes.add("user")
+                        else:
+                            self.fail(sid, f"Secrets Manager resource {show(r)} is neither "
+                                      f"{USER_SECRETS_ARN} nor a team secret parameter")
+                    team_refs |= st_team
+                    if st_team and st_actions != {"secretsmanager:GetSecretValue"}:
+                        self.fail(sid, f"team secrets may only be read (GetSecretValue), "
+                                  f"not {sorted(st_actions)}")
+
+        expected = EXPECTED_ACTIONS.get(name)
+        if expected is not None and actions != expected:
+            extra = sorted(actions - expected)
+            missing = sorted(expected - actions)
+            self.fail(name, "IAM actions differ from EXPECTED_ACTIONS"
+                      + (f"; not expected: {extra}" if extra else "")
+                      + (f"; missing: {missing}" if missing else ""))
+
+        expected_scopes = EXPECTED_SECRET_SCOPES.get(name, set())
+        if scopes != expected_scopes:
+            self.fail(name, f"reaches secrets {sorted(scopes) or 'none'}, expected "
+                      f"{sorted(expected_scopes) or 'none'} (EXPECTED_SECRET_SCOPES)")
+
+        # Team secrets: a function reads every BYOK_TEAM_*_SECRET_ARN it is
+        # given at cold start, so variable and grant go together.
+        env = fn["Properties"].get("Environment", {}).get("Variables", {})
+        given = {}
+        for var, value in env.items():
+            if var.startswith("BYOK_TEAM_") and var.endswith("_SECRET_ARN"):
+                if var not in TEAM_SECRET_PARAMS:
+                    self.fail(name, f"{var} is not a team secret variable the code reads")
+                elif value != {"Ref": TEAM_SECRET_PARAMS[var]}:
+                    self.fail(name, f"{var} must be !Ref {TEAM_SECRET_PARAMS[var]}")
+                else:
+                    given[var] = TEAM_SECRET_PARAMS[var]
+        for var, param in sorted(given.items()):
+            if param not in team_refs:
+                self.fail(name, f"has {var} but no GetSecretValue on {param}: it would fail at cold start")
+        for param in sorted(team_refs - set(given.values())):
+            self.fail(name, f"may read team secret {param} but is not given its variable")
+        if name in TEAM_SECRET_READERS:
+            for var in sorted(set(TEAM_SECRET_PARAMS) - set(given)):
+                self.fail(name, f"resolves with team keys but lacks {var}")
+
+    def check_never_empty(self, sid, st, wrap):
+        """A statement whose Resource entries are all conditional must itself
+        be conditional on (an Or of) those conditions: never an empty list."""
+        entries = as_list(st.get("Resource", []))
+        if not entries:
+            self.fail(sid, "has no Resource")
+            return
+        conds = set()
+        for e in entries:
+            if isinstance(e, dict) and set(e) == {"Fn::If"} and NO_VALUE in e["Fn::If"][1:]:
+                conds.add(e["Fn::If"][0])
+            else:
+                return  # an unconditional entry: never empty
+        if wrap is None or wrap.startswith("!"):
+            self.fail(sid, f"every Resource is conditional ({sorted(conds)}) but the statement "
+                      "is not: it would be empty when none is set")
+            return
+        members = self.or_members(wrap)
+        implied = wrap in conds or (
+            members is not None and len(members) > 1 and (members - {wrap}) <= conds
+        )
+        if not implied:
+            self.fail(sid, f"is included under {wrap}, which does not imply one of "
+                      f"its resource conditions {sorted(conds)}")
+
+    def run(self):
+        self.check_no_wildcards()
+        self.check_functions()
+        return self.errors
 
 
 def main() -> int:
@@ -67,8 +468,19 @@ def main() -> int:
     )
     if lint.returncode != 0:
         print(f"cfn-lint failed (exit {lint.returncode})", file=sys.stderr)
+    else:
+        print("cfn-lint ok")
+
+    # Run even when cfn-lint failed, so one run reports every problem.
+    errors = Checker(output).run()
+    if errors:
+        print(f"policy/function assertions failed ({len(errors)}):", file=sys.stderr)
+        for e in errors:
+            print(f"  - {e}", file=sys.stderr)
+    if lint.returncode != 0 or errors:
         return 1
-    print("cfn-lint ok")
+    print(f"policy ok: {len(EXPECTED_ACTIONS)} functions match EXPECTED_ACTIONS, no wildcards, "
+          "Secrets Manager writes only where allowed, runtime/arch/build/log retention as required")
     return 0
 
 

@@ -32,6 +32,31 @@ fi
 step "build binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --quiet
 
+step "local AWS API emulator: moto_server on 127.0.0.1 (stopped by pid on exit)"
+MOTO_PORT=$("$PY_ENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$PY_ENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > target/moto.log 2>&1 &
+MOTO_PID=$!
+trap 'kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true' EXIT
+if ! "$PY_ENV/bin/python" - "$MOTO_PORT" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/moto-api/"
+for _ in range(150):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.1)
+sys.exit(1)
+PY
+then
+  echo "moto_server did not start; its log:" >&2
+  cat target/moto.log >&2
+  exit 1
+fi
+export BYOK_TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT" AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+unset AWS_PROFILE AWS_SESSION_TOKEN
+
 step "tests"
 log=target/test-output.log
 set +e

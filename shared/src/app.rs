@@ -8,7 +8,13 @@ use crate::crypto::{CryptoError, MasterKey};
 use crate::http::AppState;
 use crate::keys::KeyService;
 use crate::resolve::Resolver;
+use crate::resolve::TeamCredentials;
+use crate::store::cache::CachedSecretStore;
+use crate::store::dynamo::{DynamoMetadataStore, ensure_table};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::secrets_manager::{
+    SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
+};
 use crate::store::{MetadataStore, SecretStore, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -26,40 +32,82 @@ pub enum InitError {
     Store(#[from] StoreError),
     #[error("{0} is not supported by this version")]
     Unsupported(&'static str),
+    #[error("{0} must be set")]
+    Missing(&'static str),
 }
 
-/// The metadata and secret stores chosen by `BYOK_STORE`.
+/// The metadata and secret stores chosen by `BYOK_STORE`, and the team
+/// credentials (plain variables, or on AWS the operator's secrets).
 pub struct Stores {
     pub meta: Arc<dyn MetadataStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub team: TeamCredentials,
 }
 
-/// Opens the configured backend.
-pub fn open_stores(config: &Config) -> Result<Stores, InitError> {
-    match config.store {
-        StoreKind::Embedded => {
-            let master = match &config.master_key {
-                Some(b64) => MasterKey::from_base64(b64.expose_secret())?,
-                None => MasterKey::load_or_create(&config.data_dir)?,
-            };
-            let store = Arc::new(EmbeddedStore::open(&config.data_dir, master)?);
-            Ok(Stores {
-                meta: store.clone(),
-                secrets: store,
-            })
-        }
-        StoreKind::Aws => Err(InitError::Unsupported("BYOK_STORE=aws")),
-    }
+/// Opens the configured backend; secrets are read through the
+/// version-aware cache either way.
+pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
+    let (meta, secrets, team): (Arc<dyn MetadataStore>, Arc<dyn SecretStore>, _) =
+        match config.store {
+            StoreKind::Embedded => {
+                let master = match &config.master_key {
+                    Some(b64) => MasterKey::from_base64(b64.expose_secret())?,
+                    None => MasterKey::load_or_create(&config.data_dir)?,
+                };
+                let store = Arc::new(EmbeddedStore::open(&config.data_dir, master)?);
+                (store.clone(), store, config.team.clone())
+            }
+            StoreKind::Aws => {
+                let table = config
+                    .table_name
+                    .clone()
+                    .ok_or(InitError::Missing("BYOK_TABLE_NAME"))?;
+                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .load()
+                    .await;
+                let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+                if config.create_table {
+                    ensure_table(&dynamo, &table).await?;
+                }
+                let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+                let mut team = config.team.clone();
+                for (service, arn) in &config.team_secret_arns {
+                    team.insert(*service, read_team_secret(&sm, arn).await?);
+                }
+                let deletion = match config.secret_recovery_days {
+                    0 => SecretDeletion::Force,
+                    days => SecretDeletion::RecoveryWindowDays(i64::from(days)),
+                };
+                let options = SecretsManagerOptions {
+                    prefix: config.secret_prefix.clone(),
+                    kms_key_id: config.kms_key_id.clone(),
+                    deletion,
+                };
+                let meta = Arc::new(DynamoMetadataStore::new(dynamo, table));
+                let secrets = Arc::new(SecretsManagerStore::new(sm, options));
+                (meta, secrets, team)
+            }
+        };
+    let secrets = Arc::new(CachedSecretStore::new(
+        secrets,
+        config.secret_cache_capacity,
+        config.secret_cache_ttl,
+    ));
+    Ok(Stores {
+        meta,
+        secrets,
+        team,
+    })
 }
 
 /// The handler state over `stores`, verifying tokens with `verifier` when
 /// the request did not come through an API Gateway authorizer.
 pub fn state(config: &Config, stores: Stores, verifier: Option<TokenVerifier>) -> AppState {
     AppState {
-        keys: Arc::new(KeyService::new(stores.meta.clone(), stores.secrets)),
+        keys: Arc::new(KeyService::new(stores.meta.clone(), stores.secrets.clone())),
         resolver: Arc::new(Resolver::new(
             stores.meta,
-            Arc::new(config.team.clone()),
+            Arc::new(stores.team),
             Arc::new(config.upstreams.clone()),
         )),
         auth: Arc::new(Authenticator::new(verifier)),
@@ -81,14 +129,14 @@ fn verifier(
 
 /// The state of a Lambda function: tokens are verified only if
 /// `BYOK_JWT_SECRET` is set; otherwise the authorizer's claims are required.
-pub fn lambda_state(config: &Config) -> Result<AppState, InitError> {
+pub async fn lambda_state(config: &Config) -> Result<AppState, InitError> {
     let secret = config
         .jwt_secret
         .as_ref()
         .map(|s| JwtSecret::from_text(s.expose_secret()))
         .transpose()?;
     let verifier = verifier(config, secret)?;
-    Ok(state(config, open_stores(config)?, verifier))
+    Ok(state(config, open_stores(config).await?, verifier))
 }
 
 /// The JWT secret byok-local signs and verifies with: `BYOK_JWT_SECRET`, else
@@ -101,7 +149,7 @@ pub fn local_jwt_secret(config: &Config) -> Result<JwtSecret, InitError> {
 }
 
 /// The state of byok-local: embedded (or configured) store and HS256 tokens.
-pub fn local_state(config: &Config, secret: JwtSecret) -> Result<AppState, InitError> {
+pub async fn local_state(config: &Config, secret: JwtSecret) -> Result<AppState, InitError> {
     let verifier = verifier(config, Some(secret))?;
-    Ok(state(config, open_stores(config)?, verifier))
+    Ok(state(config, open_stores(config).await?, verifier))
 }

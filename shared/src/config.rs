@@ -5,8 +5,10 @@
 use crate::domain::{ApiKey, Service};
 use crate::resolve::{TeamCredentials, Upstreams};
 use secrecy::SecretString;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Which storage backend serves keys and settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +35,16 @@ pub struct Config {
     pub validate_per_minute: u32,
     pub table_name: Option<String>,
     pub secret_prefix: String,
+    /// KMS key that encrypts new secrets (Secrets Manager); else the account default.
+    pub kms_key_id: Option<String>,
+    /// Days a deleted secret can be recovered; 0 deletes at once.
+    pub secret_recovery_days: u32,
+    /// Create the DynamoDB table if missing (local emulator runs; never on Lambda).
+    pub create_table: bool,
+    /// Operator secrets holding team keys, by service (Secrets Manager ARNs).
+    pub team_secret_arns: BTreeMap<Service, String>,
+    pub secret_cache_ttl: Duration,
+    pub secret_cache_capacity: usize,
     pub upstreams: Upstreams,
     pub team: TeamCredentials,
 }
@@ -53,6 +65,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_DATA_DIR: &str = ".byok";
 pub const DEFAULT_SECRET_PREFIX: &str = "byok/";
 pub const DEFAULT_VALIDATE_PER_MINUTE: u32 = 5;
+pub const DEFAULT_SECRET_RECOVERY_DAYS: u32 = 7;
 
 impl Config {
     /// Reads the process environment.
@@ -96,8 +109,48 @@ impl Config {
                 })?,
         };
 
+        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    name,
+                    expected: "a whole number",
+                }),
+            }
+        };
+        let secret_recovery_days = u32::try_from(number(
+            "BYOK_SECRET_RECOVERY_DAYS",
+            DEFAULT_SECRET_RECOVERY_DAYS.into(),
+        )?)
+        .ok()
+        .filter(|d| *d == 0 || (7..=30).contains(d))
+        .ok_or(ConfigError::Invalid {
+            name: "BYOK_SECRET_RECOVERY_DAYS",
+            expected: "0 (delete at once) or 7 to 30",
+        })?;
+        let secret_cache_ttl = Duration::from_secs(number(
+            "BYOK_SECRET_CACHE_TTL_SECS",
+            crate::store::cache::DEFAULT_TTL.as_secs(),
+        )?);
+        let secret_cache_capacity = usize::try_from(number(
+            "BYOK_SECRET_CACHE_SIZE",
+            crate::store::cache::DEFAULT_CAPACITY as u64,
+        )?)
+        .unwrap_or(crate::store::cache::DEFAULT_CAPACITY);
+        let create_table = match get("BYOK_CREATE_TABLE").as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "BYOK_CREATE_TABLE",
+                    expected: "true or false",
+                });
+            }
+        };
+
         let mut upstreams = Upstreams::default();
         let mut team = TeamCredentials::default();
+        let mut team_secret_arns = BTreeMap::new();
         for service in Service::ALL {
             let var = service.base_url_env();
             if let Some(url) = get(var) {
@@ -109,6 +162,9 @@ impl Config {
             }
             if let Some(key) = get(service.team_key_env()) {
                 team.insert(service, ApiKey::new(key.trim()));
+            }
+            if let Some(arn) = get(&team_secret_env(service)) {
+                team_secret_arns.insert(service, arn.trim().to_owned());
             }
         }
 
@@ -125,10 +181,25 @@ impl Config {
             table_name: get("BYOK_TABLE_NAME"),
             secret_prefix: get("BYOK_SECRET_PREFIX")
                 .unwrap_or_else(|| DEFAULT_SECRET_PREFIX.to_owned()),
+            kms_key_id: get("BYOK_KMS_KEY_ID"),
+            secret_recovery_days,
+            create_table,
+            team_secret_arns,
+            secret_cache_ttl,
+            secret_cache_capacity,
             upstreams,
             team,
         })
     }
+}
+
+/// `BYOK_TEAM_<SERVICE>_SECRET_ARN`: the Secrets Manager secret holding the
+/// operator's key for a service (on AWS, instead of a plain variable).
+pub fn team_secret_env(service: Service) -> String {
+    format!(
+        "BYOK_TEAM_{}_SECRET_ARN",
+        service.as_str().to_ascii_uppercase()
+    )
 }
 
 #[cfg(test)]
@@ -177,8 +248,24 @@ mod tests {
             ("AI_GATEWAY_API_KEY", "vck_team_0123456789abcdef"),
             ("OPENROUTER_API_KEY", "sk-or-v1-team0123456789"),
             ("GROQ_API_KEY", "  "),
+            (
+                "BYOK_TEAM_GATEWAY_SECRET_ARN",
+                "arn:aws:secretsmanager:us-east-1:1:secret:team-gw",
+            ),
+            ("BYOK_SECRET_RECOVERY_DAYS", "0"),
+            ("BYOK_KMS_KEY_ID", "alias/byok-dev"),
+            ("BYOK_CREATE_TABLE", "true"),
         ])
         .unwrap();
+        assert_eq!(
+            c.team_secret_arns
+                .get(&Service::Gateway)
+                .map(String::as_str),
+            Some("arn:aws:secretsmanager:us-east-1:1:secret:team-gw")
+        );
+        assert_eq!(c.secret_recovery_days, 0);
+        assert_eq!(c.kms_key_id.as_deref(), Some("alias/byok-dev"));
+        assert!(c.create_table);
         assert_eq!(c.store, StoreKind::Aws);
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.validate_per_minute, 9);
@@ -202,5 +289,8 @@ mod tests {
         assert!(config(&[("BYOK_LISTEN", "nowhere")]).is_err());
         assert!(config(&[("BYOK_VALIDATE_PER_MINUTE", "0")]).is_err());
         assert!(config(&[("BYOK_ANTHROPIC_BASE_URL", "not a url")]).is_err());
+        assert!(config(&[("BYOK_SECRET_RECOVERY_DAYS", "3")]).is_err());
+        assert!(config(&[("BYOK_CREATE_TABLE", "maybe")]).is_err());
+        assert!(config(&[("BYOK_SECRET_CACHE_TTL_SECS", "-1")]).is_err());
     }
 }

@@ -112,7 +112,7 @@ pub async fn run(command: Command, config: Config, out: &mut dyn Write) -> Resul
 
 async fn serve(config: Config, out: &mut dyn Write) -> Result<(), LocalError> {
     let secret = app::local_jwt_secret(&config)?;
-    let state = app::local_state(&config, secret.clone())?;
+    let state = app::local_state(&config, secret.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| LocalError::Bind {

@@ -51,6 +51,8 @@ macro_rules! contract_suite {
             secrets_are_independent_per_user_and_service,
             concurrent_put_key_has_one_winner,
             odd_user_ids_are_isolated,
+            crash_between_secret_and_metadata_writes_loses_no_key,
+            crash_between_metadata_and_secret_deletes_leaves_nothing_dangling,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -651,4 +653,150 @@ pub async fn odd_user_ids_are_isolated(b: &Backend) {
             ApiKey::new(format!("sk-odd-user-{i}-0123456789"))
         );
     }
+}
+
+/// Delegates to a real metadata store, except that an armed `put_key` or
+/// `delete_key` "crashes": the secret side of the operation has happened,
+/// the metadata side has not (for put) or has (for delete), and an error is
+/// returned, as if the process died in between.
+struct Crashing {
+    inner: Arc<dyn MetadataStore>,
+    crash_put: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl MetadataStore for Crashing {
+    async fn load_user(&self, user: &UserId) -> Result<byok::store::UserSnapshot, StoreError> {
+        self.inner.load_user(user).await
+    }
+    async fn get_key(
+        &self,
+        user: &UserId,
+        service: Service,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get_key(user, service).await
+    }
+    async fn put_key(&self, record: &KeyRecord, expected: Expected) -> Result<(), StoreError> {
+        if self.crash_put.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "simulated crash",
+            )));
+        }
+        self.inner.put_key(record, expected).await
+    }
+    async fn delete_key(
+        &self,
+        user: &UserId,
+        service: Service,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.delete_key(user, service).await
+    }
+    async fn put_settings(
+        &self,
+        user: &UserId,
+        settings: byok::domain::Settings,
+    ) -> Result<(), StoreError> {
+        self.inner.put_settings(user, settings).await
+    }
+}
+
+/// The metadata's secret reference must always open, to the key it named.
+async fn assert_metadata_opens(b: &Backend, user: &UserId, service: Service, want: &str) {
+    let record = b
+        .meta
+        .get_key(user, service)
+        .await
+        .unwrap()
+        .expect("record");
+    let key = b.secrets.get_secret(&record.secret).await.unwrap();
+    assert_eq!(
+        key.expose(),
+        want,
+        "metadata points at the key it was written with"
+    );
+}
+
+pub async fn crash_between_secret_and_metadata_writes_loses_no_key(b: &Backend) {
+    use byok::keys::{KeyService, KeyUpsert};
+    let user = unique_user("crash_upsert");
+    let crashing = Arc::new(Crashing {
+        inner: b.meta.clone(),
+        crash_put: std::sync::atomic::AtomicBool::new(false),
+    });
+    let keys = KeyService::new(crashing.clone(), b.secrets.clone());
+    let upsert = |key: &str| KeyUpsert {
+        service: Service::OpenAi,
+        api_key: ApiKey::new(key),
+        base_url: None,
+        label: None,
+    };
+    let first = "sk-proj-crash-first-000000000001";
+    keys.upsert(&user, upsert(first)).await.unwrap();
+
+    // Two replacements in a row die after the secret write: the stored key
+    // keeps serving (its version is still readable), nothing dangles.
+    crashing.crash_put.store(true, Ordering::SeqCst);
+    for n in 2..=3 {
+        let lost = format!("sk-proj-crash-lost-00000000000{n}");
+        assert!(keys.upsert(&user, upsert(&lost)).await.is_err());
+        assert_metadata_opens(b, &user, Service::OpenAi, first).await;
+    }
+
+    // The next replacement that completes takes over.
+    crashing.crash_put.store(false, Ordering::SeqCst);
+    let last = "sk-proj-crash-final-000000000004";
+    keys.upsert(&user, upsert(last)).await.unwrap();
+    assert_metadata_opens(b, &user, Service::OpenAi, last).await;
+
+    // A first write that dies leaves no metadata at all (an unreferenced
+    // secret at most), so nothing points at anything missing.
+    crashing.crash_put.store(true, Ordering::SeqCst);
+    let new_service = KeyUpsert {
+        service: Service::Groq,
+        api_key: ApiKey::new("gsk_crash0000000000000000001"),
+        base_url: None,
+        label: None,
+    };
+    assert!(keys.upsert(&user, new_service).await.is_err());
+    assert!(
+        b.meta
+            .get_key(&user, Service::Groq)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let snapshot = b.meta.load_user(&user).await.unwrap();
+    for record in &snapshot.keys {
+        b.secrets
+            .get_secret(&record.secret)
+            .await
+            .expect("every record opens");
+    }
+    b.secrets.delete_secret(&user, Service::Groq).await.unwrap();
+    b.secrets
+        .delete_secret(&user, Service::OpenAi)
+        .await
+        .unwrap();
+}
+
+pub async fn crash_between_metadata_and_secret_deletes_leaves_nothing_dangling(b: &Backend) {
+    let user = unique_user("crash_delete");
+    let secret = b
+        .secrets
+        .put_secret(
+            &user,
+            Service::Xai,
+            &ApiKey::new("xai-crash-delete-0000000001"),
+        )
+        .await
+        .unwrap();
+    b.meta
+        .put_key(&record(&user, Service::Xai, secret), Expected::Absent)
+        .await
+        .unwrap();
+    // Delete order: metadata first. A crash before the secret delete leaves
+    // only an unreferenced secret, which a later delete (or sweep) removes.
+    b.meta.delete_key(&user, Service::Xai).await.unwrap();
+    assert!(b.meta.load_user(&user).await.unwrap().keys.is_empty());
+    b.secrets.delete_secret(&user, Service::Xai).await.unwrap();
 }

@@ -2,6 +2,8 @@
 //! suite (run against every backend) and a harness that runs the real
 //! `byok-local` binary.
 
+pub mod aws;
 pub mod contract;
 pub mod harness;
 pub mod http;
+pub mod lambda_runtime;

@@ -2,6 +2,13 @@
 //! driven over HTTP through the runbook checklist, cross-user isolation, bad
 //! input, persistence across a restart, and canary keys that must never
 //! appear in a response, the server's debug output or the data directory.
+//! Every test runs twice: on the embedded store and with `BYOK_STORE=aws`
+//! against the local AWS API emulator the test script starts.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test bodies are plain functions run once per store; a failed step stops the test"
+)]
 
 use byok_tests::harness::{LocalServer, contains_bytes, files_below, run_to_exit};
 use byok_tests::http::{Answer, Api};
@@ -9,6 +16,71 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const TEAM_GATEWAY_KEY: &str = "vck_team0000000000000000000001";
+
+/// Which store byok-local runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Embedded,
+    Aws,
+}
+
+/// Per-test AWS names (table, secret prefix), fixed for a test's restarts.
+struct Names {
+    table: String,
+    prefix: String,
+}
+
+impl Mode {
+    fn names(self) -> Names {
+        let unique = byok_tests::aws::unique_name("e2e");
+        Names {
+            table: format!("{unique}-table"),
+            prefix: format!("{unique}/"),
+        }
+    }
+}
+
+/// Starts byok-local in `mode` on `dir` with `extra` variables.
+fn start(mode: Mode, names: &Names, dir: &std::path::Path, extra: &[(&str, &str)]) -> LocalServer {
+    let mut env: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    if mode == Mode::Aws {
+        env.extend([
+            ("BYOK_STORE", "aws".to_owned()),
+            ("BYOK_TABLE_NAME", names.table.clone()),
+            ("BYOK_SECRET_PREFIX", names.prefix.clone()),
+            ("BYOK_CREATE_TABLE", "true".to_owned()),
+            ("BYOK_SECRET_RECOVERY_DAYS", "0".to_owned()),
+            ("AWS_ENDPOINT_URL", byok_tests::aws::endpoint()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ]);
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    LocalServer::start(dir, &env)
+}
+
+/// Runs each named test once per store.
+macro_rules! on_every_store {
+    ($($test:ident),+ $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $test() { super::$test(super::Mode::Embedded).await })+
+        }
+        mod aws {
+            $(#[tokio::test] async fn $test() { super::$test(super::Mode::Aws).await })+
+        }
+    };
+}
+
+on_every_store!(
+    runbook_checklist_over_http,
+    without_team_credentials_nothing_serves_a_keyless_user,
+    another_user_can_neither_see_change_delete_nor_use_a_key,
+    bad_input_gets_a_clear_4xx_and_changes_nothing,
+    keys_and_tokens_survive_a_restart_and_sigterm_stops_cleanly,
+    every_documented_route_is_served,
+    canary_keys_never_leak,
+);
 
 fn key_for(keys: &Answer, service: &str) -> Option<Value> {
     keys.json["keys"]
@@ -29,10 +101,15 @@ fn assert_error(answer: &Answer, status: u16, code: &str) {
     );
 }
 
-#[tokio::test]
-async fn runbook_checklist_over_http() {
+async fn runbook_checklist_over_http(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let server = LocalServer::start(dir.path(), &[("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY)]);
+    let names = mode.names();
+    let server = start(
+        mode,
+        &names,
+        dir.path(),
+        &[("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY)],
+    );
     let api = Api::new(&server.base, Some(&server.token("alice", false)));
 
     // Liveness needs no token; everything else does.
@@ -242,10 +319,10 @@ async fn runbook_checklist_over_http() {
     );
 }
 
-#[tokio::test]
-async fn without_team_credentials_nothing_serves_a_keyless_user() {
+async fn without_team_credentials_nothing_serves_a_keyless_user(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let server = LocalServer::start(dir.path(), &[]);
+    let names = mode.names();
+    let server = start(mode, &names, dir.path(), &[]);
     let api = Api::new(&server.base, Some(&server.token("carol", false)));
     assert_error(
         &api.get("/api/resolve?model=gpt-4o").await,
@@ -260,10 +337,10 @@ async fn without_team_credentials_nothing_serves_a_keyless_user() {
     assert_error(&api.get("/api/resolve").await, 400, "invalid_request");
 }
 
-#[tokio::test]
-async fn another_user_can_neither_see_change_delete_nor_use_a_key() {
+async fn another_user_can_neither_see_change_delete_nor_use_a_key(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let server = LocalServer::start(dir.path(), &[]);
+    let names = mode.names();
+    let server = start(mode, &names, dir.path(), &[]);
     let alice = Api::new(&server.base, Some(&server.token("alice", false)));
     let bob = Api::new(&server.base, Some(&server.token("bob", false)));
     // An admin token does not reach other users' keys either.
@@ -314,10 +391,10 @@ async fn another_user_can_neither_see_change_delete_nor_use_a_key() {
     assert_eq!(r.json["path"], "user-provider");
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let server = LocalServer::start(dir.path(), &[]);
+    let names = mode.names();
+    let server = start(mode, &names, dir.path(), &[]);
     let api = Api::new(&server.base, Some(&server.token("dave", false)));
     api.post(
         "/api/keys",
@@ -572,10 +649,10 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     assert_eq!(api.get("/api/user-settings").await.json, settings_before);
 }
 
-#[tokio::test]
-async fn keys_and_tokens_survive_a_restart_and_sigterm_stops_cleanly() {
+async fn keys_and_tokens_survive_a_restart_and_sigterm_stops_cleanly(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let server = LocalServer::start(dir.path(), &[]);
+    let names = mode.names();
+    let server = start(mode, &names, dir.path(), &[]);
     let token = server.token("erin", false);
     let api = Api::new(&server.base, Some(&token));
     api.post("/api/keys", json!({"service": "anthropic", "apiKey": "sk-ant-api03-erin0000000000000001", "label": "Mine"})).await;
@@ -589,7 +666,7 @@ async fn keys_and_tokens_survive_a_restart_and_sigterm_stops_cleanly() {
     );
     assert!(output.contains("byok-local stopped"), "{output}");
 
-    let server = LocalServer::start(dir.path(), &[]);
+    let server = start(mode, &names, dir.path(), &[]);
     let api = Api::new(&server.base, Some(&token));
     assert_eq!(api.get("/api/keys").await.json, keys_before);
     assert_eq!(
@@ -604,16 +681,19 @@ async fn keys_and_tokens_survive_a_restart_and_sigterm_stops_cleanly() {
 
     // A master key that did not seal the store is refused at start, loudly.
     drop(server);
+    if mode != Mode::Embedded {
+        return;
+    }
     let wrong_key = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // base64 of 32 × 'A'
     let (status, output) = run_to_exit(dir.path(), &[("BYOK_MASTER_KEY", wrong_key)]);
     assert!(!status.success(), "{output}");
     assert!(output.contains("master key does not match"), "{output}");
 }
 
-#[tokio::test]
-async fn every_documented_route_is_served() {
+async fn every_documented_route_is_served(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let server = LocalServer::start(dir.path(), &[]);
+    let names = mode.names();
+    let server = start(mode, &names, dir.path(), &[]);
     let api = Api::new(&server.base, Some(&server.token("frank", false)));
     for (method, path) in byok::http::ROUTES {
         let path = path.replace("{service}", "openai");
@@ -625,10 +705,12 @@ async fn every_documented_route_is_served() {
     }
 }
 
-#[tokio::test]
-async fn canary_keys_never_leak() {
+async fn canary_keys_never_leak(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
-    let server = LocalServer::start(
+    let names = mode.names();
+    let server = start(
+        mode,
+        &names,
         dir.path(),
         &[
             ("RUST_LOG", "debug"),
@@ -711,9 +793,10 @@ async fn canary_keys_never_leak() {
         "the server logged at debug level:\n{output}"
     );
     let files = files_below(dir.path());
-    assert!(
+    assert_eq!(
         files.iter().any(|(p, _)| p.ends_with("byok.db")),
-        "the store's file is there"
+        mode == Mode::Embedded,
+        "the embedded store's file is there, and only in embedded mode"
     );
     let mut all = canaries
         .iter()

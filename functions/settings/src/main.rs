@@ -5,6 +5,6 @@
 async fn main() -> Result<(), lambda_http::Error> {
     byok::telemetry::init(byok::telemetry::Runtime::Lambda);
     let config = byok::config::Config::from_env()?;
-    let state = byok::app::lambda_state(&config)?;
+    let state = byok::app::lambda_state(&config).await?;
     byok::lambda::run(byok::http::settings_router(state)).await
 }

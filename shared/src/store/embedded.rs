@@ -11,11 +11,13 @@
 //! Each (user, service) has one secret id (`{user}/{service}`: services never
 //! contain `/`, so the id is unambiguous) and any number of versions, each
 //! with a stage. [`SecretStore::put_secret`] runs in one transaction: every
-//! row of the secret that is not `current` is deleted, the `current` row
-//! becomes `previous`, and the new version is inserted as `current`. So at
-//! most two versions exist, one `current` and at most one `previous` (two
-//! partial unique indexes enforce it). The stages `pending` and `deprecated`
-//! are allowed by the schema but unused: they are reserved for rotation.
+//! row of the secret that is not `current` is deleted unless the key's
+//! metadata still points at it, the `current` row becomes `previous`, and the
+//! new version is inserted as `current`. So one `current` and at most one
+//! `previous` exist (two partial unique indexes enforce it), plus, only after
+//! a replacement that crashed between its secret and metadata writes, the
+//! `deprecated` version the metadata still names: metadata never points at a
+//! missing secret. The stage `pending` is reserved for rotation.
 //! Each row records the id of the master key that sealed it
 //! ([`MasterKey::key_id`]) so master-key rotation can find rows to re-seal.
 
@@ -563,8 +565,17 @@ impl SecretStore for EmbeddedStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::backend)?;
+            // Older versions go, except one the metadata still points at (a
+            // replacement that crashed before its metadata write): it stays,
+            // as `deprecated`, until a later put finds it unreferenced.
             tx.execute(
-                "DELETE FROM secrets WHERE secret_id = ?1 AND stage <> 'current'",
+                "DELETE FROM secrets WHERE secret_id = ?1 AND stage <> 'current' \
+                 AND version_id NOT IN (SELECT secret_version FROM keys WHERE secret_id = ?1)",
+                [&id],
+            )
+            .map_err(StoreError::backend)?;
+            tx.execute(
+                "UPDATE secrets SET stage = 'deprecated' WHERE secret_id = ?1 AND stage = 'previous'",
                 [&id],
             )
             .map_err(StoreError::backend)?;

@@ -10,7 +10,10 @@
 //! between leaves at worst an unreferenced secret, never metadata pointing at a
 //! missing secret.
 
+pub mod cache;
+pub mod dynamo;
 pub mod embedded;
+pub mod secrets_manager;
 
 use crate::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
 use async_trait::async_trait;

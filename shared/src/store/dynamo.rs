@@ -1,0 +1,668 @@
+//! The DynamoDB metadata store: settings and key records of every user in
+//! one table, so resolution reads a user in one `Query`.
+//!
+//! # Table layout (single-table design)
+//! The table has a string partition key `pk` and a string sort key `sk`.
+//!
+//! | item          | `pk`          | `sk`              | attributes |
+//! |---------------|---------------|-------------------|------------|
+//! | settings      | `USER#{user}` | `SETTINGS`        | `allowGatewayFallback` (BOOL), `updatedAt` |
+//! | key record    | `USER#{user}` | `KEY#{service}`   | `service`, `label`, `maskedKey`, `enabled` (BOOL), `baseUrl`, `createdAt`, `updatedAt`, `lastValidatedAt`, `lastValidation`, `secretId`, `secretVersion`, `revision` (N) |
+//!
+//! `{user}` is the user id verbatim (the `USER#` prefix is stripped, never
+//! split on, so ids containing `#` are fine) and `{service}` its wire name.
+//! Optional attributes (`baseUrl`, `lastValidatedAt`, `lastValidation`) are
+//! absent when unset, never NULL. Timestamps are RFC 3339 strings in UTC
+//! with exactly three fractional digits (`2025-01-02T03:04:05.678Z`), the
+//! millisecond precision every store keeps. The secret itself never enters
+//! the table: a key record holds only the [`SecretRef`] (`secretId`,
+//! `secretVersion`) of its Secrets Manager secret and the masked key.
+//!
+//! [`MetadataStore::load_user`] is one consistent `Query` of the user's
+//! partition restricted to `sk BETWEEN "KEY#" AND "SETTINGS"`. Other item
+//! kinds (audit log, usage, rate limits) belong in partitions of their own
+//! (`AUDIT#{user}`, `USAGE#{user}#{day}`, `RATE#{user}`), so the resolution
+//! read never pays for them. Should one ever have to live in a `USER#`
+//! partition, its `sk` must sort outside that range (before `KEY#`, like
+//! `AUDIT#…`, or after `SETTINGS`, like `USAGE#…`); an item inside the range
+//! that is neither settings nor a key record is skipped, not an error.
+//! Items that expire carry a number attribute `ttl` (epoch seconds), the
+//! table's TTL attribute ([`ensure_table`] enables it).
+//!
+//! # Semantics
+//! Mirrors the embedded store: conditional writes compare `revision`
+//! (`attribute_not_exists(pk)` for [`Expected::Absent`]), a failed condition
+//! is [`StoreError::Conflict`] and changes nothing, reads are strongly
+//! consistent. One difference: [`MetadataStore::delete_key`] is a single
+//! `DeleteItem` returning the old item, so an item that cannot be read back
+//! is reported as [`StoreError::Corrupt`] after it was already removed (the
+//! embedded store leaves it in place).
+//!
+//! Errors of the AWS SDK become [`StoreError::Backend`] and are logged here
+//! with their full context; corrupt items become [`StoreError::Corrupt`]
+//! naming the attribute, never its value.
+
+use super::{Expected, MetadataStore, StoreError, UserSnapshot};
+use crate::domain::{
+    self, KeyRecord, SecretRef, Service, Settings, Timestamp, UserId, ValidationResult,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+use time::UtcOffset;
+use time::format_description::well_known::Rfc3339;
+
+/// Partition key attribute.
+pub const PK: &str = "pk";
+/// Sort key attribute.
+pub const SK: &str = "sk";
+/// The table's TTL attribute (epoch seconds), for item kinds that expire.
+pub const TTL_ATTRIBUTE: &str = "ttl";
+/// Sort key of the settings item.
+const SETTINGS_SK: &str = "SETTINGS";
+/// Sort key prefix of key records.
+const KEY_SK_PREFIX: &str = "KEY#";
+
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Settings and key records in one DynamoDB table (layout in the module doc).
+/// Cloning is cheap and shares the client.
+#[derive(Clone, Debug)]
+pub struct DynamoMetadataStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoMetadataStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// The table this store reads and writes.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+/// The partition key of a user's items.
+pub fn user_pk(user: &UserId) -> String {
+    format!("USER#{user}")
+}
+
+/// The sort key of a user's key record for `service`.
+pub fn key_sk(service: Service) -> String {
+    format!("{KEY_SK_PREFIX}{service}")
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn key_of(user: &UserId, sk: String) -> Item {
+    HashMap::from([(PK.to_owned(), s(user_pk(user))), (SK.to_owned(), s(sk))])
+}
+
+/// Logs an SDK error with its full context and wraps it; the context (request
+/// ids, service messages) goes to the log only.
+fn backend<E>(operation: &'static str, err: SdkError<E>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tracing::warn!(operation, error = %DisplayErrorContext(&err), "DynamoDB call failed");
+    StoreError::backend(err)
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+/// `t` in UTC as `YYYY-MM-DDTHH:MM:SS.mmmZ` (sub-millisecond digits dropped).
+fn ts_to_attr(t: Timestamp) -> Result<String, StoreError> {
+    let t = t.checked_to_offset(UtcOffset::UTC).ok_or_else(|| {
+        StoreError::backend(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "timestamp is out of the storable range",
+        ))
+    })?;
+    if !(0..=9999).contains(&t.year()) {
+        return Err(StoreError::backend(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "timestamp year is outside 0000-9999",
+        )));
+    }
+    Ok(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    ))
+}
+
+fn ts_from_attr(text: &str, name: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::parse(text, &Rfc3339)
+        .map_err(|_| corrupt(format!("{name} is not an RFC 3339 timestamp")))
+}
+
+/// Reads typed attributes of one item; errors name the attribute, never its value.
+struct Attrs<'a> {
+    item: &'a Item,
+    kind: &'static str,
+}
+
+impl<'a> Attrs<'a> {
+    fn string(&self, name: &str) -> Result<&'a str, StoreError> {
+        self.opt_string(name)?
+            .ok_or_else(|| corrupt(format!("{} item has no {name}", self.kind)))
+    }
+
+    /// Absent (or NULL) is `None`; any type but a string is corrupt.
+    fn opt_string(&self, name: &str) -> Result<Option<&'a str>, StoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v.as_str())),
+            Some(_) => Err(corrupt(format!(
+                "{} item attribute {name} is not a string",
+                self.kind
+            ))),
+        }
+    }
+
+    fn bool(&self, name: &str) -> Result<bool, StoreError> {
+        match self.item.get(name) {
+            Some(AttributeValue::Bool(v)) => Ok(*v),
+            None => Err(corrupt(format!("{} item has no {name}", self.kind))),
+            Some(_) => Err(corrupt(format!(
+                "{} item attribute {name} is not a boolean",
+                self.kind
+            ))),
+        }
+    }
+
+    fn u64(&self, name: &str) -> Result<u64, StoreError> {
+        match self.item.get(name) {
+            Some(AttributeValue::N(v)) => v.parse().map_err(|_| {
+                corrupt(format!(
+                    "{} item attribute {name} is not a non-negative integer",
+                    self.kind
+                ))
+            }),
+            None => Err(corrupt(format!("{} item has no {name}", self.kind))),
+            Some(_) => Err(corrupt(format!(
+                "{} item attribute {name} is not a number",
+                self.kind
+            ))),
+        }
+    }
+
+    fn timestamp(&self, name: &str) -> Result<Timestamp, StoreError> {
+        ts_from_attr(self.string(name)?, name)
+    }
+
+    fn opt_timestamp(&self, name: &str) -> Result<Option<Timestamp>, StoreError> {
+        self.opt_string(name)?
+            .map(|t| ts_from_attr(t, name))
+            .transpose()
+    }
+}
+
+/// A key item of `user` as a record.
+fn record_from_item(user: &UserId, item: &Item) -> Result<KeyRecord, StoreError> {
+    let a = Attrs { item, kind: "key" };
+    let service = a
+        .string("service")?
+        .parse::<Service>()
+        .map_err(|_| corrupt("key item attribute service names no known service"))?;
+    if a.string(SK)? != key_sk(service) {
+        return Err(corrupt("key item sort key does not match its service"));
+    }
+    let last_validation = a
+        .opt_string("lastValidation")?
+        .map(|v| {
+            ValidationResult::parse(v)
+                .ok_or_else(|| corrupt("key item attribute lastValidation is not a known result"))
+        })
+        .transpose()?;
+    Ok(KeyRecord {
+        user: user.clone(),
+        service,
+        label: a.string("label")?.to_owned(),
+        masked_key: a.string("maskedKey")?.to_owned(),
+        enabled: a.bool("enabled")?,
+        base_url: a.opt_string("baseUrl")?.map(str::to_owned),
+        created_at: a.timestamp("createdAt")?,
+        updated_at: a.timestamp("updatedAt")?,
+        last_validated_at: a.opt_timestamp("lastValidatedAt")?,
+        last_validation,
+        secret: SecretRef {
+            id: a.string("secretId")?.to_owned(),
+            version: a.string("secretVersion")?.to_owned(),
+        },
+        revision: a.u64("revision")?,
+    })
+}
+
+/// A record as a full item (key attributes included).
+fn item_from_record(r: &KeyRecord) -> Result<Item, StoreError> {
+    let mut item = key_of(&r.user, key_sk(r.service));
+    let mut put = |name: &str, value: AttributeValue| {
+        item.insert(name.to_owned(), value);
+    };
+    put("service", s(r.service.as_str()));
+    put("label", s(&r.label));
+    put("maskedKey", s(&r.masked_key));
+    put("enabled", AttributeValue::Bool(r.enabled));
+    if let Some(url) = &r.base_url {
+        put("baseUrl", s(url));
+    }
+    put("createdAt", s(ts_to_attr(r.created_at)?));
+    put("updatedAt", s(ts_to_attr(r.updated_at)?));
+    if let Some(t) = r.last_validated_at {
+        put("lastValidatedAt", s(ts_to_attr(t)?));
+    }
+    if let Some(v) = r.last_validation {
+        put("lastValidation", s(v.as_str()));
+    }
+    put("secretId", s(&r.secret.id));
+    put("secretVersion", s(&r.secret.version));
+    put("revision", AttributeValue::N(r.revision.to_string()));
+    Ok(item)
+}
+
+fn settings_from_item(item: &Item) -> Result<Settings, StoreError> {
+    let a = Attrs {
+        item,
+        kind: "settings",
+    };
+    Ok(Settings {
+        allow_gateway_fallback: a.bool("allowGatewayFallback")?,
+    })
+}
+
+#[async_trait]
+impl MetadataStore for DynamoMetadataStore {
+    async fn load_user(&self, user: &UserId) -> Result<UserSnapshot, StoreError> {
+        let mut snapshot = UserSnapshot::default();
+        let mut start: Option<Item> = None;
+        loop {
+            // One page holds a user's settings and every key (≤ 8 small
+            // items); pages are followed anyway, should that ever change.
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("#pk = :pk AND #sk BETWEEN :first AND :last")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":pk", s(user_pk(user)))
+                .expression_attribute_values(":first", s(KEY_SK_PREFIX))
+                .expression_attribute_values(":last", s(SETTINGS_SK))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| backend("Query", e))?;
+            for item in out.items.as_deref().unwrap_or_default() {
+                let sk = Attrs { item, kind: "user" }.string(SK)?;
+                if sk == SETTINGS_SK {
+                    snapshot.settings = settings_from_item(item)?;
+                } else if sk.starts_with(KEY_SK_PREFIX) {
+                    snapshot.keys.push(record_from_item(user, item)?);
+                } else {
+                    tracing::debug!("load_user skipped an item of another kind");
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        snapshot.keys.sort_by_key(|k| k.service);
+        Ok(snapshot)
+    }
+
+    async fn get_key(
+        &self,
+        user: &UserId,
+        service: Service,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .set_key(Some(key_of(user, key_sk(service))))
+            .send()
+            .await
+            .map_err(|e| backend("GetItem", e))?;
+        out.item
+            .map(|item| record_from_item(user, &item))
+            .transpose()
+    }
+
+    async fn put_key(&self, record: &KeyRecord, expected: Expected) -> Result<(), StoreError> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_from_record(record)?));
+        let request = match expected {
+            Expected::Absent => request
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK),
+            Expected::Revision(revision) => request
+                .condition_expression("#rev = :rev")
+                .expression_attribute_names("#rev", "revision")
+                .expression_attribute_values(":rev", AttributeValue::N(revision.to_string())),
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict)
+            }
+            Err(err) => Err(backend("PutItem", err)),
+        }
+    }
+
+    async fn delete_key(
+        &self,
+        user: &UserId,
+        service: Service,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(user, key_sk(service))))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| backend("DeleteItem", e))?;
+        match out.attributes {
+            Some(item) if !item.is_empty() => record_from_item(user, &item).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError> {
+        let mut item = key_of(user, SETTINGS_SK.to_owned());
+        item.insert(
+            "allowGatewayFallback".to_owned(),
+            AttributeValue::Bool(settings.allow_gateway_fallback),
+        );
+        item.insert("updatedAt".to_owned(), s(ts_to_attr(domain::now())?));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| backend("PutItem", e))?;
+        Ok(())
+    }
+}
+
+/// Creates `table` if it does not exist (on-demand billing, `pk`/`sk`
+/// strings), waits until it is `ACTIVE` (polling every 100 ms, at most 30 s)
+/// and enables TTL on [`TTL_ATTRIBUTE`]. Safe to call on an existing table and
+/// concurrently. Meant for tests and `byok-local` against an emulator; real
+/// deployments create the table in the infrastructure template.
+pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    let exists = match client.describe_table().table_name(table).send().await {
+        Ok(out) => {
+            let schema = out
+                .table
+                .as_ref()
+                .map(|t| t.key_schema())
+                .unwrap_or_default();
+            let has = |name: &str, kind: KeyType| {
+                schema
+                    .iter()
+                    .any(|k| k.attribute_name() == name && *k.key_type() == kind)
+            };
+            if schema.len() != 2 || !has(PK, KeyType::Hash) || !has(SK, KeyType::Range) {
+                return Err(corrupt(format!(
+                    "table {table} exists with another key schema than {PK} (hash) and {SK} (range)"
+                )));
+            }
+            true
+        }
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            false
+        }
+        Err(err) => return Err(backend("DescribeTable", err)),
+    };
+
+    if !exists {
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(StoreError::backend)
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(StoreError::backend)
+        };
+        let created = client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute(PK)?)
+            .attribute_definitions(attribute(SK)?)
+            .key_schema(key(PK, KeyType::Hash)?)
+            .key_schema(key(SK, KeyType::Range)?)
+            .send()
+            .await;
+        match created {
+            Ok(_) => tracing::info!(table, "created DynamoDB table"),
+            // Created concurrently by someone else: wait for it like for ours.
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+            Err(err) => return Err(backend("CreateTable", err)),
+        }
+    }
+
+    wait_until_active(client, table).await?;
+    enable_ttl(client, table).await
+}
+
+/// Polls `DescribeTable` until the table is `ACTIVE`. (The SDK waiter first
+/// polls after 20 s, far too slow against an emulator.)
+async fn wait_until_active(client: &Client, table: &str) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + ACTIVE_TIMEOUT;
+    loop {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| backend("DescribeTable", e))?;
+        let status = out.table.as_ref().and_then(|t| t.table_status());
+        if status == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::backend(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("table {table} did not become ACTIVE within {ACTIVE_TIMEOUT:?}"),
+            )));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Enables TTL on [`TTL_ATTRIBUTE`] unless it already is (or is being) enabled.
+async fn enable_ttl(client: &Client, table: &str) -> Result<(), StoreError> {
+    let described = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| backend("DescribeTimeToLive", e))?;
+    if let Some(ttl) = described.time_to_live_description() {
+        let on = matches!(
+            ttl.time_to_live_status(),
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        );
+        if on {
+            if ttl.attribute_name() != Some(TTL_ATTRIBUTE) {
+                tracing::warn!(
+                    table,
+                    "TTL is enabled on another attribute than {TTL_ATTRIBUTE}; left unchanged"
+                );
+            }
+            return Ok(());
+        }
+    }
+    let spec = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(TTL_ATTRIBUTE)
+        .build()
+        .map_err(StoreError::backend)?;
+    match client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Enabled concurrently: "TimeToLive is already enabled".
+        Err(err)
+            if err.as_service_error().is_some_and(|e| {
+                e.code() == Some("ValidationException")
+                    && e.message().is_some_and(|m| m.contains("already enabled"))
+            }) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(backend("UpdateTimeToLive", err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        Timestamp::parse(text, &Rfc3339).unwrap()
+    }
+
+    fn user(id: &str) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    fn record() -> KeyRecord {
+        let now = domain::now();
+        KeyRecord {
+            user: user("u#1"),
+            service: Service::Gateway,
+            label: "work".into(),
+            masked_key: "vck_…abcd".into(),
+            enabled: true,
+            base_url: Some("https://gw.example.com/v1".into()),
+            created_at: now,
+            updated_at: now,
+            last_validated_at: Some(now),
+            last_validation: Some(ValidationResult::Valid),
+            secret: SecretRef {
+                id: "arn:aws:secretsmanager:us-east-1:1:secret:byok/u/gateway-AbCdEf".into(),
+                version: "0123456789abcdef0123456789abcdef".into(),
+            },
+            revision: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds_in_utc() {
+        let t = at("2025-01-02T03:04:05.6+02:00");
+        assert_eq!(ts_to_attr(t).unwrap(), "2025-01-02T01:04:05.600Z");
+        let t = at("1999-12-31T23:59:59.999999999Z");
+        assert_eq!(ts_to_attr(t).unwrap(), "1999-12-31T23:59:59.999Z");
+        assert_eq!(
+            ts_from_attr("2025-01-02T01:04:05.600Z", "x").unwrap(),
+            at("2025-01-02T01:04:05.6Z")
+        );
+        let bc = Timestamp::UNIX_EPOCH.replace_year(-1).unwrap();
+        assert!(ts_to_attr(bc).is_err());
+    }
+
+    #[test]
+    fn record_round_trips_through_an_item() {
+        let rec = record();
+        let item = item_from_record(&rec).unwrap();
+        assert_eq!(item[PK], s("USER#u#1"));
+        assert_eq!(item[SK], s("KEY#gateway"));
+        assert_eq!(record_from_item(&rec.user, &item).unwrap(), rec);
+
+        let mut sparse = rec.clone();
+        sparse.base_url = None;
+        sparse.last_validated_at = None;
+        sparse.last_validation = None;
+        let item = item_from_record(&sparse).unwrap();
+        for absent in ["baseUrl", "lastValidatedAt", "lastValidation"] {
+            assert!(!item.contains_key(absent), "{absent}");
+        }
+        assert_eq!(record_from_item(&rec.user, &item).unwrap(), sparse);
+    }
+
+    #[test]
+    fn corrupt_items_name_the_attribute_not_the_value() {
+        let rec = record();
+        let cases: [(&str, AttributeValue, &str); 6] = [
+            ("createdAt", s("yesterday-SECRETVALUE"), "createdAt"),
+            ("service", s("mistral-SECRETVALUE"), "service"),
+            ("enabled", s("SECRETVALUE"), "enabled"),
+            ("revision", AttributeValue::N("-1".into()), "revision"),
+            ("lastValidation", s("maybe-SECRETVALUE"), "lastValidation"),
+            (SK, s("KEY#openai"), "sort key"),
+        ];
+        for (name, value, want) in cases {
+            let mut item = item_from_record(&rec).unwrap();
+            item.insert(name.to_owned(), value);
+            let err = record_from_item(&rec.user, &item).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, StoreError::Corrupt(_)) && msg.contains(want),
+                "{name}: {msg}"
+            );
+            assert!(!msg.contains("SECRETVALUE"), "{msg}");
+        }
+        let mut item = item_from_record(&rec).unwrap();
+        item.remove("label");
+        assert!(matches!(
+            record_from_item(&rec.user, &item),
+            Err(StoreError::Corrupt(m)) if m.contains("label")
+        ));
+    }
+}

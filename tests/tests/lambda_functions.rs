@@ -1,0 +1,613 @@
+//! The Lambda function binaries (`keys`, `settings`, `validate`) as
+//! deployed: each runs against a local Lambda Runtime API and is invoked
+//! with the API Gateway sample events of `infra/events/`, carrying the
+//! caller in authorizer claims; answers are checked as API Gateway reads
+//! them (`statusCode`, `headers`, `body`). The store is the embedded one in
+//! a temporary directory, shared between functions where a test says so.
+//!
+//! The binaries must be built first: `cargo build --workspace --bins`.
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: a failed step should stop the test loudly"
+)]
+
+use std::path::Path;
+
+use base64::Engine as _;
+use byok_tests::harness::{contains_bytes, files_below};
+use byok_tests::lambda_runtime::{FunctionProcess, Invocation, RuntimeApi};
+use serde_json::{Map, Value, json};
+
+const ALICE: &str = "5f0c2b1e-8a4d-4c7e-9b1a-3d2e6f7a8b9c";
+const BOB: &str = "0b7e4c2d-1f3a-4e5b-8c9d-7a6b5c4d3e2f";
+/// The key in `post-keys.json`.
+const SAMPLE_KEY: &str = "sk-proj-EXAMPLE0000000000000000000000000001";
+const TEAM_GATEWAY_KEY: &str = "vck_team0000000000000000000000000001";
+
+/// A sample event of `infra/events/`.
+fn event(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../infra/events")
+        .join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// Where the authorizer claims of an HTTP API (v2) or REST API (v1) event are.
+fn claims_pointer(event: &Value) -> &'static str {
+    if event
+        .pointer("/requestContext/authorizer/jwt/claims")
+        .is_some()
+    {
+        "/requestContext/authorizer/jwt/claims"
+    } else {
+        "/requestContext/authorizer/claims"
+    }
+}
+
+/// `event` as user `sub` sends it.
+fn as_user(mut event: Value, sub: &str) -> Value {
+    let pointer = claims_pointer(&event);
+    let claims = event
+        .pointer_mut(pointer)
+        .and_then(Value::as_object_mut)
+        .expect("the event carries authorizer claims");
+    for name in ["sub", "username", "cognito:username"] {
+        if claims.contains_key(name) {
+            claims.insert(name.to_owned(), json!(sub));
+        }
+    }
+    event
+}
+
+/// `event` with `groups` as its `cognito:groups` claim (`None`: no claim).
+fn with_groups(mut event: Value, groups: Option<&str>) -> Value {
+    let pointer = claims_pointer(&event);
+    let claims = event
+        .pointer_mut(pointer)
+        .and_then(Value::as_object_mut)
+        .expect("the event carries authorizer claims");
+    match groups {
+        Some(g) => claims.insert("cognito:groups".to_owned(), json!(g)),
+        None => claims.remove("cognito:groups"),
+    };
+    event
+}
+
+fn headers_mut(event: &mut Value) -> &mut Map<String, Value> {
+    event["headers"].as_object_mut().expect("event headers")
+}
+
+/// `event` with `body` as its JSON body, sent as text.
+fn with_body(mut event: Value, body: &Value) -> Value {
+    let text = body.to_string();
+    let headers = headers_mut(&mut event);
+    headers.insert("content-length".to_owned(), json!(text.len().to_string()));
+    headers.insert("content-type".to_owned(), json!("application/json"));
+    event["body"] = json!(text);
+    event["isBase64Encoded"] = json!(false);
+    event
+}
+
+/// `event` with `body` as its JSON body, base64-encoded as API Gateway
+/// sends bodies it does not treat as text.
+fn with_base64_body(event: Value, body: &Value) -> Value {
+    let mut event = with_body(event, body);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(body.to_string());
+    event["body"] = json!(encoded);
+    event["isBase64Encoded"] = json!(true);
+    event
+}
+
+/// `event` as it would look with no authorizer in front and no token.
+fn without_auth(mut event: Value) -> Value {
+    event["requestContext"]
+        .as_object_mut()
+        .expect("request context")
+        .remove("authorizer");
+    headers_mut(&mut event).retain(|name, _| !name.eq_ignore_ascii_case("authorization"));
+    event
+}
+
+/// An HTTP API event for `method path` reaching the function through the
+/// `$default` route (no route of the API matched it).
+fn at_default_route(mut event: Value, method: &str, path: &str) -> Value {
+    event["routeKey"] = json!("$default");
+    event["rawPath"] = json!(path);
+    event["rawQueryString"] = json!("");
+    let ctx = &mut event["requestContext"];
+    ctx["routeKey"] = json!("$default");
+    ctx["http"]["method"] = json!(method);
+    ctx["http"]["path"] = json!(path);
+    let obj = event.as_object_mut().expect("event");
+    obj.remove("pathParameters");
+    obj.remove("queryStringParameters");
+    event
+}
+
+/// `get-resolve.json` for `model`.
+fn resolve_event(model: &str) -> Value {
+    let mut event = event("get-resolve.json");
+    event["rawQueryString"] = json!(format!("model={model}"));
+    event["queryStringParameters"] = json!({ "model": model });
+    event
+}
+
+/// An API Gateway proxy response as the function returned it.
+#[derive(Debug)]
+struct Reply {
+    status: u64,
+    headers: Map<String, Value>,
+    /// The body text, decoded from base64 when `isBase64Encoded`.
+    body: String,
+    /// The body parsed as JSON (Null when empty or not JSON).
+    json: Value,
+    /// The whole response document.
+    raw: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+    }
+}
+
+fn reply(invocation: Invocation) -> Reply {
+    let raw = invocation.into_response();
+    let status = raw["statusCode"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("statusCode: {raw}"));
+    let headers = raw["headers"].as_object().cloned().unwrap_or_default();
+    let text = raw["body"].as_str().unwrap_or_default();
+    let body = if raw["isBase64Encoded"] == json!(true) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("base64 body");
+        String::from_utf8(bytes).expect("UTF-8 body")
+    } else {
+        text.to_owned()
+    };
+    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+        json,
+        raw,
+    }
+}
+
+/// One function running against its own Runtime API (as each Lambda
+/// execution environment has its own).
+struct Function {
+    runtime: RuntimeApi,
+    process: FunctionProcess,
+}
+
+impl Function {
+    fn start(name: &str, data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let runtime = RuntimeApi::start();
+        let data_dir = data_dir.to_str().expect("UTF-8 temp dir");
+        let mut all = vec![("BYOK_STORE", "embedded"), ("BYOK_DATA_DIR", data_dir)];
+        all.extend_from_slice(env);
+        let process = FunctionProcess::start(name, &runtime, &all);
+        Self { runtime, process }
+    }
+
+    async fn invoke(&self, event: Value) -> Invocation {
+        self.process.invoke(&self.runtime, event).await
+    }
+
+    async fn call(&self, event: Value) -> Reply {
+        reply(self.invoke(event).await)
+    }
+}
+
+fn assert_json_reply(reply: &Reply, status: u64) {
+    assert_eq!(reply.status, status, "{}", reply.raw);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "{}",
+        reply.raw
+    );
+    assert_eq!(reply.raw["isBase64Encoded"], json!(false), "{}", reply.raw);
+}
+
+fn assert_error(reply: &Reply, status: u64, code: &str) {
+    assert_json_reply(reply, status);
+    assert_eq!(reply.json["error"]["code"], code, "{}", reply.raw);
+    assert!(
+        reply.json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "a human message: {}",
+        reply.raw
+    );
+}
+
+fn key_count(reply: &Reply) -> usize {
+    reply.json["keys"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn keys_function_serves_the_http_api_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Function::start("keys", dir.path(), &[]);
+
+    // POST: created for the caller in the claims; the key never comes back.
+    let created = keys.call(event("post-keys.json")).await;
+    assert_json_reply(&created, 201);
+    assert_eq!(created.json["service"], "openai", "{}", created.raw);
+    assert_eq!(created.json["maskedKey"], "sk-proj-…0001");
+    assert_eq!(created.json["label"], "Work");
+    assert_eq!(created.json["enabled"], true);
+    assert!(!created.raw.to_string().contains(SAMPLE_KEY));
+    // API Gateway v2 answers carry set-cookie in `cookies`, never in headers.
+    assert_eq!(created.raw["cookies"], json!([]), "{}", created.raw);
+
+    let listed = keys.call(event("get-keys.json")).await;
+    assert_json_reply(&listed, 200);
+    assert_eq!(key_count(&listed), 1, "{}", listed.raw);
+    assert_eq!(listed.json["keys"][0]["maskedKey"], "sk-proj-…0001");
+    assert!(!listed.body.contains(SAMPLE_KEY));
+
+    // Another `sub` sees none of them, with or without the admin group.
+    for groups in [None, Some("[admin]")] {
+        let other = keys
+            .call(with_groups(as_user(event("get-keys.json"), BOB), groups))
+            .await;
+        assert_json_reply(&other, 200);
+        assert_eq!(other.json, json!({"keys": []}), "{groups:?}");
+    }
+    assert_error(
+        &keys
+            .call(as_user(event("patch-keys-openai.json"), BOB))
+            .await,
+        404,
+        "not_found",
+    );
+
+    // PATCH disables.
+    let patched = keys.call(event("patch-keys-openai.json")).await;
+    assert_json_reply(&patched, 200);
+    assert_eq!(patched.json["enabled"], false, "{}", patched.raw);
+    assert_eq!(patched.json["createdAt"], created.json["createdAt"]);
+    let listed = keys.call(event("get-keys.json")).await;
+    assert_eq!(listed.json["keys"][0]["enabled"], false);
+
+    // A base64-encoded body is decoded before the router sees it.
+    let bobs = keys
+        .call(with_base64_body(
+            as_user(event("post-keys.json"), BOB),
+            &json!({"service": "groq", "apiKey": "gsk_bob000000000000000000000001"}),
+        ))
+        .await;
+    assert_json_reply(&bobs, 201);
+    assert_eq!(bobs.json["maskedKey"], "gsk_…0001", "{}", bobs.raw);
+
+    // Bad input keeps the error shape, and never echoes the key.
+    let bad = keys
+        .call(with_body(
+            event("post-keys.json"),
+            &json!({"service": "openai", "apiKey": "not-a-key-0000000000000000"}),
+        ))
+        .await;
+    assert_error(&bad, 422, "invalid_key_format");
+    assert!(!bad.body.contains("not-a-key"), "{}", bad.body);
+
+    let providers = keys.call(event("get-providers.json")).await;
+    assert_json_reply(&providers, 200);
+    assert_eq!(
+        providers.json["providers"].as_array().map(Vec::len),
+        Some(7),
+        "{}",
+        providers.raw
+    );
+
+    // DELETE: 204 with no body, then 404.
+    let deleted = keys.call(event("delete-keys-openai.json")).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.raw);
+    assert_eq!(deleted.body, "", "{}", deleted.raw);
+    assert_error(
+        &keys.call(event("delete-keys-openai.json")).await,
+        404,
+        "not_found",
+    );
+    assert_eq!(key_count(&keys.call(event("get-keys.json")).await), 0);
+    assert_eq!(
+        key_count(&keys.call(as_user(event("get-keys.json"), BOB)).await),
+        1
+    );
+
+    // No authorizer claims and no token: 401 with a Bearer challenge.
+    let anonymous = keys.call(without_auth(event("get-keys.json"))).await;
+    assert_error(&anonymous, 401, "unauthorized");
+    assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
+    // Claims without a usable subject are not a caller either.
+    let mut no_sub = event("get-keys.json");
+    no_sub["requestContext"]["authorizer"]["jwt"]["claims"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sub");
+    assert_error(&keys.call(no_sub).await, 401, "unauthorized");
+
+    // A route the function does not serve: JSON 404, and 405 for a method.
+    assert_error(
+        &keys
+            .call(at_default_route(event("get-keys.json"), "GET", "/api/nope"))
+            .await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &keys
+            .call(at_default_route(event("get-keys.json"), "PUT", "/api/keys"))
+            .await,
+        405,
+        "method_not_allowed",
+    );
+    // Settings live in another function.
+    assert_error(
+        &keys.call(event("get-user-settings.json")).await,
+        404,
+        "not_found",
+    );
+
+    // The key reached neither the data directory in clear nor the logs.
+    for (path, bytes) in files_below(dir.path()) {
+        assert!(
+            !contains_bytes(&bytes, SAMPLE_KEY.as_bytes()),
+            "{} holds the key in clear",
+            path.display()
+        );
+    }
+    assert!(!keys.process.output().contains(SAMPLE_KEY));
+    assert_eq!(keys.runtime.init_error(), None);
+    assert!(keys.process.try_exit().is_none(), "still serving");
+}
+
+#[tokio::test]
+async fn settings_function_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Function::start("settings", dir.path(), &[]);
+
+    let initial = settings.call(event("get-user-settings.json")).await;
+    assert_json_reply(&initial, 200);
+    assert_eq!(initial.json, json!({"allowGatewayFallback": true}));
+
+    let saved = settings.call(event("post-user-settings.json")).await;
+    assert_json_reply(&saved, 200);
+    assert_eq!(saved.json, json!({"allowGatewayFallback": false}));
+    assert_eq!(
+        settings.call(event("get-user-settings.json")).await.json,
+        json!({"allowGatewayFallback": false})
+    );
+    // Per user: another caller still has the default.
+    assert_eq!(
+        settings
+            .call(as_user(event("get-user-settings.json"), BOB))
+            .await
+            .json,
+        json!({"allowGatewayFallback": true})
+    );
+
+    let unknown_field = settings
+        .call(with_body(
+            event("post-user-settings.json"),
+            &json!({"allowGatewayFallback": true, "extra": 1}),
+        ))
+        .await;
+    assert_error(&unknown_field, 400, "invalid_request");
+    assert_error(
+        &settings
+            .call(without_auth(event("get-user-settings.json")))
+            .await,
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &settings.call(event("get-keys.json")).await,
+        404,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn validate_function_resolves_with_and_without_a_team_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let without_team = Function::start("validate", dir.path(), &[]);
+    assert_error(
+        &without_team.call(event("get-resolve.json")).await,
+        403,
+        "no_credential",
+    );
+    let missing_model = without_team
+        .call(at_default_route(
+            event("get-resolve.json"),
+            "GET",
+            "/api/resolve",
+        ))
+        .await;
+    assert_error(&missing_model, 400, "invalid_request");
+    assert_error(
+        &without_team
+            .call(without_auth(event("get-resolve.json")))
+            .await,
+        401,
+        "unauthorized",
+    );
+
+    let with_team = Function::start(
+        "validate",
+        dir.path(),
+        &[("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY)],
+    );
+    let resolved = with_team.call(event("get-resolve.json")).await;
+    assert_json_reply(&resolved, 200);
+    assert_eq!(
+        resolved.json,
+        json!({"path": "team-gateway", "provider": "gateway", "model": "openai/gpt-4o-mini",
+               "upstreamModel": "openai/gpt-4o-mini", "baseUrlHost": "ai-gateway.vercel.sh",
+               "baseUrlSource": "team"}),
+        "{}",
+        resolved.raw
+    );
+    assert!(!resolved.raw.to_string().contains(TEAM_GATEWAY_KEY));
+    assert!(!with_team.process.output().contains(TEAM_GATEWAY_KEY));
+}
+
+/// The three functions on one data directory, as they share one store when
+/// deployed: what `keys` and `settings` write, `validate` resolves with.
+#[tokio::test]
+async fn functions_share_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let team = [("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY)];
+    let keys = Function::start("keys", dir.path(), &[]);
+    let settings = Function::start("settings", dir.path(), &[]);
+    let validate = Function::start("validate", dir.path(), &team);
+
+    // Before any key: the team gateway serves both users.
+    for sub in [ALICE, BOB] {
+        let r = validate
+            .call(as_user(resolve_event("gpt-4o-mini"), sub))
+            .await;
+        assert_eq!(r.json["path"], "team-gateway", "{}", r.raw);
+    }
+
+    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
+    let alice = validate.call(resolve_event("gpt-4o-mini")).await;
+    assert_json_reply(&alice, 200);
+    assert_eq!(
+        (
+            alice.json["path"].as_str(),
+            alice.json["provider"].as_str(),
+            alice.json["baseUrlSource"].as_str()
+        ),
+        (Some("user-provider"), Some("openai"), Some("default")),
+        "{}",
+        alice.raw
+    );
+    let bob = validate
+        .call(as_user(resolve_event("gpt-4o-mini"), BOB))
+        .await;
+    assert_eq!(bob.json["path"], "team-gateway", "{}", bob.raw);
+
+    // Bob withdraws consent through `settings`: `validate` refuses him.
+    let off = settings
+        .call(as_user(event("post-user-settings.json"), BOB))
+        .await;
+    assert_eq!(off.json, json!({"allowGatewayFallback": false}));
+    assert_error(
+        &validate
+            .call(as_user(resolve_event("gpt-4o-mini"), BOB))
+            .await,
+        403,
+        "consent_required",
+    );
+
+    // Alice disables her key through `keys`: back to the team gateway.
+    assert_eq!(keys.call(event("patch-keys-openai.json")).await.status, 200);
+    let r = validate.call(resolve_event("gpt-4o-mini")).await;
+    assert_eq!(r.json["path"], "team-gateway", "{}", r.raw);
+    assert_eq!(
+        keys.call(event("delete-keys-openai.json")).await.status,
+        204
+    );
+}
+
+/// A REST API (payload 1.0) event with a Cognito user pool authorizer.
+#[tokio::test]
+async fn keys_function_serves_a_rest_api_cognito_event() {
+    let dir = tempfile::tempdir().unwrap();
+    // Seed a key through the HTTP API event for the same user.
+    let keys = Function::start(
+        "keys",
+        dir.path(),
+        &[("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true")],
+    );
+    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
+
+    let listed = keys.call(event("rest-get-keys.json")).await;
+    assert_eq!(listed.status, 200, "{}", listed.raw);
+    assert_eq!(key_count(&listed), 1, "{}", listed.raw);
+    assert_eq!(listed.json["keys"][0]["maskedKey"], "sk-proj-…0001");
+    // REST answers put every header in `multiValueHeaders`.
+    assert_eq!(
+        listed.raw["multiValueHeaders"]["content-type"],
+        json!(["application/json"]),
+        "{}",
+        listed.raw
+    );
+    let other = keys.call(as_user(event("rest-get-keys.json"), BOB)).await;
+    assert_eq!(other.json, json!({"keys": []}), "{}", other.raw);
+    let anonymous = keys.call(without_auth(event("rest-get-keys.json"))).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.raw);
+    assert_eq!(anonymous.json["error"]["code"], "unauthorized");
+
+    // Without AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH the stage prefixes the
+    // path (`/prod/api/keys`), which no route matches.
+    let prefixed = Function::start("keys", dir.path(), &[]);
+    let missed = prefixed.call(event("rest-get-keys.json")).await;
+    assert_eq!(missed.status, 404, "{}", missed.raw);
+    assert_eq!(missed.json["error"]["code"], "not_found");
+}
+
+/// An event that is not an HTTP event at all is an invocation error, and
+/// the function keeps serving.
+#[tokio::test]
+async fn an_event_of_the_wrong_shape_is_an_invocation_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Function::start("keys", dir.path(), &[]);
+    let error = keys
+        .invoke(json!({"source": "aws.events", "detail": {}}))
+        .await
+        .into_error();
+    assert!(
+        error["errorType"].as_str().is_some_and(|t| !t.is_empty()),
+        "{error}"
+    );
+    assert!(
+        error["errorMessage"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{error}"
+    );
+    assert_eq!(keys.call(event("get-keys.json")).await.status, 200);
+}
+
+/// A configuration the function cannot start with: `main` fails before the
+/// runtime client starts, so the process exits non-zero naming the setting
+/// (and, if it reports to `/runtime/init/error` at all, says the same there).
+#[tokio::test]
+async fn misconfiguration_stops_the_function_at_init() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["keys", "settings", "validate"] {
+        let runtime = RuntimeApi::start();
+        let data_dir = dir.path().to_str().unwrap();
+        let process = FunctionProcess::start(
+            name,
+            &runtime,
+            &[("BYOK_STORE", "bogus"), ("BYOK_DATA_DIR", data_dir)],
+        );
+        let status = process
+            .wait_exit(std::time::Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{name} kept running: {}", process.output()));
+        let output = process.output();
+        assert!(!status.success(), "{name}: {status}");
+        assert!(output.contains("BYOK_STORE"), "{name}: {output}");
+        if let Some(init_error) = runtime.init_error() {
+            assert!(
+                init_error.to_string().contains("BYOK_STORE"),
+                "{name}: {init_error}"
+            );
+        }
+        assert_eq!(runtime.handed_out(), 0, "{name} never asked for an event");
+    }
+}
