@@ -465,12 +465,39 @@ async fn validate_function_resolves_with_and_without_a_team_key() {
 /// The three functions on one data directory, as they share one store when
 /// deployed: what `keys` and `settings` write, `validate` resolves with.
 #[tokio::test]
-async fn functions_share_the_store() {
+async fn functions_share_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
-    let team = [("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY)];
-    let keys = Function::start("keys", dir.path(), &[]);
-    let settings = Function::start("settings", dir.path(), &[]);
-    let validate = Function::start("validate", dir.path(), &team);
+    functions_share_the_store(dir.path(), &[]).await;
+}
+
+/// As deployed: `BYOK_STORE=aws` (DynamoDB + Secrets Manager on the local emulator).
+#[tokio::test]
+async fn functions_share_the_aws_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = byok_tests::aws::unique_name("lambda");
+    let prefix = format!("{}/", byok_tests::aws::unique_name("lambda"));
+    byok::store::dynamo::ensure_table(&byok_tests::aws::dynamo_client(None), &table)
+        .await
+        .unwrap();
+    let endpoint = byok_tests::aws::endpoint();
+    let env = [
+        ("BYOK_STORE", "aws"),
+        ("BYOK_TABLE_NAME", table.as_str()),
+        ("BYOK_SECRET_PREFIX", prefix.as_str()),
+        ("BYOK_SECRET_RECOVERY_DAYS", "0"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    functions_share_the_store(dir.path(), &env).await;
+}
+
+async fn functions_share_the_store(dir: &Path, store_env: &[(&str, &str)]) {
+    let mut team = vec![("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY)];
+    team.extend_from_slice(store_env);
+    let keys = Function::start("keys", dir, store_env);
+    let settings = Function::start("settings", dir, store_env);
+    let validate = Function::start("validate", dir, &team);
 
     // Before any key: the team gateway serves both users.
     for sub in [ALICE, BOB] {
