@@ -59,6 +59,12 @@ EXPECTED_ACTIONS = {
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
+    # Query (the caller's keys, for accessibility); team secrets at cold start.
+    "ModelsFunction": {
+        "dynamodb:Query",
+        "kms:Decrypt",
+        "secretsmanager:GetSecretValue",
+    },
 }
 
 # Which secrets each function may touch: "user" = the per-user secrets under
@@ -67,6 +73,7 @@ EXPECTED_SECRET_SCOPES = {
     "KeysFunction": {"user"},
     "SettingsFunction": set(),
     "ValidateFunction": {"team"},
+    "ModelsFunction": {"team"},
 }
 
 # The only functions that may hold a Secrets Manager write action (a later

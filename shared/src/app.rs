@@ -3,6 +3,7 @@
 //! cold start, never per request.
 
 use crate::auth::{AuthError, Authenticator, JwtSecret, TokenVerifier};
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::crypto::{CryptoError, MasterKey};
 use crate::http::AppState;
@@ -32,6 +33,8 @@ pub enum InitError {
     Store(#[from] StoreError),
     #[error("{0} is not supported by this version")]
     Unsupported(&'static str),
+    #[error("model catalog: {0}")]
+    Catalog(#[from] CatalogError),
     #[error("{0} must be set")]
     Missing(&'static str),
 }
@@ -102,8 +105,12 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
 
 /// The handler state over `stores`, verifying tokens with `verifier` when
 /// the request did not come through an API Gateway authorizer.
-pub fn state(config: &Config, stores: Stores, verifier: Option<TokenVerifier>) -> AppState {
-    AppState {
+pub fn state(
+    config: &Config,
+    stores: Stores,
+    verifier: Option<TokenVerifier>,
+) -> Result<AppState, InitError> {
+    Ok(AppState {
         keys: Arc::new(KeyService::new(stores.meta.clone(), stores.secrets.clone())),
         resolver: Arc::new(Resolver::new(
             stores.meta,
@@ -111,7 +118,8 @@ pub fn state(config: &Config, stores: Stores, verifier: Option<TokenVerifier>) -
             Arc::new(config.upstreams.clone()),
         )),
         auth: Arc::new(Authenticator::new(verifier)),
-    }
+        catalog: Arc::new(Catalog::builtin()?),
+    })
 }
 
 /// A verifier for the configured JWT settings; `None` when only authorizer
@@ -136,7 +144,7 @@ pub async fn lambda_state(config: &Config) -> Result<AppState, InitError> {
         .map(|s| JwtSecret::from_text(s.expose_secret()))
         .transpose()?;
     let verifier = verifier(config, secret)?;
-    Ok(state(config, open_stores(config).await?, verifier))
+    state(config, open_stores(config).await?, verifier)
 }
 
 /// The JWT secret byok-local signs and verifies with: `BYOK_JWT_SECRET`, else
@@ -151,5 +159,5 @@ pub fn local_jwt_secret(config: &Config) -> Result<JwtSecret, InitError> {
 /// The state of byok-local: embedded (or configured) store and HS256 tokens.
 pub async fn local_state(config: &Config, secret: JwtSecret) -> Result<AppState, InitError> {
     let verifier = verifier(config, Some(secret))?;
-    Ok(state(config, open_stores(config).await?, verifier))
+    state(config, open_stores(config).await?, verifier)
 }

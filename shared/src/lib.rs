@@ -14,6 +14,10 @@
 //!   settings routes, over the store traits.
 //! - [`store`]: storage traits and backends ([`store::embedded`]: SQLite file
 //!   with AES-256-GCM sealed secrets).
+//! - [`providers`]: upstream adapters (OpenAI-compatible pass-through,
+//!   Anthropic Messages translation).
+//! - [`catalog`]: the shipped model catalog (context windows, prices) and
+//!   per-user accessibility for `/v1/models`.
 //! - [`crypto`]: the master key and authenticated encryption of secrets.
 //! - [`auth`]: verifying bearer tokens (HS256) or trusting API Gateway
 //!   authorizer claims; the caller's [`auth::Principal`].
@@ -27,6 +31,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod domain;
@@ -35,6 +40,7 @@ pub mod keys;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod local;
+pub mod providers;
 pub mod resolve;
 pub mod store;
 pub mod telemetry;

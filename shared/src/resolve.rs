@@ -283,6 +283,19 @@ impl Resolver {
         }
     }
 
+    /// The user's settings and keys: the one metadata read of a request.
+    pub async fn snapshot(&self, user: &UserId) -> Result<UserSnapshot, ResolveError> {
+        Ok(self.meta.load_user(user).await?)
+    }
+
+    pub fn team(&self) -> &TeamCredentials {
+        &self.team
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
     /// Parses `model` (before any store read) and resolves it for `user`.
     pub async fn resolve(&self, user: &UserId, model: &str) -> Result<Resolution, ResolveError> {
         let model = ModelId::parse(model)?;

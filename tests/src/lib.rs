@@ -7,3 +7,4 @@ pub mod contract;
 pub mod harness;
 pub mod http;
 pub mod lambda_runtime;
+pub mod upstream;

@@ -145,7 +145,7 @@ async fn team_keys_come_from_secrets_manager_arns_at_start() {
         stores.team.get(Service::Gateway).map(ApiKey::expose),
         Some("vck_teamfromsecret000000000001")
     );
-    let state = byok::app::state(&config, stores, None);
+    let state = byok::app::state(&config, stores, None).unwrap();
     let user = UserId::new("team-user").unwrap();
     let r = state.resolver.resolve(&user, "gpt-4o").await.unwrap();
     assert_eq!(r.path.as_str(), "team-gateway");

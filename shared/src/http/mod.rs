@@ -5,6 +5,7 @@
 mod error;
 mod extract;
 mod keys;
+mod models;
 mod resolve;
 mod settings;
 
@@ -37,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/user-settings"),
     ("POST", "/api/user-settings"),
     ("GET", "/api/resolve"),
+    ("GET", "/v1/models"),
 ];
 
 /// What every handler can reach. Built once per process by [`crate::app`].
@@ -45,6 +47,8 @@ pub struct AppState {
     pub keys: Arc<KeyService>,
     pub resolver: Arc<Resolver>,
     pub auth: Arc<Authenticator>,
+    /// The model catalog (shipped with the build, or the operator's file).
+    pub catalog: Arc<crate::catalog::Catalog>,
 }
 
 /// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`, `GET /api/providers`.
@@ -62,13 +66,19 @@ pub fn validate_router(state: AppState) -> Router {
     finish(validate_routes(state))
 }
 
+/// `GET /v1/models`.
+pub fn models_router(state: AppState) -> Router {
+    finish(models_routes(state))
+}
+
 /// Every route in one router, plus `GET /healthz`: byok-local.
 pub fn local_router(state: AppState) -> Router {
     let all = Router::new()
         .route("/healthz", get(healthz))
         .merge(keys_routes(state.clone()))
         .merge(settings_routes(state.clone()))
-        .merge(validate_routes(state));
+        .merge(validate_routes(state.clone()))
+        .merge(models_routes(state));
     finish(all)
 }
 
@@ -95,6 +105,12 @@ fn settings_routes(state: AppState) -> Router {
 fn validate_routes(state: AppState) -> Router {
     Router::new()
         .route("/api/resolve", get(resolve::preview))
+        .with_state(state)
+}
+
+fn models_routes(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/models", get(models::list))
         .with_state(state)
 }
 

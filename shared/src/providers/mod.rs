@@ -1,0 +1,14 @@
+//! Upstream provider adapters: one module per wire format. Most services
+//! speak the OpenAI chat-completions format; Anthropic's Messages API is
+//! translated.
+
+pub mod anthropic;
+pub mod openai;
+pub mod sse;
+
+/// Tokens an upstream reported for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
