@@ -462,6 +462,52 @@ async fn validate_function_resolves_with_and_without_a_team_key() {
     assert!(!with_team.process.output().contains(TEAM_GATEWAY_KEY));
 }
 
+#[tokio::test]
+async fn models_function_marks_what_the_caller_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Function::start("keys", dir.path(), &[]);
+    let models = Function::start("models", dir.path(), &[]);
+    let listed = |reply: &Reply| -> Vec<(String, bool, Value)> {
+        reply.json["data"]
+            .as_array()
+            .expect("data array")
+            .iter()
+            .map(|m| {
+                let id = m["id"].as_str().expect("id").to_owned();
+                (
+                    id,
+                    m["accessible"].as_bool().expect("accessible"),
+                    m["via"].clone(),
+                )
+            })
+            .collect()
+    };
+
+    let none = models.call(event("get-models.json")).await;
+    assert_json_reply(&none, 200);
+    assert_eq!(none.json["object"], "list");
+    let all = listed(&none);
+    assert!(all.len() > 10, "the shipped catalog: {}", none.raw);
+    assert!(
+        all.iter()
+            .all(|(_, accessible, via)| !accessible && via.is_null())
+    );
+
+    // The caller's OpenAI key makes OpenAI's models (only) accessible.
+    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
+    let some = listed(&models.call(event("get-models.json")).await);
+    for (id, accessible, via) in &some {
+        let openai = id.starts_with("openai/");
+        assert_eq!(*accessible, openai, "{id}");
+        assert_eq!(via.as_str(), openai.then_some("user-provider"), "{id}");
+    }
+    assert_error(
+        &models.call(without_auth(event("get-models.json"))).await,
+        401,
+        "unauthorized",
+    );
+}
+
 /// The three functions on one data directory, as they share one store when
 /// deployed: what `keys` and `settings` write, `validate` resolves with.
 #[tokio::test]
