@@ -9,7 +9,7 @@
 //! reach a model is the resolution contract itself ([`accessibility`]).
 
 use crate::domain::ModelId;
-use crate::resolve::{ResolutionPath, TeamCredentials, Upstreams, resolve};
+use crate::resolve::{ResolutionPath, TeamCredentials, Upstreams};
 use crate::store::UserSnapshot;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -292,7 +292,8 @@ pub fn accessibility(
     team: &TeamCredentials,
     upstreams: &Upstreams,
 ) -> Option<ResolutionPath> {
-    resolve(snapshot, model, team, upstreams)
+    // Span-free: `/v1/models` asks this for every catalog entry at once.
+    crate::resolve::choose(snapshot, model, team, upstreams)
         .ok()
         .map(|r| r.path)
 }

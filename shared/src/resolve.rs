@@ -177,7 +177,9 @@ pub fn resolve(
     outcome
 }
 
-fn choose(
+/// The contract itself, without the span: for callers that ask about many
+/// models at once (the catalog), where one span per model would be noise.
+pub(crate) fn choose(
     snapshot: &UserSnapshot,
     model: &ModelId,
     team: &TeamCredentials,

@@ -430,6 +430,23 @@ impl MetadataStore for EmbeddedStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::backend)?;
+            let (user_id, service) = (r.user.as_str(), r.service.as_str());
+            let status = r.last_validation.map(ValidationResult::as_str);
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![
+                &user_id,
+                &service,
+                &r.label,
+                &r.masked_key,
+                &r.enabled,
+                &r.base_url,
+                &p.created_at,
+                &p.updated_at,
+                &p.last_validated_at,
+                &status,
+                &r.secret.id,
+                &r.secret.version,
+                &p.revision,
+            ];
             let changed = match expected {
                 Expected::Absent => tx.execute(
                     &format!(
@@ -437,49 +454,21 @@ impl MetadataStore for EmbeddedStore {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
                          ON CONFLICT (user_id, service) DO NOTHING"
                     ),
-                    params![
-                        r.user.as_str(),
-                        r.service.as_str(),
-                        r.label,
-                        r.masked_key,
-                        r.enabled,
-                        r.base_url,
-                        p.created_at,
-                        p.updated_at,
-                        p.last_validated_at,
-                        r.last_validation.map(ValidationResult::as_str),
-                        r.secret.id,
-                        r.secret.version,
-                        p.revision,
-                    ],
+                    values.as_slice(),
                 ),
                 Expected::Revision(stored) => {
                     // No stored revision can exceed i64::MAX, so such an expectation never matches.
                     let Ok(stored) = i64::try_from(stored) else {
                         return Err(StoreError::Conflict);
                     };
+                    values.push(&stored);
                     tx.execute(
                         "UPDATE keys SET label = ?3, masked_key = ?4, enabled = ?5, base_url = ?6, \
                          created_at = ?7, updated_at = ?8, last_validated_at = ?9, \
                          last_validation = ?10, secret_id = ?11, secret_version = ?12, \
                          revision = ?13 \
                          WHERE user_id = ?1 AND service = ?2 AND revision = ?14",
-                        params![
-                            r.user.as_str(),
-                            r.service.as_str(),
-                            r.label,
-                            r.masked_key,
-                            r.enabled,
-                            r.base_url,
-                            p.created_at,
-                            p.updated_at,
-                            p.last_validated_at,
-                            r.last_validation.map(ValidationResult::as_str),
-                            r.secret.id,
-                            r.secret.version,
-                            p.revision,
-                            stored,
-                        ],
+                        values.as_slice(),
                     )
                 }
             }
