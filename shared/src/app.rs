@@ -4,6 +4,7 @@
 
 use crate::auth::{AuthError, Authenticator, JwtSecret, TokenVerifier};
 use crate::catalog::{Catalog, CatalogError};
+use crate::completion::{CompletionService, LogUsageSink, UpstreamClient};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::crypto::{CryptoError, MasterKey};
 use crate::http::AppState;
@@ -37,6 +38,8 @@ pub enum InitError {
     Catalog(#[from] CatalogError),
     #[error("{0} must be set")]
     Missing(&'static str),
+    #[error("upstream HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 /// The metadata and secret stores chosen by `BYOK_STORE`, and the team
@@ -110,15 +113,25 @@ pub fn state(
     stores: Stores,
     verifier: Option<TokenVerifier>,
 ) -> Result<AppState, InitError> {
+    let resolver = Arc::new(Resolver::new(
+        stores.meta.clone(),
+        Arc::new(stores.team),
+        Arc::new(config.upstreams.clone()),
+    ));
+    let completions = CompletionService::new(
+        resolver.clone(),
+        stores.secrets.clone(),
+        UpstreamClient::new(&config.upstream_timeouts)?,
+        config.fallback_models.clone(),
+        Arc::new(LogUsageSink),
+        config.upstream_timeouts,
+    );
     Ok(AppState {
-        keys: Arc::new(KeyService::new(stores.meta.clone(), stores.secrets.clone())),
-        resolver: Arc::new(Resolver::new(
-            stores.meta,
-            Arc::new(stores.team),
-            Arc::new(config.upstreams.clone()),
-        )),
+        keys: Arc::new(KeyService::new(stores.meta, stores.secrets)),
+        resolver,
         auth: Arc::new(Authenticator::new(verifier)),
         catalog: Arc::new(Catalog::builtin()?),
+        completions: Arc::new(completions),
     })
 }
 

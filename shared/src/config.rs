@@ -2,7 +2,7 @@
 //! names operators rely on. `Config::from_env` is the only place that reads
 //! `std::env`; everything else receives a `Config`.
 
-use crate::domain::{ApiKey, Service};
+use crate::domain::{ApiKey, ModelId, Service};
 use crate::resolve::{TeamCredentials, Upstreams};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
@@ -47,6 +47,33 @@ pub struct Config {
     pub secret_cache_capacity: usize,
     pub upstreams: Upstreams,
     pub team: TeamCredentials,
+    /// Models tried, in order, when the requested one fails before its first
+    /// byte (`BYOK_FALLBACK_MODELS`, comma-separated).
+    pub fallback_models: Vec<ModelId>,
+    /// Upstream timeouts: connect, first byte, idle between chunks.
+    pub upstream_timeouts: UpstreamTimeouts,
+}
+
+/// How long the completion path waits on an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// TCP (and TLS) connection (`BYOK_UPSTREAM_CONNECT_TIMEOUT_SECS`).
+    pub connect: Duration,
+    /// From sending the request to the first byte of the body
+    /// (`BYOK_UPSTREAM_FIRST_BYTE_TIMEOUT_SECS`).
+    pub first_byte: Duration,
+    /// Between two chunks of a body (`BYOK_UPSTREAM_IDLE_TIMEOUT_SECS`).
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
+        }
+    }
 }
 
 /// A variable held a value that cannot be used.
@@ -148,6 +175,41 @@ impl Config {
             }
         };
 
+        let seconds = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or(ConfigError::Invalid {
+                        name,
+                        expected: "a number of seconds above 0 (fractions allowed)",
+                    }),
+            }
+        };
+        let defaults = UpstreamTimeouts::default();
+        let upstream_timeouts = UpstreamTimeouts {
+            connect: seconds("BYOK_UPSTREAM_CONNECT_TIMEOUT_SECS", defaults.connect)?,
+            first_byte: seconds("BYOK_UPSTREAM_FIRST_BYTE_TIMEOUT_SECS", defaults.first_byte)?,
+            idle: seconds("BYOK_UPSTREAM_IDLE_TIMEOUT_SECS", defaults.idle)?,
+        };
+        let fallback_models = match get("BYOK_FALLBACK_MODELS") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(ModelId::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|_| ConfigError::Invalid {
+                    name: "BYOK_FALLBACK_MODELS",
+                    expected: "comma-separated model ids (provider/model)",
+                })?,
+        };
+
         let mut upstreams = Upstreams::default();
         let mut team = TeamCredentials::default();
         let mut team_secret_arns = BTreeMap::new();
@@ -189,6 +251,8 @@ impl Config {
             secret_cache_capacity,
             upstreams,
             team,
+            fallback_models,
+            upstream_timeouts,
         })
     }
 }
@@ -292,5 +356,32 @@ mod tests {
         assert!(config(&[("BYOK_SECRET_RECOVERY_DAYS", "3")]).is_err());
         assert!(config(&[("BYOK_CREATE_TABLE", "maybe")]).is_err());
         assert!(config(&[("BYOK_SECRET_CACHE_TTL_SECS", "-1")]).is_err());
+        assert!(config(&[("BYOK_UPSTREAM_IDLE_TIMEOUT_SECS", "0")]).is_err());
+        assert!(config(&[("BYOK_UPSTREAM_CONNECT_TIMEOUT_SECS", "soon")]).is_err());
+        assert!(config(&[("BYOK_FALLBACK_MODELS", "openai/gpt-4o,llama-3")]).is_err());
+    }
+
+    #[test]
+    fn completion_settings() {
+        let c = config(&[]).unwrap();
+        assert!(c.fallback_models.is_empty());
+        assert_eq!(c.upstream_timeouts, UpstreamTimeouts::default());
+        assert_eq!(c.upstream_timeouts.connect, Duration::from_secs(10));
+        let c = config(&[
+            (
+                "BYOK_FALLBACK_MODELS",
+                " openai/gpt-4o-mini, claude-3-5-haiku-latest ,",
+            ),
+            ("BYOK_UPSTREAM_FIRST_BYTE_TIMEOUT_SECS", "0.5"),
+            ("BYOK_UPSTREAM_IDLE_TIMEOUT_SECS", "30"),
+        ])
+        .unwrap();
+        let ids: Vec<String> = c.fallback_models.iter().map(ModelId::canonical).collect();
+        assert_eq!(
+            ids,
+            ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"]
+        );
+        assert_eq!(c.upstream_timeouts.first_byte, Duration::from_millis(500));
+        assert_eq!(c.upstream_timeouts.idle, Duration::from_secs(30));
     }
 }

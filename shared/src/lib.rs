@@ -32,6 +32,7 @@
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod completion;
 pub mod config;
 pub mod crypto;
 pub mod domain;

@@ -13,7 +13,7 @@ pub use base_url::{BaseUrlError, UserBaseUrl};
 pub use credential::ApiKey;
 pub use key::{KeyFormatError, KeyRecord, SecretRef, ValidationResult, mask_key};
 pub use model::{ModelError, ModelId};
-pub use service::Service;
+pub use service::{Service, WireApi};
 pub use settings::Settings;
 
 use std::fmt;

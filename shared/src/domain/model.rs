@@ -95,14 +95,33 @@ impl ModelId {
     }
 
     /// The id `service` receives upstream: `provider/model` for gateway and
-    /// OpenRouter, the bare name for a direct provider.
+    /// OpenRouter, the bare name for a direct provider. Anthropic's own API
+    /// names versions with dashes (`claude-sonnet-4-5`) where the gateway and
+    /// OpenRouter catalogues use dots (`claude-sonnet-4.5`), so a dot between
+    /// two digits becomes a dash for direct Anthropic calls.
     pub fn upstream_for(&self, service: Service) -> String {
         if service.takes_namespaced_model() {
             self.canonical()
+        } else if service == Service::Anthropic {
+            dashed_version(&self.name)
         } else {
             self.name.clone()
         }
     }
+}
+
+/// `claude-sonnet-4.5` → `claude-sonnet-4-5`; other dots are kept.
+fn dashed_version(name: &str) -> String {
+    let bytes = name.as_bytes();
+    name.char_indices()
+        .map(|(i, c)| {
+            let between_digits = c == '.'
+                && i > 0
+                && bytes[i - 1].is_ascii_digit()
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+            if between_digits { '-' } else { c }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -168,5 +187,16 @@ mod tests {
         assert_eq!(id.direct_service(), Some(Service::OpenAi));
         assert_eq!(ModelId::parse("mistral/x").unwrap().direct_service(), None);
         assert_eq!(ModelId::parse("gateway/x").unwrap().direct_service(), None);
+        let claude = ModelId::parse("anthropic/claude-sonnet-4.5").unwrap();
+        assert_eq!(claude.upstream_for(Service::Anthropic), "claude-sonnet-4-5");
+        assert_eq!(
+            claude.upstream_for(Service::OpenRouter),
+            "anthropic/claude-sonnet-4.5"
+        );
+        let dated = ModelId::parse("claude-3-5-haiku-latest").unwrap();
+        assert_eq!(
+            dated.upstream_for(Service::Anthropic),
+            "claude-3-5-haiku-latest"
+        );
     }
 }

@@ -32,11 +32,13 @@ pub enum ErrorCode {
     UpstreamRateLimited,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// Any other upstream refusal; keeps the upstream's status.
+    UpstreamError,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
         ErrorCode::Unauthorized,
@@ -55,6 +57,7 @@ impl ErrorCode {
         ErrorCode::UpstreamRateLimited,
         ErrorCode::UpstreamUnavailable,
         ErrorCode::UpstreamTimeout,
+        ErrorCode::UpstreamError,
         ErrorCode::Internal,
     ];
 
@@ -78,6 +81,7 @@ impl ErrorCode {
             ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::Internal => "internal",
         }
     }
@@ -100,7 +104,7 @@ impl ErrorCode {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ErrorCode::UpstreamAuth => StatusCode::FAILED_DEPENDENCY,
-            ErrorCode::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamError => StatusCode::BAD_GATEWAY,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,6 +117,8 @@ pub struct ApiError {
     code: ErrorCode,
     message: Cow<'static, str>,
     retry_after_secs: Option<u64>,
+    /// The upstream's own status, for [`ErrorCode::UpstreamError`].
+    status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -121,7 +127,18 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            status: None,
         }
+    }
+
+    /// An upstream refusal passed on with the upstream's 4xx status (a
+    /// non-error status becomes 502).
+    pub fn upstream_error(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut err = Self::new(ErrorCode::UpstreamError, message);
+        if status.is_client_error() || status.is_server_error() {
+            err.status = Some(status);
+        }
+        err
     }
 
     /// A 500 whose detail is logged here and never sent.
@@ -145,7 +162,8 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({
             "error": { "code": self.code.as_str(), "message": self.message }
         });
-        let mut response = (self.code.status(), Json(body)).into_response();
+        let status = self.status.unwrap_or(self.code.status());
+        let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -2,6 +2,7 @@
 //! byok-local), the shared state they run on, and the error mapping.
 //! Handlers are thin adapters over [`crate::keys`] and [`crate::resolve`].
 
+mod completion;
 mod error;
 mod extract;
 mod keys;
@@ -39,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/user-settings"),
     ("GET", "/api/resolve"),
     ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
 ];
 
 /// What every handler can reach. Built once per process by [`crate::app`].
@@ -49,6 +51,7 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The model catalog (shipped with the build, or the operator's file).
     pub catalog: Arc<crate::catalog::Catalog>,
+    pub completions: Arc<crate::completion::CompletionService>,
 }
 
 /// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`, `GET /api/providers`.
@@ -71,6 +74,11 @@ pub fn models_router(state: AppState) -> Router {
     finish(models_routes(state))
 }
 
+/// `POST /v1/chat/completions` (streamed on Lambda).
+pub fn completion_router(state: AppState) -> Router {
+    finish(completion_routes(state))
+}
+
 /// Every route in one router, plus `GET /healthz`: byok-local.
 pub fn local_router(state: AppState) -> Router {
     let all = Router::new()
@@ -78,7 +86,8 @@ pub fn local_router(state: AppState) -> Router {
         .merge(keys_routes(state.clone()))
         .merge(settings_routes(state.clone()))
         .merge(validate_routes(state.clone()))
-        .merge(models_routes(state));
+        .merge(models_routes(state.clone()))
+        .merge(completion_routes(state));
     finish(all)
 }
 
@@ -111,6 +120,16 @@ fn validate_routes(state: AppState) -> Router {
 fn models_routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/models", get(models::list))
+        .with_state(state)
+}
+
+fn completion_routes(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(completion::complete)
+                .layer(DefaultBodyLimit::max(crate::completion::BODY_LIMIT)),
+        )
         .with_state(state)
 }
 

@@ -1,0 +1,11 @@
+//! Lambda function `completion`: `POST /v1/chat/completions`, streamed to the
+//! client through Lambda response streaming. Wiring only: configuration,
+//! state, router.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    byok::telemetry::init(byok::telemetry::Runtime::Lambda);
+    let config = byok::config::Config::from_env()?;
+    let state = byok::app::lambda_state(&config).await?;
+    byok::lambda::run_streaming(byok::http::completion_router(state)).await
+}

@@ -1,0 +1,548 @@
+//! Chat completions: for one request, pick the credential and upstream
+//! (resolution, then the operator's fallback chain), call the upstream in
+//! its wire format, and hand back a whole JSON body or a stream of OpenAI SSE
+//! bytes. A failure before the first byte is an error (and may fall back to
+//! the next model); after it, the stream ends with an error event. No
+//! HTTP-server types here: [`crate::http`] only adapts.
+//!
+//! The warm path makes one metadata read (the user's snapshot) and no secret
+//! store call (the version-aware cache answers); the upstream client is
+//! built once; pass-through chunks are forwarded without re-serialising.
+
+mod redact;
+mod relay;
+mod upstream;
+mod usage;
+
+pub use upstream::{
+    NoPublicAddress, PublicOnlyResolver, UpstreamClient, UpstreamError, UpstreamErrorKind,
+};
+pub use usage::{LogUsageSink, Outcome, UsageRecord, UsageSink};
+
+use crate::config::UpstreamTimeouts;
+use crate::domain::{ApiKey, ModelId, Service, UserId, WireApi};
+use crate::providers::Usage;
+use crate::providers::{anthropic, openai};
+use crate::resolve::{
+    BaseUrlSource, CredentialSource, Resolution, ResolutionPath, ResolveError, Resolver, choose,
+};
+use crate::store::{SecretStore, StoreError, UserSnapshot};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
+use relay::{Decoded, Decoder, Relay};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Largest request body accepted on `/v1/chat/completions`.
+pub const BODY_LIMIT: usize = 20 * 1024 * 1024;
+
+/// Largest upstream error body read for its message.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Which credential and upstream served (or failed) a request; the
+/// `x-byok-path` / `x-byok-provider` headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub path: ResolutionPath,
+    pub provider: Service,
+    /// Canonical `provider/model`.
+    pub model: String,
+    /// True when the model came from the fallback chain.
+    pub fallback: bool,
+}
+
+/// The answer's body.
+pub enum CompletionBody {
+    /// A `chat.completion` JSON document.
+    Json(Bytes),
+    /// `text/event-stream` bytes, ending with `data: [DONE]`.
+    Stream(BoxStream<'static, Bytes>),
+}
+
+/// A successful start: the route and the body.
+pub struct Completion {
+    pub route: Route,
+    pub body: CompletionBody,
+}
+
+/// Why a completion failed before its first byte.
+#[derive(Debug, thiserror::Error)]
+pub enum CompletionError {
+    /// The request body is not a usable chat request (the message names the field).
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The stored secret could not be read.
+    #[error("the stored key could not be read")]
+    Secret(#[source] StoreError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// A failed completion, with the route it failed on when one was chosen.
+#[derive(Debug)]
+pub struct CompletionFailure {
+    pub route: Option<Route>,
+    pub error: CompletionError,
+}
+
+impl From<CompletionError> for CompletionFailure {
+    fn from(error: CompletionError) -> Self {
+        Self { route: None, error }
+    }
+}
+
+/// The stable error code for an upstream failure (SPEC §5).
+pub const fn error_code(kind: UpstreamErrorKind) -> &'static str {
+    match kind {
+        UpstreamErrorKind::Auth => "upstream_auth",
+        UpstreamErrorKind::RateLimited => "upstream_rate_limited",
+        UpstreamErrorKind::Unavailable => "upstream_unavailable",
+        UpstreamErrorKind::Timeout => "upstream_timeout",
+        UpstreamErrorKind::Rejected(_) => "upstream_error",
+    }
+}
+
+/// Serves chat completions. Built once per process.
+pub struct CompletionService {
+    resolver: Arc<Resolver>,
+    secrets: Arc<dyn SecretStore>,
+    client: UpstreamClient,
+    fallback: Vec<ModelId>,
+    usage: Arc<dyn UsageSink>,
+    timeouts: UpstreamTimeouts,
+}
+
+/// The parts of a chat request the gateway reads; the rest passes through.
+struct ChatRequest {
+    body: Map<String, Value>,
+    model: ModelId,
+    /// The model string as the client sent it (echoed in translated answers).
+    requested: String,
+    stream: bool,
+}
+
+impl CompletionService {
+    pub fn new(
+        resolver: Arc<Resolver>,
+        secrets: Arc<dyn SecretStore>,
+        client: UpstreamClient,
+        fallback: Vec<ModelId>,
+        usage: Arc<dyn UsageSink>,
+        timeouts: UpstreamTimeouts,
+    ) -> Self {
+        Self {
+            resolver,
+            secrets,
+            client,
+            fallback,
+            usage,
+            timeouts,
+        }
+    }
+
+    /// Runs one chat completion for `user` with the raw JSON `body`.
+    pub async fn complete(
+        &self,
+        user: &UserId,
+        body: &[u8],
+    ) -> Result<Completion, CompletionFailure> {
+        let started = Instant::now();
+        let request = parse_request(body)?;
+        let snapshot = self
+            .resolver
+            .snapshot(user)
+            .await
+            .map_err(CompletionError::from)?;
+        let primary = crate::resolve::resolve(
+            &snapshot,
+            &request.model,
+            self.resolver.team(),
+            self.resolver.upstreams(),
+        )
+        .map_err(CompletionError::from)?;
+        let candidates = self.candidates(primary, &request.model, &snapshot);
+
+        let mut request = request;
+        let mut first_failure: Option<CompletionFailure> = None;
+        let last = candidates.len() - 1;
+        for (i, (resolution, fallback)) in candidates.into_iter().enumerate() {
+            let route = Route {
+                path: resolution.path,
+                provider: resolution.provider,
+                model: resolution.model.clone(),
+                fallback,
+            };
+            let meter = UsageMeter {
+                sink: self.usage.clone(),
+                started,
+                first_byte: None,
+                record: UsageRecord {
+                    user: user.clone(),
+                    provider: route.provider,
+                    path: route.path,
+                    model: route.model.clone(),
+                    fallback,
+                    stream: request.stream,
+                    outcome: Outcome::Completed,
+                    prompt_tokens: None,
+                    completion_tokens: None,
+                    time_to_first_byte: None,
+                    duration: Duration::ZERO,
+                },
+            };
+            match self
+                .attempt(&resolution, &mut request, i == last, meter)
+                .await
+            {
+                Ok(body) => return Ok(Completion { route, body }),
+                Err((error, meter)) => {
+                    let may_fall_back = match &error {
+                        CompletionError::Upstream(e) => e.kind.may_fall_back(),
+                        _ => false,
+                    };
+                    if let (Some(meter), CompletionError::Upstream(e)) = (meter, &error) {
+                        (*meter)
+                            .finish(Outcome::Failed(error_code(e.kind)), None)
+                            .await;
+                    }
+                    if i != last && may_fall_back {
+                        tracing::info!(
+                            model = route.model.as_str(),
+                            error = %error,
+                            "falling back to the next model"
+                        );
+                    }
+                    let failure = CompletionFailure {
+                        route: Some(route),
+                        error,
+                    };
+                    if !may_fall_back {
+                        return Err(first_failure.unwrap_or(failure));
+                    }
+                    first_failure.get_or_insert(failure);
+                }
+            }
+        }
+        Err(first_failure
+            .unwrap_or_else(|| CompletionError::Resolve(ResolveError::NoCredential).into()))
+    }
+
+    /// The requested model's resolution, then each fallback model the user
+    /// can reach (other than the requested one).
+    fn candidates(
+        &self,
+        primary: Resolution,
+        model: &ModelId,
+        snapshot: &UserSnapshot,
+    ) -> Vec<(Resolution, bool)> {
+        let mut out = vec![(primary, false)];
+        for next in self.fallback.iter().filter(|m| *m != model) {
+            if let Ok(r) = choose(
+                snapshot,
+                next,
+                self.resolver.team(),
+                self.resolver.upstreams(),
+            ) {
+                out.push((r, true));
+            }
+        }
+        out
+    }
+
+    /// The credential a resolution names: the cached user secret or the team key.
+    async fn credential(&self, resolution: &Resolution) -> Result<ApiKey, CompletionError> {
+        match &resolution.credential {
+            CredentialSource::User(secret) => self
+                .secrets
+                .get_secret(secret)
+                .await
+                .map_err(CompletionError::Secret),
+            CredentialSource::Team(service) => self
+                .resolver
+                .team()
+                .get(*service)
+                .cloned()
+                .ok_or(CompletionError::Resolve(ResolveError::NoCredential)),
+        }
+    }
+
+    /// One upstream call. On failure the meter comes back (if the attempt
+    /// reached the upstream) so the caller records it.
+    async fn attempt(
+        &self,
+        resolution: &Resolution,
+        request: &mut ChatRequest,
+        last: bool,
+        mut meter: UsageMeter,
+    ) -> Result<CompletionBody, (CompletionError, Option<Box<UsageMeter>>)> {
+        let service = resolution.provider;
+        let key = self.credential(resolution).await.map_err(|e| (e, None))?;
+        let (upstream_body, decoder) =
+            upstream_request(request, resolution, last).map_err(|e| (e, None))?;
+        let client = self
+            .client
+            .for_source(resolution.base_url_source == BaseUrlSource::User);
+        let call =
+            upstream::build_request(client, service, &resolution.base_url, &key, upstream_body);
+        drop(key);
+
+        let deadline = tokio::time::Instant::now() + self.timeouts.first_byte;
+        let fail =
+            |e: UpstreamError, meter| Err((CompletionError::Upstream(e), Some(Box::new(meter))));
+        let response = match tokio::time::timeout_at(deadline, call.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return fail(UpstreamError::from_transport(service, &err), meter),
+            Err(_) => {
+                return fail(
+                    UpstreamError::timed_out(service, self.timeouts.first_byte),
+                    meter,
+                );
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = read_limited(response, self.timeouts.idle).await;
+            return fail(
+                UpstreamError::from_status(service, status, &headers, &body),
+                meter,
+            );
+        }
+
+        let mut body = response.bytes_stream().boxed();
+        let first = match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(err))) => return fail(UpstreamError::from_transport(service, &err), meter),
+            Ok(None) if !request.stream => Bytes::new(),
+            Ok(None) => {
+                let e = UpstreamError::new(
+                    UpstreamErrorKind::Unavailable,
+                    format!(
+                        "{} ended the stream before sending anything",
+                        service.as_str()
+                    ),
+                );
+                return fail(e, meter);
+            }
+            Err(_) => {
+                return fail(
+                    UpstreamError::timed_out(service, self.timeouts.first_byte),
+                    meter,
+                );
+            }
+        };
+        meter.first_byte = Some(meter.started.elapsed());
+
+        match decoder {
+            Some(mut decoder) => {
+                let decoded: Decoded = match decoder.feed(&first) {
+                    Ok(decoded) => decoded,
+                    Err((_, e)) => return fail(e, meter),
+                };
+                let relay = Relay::new(body, decoder, decoded, service, self.timeouts.idle, meter);
+                Ok(CompletionBody::Stream(relay.into_stream()))
+            }
+            None => {
+                let whole = match read_rest(first, body, self.timeouts.idle).await {
+                    Ok(whole) => whole,
+                    Err(e) => return fail(upstream_read_error(service, e), meter),
+                };
+                let (json, usage) = match service.wire_api() {
+                    WireApi::OpenAiCompatible => {
+                        let usage = serde_json::from_slice::<Value>(&whole)
+                            .ok()
+                            .as_ref()
+                            .and_then(openai::usage_of_response);
+                        (whole, usage)
+                    }
+                    WireApi::AnthropicMessages => {
+                        let Ok(parsed) = serde_json::from_slice::<Value>(&whole) else {
+                            let e = UpstreamError::new(
+                                UpstreamErrorKind::Unavailable,
+                                "anthropic sent a response that is not JSON",
+                            );
+                            return fail(e, meter);
+                        };
+                        let translated = anthropic::from_messages_response(
+                            &parsed,
+                            &request.requested,
+                            unix_now(),
+                        );
+                        let usage = openai::usage_of_response(&translated);
+                        (Bytes::from(translated.to_string()), usage)
+                    }
+                };
+                meter.finish(Outcome::Completed, usage).await;
+                Ok(CompletionBody::Json(json))
+            }
+        }
+    }
+}
+
+/// The upstream body and, for streams, the decoder of its answer.
+fn upstream_request(
+    request: &mut ChatRequest,
+    resolution: &Resolution,
+    last: bool,
+) -> Result<(Bytes, Option<Decoder>), CompletionError> {
+    match resolution.provider.wire_api() {
+        WireApi::OpenAiCompatible => {
+            // The last attempt may consume the body; earlier ones work on a copy.
+            let mut body = if last {
+                std::mem::take(&mut request.body)
+            } else {
+                request.body.clone()
+            };
+            let prepared =
+                openai::prepare_request(&mut body, &resolution.upstream_model, request.stream);
+            let bytes = serde_json::to_vec(&body).map_err(|_| {
+                CompletionError::InvalidRequest("the request could not be encoded".into())
+            })?;
+            let decoder = request
+                .stream
+                .then(|| Decoder::pass_through(openai::PassThrough::new(prepared)));
+            Ok((Bytes::from(bytes), decoder))
+        }
+        WireApi::AnthropicMessages => {
+            let openai_body = Value::Object(std::mem::take(&mut request.body));
+            let translated = anthropic::to_messages_request(
+                &openai_body,
+                &resolution.upstream_model,
+                request.stream,
+            );
+            let include_usage = anthropic::stream_include_usage(&openai_body);
+            if let Value::Object(body) = openai_body {
+                request.body = body;
+            }
+            let translated =
+                translated.map_err(|e| CompletionError::InvalidRequest(e.to_string()))?;
+            let decoder = request.stream.then(|| {
+                Decoder::anthropic(anthropic::StreamTranslator::new(
+                    &request.requested,
+                    unix_now(),
+                    include_usage,
+                ))
+            });
+            Ok((Bytes::from(translated.to_string()), decoder))
+        }
+    }
+}
+
+/// Reads the request's JSON: an object with a string `model`, an array
+/// `messages` and an optional boolean `stream`; everything else passes.
+fn parse_request(body: &[u8]) -> Result<ChatRequest, CompletionError> {
+    let invalid = |m: &str| CompletionError::InvalidRequest(m.to_owned());
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(invalid("request body must be a JSON object"));
+    }
+    let body: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|_| invalid("request body is not valid JSON"))?;
+    let requested = match body.get("model") {
+        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+        Some(_) => return Err(invalid("model must be a non-empty string")),
+        None => return Err(invalid("model is required")),
+    };
+    match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => {}
+        Some(_) => return Err(invalid("messages must be a non-empty array")),
+        None => return Err(invalid("messages is required")),
+    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("stream must be a boolean")),
+    };
+    let model = ModelId::parse(&requested).map_err(|e| CompletionError::Resolve(e.into()))?;
+    Ok(ChatRequest {
+        body,
+        model,
+        requested,
+        stream,
+    })
+}
+
+/// Follows one attempt and writes its usage record when it ends.
+pub(crate) struct UsageMeter {
+    sink: Arc<dyn UsageSink>,
+    started: Instant,
+    first_byte: Option<Duration>,
+    record: UsageRecord,
+}
+
+impl UsageMeter {
+    pub(crate) async fn finish(mut self, outcome: Outcome, usage: Option<Usage>) {
+        self.record.outcome = outcome;
+        self.record.prompt_tokens = usage.map(|u| u.prompt_tokens);
+        self.record.completion_tokens = usage.map(|u| u.completion_tokens);
+        self.record.time_to_first_byte = self.first_byte;
+        self.record.duration = self.started.elapsed();
+        self.sink.record(self.record).await;
+    }
+}
+
+/// Why reading a body failed.
+enum ReadError {
+    Transport(reqwest::Error),
+    Idle(Duration),
+    TooLarge,
+}
+
+fn upstream_read_error(service: Service, err: ReadError) -> UpstreamError {
+    match err {
+        ReadError::Transport(e) => UpstreamError::from_transport(service, &e),
+        ReadError::Idle(waited) => UpstreamError::timed_out(service, waited),
+        ReadError::TooLarge => UpstreamError::new(
+            UpstreamErrorKind::Unavailable,
+            format!("{} sent a response too large to relay", service.as_str()),
+        ),
+    }
+}
+
+/// Largest non-streamed upstream answer relayed.
+const RESPONSE_LIMIT: usize = 64 * 1024 * 1024;
+
+async fn read_rest(
+    first: Bytes,
+    mut body: relay::UpstreamBody,
+    idle: Duration,
+) -> Result<Bytes, ReadError> {
+    let mut whole: Option<bytes::BytesMut> = None;
+    loop {
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let buf = whole.get_or_insert_with(|| bytes::BytesMut::from(&first[..]));
+                if buf.len() + chunk.len() > RESPONSE_LIMIT {
+                    return Err(ReadError::TooLarge);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(Some(Err(e))) => return Err(ReadError::Transport(e)),
+            Ok(None) => return Ok(whole.map_or(first, bytes::BytesMut::freeze)),
+            Err(_) => return Err(ReadError::Idle(idle)),
+        }
+    }
+}
+
+/// An error body, up to [`ERROR_BODY_LIMIT`]; whatever arrived if reading fails.
+async fn read_limited(response: reqwest::Response, idle: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(idle, body.next()).await {
+        let room = ERROR_BODY_LIMIT.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= ERROR_BODY_LIMIT {
+            break;
+        }
+    }
+    out
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

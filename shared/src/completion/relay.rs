@@ -1,0 +1,332 @@
+//! The streamed answer: reads the upstream body chunk by chunk, turns it into
+//! OpenAI SSE bytes (passed through untouched, or translated from
+//! Anthropic), and ends with `data: [DONE]` either way. A failure after the
+//! first byte becomes a final error event. Usage is recorded before the
+//! stream ends; if the client goes away first, dropping the relay drops the
+//! upstream response (cancelling the call) and records the cancellation.
+
+use super::UsageMeter;
+use super::upstream::{UpstreamError, UpstreamErrorKind};
+use super::usage::Outcome;
+use crate::domain::Service;
+use crate::providers::Usage;
+use crate::providers::anthropic::{StreamTranslator, TranslateError};
+use crate::providers::openai::PassThrough;
+use crate::providers::sse::{EventSplitter, RawEvent};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
+use std::time::Duration;
+
+/// The upstream body, as reqwest hands it out.
+pub(crate) type UpstreamBody = BoxStream<'static, Result<Bytes, reqwest::Error>>;
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// How long to wait for the upstream to close after its last event, so its
+/// connection goes back to the pool instead of being torn down.
+const DRAIN_WAIT: Duration = Duration::from_millis(50);
+
+/// Turns upstream SSE bytes into the client's OpenAI SSE bytes.
+pub(crate) enum Decoder {
+    /// OpenAI-compatible upstreams: events forwarded as they came.
+    PassThrough {
+        split: EventSplitter,
+        pass: PassThrough,
+    },
+    /// Anthropic Messages events translated to chat-completion chunks.
+    Anthropic {
+        split: EventSplitter,
+        translator: Box<StreamTranslator>,
+        done: bool,
+    },
+}
+
+/// What one upstream chunk produced.
+pub(crate) struct Decoded {
+    pub bytes: Bytes,
+    /// The upstream's final event has passed.
+    pub done: bool,
+}
+
+impl Decoder {
+    pub(crate) fn pass_through(pass: PassThrough) -> Self {
+        Decoder::PassThrough {
+            split: EventSplitter::new(),
+            pass,
+        }
+    }
+
+    pub(crate) fn anthropic(translator: StreamTranslator) -> Self {
+        Decoder::Anthropic {
+            split: EventSplitter::new(),
+            translator: Box::new(translator),
+            done: false,
+        }
+    }
+
+    /// Feeds one upstream chunk. Bytes produced before a failure are kept
+    /// in `Err`'s first field so the client still receives them.
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Decoded, (Bytes, UpstreamError)> {
+        match self {
+            Decoder::PassThrough { split, pass } => {
+                let events = split.push(chunk).map_err(|e| (Bytes::new(), broken(&e)))?;
+                // One event (the common case) is forwarded as its own buffer.
+                if events.len() == 1 {
+                    let bytes = events
+                        .into_iter()
+                        .next()
+                        .and_then(|ev| pass.on_event(ev))
+                        .unwrap_or_default();
+                    return Ok(Decoded {
+                        bytes,
+                        done: pass.finished(),
+                    });
+                }
+                let mut out = BytesMut::new();
+                for event in events {
+                    if let Some(bytes) = pass.on_event(event) {
+                        out.extend_from_slice(&bytes);
+                    }
+                }
+                Ok(Decoded {
+                    bytes: out.freeze(),
+                    done: pass.finished(),
+                })
+            }
+            Decoder::Anthropic {
+                split,
+                translator,
+                done,
+            } => {
+                let events = split.push(chunk).map_err(|e| (Bytes::new(), broken(&e)))?;
+                let mut out = BytesMut::new();
+                for event in events {
+                    if event.is_comment_only() {
+                        continue;
+                    }
+                    let finished = is_message_stop(&event);
+                    let name = event.name().unwrap_or_default().to_owned();
+                    match translator.push(&name, &event.data()) {
+                        Ok(chunks) => {
+                            for chunk in chunks {
+                                out.extend_from_slice(b"data: ");
+                                out.extend_from_slice(chunk.as_bytes());
+                                out.extend_from_slice(b"\n\n");
+                            }
+                        }
+                        Err(err) => return Err((out.freeze(), translate_error(&err))),
+                    }
+                    if finished {
+                        out.extend_from_slice(DONE);
+                        *done = true;
+                        break;
+                    }
+                }
+                Ok(Decoded {
+                    bytes: out.freeze(),
+                    done: *done,
+                })
+            }
+        }
+    }
+
+    pub(crate) fn usage(&self) -> Option<Usage> {
+        match self {
+            Decoder::PassThrough { pass, .. } => pass.usage(),
+            Decoder::Anthropic { translator, .. } => {
+                translator
+                    .usage()
+                    .map(|(prompt_tokens, completion_tokens)| Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                    })
+            }
+        }
+    }
+}
+
+fn is_message_stop(event: &RawEvent) -> bool {
+    match event.name() {
+        Some(name) => name == "message_stop",
+        None => event.data().contains("\"message_stop\""),
+    }
+}
+
+fn broken(err: &dyn std::error::Error) -> UpstreamError {
+    UpstreamError::new(
+        UpstreamErrorKind::Unavailable,
+        format!("the upstream stream is malformed: {err}"),
+    )
+}
+
+/// An Anthropic stream error, in our terms (its message is redacted).
+pub(crate) fn translate_error(err: &TranslateError) -> UpstreamError {
+    match err {
+        TranslateError::Upstream { kind, message } => {
+            let kind_of = match kind.as_str() {
+                "authentication_error" | "permission_error" => UpstreamErrorKind::Auth,
+                "rate_limit_error" => UpstreamErrorKind::RateLimited,
+                "invalid_request_error" | "not_found_error" | "request_too_large" => {
+                    UpstreamErrorKind::Rejected(http::StatusCode::BAD_REQUEST)
+                }
+                _ => UpstreamErrorKind::Unavailable,
+            };
+            UpstreamError::new(
+                kind_of,
+                format!(
+                    "anthropic reported {}: {}",
+                    super::redact::redact(kind),
+                    super::redact::redact(message)
+                ),
+            )
+        }
+        other => UpstreamError::new(
+            UpstreamErrorKind::Unavailable,
+            format!("anthropic sent an unreadable stream ({other})"),
+        ),
+    }
+}
+
+/// The final SSE error event (then `[DONE]`) for a failure after the first byte.
+pub(crate) fn error_event(code: &str, message: &str) -> Bytes {
+    let event = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut out = BytesMut::with_capacity(128);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(event.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out.extend_from_slice(DONE);
+    out.freeze()
+}
+
+enum Phase {
+    Streaming,
+    Draining,
+    Finishing(Outcome),
+    Done,
+}
+
+/// One streamed answer in progress.
+pub(crate) struct Relay {
+    upstream: UpstreamBody,
+    decoder: Decoder,
+    service: Service,
+    idle: Duration,
+    queued: Option<Bytes>,
+    phase: Phase,
+    meter: Option<UsageMeter>,
+}
+
+impl Relay {
+    /// A relay whose first upstream chunk was already decoded into `first`.
+    pub(crate) fn new(
+        upstream: UpstreamBody,
+        decoder: Decoder,
+        first: Decoded,
+        service: Service,
+        idle: Duration,
+        meter: UsageMeter,
+    ) -> Self {
+        let phase = if first.done {
+            Phase::Draining
+        } else {
+            Phase::Streaming
+        };
+        Self {
+            upstream,
+            decoder,
+            service,
+            idle,
+            queued: (!first.bytes.is_empty()).then_some(first.bytes),
+            phase,
+            meter: Some(meter),
+        }
+    }
+
+    /// The client's body as a stream of byte chunks.
+    pub(crate) fn into_stream(self) -> BoxStream<'static, Bytes> {
+        futures_util::stream::unfold(self, |mut relay| async move {
+            relay.next_bytes().await.map(|bytes| (bytes, relay))
+        })
+        .boxed()
+    }
+
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(bytes) = self.queued.take() {
+                return Some(bytes);
+            }
+            match self.phase {
+                Phase::Streaming => self.pull().await,
+                Phase::Draining => {
+                    let _ = tokio::time::timeout(DRAIN_WAIT, async {
+                        while self.upstream.next().await.is_some() {}
+                    })
+                    .await;
+                    self.phase = Phase::Finishing(Outcome::Completed);
+                }
+                Phase::Finishing(outcome) => {
+                    self.phase = Phase::Done;
+                    if let Some(meter) = self.meter.take() {
+                        meter.finish(outcome, self.decoder.usage()).await;
+                    }
+                }
+                Phase::Done => return None,
+            }
+        }
+    }
+
+    /// Reads one upstream chunk and queues what it produced.
+    async fn pull(&mut self) {
+        let failure = match tokio::time::timeout(self.idle, self.upstream.next()).await {
+            Ok(Some(Ok(chunk))) => match self.decoder.feed(&chunk) {
+                Ok(decoded) => {
+                    if decoded.done {
+                        self.phase = Phase::Draining;
+                    }
+                    if !decoded.bytes.is_empty() {
+                        self.queued = Some(decoded.bytes);
+                    }
+                    return;
+                }
+                Err((before, err)) => {
+                    if !before.is_empty() {
+                        self.queued = Some(before);
+                    }
+                    err
+                }
+            },
+            Ok(Some(Err(err))) => UpstreamError::from_transport(self.service, &err),
+            Ok(None) => UpstreamError::new(
+                UpstreamErrorKind::Unavailable,
+                format!("{} ended the stream early", self.service.as_str()),
+            ),
+            Err(_) => UpstreamError::timed_out(self.service, self.idle),
+        };
+        let code = super::error_code(failure.kind);
+        tracing::warn!(provider = self.service.as_str(), code, error = %failure, "stream failed after the first byte");
+        let event = error_event(code, &failure.message);
+        self.queued = Some(match self.queued.take() {
+            Some(before) => {
+                let mut both = BytesMut::from(&before[..]);
+                both.extend_from_slice(&event);
+                both.freeze()
+            }
+            None => event,
+        });
+        self.phase = Phase::Finishing(Outcome::Failed(code));
+    }
+}
+
+impl Drop for Relay {
+    /// The client went away before the end: the upstream body is dropped
+    /// with `self` (closing its connection), and the cancellation recorded.
+    fn drop(&mut self) {
+        if let Some(meter) = self.meter.take() {
+            let usage = self.decoder.usage();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(meter.finish(Outcome::Cancelled, usage));
+            }
+        }
+    }
+}

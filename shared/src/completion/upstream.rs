@@ -1,0 +1,314 @@
+//! The outgoing side: HTTP clients built once per process, the DNS rule for
+//! user base URLs (only public addresses, checked when connecting), request
+//! building per wire API, and the classification of upstream failures.
+
+use super::redact::redact;
+use crate::config::UpstreamTimeouts;
+use crate::domain::{ApiKey, Service, WireApi};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Anthropic API version sent with every Messages call.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Idle upstream connections are kept this long for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// The two upstream clients: the operator's (any address: operators point
+/// base URLs at self-hosted servers and test stand-ins) and the one for user
+/// base URLs (HTTPS only, public addresses only, re-checked at every connect).
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    operator: reqwest::Client,
+    user: reqwest::Client,
+}
+
+impl UpstreamClient {
+    pub fn new(timeouts: &UpstreamTimeouts) -> Result<Self, reqwest::Error> {
+        let base = || {
+            reqwest::Client::builder()
+                .connect_timeout(timeouts.connect)
+                .pool_idle_timeout(POOL_IDLE)
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("byok-gateway/", env!("CARGO_PKG_VERSION")))
+        };
+        Ok(Self {
+            operator: base().build()?,
+            user: base()
+                .https_only(true)
+                .dns_resolver(Arc::new(PublicOnlyResolver))
+                .build()?,
+        })
+    }
+
+    /// The client for a base URL the user chose (`true`) or the operator's.
+    pub(crate) fn for_source(&self, user_url: bool) -> &reqwest::Client {
+        if user_url { &self.user } else { &self.operator }
+    }
+}
+
+/// Resolves host names like the system does, then keeps only public
+/// addresses; a name with none fails the connection. This is the DNS
+/// rebinding guard of user base URLs: the addresses checked are the ones
+/// connected to.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PublicOnlyResolver;
+
+/// A user base URL's host resolved to no public address.
+#[derive(Debug, thiserror::Error)]
+#[error("the host resolves to no public address")]
+pub struct NoPublicAddress;
+
+impl Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let public: Vec<SocketAddr> = found
+                .filter(|a| crate::domain::base_url::is_public_ip(a.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(Box::new(NoPublicAddress) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The HTTP request for one upstream call.
+pub(crate) fn build_request(
+    client: &reqwest::Client,
+    service: Service,
+    base_url: &str,
+    key: &ApiKey,
+    body: Bytes,
+) -> reqwest::RequestBuilder {
+    let (path, auth_header, auth_value) = match service.wire_api() {
+        WireApi::OpenAiCompatible => (
+            "/chat/completions",
+            header::AUTHORIZATION,
+            format!("Bearer {}", key.expose()),
+        ),
+        WireApi::AnthropicMessages => (
+            "/messages",
+            header::HeaderName::from_static("x-api-key"),
+            key.expose().to_owned(),
+        ),
+    };
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(mut value) = HeaderValue::from_str(&auth_value) {
+        value.set_sensitive(true);
+        headers.insert(auth_header, value);
+    }
+    if service.wire_api() == WireApi::AnthropicMessages {
+        headers.insert(
+            header::HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
+    let mut url = String::with_capacity(base_url.len() + path.len());
+    url.push_str(base_url.trim_end_matches('/'));
+    url.push_str(path);
+    client.post(url).headers(headers).body(body)
+}
+
+/// What went wrong with an upstream, in the terms of SPEC §7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// 401/403: the provider refused the credential.
+    Auth,
+    /// 429.
+    RateLimited,
+    /// 5xx, connection failures, broken streams.
+    Unavailable,
+    /// No answer within the configured time.
+    Timeout,
+    /// Any other status (the request's own fault, e.g. 400, 404, 422): kept.
+    Rejected(StatusCode),
+}
+
+impl UpstreamErrorKind {
+    /// Whether another model of the fallback chain may be tried.
+    pub(crate) const fn may_fall_back(self) -> bool {
+        !matches!(self, UpstreamErrorKind::Rejected(_))
+    }
+}
+
+/// An upstream failure; the message is already redacted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct UpstreamError {
+    pub kind: UpstreamErrorKind,
+    pub message: String,
+    /// Seconds from the upstream's `Retry-After`, for 429s.
+    pub retry_after: Option<u64>,
+}
+
+impl UpstreamError {
+    pub(crate) fn new(kind: UpstreamErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The error for a non-2xx answer, with the provider's own message
+    /// (redacted) when its body has one.
+    pub(crate) fn from_status(
+        service: Service,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Self {
+        let kind = match status.as_u16() {
+            401 | 403 => UpstreamErrorKind::Auth,
+            429 => UpstreamErrorKind::RateLimited,
+            500..=599 => UpstreamErrorKind::Unavailable,
+            _ => UpstreamErrorKind::Rejected(status),
+        };
+        let what = match kind {
+            UpstreamErrorKind::Auth => "rejected the key",
+            UpstreamErrorKind::RateLimited => "is rate limiting this key",
+            UpstreamErrorKind::Unavailable => "is unavailable",
+            UpstreamErrorKind::Timeout | UpstreamErrorKind::Rejected(_) => "refused the request",
+        };
+        let mut message = format!("{} {what} (HTTP {})", service.as_str(), status.as_u16());
+        if let Some(detail) = provider_message(body) {
+            message.push_str(": ");
+            message.push_str(&redact(&detail));
+        }
+        Self {
+            kind,
+            message,
+            retry_after: retry_after(headers),
+        }
+    }
+
+    /// The error for a request that got no answer.
+    pub(crate) fn from_transport(service: Service, err: &reqwest::Error) -> Self {
+        if err.is_timeout() {
+            Self::new(
+                UpstreamErrorKind::Timeout,
+                format!("{} did not answer in time", service.as_str()),
+            )
+        } else if err.is_connect() {
+            Self::new(
+                UpstreamErrorKind::Unavailable,
+                format!("could not connect to {}", service.as_str()),
+            )
+        } else {
+            Self::new(
+                UpstreamErrorKind::Unavailable,
+                format!("the connection to {} failed", service.as_str()),
+            )
+        }
+    }
+
+    /// The upstream sent nothing within the first-byte (or idle) timeout.
+    pub(crate) fn timed_out(service: Service, waited: Duration) -> Self {
+        Self::new(
+            UpstreamErrorKind::Timeout,
+            format!(
+                "{} sent nothing for {:.1} s",
+                service.as_str(),
+                waited.as_secs_f64()
+            ),
+        )
+    }
+}
+
+/// `error.message` (OpenAI, Anthropic, most compatible servers), else a
+/// top-level `message` or string `error`.
+fn provider_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let value = match &value {
+        serde_json::Value::Array(items) => items.first()?.clone(),
+        _ => value,
+    };
+    value
+        .pointer("/error/message")
+        .or_else(|| value.get("message"))
+        .or_else(|| value.get("error").filter(|e| e.is_string()))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+}
+
+/// `Retry-After` in seconds (an HTTP date is not honoured: 1 s is assumed).
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    Some(value.parse::<u64>().unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_kinds_and_messages_are_redacted() {
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnop1234","type":"invalid_request_error"}}"#;
+        let e = UpstreamError::from_status(
+            Service::OpenAi,
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            body,
+        );
+        assert_eq!(e.kind, UpstreamErrorKind::Auth);
+        assert!(!e.message.contains("abcdefghijklmnop"), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("openai rejected the key (HTTP 401): Incorrect API key provided")
+        );
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        let e = UpstreamError::from_status(
+            Service::Anthropic,
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            b"{}",
+        );
+        assert_eq!(
+            (e.kind, e.retry_after),
+            (UpstreamErrorKind::RateLimited, Some(7))
+        );
+
+        for (status, kind) in [
+            (403, UpstreamErrorKind::Auth),
+            (500, UpstreamErrorKind::Unavailable),
+            (503, UpstreamErrorKind::Unavailable),
+            (404, UpstreamErrorKind::Rejected(StatusCode::NOT_FOUND)),
+            (400, UpstreamErrorKind::Rejected(StatusCode::BAD_REQUEST)),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let e =
+                UpstreamError::from_status(Service::Groq, status, &HeaderMap::new(), b"not json");
+            assert_eq!(e.kind, kind, "{status}");
+            assert_eq!(
+                e.kind.may_fall_back(),
+                !matches!(kind, UpstreamErrorKind::Rejected(_))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn user_urls_never_reach_private_addresses() {
+        let refused = PublicOnlyResolver
+            .resolve("localhost".parse().unwrap())
+            .await;
+        assert!(refused.is_err());
+        let literal = PublicOnlyResolver
+            .resolve("127.0.0.1".parse().unwrap())
+            .await;
+        assert!(literal.is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! Handler of `POST /v1/chat/completions`: reads the body (up to 20 MiB, any
+//! fields), runs [`crate::completion::CompletionService`], and answers JSON or
+//! `text/event-stream` with the `x-byok-path` / `x-byok-provider` headers.
+
+use super::extract::Caller;
+use super::{ApiError, AppState, ErrorCode};
+use crate::completion::{CompletionBody, CompletionError, Route, error_code};
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use std::convert::Infallible;
+
+const PATH_HEADER: HeaderName = HeaderName::from_static("x-byok-path");
+const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-byok-provider");
+const MODEL_HEADER: HeaderName = HeaderName::from_static("x-byok-model");
+const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-byok-fallback");
+
+pub(super) async fn complete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    req: Request,
+) -> Response {
+    let body = match Bytes::from_request(req, &state).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body is larger than 20 MiB",
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(ErrorCode::InvalidRequest, "request body could not be read")
+                .into_response();
+        }
+    };
+    match state.completions.complete(&caller.user, &body).await {
+        Ok(completion) => {
+            let mut response = match completion.body {
+                CompletionBody::Json(json) => {
+                    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+                }
+                CompletionBody::Stream(stream) => {
+                    let body = Body::from_stream(stream.map(Ok::<_, Infallible>));
+                    (
+                        [
+                            (header::CONTENT_TYPE, "text/event-stream"),
+                            (header::CACHE_CONTROL, "no-cache"),
+                            (HeaderName::from_static("x-accel-buffering"), "no"),
+                        ],
+                        body,
+                    )
+                        .into_response()
+                }
+            };
+            route_headers(&mut response, &completion.route);
+            response
+        }
+        Err(failure) => {
+            let mut response = ApiError::from(failure.error).into_response();
+            if let Some(route) = &failure.route {
+                route_headers(&mut response, route);
+            }
+            response
+        }
+    }
+}
+
+fn route_headers(response: &mut Response, route: &Route) {
+    let headers = response.headers_mut();
+    headers.insert(PATH_HEADER, HeaderValue::from_static(route.path.as_str()));
+    headers.insert(
+        PROVIDER_HEADER,
+        HeaderValue::from_static(route.provider.as_str()),
+    );
+    if let Ok(model) = HeaderValue::from_str(&route.model) {
+        headers.insert(MODEL_HEADER, model);
+    }
+    if route.fallback {
+        headers.insert(FALLBACK_HEADER, HeaderValue::from_static("true"));
+    }
+}
+
+impl From<CompletionError> for ApiError {
+    fn from(err: CompletionError) -> Self {
+        match err {
+            CompletionError::InvalidRequest(message) => {
+                ApiError::new(ErrorCode::InvalidRequest, message)
+            }
+            CompletionError::Resolve(err) => err.into(),
+            CompletionError::Secret(err) => ApiError::internal(&err),
+            CompletionError::Upstream(err) => {
+                let code = match err.kind {
+                    crate::completion::UpstreamErrorKind::Auth => ErrorCode::UpstreamAuth,
+                    crate::completion::UpstreamErrorKind::RateLimited => {
+                        ErrorCode::UpstreamRateLimited
+                    }
+                    crate::completion::UpstreamErrorKind::Unavailable => {
+                        ErrorCode::UpstreamUnavailable
+                    }
+                    crate::completion::UpstreamErrorKind::Timeout => ErrorCode::UpstreamTimeout,
+                    crate::completion::UpstreamErrorKind::Rejected(status) => {
+                        return ApiError::upstream_error(status, err.message);
+                    }
+                };
+                debug_assert_eq!(code.as_str(), error_code(err.kind));
+                let api = ApiError::new(code, err.message);
+                match err.retry_after {
+                    Some(secs) => api.with_retry_after(secs),
+                    None => api,
+                }
+            }
+        }
+    }
+}
