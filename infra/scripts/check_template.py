@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Offline check of the SAM template: transform it with aws-sam-translator
 (no AWS calls), lint the resulting CloudFormation with cfn-lint, then assert
-the functions' shape and least-privilege IAM on the transformed template.
+the functions' shape and least-privilege IAM on the transformed template,
+and that the streamed routes are on the REST API, streamed and authorized
+(and on no HTTP API).
 
 Usage: check_template.py [template.yaml]   (needs aws-sam-translator, cfn-lint)
 Exits non-zero if the transform fails, cfn-lint reports any error/warning, or
 a policy/function assertion fails (each failure is printed).
 """
 import json
+import logging
 import os
 import re
 import shutil
@@ -16,6 +19,8 @@ import sys
 import tempfile
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# The translator warns about feature toggles it has no config for (offline).
+logging.getLogger("samtranslator.feature_toggle.feature_toggle").setLevel(logging.ERROR)
 
 from samtranslator.translator.transform import transform  # noqa: E402
 from samtranslator.yaml_helper import yaml_parse  # noqa: E402
@@ -65,6 +70,14 @@ EXPECTED_ACTIONS = {
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
+    # Query (resolution); GetSecretValue on the paying user secret (cache
+    # misses; KMS Decrypt via Secrets Manager) and on the team secrets, at
+    # cold start. Reads only.
+    "CompletionFunction": {
+        "dynamodb:Query",
+        "kms:Decrypt",
+        "secretsmanager:GetSecretValue",
+    },
 }
 
 # Which secrets each function may touch: "user" = the per-user secrets under
@@ -74,6 +87,7 @@ EXPECTED_SECRET_SCOPES = {
     "SettingsFunction": set(),
     "ValidateFunction": {"team"},
     "ModelsFunction": {"team"},
+    "CompletionFunction": {"user", "team"},
 }
 
 # The only functions that may hold a Secrets Manager write action (a later
@@ -110,7 +124,19 @@ TEAM_SECRET_PARAMS = {
     "BYOK_TEAM_GROQ_SECRET_ARN": "TeamGroqKeySecretArn",
 }
 # Functions that resolve with team keys: they get every team variable.
-TEAM_SECRET_READERS = {"ValidateFunction"}
+TEAM_SECRET_READERS = {"ValidateFunction", "ModelsFunction", "CompletionFunction"}
+
+# Routes that stream their response, (METHOD, path) -> function. Each must be
+# on a REST API (HTTP APIs buffer the whole response) as a Lambda proxy
+# integration with responseTransferMode STREAM calling InvokeWithResponseStream,
+# behind a Cognito user pool authorizer, and on no HTTP API.
+STREAMING_ROUTES = {("POST", "/v1/chat/completions"): "CompletionFunction"}
+# The REST API's Cognito authorizer takes its user pool from this parameter.
+USER_POOL_PARAM = "UserPoolArn"
+# API Gateway's limit on a streaming integration's timeout (15 minutes).
+MAX_STREAM_TIMEOUT_MS = 900_000
+# REST API stages prefix the path the function sees unless this is set.
+IGNORE_STAGE_ENV = "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"
 
 # The one managed policy a role may carry: SAM's own basic execution role
 # (CloudWatch Logs), the only place `*` is tolerated.
@@ -428,9 +454,116 @@ class Checker:
             self.fail(sid, f"is included under {wrap}, which does not imply one of "
                       f"its resource conditions {sorted(conds)}")
 
+    # ------------------------------------------------------- front doors --
+
+    def rest_methods(self):
+        """(api, METHOD, path, operation, authorizer types) for every method
+        of every REST API body."""
+        out = []
+        for api, res in sorted(self.of_type("AWS::ApiGateway::RestApi").items()):
+            body = res["Properties"].get("Body", {})
+            schemes = body.get("components", {}).get("securitySchemes", {})
+            schemes = {**body.get("securityDefinitions", {}), **schemes}
+            for path, item in body.get("paths", {}).items():
+                for method, op in item.items():
+                    if not isinstance(op, dict) or method.startswith("x-"):
+                        continue
+                    kinds = set()
+                    for requirement in op.get("security", []):
+                        for name in requirement:
+                            auth = schemes.get(name, {}).get("x-amazon-apigateway-authorizer")
+                            if auth:  # SAM writes `NONE: []` for Authorizer: NONE
+                                kinds.add((auth.get("type"), show(auth.get("providerARNs"))))
+                    out.append((api, method.upper(), path, op, kinds))
+        return out
+
+    def integration_target(self, integration):
+        """The function an x-amazon-apigateway-integration invokes, and its
+        Lambda API path (`2015-03-31/.../invocations` or
+        `2021-11-15/.../response-streaming-invocations`)."""
+        uri = integration.get("uri", {})
+        text = uri.get("Fn::Sub") if isinstance(uri, dict) else uri
+        if not isinstance(text, str):
+            return None, None
+        m = re.search(r"lambda:path/([0-9-]+)/functions/\$\{(\w+)\.Arn\}/([\w-]+)$", text)
+        if not m:
+            return None, None
+        return m.group(2), f"{m.group(1)}/{m.group(3)}"
+
+    def check_streaming_routes(self):
+        """Streamed routes: on a REST API, streamed, authorized, consistent
+        timeouts; on no HTTP API. Every REST API method is authorized."""
+        functions = self.of_type("AWS::Lambda::Function")
+        pool = show([{"Ref": USER_POOL_PARAM}])
+        found = set()
+        for api, method, path, op, kinds in self.rest_methods():
+            where = f"{api} {method} {path}"
+            if not kinds:
+                self.fail(where, "REST API method without an authorizer")
+            integration = op.get("x-amazon-apigateway-integration", {})
+            target, lambda_path = self.integration_target(integration)
+            expected = STREAMING_ROUTES.get((method, path))
+            if expected is None:
+                continue
+            found.add((method, path))
+            if target != expected:
+                self.fail(where, f"invokes {target!r}, expected {expected}")
+            if integration.get("type") != "aws_proxy":
+                self.fail(where, f"integration type {integration.get('type')!r}: "
+                          "streaming needs a Lambda proxy integration (aws_proxy)")
+            if integration.get("responseTransferMode") != "STREAM":
+                self.fail(where, f"responseTransferMode is {integration.get('responseTransferMode')!r}, "
+                          "expected 'STREAM' (ResponseTransferMode: RESPONSE_STREAM on the event)")
+            if lambda_path != "2021-11-15/response-streaming-invocations":
+                self.fail(where, f"integration calls Lambda {lambda_path!r}, expected "
+                          "2021-11-15/.../response-streaming-invocations (InvokeWithResponseStream)")
+            if ("cognito_user_pools", pool) not in kinds:
+                self.fail(where, f"not behind a Cognito user pool authorizer on !Ref {USER_POOL_PARAM} "
+                          f"(has {sorted(kinds)})")
+            fn = functions.get(expected, {}).get("Properties", {})
+            timeout_ms = integration.get("timeoutInMillis", 29_000)
+            fn_timeout = fn.get("Timeout")
+            if not isinstance(timeout_ms, int) or not 50 <= timeout_ms <= MAX_STREAM_TIMEOUT_MS:
+                self.fail(where, f"integration timeout {timeout_ms!r} ms outside 50..{MAX_STREAM_TIMEOUT_MS}")
+            elif isinstance(fn_timeout, int) and timeout_ms < fn_timeout * 1000:
+                self.fail(where, f"integration timeout {timeout_ms} ms is shorter than {expected}'s "
+                          f"Timeout {fn_timeout} s: API Gateway would cut streams the function may finish")
+            env = fn.get("Environment", {}).get("Variables", {})
+            if env.get(IGNORE_STAGE_ENV) != "true":
+                self.fail(expected, f"{IGNORE_STAGE_ENV} must be \"true\": the REST API stage "
+                          f"would prefix {path} and the router would answer 404")
+            api_props = self.res[api]["Properties"]
+            types = api_props.get("EndpointConfiguration", {}).get("Types")
+            if types != ["REGIONAL"]:
+                self.fail(api, f"endpoint {types!r}: streams need REGIONAL (5 min idle timeout; "
+                          "edge-optimized cuts idle streams after 30 s)")
+        for method, path in sorted(set(STREAMING_ROUTES) - found):
+            self.fail(f"{method} {path}", "streamed route missing from every REST API")
+
+        # No HTTP API carries a streamed route or integrates its function.
+        streamed_fns = set(STREAMING_ROUTES.values())
+        for api, res in sorted(self.of_type("AWS::ApiGatewayV2::Api").items()):
+            body = res["Properties"].get("Body", {})
+            for path, item in body.get("paths", {}).items():
+                for method, op in item.items():
+                    if not isinstance(op, dict) or method.startswith("x-"):
+                        continue
+                    if (method.upper(), path) in STREAMING_ROUTES:
+                        self.fail(api, f"HTTP API carries {method.upper()} {path}: HTTP APIs "
+                                  "buffer responses; it belongs on the streaming REST API")
+                    target, _ = self.integration_target(op.get("x-amazon-apigateway-integration", {}))
+                    if target in streamed_fns:
+                        self.fail(api, f"{method.upper()} {path} integrates {target}, a streaming function")
+        for name, res in self.of_type("AWS::ApiGatewayV2::Integration").items():
+            uri = res["Properties"].get("IntegrationUri")
+            target, _ = self.integration_target({"uri": uri}) if uri else (None, None)
+            if target in streamed_fns:
+                self.fail(name, f"an HTTP API integration of {target}, a streaming function")
+
     def run(self):
         self.check_no_wildcards()
         self.check_functions()
+        self.check_streaming_routes()
         return self.errors
 
 
@@ -488,6 +621,8 @@ def main() -> int:
         return 1
     print(f"policy ok: {len(EXPECTED_ACTIONS)} functions match EXPECTED_ACTIONS, no wildcards, "
           "Secrets Manager writes only where allowed, runtime/arch/build/log retention as required")
+    print(f"front doors ok: {len(STREAMING_ROUTES)} streamed route(s) on the REST API "
+          "(STREAM, InvokeWithResponseStream, Cognito authorizer), none on the HTTP API")
     return 0
 
 

@@ -4,14 +4,27 @@
 # live deployment and a real user token); see infra/DEPLOY.md.
 #
 #   API_URL=https://abc123.execute-api.us-east-1.amazonaws.com \
-#   TOKEN=<a user JWT from the pool> \
+#   TOKEN=<a user ID token from the pool> \
 #   [TEAM_GATEWAY=yes|no] [STACK_NAME=byok-gateway-dev] \
+#   [STREAMING_API_URL=https://def456.execute-api.us-east-1.amazonaws.com/dev] \
+#   [SMOKE_COMPLETION_MODEL=gpt-4o-mini [SMOKE_OPENAI_KEY=sk-...]] \
 #   infra/scripts/smoke.sh
 #
 # TEAM_GATEWAY says whether the stack has a team gateway secret
 # (TeamGatewayKeySecretArn); if unset and STACK_NAME is set, it is read from
 # the stack's parameters with the AWS CLI; if still unknown, either outcome
 # of the team fallback step is accepted and reported.
+#
+# The streaming REST API (POST /v1/chat/completions; stack output
+# StreamingApiUrl, read from the stack when STACK_NAME is set) gets its own
+# steps: refused without a token, 404 off its one route, 403 when no
+# credential may pay (no upstream call in any of these). TOKEN must then be
+# an ID token: the REST API's Cognito authorizer takes no access tokens. A
+# real streamed completion runs only with SMOKE_COMPLETION_MODEL set: it
+# calls the upstream (a few tokens, max_tokens 16) with SMOKE_OPENAI_KEY
+# stored as the user's openai key for that step (never printed; deleted
+# after), else with the stack's team credential (consent turned on for the
+# step, then put back).
 #
 # Use a dedicated test user: the script refuses to run if that user already
 # has a gateway or openai key (it would replace them). It stores fake keys
@@ -23,20 +36,36 @@ set -euo pipefail
 
 if [ -z "${API_URL:-}" ] || [ -z "${TOKEN:-}" ]; then
   echo "usage: API_URL=https://<api-id>.execute-api.<region>.amazonaws.com TOKEN=<user JWT> $0" >&2
-  echo "(TOKEN: e.g. the IdToken or AccessToken from 'aws cognito-idp initiate-auth')" >&2
+  echo "(TOKEN: e.g. the IdToken from 'aws cognito-idp initiate-auth'; the streaming API needs an ID token)" >&2
   exit 2
 fi
+check_url() {
+  case "$2" in
+    https://*) ;;
+    http://*)
+      if [ "${SMOKE_ALLOW_HTTP:-}" != 1 ]; then
+        echo "$1 must be https (set SMOKE_ALLOW_HTTP=1 for a local byok-local)" >&2
+        exit 2
+      fi ;;
+    *) echo "$1 must be an http(s) URL" >&2; exit 2 ;;
+  esac
+}
 API_URL=${API_URL%/}
-case "$API_URL" in
-  https://*) ;;
-  http://*)
-    if [ "${SMOKE_ALLOW_HTTP:-}" != 1 ]; then
-      echo "API_URL must be https (set SMOKE_ALLOW_HTTP=1 for a local byok-local)" >&2
-      exit 2
-    fi ;;
-  *) echo "API_URL must be an http(s) URL" >&2; exit 2 ;;
-esac
+check_url API_URL "$API_URL"
 command -v curl >/dev/null || { echo "curl is required" >&2; exit 2; }
+
+# The streaming REST API: given, or the stack's StreamingApiUrl output.
+STREAMING_API_URL=${STREAMING_API_URL:-}
+if [ -z "$STREAMING_API_URL" ] && [ -n "${STACK_NAME:-}" ] && command -v aws >/dev/null; then
+  STREAMING_API_URL=$(aws cloudformation describe-stacks --stack-name "$STACK_NAME" \
+    --query "Stacks[0].Outputs[?OutputKey=='StreamingApiUrl'].OutputValue" \
+    --output text 2>/dev/null || true)
+  [ "$STREAMING_API_URL" = None ] && STREAMING_API_URL=""
+fi
+STREAMING_API_URL=${STREAMING_API_URL%/}
+[ -z "$STREAMING_API_URL" ] || check_url STREAMING_API_URL "$STREAMING_API_URL"
+SMOKE_COMPLETION_MODEL=${SMOKE_COMPLETION_MODEL:-}
+SMOKE_OPENAI_KEY=${SMOKE_OPENAI_KEY:-}
 
 WORK=$(mktemp -d)
 chmod 700 "$WORK"
@@ -44,6 +73,7 @@ HDR="$WORK/auth.header"
 (umask 077 && printf 'Authorization: Bearer %s\n' "$TOKEN" > "$HDR")
 unset TOKEN
 BODY="$WORK/body.json"
+HEADERS="$WORK/headers.txt"
 
 # ------------------------------------------------------------- helpers ----
 
@@ -114,15 +144,34 @@ expect_path() {
   fi
 }
 
+# stream_call PATH [JSON BODY] [noauth] -> POST to the streaming API; sets
+# STATUS, TIMES ("first-byte total" seconds); body in $BODY, headers in $HEADERS.
+stream_call() {
+  local args=(-sS -N --max-time 120 -o "$BODY" -D "$HEADERS"
+    -w '%{http_code} %{time_starttransfer} %{time_total}' -X POST)
+  [ "${3:-}" = noauth ] || args+=(-H @"$HDR")
+  if [ -n "${2:-}" ]; then
+    args+=(-H 'Content-Type: application/json' -H 'Accept: text/event-stream' --data-binary "$2")
+  fi
+  local out
+  out=$(curl "${args[@]}" "$STREAMING_API_URL$1" 2>"$WORK/curl.err") || out="curl-error: $(head -c 200 "$WORK/curl.err")"
+  STATUS=${out%% *}
+  TIMES=${out#* }
+}
+# header NAME -> the value of a response header of the last stream_call
+header() { grep -i "^$1:" "$HEADERS" 2>/dev/null | tail -1 | cut -d: -f2- | tr -d ' \r' || true; }
+
 # Fake keys, unique per run; also canaries: no response may contain them.
 RUN=$(date +%s)$$
 GATEWAY_KEY="vck_smoke_${RUN}_0000000001"
 OPENAI_KEY="sk-proj-smoke_${RUN}_00000001"
 no_key_in_body() {
-  if grep -qF -e "$GATEWAY_KEY" -e "$OPENAI_KEY" "$BODY"; then
+  if grep -qF -e "$GATEWAY_KEY" -e "$OPENAI_KEY" "$BODY" ||
+     { [ -n "$SMOKE_OPENAI_KEY" ] && grep -qF -e "$SMOKE_OPENAI_KEY" "$BODY"; }; then
     fail "$1" "the response contains a stored key in clear"
   fi
 }
+CHAT_BODY='{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hi."}]}'
 
 # What this run changed, so that an interrupted run still leaves the user
 # as it found them (and never touches what it did not create).
@@ -154,6 +203,7 @@ if [ -z "$TEAM_GATEWAY" ] && [ -n "${STACK_NAME:-}" ] && command -v aws >/dev/nu
   esac
 fi
 echo "smoke test of $API_URL (team gateway: ${TEAM_GATEWAY:-unknown})"
+[ -z "$STREAMING_API_URL" ] || echo "streaming API: $STREAMING_API_URL"
 
 # --------------------------------------------------------------- steps ----
 
@@ -229,9 +279,72 @@ else
   fail "$step" "expected $want, got $(got)"
 fi
 
+# 5b. The streaming REST API, still with no user key and consent off: the
+# authorizer, the route and the function answer, and no upstream is called.
+if [ -n "$STREAMING_API_URL" ]; then
+  stream_call /v1/chat/completions "$CHAT_BODY" noauth
+  code=$(json_get "$BODY" .error.code)
+  if [ "$STATUS" = 401 ] && [ "$code" = unauthorized ]; then
+    pass "streaming: POST /v1/chat/completions without a token (401 unauthorized)"
+  else
+    fail "streaming: POST /v1/chat/completions without a token" "expected 401 unauthorized, got $(got)"
+  fi
+  stream_call /v1/nope "$CHAT_BODY"
+  code=$(json_get "$BODY" .error.code)
+  if [ "$STATUS" = 404 ] && [ "$code" = not_found ]; then
+    pass "streaming: an unknown route (404 not_found)"
+  else
+    fail "streaming: an unknown route" "expected 404 not_found, got $(got)"
+  fi
+  stream_call /v1/chat/completions "$CHAT_BODY"
+  code=$(json_get "$BODY" .error.code)
+  step="streaming: POST /v1/chat/completions, consent off"
+  if [ "$STATUS" = 403 ] && { [ "$code" = consent_required ] || [ "$code" = no_credential ]; }; then
+    pass "$step (403 $code: token, stage path and function OK)"
+  elif [ "$STATUS" = 401 ]; then
+    fail "$step" "401: the REST API's Cognito authorizer refused the token (an ID token of the UserPoolArn pool is needed, not an access token)"
+  else
+    fail "$step" "expected 403 consent_required or no_credential, got $(got)"
+  fi
+fi
+
 # 6. Consent back as it was (true unless the user had turned it off).
 call POST /api/user-settings "{\"allowGatewayFallback\":$ORIGINAL_CONSENT}"
 expect_status "POST /api/user-settings restore consent $ORIGINAL_CONSENT" 200 && CONSENT_CHANGED=""
+
+# 7. A real streamed completion (calls the upstream; only when asked for).
+if [ -n "$STREAMING_API_URL" ] && [ -n "$SMOKE_COMPLETION_MODEL" ]; then
+  if [ -n "$SMOKE_OPENAI_KEY" ]; then
+    CREATED="$CREATED openai"
+    call POST /api/keys "{\"service\":\"openai\",\"apiKey\":\"$SMOKE_OPENAI_KEY\"}"
+    expect_status "POST /api/keys openai (SMOKE_OPENAI_KEY)" 201 200 || true
+    want_path=user-provider
+  else
+    CONSENT_CHANGED=1
+    call POST /api/user-settings '{"allowGatewayFallback":true}'
+    expect_status "POST /api/user-settings consent true (team credential)" 200 || true
+    want_path=team-
+  fi
+  stream_call /v1/chat/completions "{\"model\":\"$SMOKE_COMPLETION_MODEL\",\"stream\":true,\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"Say hi.\"}]}"
+  step="streaming: a streamed completion of $SMOKE_COMPLETION_MODEL"
+  path=$(header x-byok-path)
+  ctype=$(header content-type)
+  last=$(grep -v '^[[:space:]]*$' "$BODY" 2>/dev/null | tail -1 | tr -d '\r' || true)
+  if [ "$STATUS" = 200 ] && [ "${ctype%%;*}" = text/event-stream ] && [ "${path#"$want_path"}" != "$path" ] &&
+     grep -q '"chat.completion.chunk"' "$BODY" && [ "$last" = "data: [DONE]" ]; then
+    pass "$step (path $path, provider $(header x-byok-provider); first byte/total ${TIMES/ /s \/ }s)"
+  else
+    fail "$step" "expected 200 text/event-stream, x-byok-path $want_path*, chunks and data: [DONE]; got $(got) (content-type $ctype, path $path)"
+  fi
+  no_key_in_body "$step"
+  if [ -n "$SMOKE_OPENAI_KEY" ]; then
+    call DELETE /api/keys/openai
+    expect_status "DELETE /api/keys/openai" 204 && CREATED=${CREATED% openai}
+  else
+    call POST /api/user-settings "{\"allowGatewayFallback\":$ORIGINAL_CONSENT}"
+    expect_status "POST /api/user-settings restore consent $ORIGINAL_CONSENT" 200 && CONSENT_CHANGED=""
+  fi
+fi
 
 echo
 if [ "$FAILED" -gt 0 ]; then

@@ -38,6 +38,12 @@ pub enum InitError {
     Catalog(#[from] CatalogError),
     #[error("{0} must be set")]
     Missing(&'static str),
+    #[error("cannot read the model catalog file {path}: {source}")]
+    CatalogFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("upstream HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
 }
@@ -130,9 +136,23 @@ pub fn state(
         keys: Arc::new(KeyService::new(stores.meta, stores.secrets)),
         resolver,
         auth: Arc::new(Authenticator::new(verifier)),
-        catalog: Arc::new(Catalog::builtin()?),
+        catalog: Arc::new(catalog(config)?),
         completions: Arc::new(completions),
     })
+}
+
+/// The operator's catalog file (`BYOK_CATALOG_FILE`), else the shipped one.
+pub fn catalog(config: &Config) -> Result<Catalog, InitError> {
+    match &config.catalog_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| InitError::CatalogFile {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Catalog::from_json(&text)?)
+        }
+        None => Ok(Catalog::builtin()?),
+    }
 }
 
 /// A verifier for the configured JWT settings; `None` when only authorizer

@@ -52,6 +52,9 @@ pub struct Config {
     pub fallback_models: Vec<ModelId>,
     /// Upstream timeouts: connect, first byte, idle between chunks.
     pub upstream_timeouts: UpstreamTimeouts,
+    /// A model catalog file served instead of the shipped one
+    /// (`BYOK_CATALOG_FILE`; `byok-local catalog refresh` writes it).
+    pub catalog_file: Option<PathBuf>,
 }
 
 /// How long the completion path waits on an upstream.
@@ -253,6 +256,7 @@ impl Config {
             team,
             fallback_models,
             upstream_timeouts,
+            catalog_file: get("BYOK_CATALOG_FILE").map(PathBuf::from),
         })
     }
 }

@@ -1,9 +1,12 @@
 //! `byok-local`: every route in one process on the embedded store.
 //! `byok-local [serve]` runs the server and prints a ready dev token;
-//! `byok-local token --sub NAME [--admin] [--ttl SECS]` prints a token alone.
+//! `byok-local token --sub NAME [--admin] [--ttl SECS]` prints a token alone;
+//! `byok-local catalog refresh` merges the gateway's public model list into a
+//! catalog file.
 
 use crate::app::{self, InitError};
 use crate::auth::{JwtSecret, issue_token, now_unix};
+use crate::catalog::Catalog;
 use crate::config::{Config, StoreKind};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,10 +15,14 @@ pub const USAGE: &str = "\
 usage:
   byok-local [serve]                                 run every route on BYOK_LISTEN (default 127.0.0.1:8787)
   byok-local token --sub NAME [--admin] [--ttl SECS] print a signed user token (default ttl 12 h)
+  byok-local catalog refresh [--from URL] [--out FILE]
+                                                     merge the gateway's public model list (default
+                                                     $AI_GATEWAY_URL/models) into FILE (default
+                                                     $BYOK_CATALOG_FILE), which BYOK_CATALOG_FILE serves
   byok-local help                                    this text
 
 configuration comes from the environment: BYOK_LISTEN, BYOK_DATA_DIR, BYOK_MASTER_KEY,
-BYOK_JWT_SECRET, BYOK_STORE, AI_GATEWAY_API_KEY, AI_GATEWAY_URL, OPENAI_API_KEY, ...";
+BYOK_JWT_SECRET, BYOK_STORE, BYOK_CATALOG_FILE, AI_GATEWAY_API_KEY, AI_GATEWAY_URL, OPENAI_API_KEY, ...";
 
 /// Default lifetime of printed tokens.
 pub const DEFAULT_TOKEN_TTL_SECS: u64 = 12 * 3600;
@@ -30,6 +37,11 @@ pub enum Command {
         sub: String,
         admin: bool,
         ttl_secs: u64,
+    },
+    /// Download the gateway's model list and merge it into a catalog file.
+    CatalogRefresh {
+        from: Option<String>,
+        out: Option<std::path::PathBuf>,
     },
     Help,
 }
@@ -49,6 +61,10 @@ pub enum LocalError {
     },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("model catalog: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("cannot download the model list from {url}: {reason}")]
+    Download { url: String, reason: String },
 }
 
 /// Parses the arguments after the program name.
@@ -86,6 +102,28 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Loc
                 ttl_secs,
             })
         }
+        Some("catalog") => {
+            if args.next().as_deref() != Some("refresh") {
+                return Err(usage("catalog needs a subcommand: refresh"));
+            }
+            let (mut from, mut out) = (None, None);
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--from" => {
+                        from = Some(args.next().ok_or_else(|| usage("--from needs a URL"))?)
+                    }
+                    "--out" => {
+                        out = Some(
+                            args.next()
+                                .ok_or_else(|| usage("--out needs a file"))?
+                                .into(),
+                        );
+                    }
+                    other => return Err(usage(&format!("unknown option: {other}"))),
+                }
+            }
+            Ok(Command::CatalogRefresh { from, out })
+        }
         Some(other) => Err(usage(&format!("unknown command: {other}"))),
     }
 }
@@ -107,7 +145,93 @@ pub async fn run(command: Command, config: Config, out: &mut dyn Write) -> Resul
             )?)
         }
         Command::Serve => serve(config, out).await,
+        Command::CatalogRefresh { from, out: file } => {
+            refresh_catalog(&config, from, file, out).await
+        }
     }
+}
+
+/// Largest model list accepted from the gateway.
+const MODEL_LIST_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Downloads the model list, merges it over the catalog in `file` (else
+/// the shipped one), dates it today and replaces `file` atomically.
+async fn refresh_catalog(
+    config: &Config,
+    from: Option<String>,
+    file: Option<std::path::PathBuf>,
+    out: &mut dyn Write,
+) -> Result<(), LocalError> {
+    let file = file
+        .or_else(|| config.catalog_file.clone())
+        .ok_or_else(|| {
+            LocalError::Usage("say where the catalog goes: --out FILE or BYOK_CATALOG_FILE".into())
+        })?;
+    let url = from.unwrap_or_else(|| {
+        format!(
+            "{}/models",
+            config
+                .upstreams
+                .base_url(crate::domain::Service::Gateway)
+                .trim_end_matches('/')
+        )
+    });
+    let list = download(&url, config).await?;
+    let current = match std::fs::read_to_string(&file) {
+        Ok(text) => Catalog::from_json(&text)?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Catalog::builtin()?,
+        Err(err) => return Err(err.into()),
+    };
+    let before = current.models().len();
+    let today = time::OffsetDateTime::now_utc().date();
+    let today = format!(
+        "{:04}-{:02}-{:02}",
+        today.year(),
+        u8::from(today.month()),
+        today.day()
+    );
+    let refreshed =
+        crate::catalog::refresh_from_gateway_list(&list, &current)?.with_updated(&today)?;
+    let text = refreshed.to_json()?;
+    let tmp = file.with_extension("json.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &file)?;
+    writeln!(
+        out,
+        "catalog {}: {} models ({} new), updated {today}, from {url}",
+        file.display(),
+        refreshed.models().len(),
+        refreshed.models().len().saturating_sub(before),
+    )?;
+    Ok(())
+}
+
+async fn download(url: &str, config: &Config) -> Result<String, LocalError> {
+    let failed = |reason: String| LocalError::Download {
+        url: url.to_owned(),
+        reason,
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(config.upstream_timeouts.connect)
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| failed(e.without_url().to_string()))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("HTTP {}", response.status().as_u16())));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| failed(e.without_url().to_string()))?;
+    if body.len() > MODEL_LIST_LIMIT {
+        return Err(failed("the list is larger than 16 MiB".into()));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| failed("the list is not UTF-8".into()))
 }
 
 async fn serve(config: Config, out: &mut dyn Write) -> Result<(), LocalError> {
@@ -184,6 +308,21 @@ mod tests {
 
     #[test]
     fn command_line() {
+        assert_eq!(
+            parse(&[
+                "catalog",
+                "refresh",
+                "--from",
+                "http://127.0.0.1:1/v1/models",
+                "--out",
+                "m.json"
+            ])
+            .unwrap(),
+            Command::CatalogRefresh {
+                from: Some("http://127.0.0.1:1/v1/models".into()),
+                out: Some("m.json".into())
+            }
+        );
         assert_eq!(parse(&[]).unwrap(), Command::Serve);
         assert_eq!(parse(&["serve"]).unwrap(), Command::Serve);
         assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
@@ -211,6 +350,9 @@ mod tests {
             &["token", "--x"],
             &["frobnicate"],
             &["serve", "now"],
+            &["catalog"],
+            &["catalog", "refresh", "--out"],
+            &["catalog", "refresh", "--x"],
         ] {
             assert!(matches!(parse(bad), Err(LocalError::Usage(_))), "{bad:?}");
         }

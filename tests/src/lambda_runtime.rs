@@ -75,6 +75,28 @@ impl Invocation {
     }
 }
 
+/// When the pieces of one streamed response reached the Runtime API: each
+/// body frame's arrival time and the bytes received so far, prelude and
+/// separator included (so a test can tell whether a function streamed its
+/// answer or sent it in one piece at the end).
+#[derive(Debug, Clone)]
+pub struct StreamArrival {
+    pub request_id: String,
+    /// `(arrival, bytes received up to and including this frame)`, in order.
+    pub frames: Vec<(Instant, usize)>,
+}
+
+impl StreamArrival {
+    /// When the byte at `offset` (counted from the start of the posted body,
+    /// prelude included) arrived, if it did.
+    pub fn arrival_of(&self, offset: usize) -> Option<Instant> {
+        self.frames
+            .iter()
+            .find(|(_, received)| *received > offset)
+            .map(|(at, _)| *at)
+    }
+}
+
 /// An event waiting for the function to ask for it.
 struct Queued {
     event: Value,
@@ -88,6 +110,8 @@ struct Shared {
     in_flight: Mutex<HashMap<String, oneshot::Sender<Invocation>>>,
     init_errors: Mutex<Vec<Value>>,
     handed_out: AtomicU64,
+    /// Frame timings of every streamed response, in the order they ended.
+    arrivals: Mutex<Vec<StreamArrival>>,
 }
 
 /// A Runtime API server. Each function process needs its own (as on Lambda,
@@ -115,6 +139,7 @@ impl RuntimeApi {
             in_flight: Mutex::new(HashMap::new()),
             init_errors: Mutex::new(Vec::new()),
             handed_out: AtomicU64::new(0),
+            arrivals: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next_event))
@@ -178,6 +203,12 @@ impl RuntimeApi {
     /// How many events functions have taken from `/next` so far.
     pub fn handed_out(&self) -> u64 {
         self.shared.handed_out.load(Ordering::SeqCst)
+    }
+
+    /// Frame timings of the streamed responses posted so far, in the order
+    /// they ended.
+    pub fn stream_arrivals(&self) -> Vec<StreamArrival> {
+        self.shared.arrivals.lock().unwrap().clone()
     }
 }
 
@@ -251,12 +282,24 @@ fn complete(shared: &Shared, id: &str, answer: Invocation) -> Response {
 }
 
 /// Reads a whole request body (chunked or not) and its trailers, if any.
-async fn read_body(mut body: Body) -> Result<(Vec<u8>, HeaderMap), axum::Error> {
+async fn read_body(body: Body) -> Result<(Vec<u8>, HeaderMap), axum::Error> {
+    read_body_timed(body, &mut Vec::new()).await
+}
+
+/// [`read_body`], noting in `frames` when each data frame arrived and how
+/// many bytes had arrived with it.
+async fn read_body_timed(
+    mut body: Body,
+    frames: &mut Vec<(Instant, usize)>,
+) -> Result<(Vec<u8>, HeaderMap), axum::Error> {
     let mut data = Vec::new();
     let mut trailers = HeaderMap::new();
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         match frame?.into_data() {
-            Ok(bytes) => data.extend_from_slice(&bytes),
+            Ok(bytes) => {
+                data.extend_from_slice(&bytes);
+                frames.push((Instant::now(), data.len()));
+            }
             Err(frame) => {
                 if let Ok(t) = frame.into_trailers() {
                     trailers.extend(t);
@@ -287,7 +330,15 @@ async fn invocation_response(
 ) -> Response {
     let streaming = header_text(&headers, "lambda-runtime-function-response-mode")
         .is_some_and(|mode| mode.eq_ignore_ascii_case("streaming"));
-    let (data, trailers) = match read_body(body).await {
+    let mut frames = Vec::new();
+    let read = read_body_timed(body, &mut frames).await;
+    if streaming {
+        shared.arrivals.lock().unwrap().push(StreamArrival {
+            request_id: id.clone(),
+            frames,
+        });
+    }
+    let (data, trailers) = match read {
         Ok(read) => read,
         Err(err) => {
             let answer = Invocation::Error(json!({
@@ -679,6 +730,14 @@ mod tests {
                 body: b"data: 1\n\n\0tail".to_vec(),
             }
         );
+        let arrivals = api.stream_arrivals();
+        assert_eq!(arrivals.len(), 1);
+        assert_eq!(arrivals[0].request_id, id);
+        let received: Vec<usize> = arrivals[0].frames.iter().map(|(_, n)| *n).collect();
+        assert_eq!(received.last(), Some(&(31 + 4 + 13 + 5)), "{received:?}");
+        assert!(received.windows(2).all(|w| w[0] < w[1]), "{received:?}");
+        assert!(arrivals[0].arrival_of(0).is_some());
+        assert!(arrivals[0].arrival_of(31 + 4 + 13 + 5).is_none());
 
         // Streamed, then failed mid-stream with error trailers.
         let invoke = tokio::spawn({

@@ -1,9 +1,15 @@
 //! The AWS backends on the request path, counted call by call against the
 //! local AWS API emulator: one DynamoDB round trip per resolution, zero
 //! Secrets Manager calls for a warm secret, no stale key after replacement,
-//! and team keys read from Secrets Manager ARNs at start.
+//! and team keys read from Secrets Manager ARNs at start. The same holds for
+//! whole completions through the completion service, against the provider
+//! stand-in.
 
+use byok::completion::{
+    CompletionBody, CompletionService, Outcome, UpstreamClient, UsageRecord, UsageSink,
+};
 use byok::config::Config;
+use byok::config::UpstreamTimeouts;
 use byok::domain::{ApiKey, Service, UserId};
 use byok::keys::{KeyService, KeyUpsert};
 use byok::resolve::{CredentialSource, Resolver, TeamCredentials, Upstreams};
@@ -12,7 +18,9 @@ use byok::store::cache::CachedSecretStore;
 use byok::store::dynamo::{DynamoMetadataStore, ensure_table};
 use byok::store::secrets_manager::{SecretDeletion, SecretsManagerOptions, SecretsManagerStore};
 use byok_tests::aws::{CallCounter, dynamo_client, secrets_client, unique_name};
-use std::sync::Arc;
+use byok_tests::upstream::{StandIn, Upstream};
+use futures_util::StreamExt as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn secrets_store(counter: Option<CallCounter>, prefix: &str) -> SecretsManagerStore {
@@ -155,4 +163,110 @@ async fn team_keys_come_from_secrets_manager_arns_at_start() {
         .send()
         .await
         .unwrap();
+}
+
+/// Keeps every usage record, for assertions.
+#[derive(Default)]
+struct KeptUsage(Mutex<Vec<UsageRecord>>);
+
+#[async_trait::async_trait]
+impl UsageSink for KeptUsage {
+    async fn record(&self, record: UsageRecord) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(record);
+    }
+}
+
+#[tokio::test]
+async fn warm_completions_make_one_query_and_no_secret_calls() {
+    let stand_in = StandIn::start().await;
+    stand_in.set_usage(Some((8, 3)));
+    let table = unique_name("hot-completion");
+    let prefix = format!("{}/", unique_name("hot-completion"));
+    ensure_table(&dynamo_client(None), &table).await.unwrap();
+    let writer = KeyService::new(
+        Arc::new(DynamoMetadataStore::new(dynamo_client(None), table.clone())),
+        Arc::new(secrets_store(None, &prefix)),
+    );
+    let user = UserId::new(unique_name("user")).unwrap();
+    let key = "sk-proj-hotcompletion-0000000001";
+    writer
+        .upsert(&user, upsert(Service::OpenAi, key))
+        .await
+        .unwrap();
+
+    let dynamo_calls = CallCounter::default();
+    let secret_calls = CallCounter::default();
+    let mut upstreams = Upstreams::default();
+    upstreams.set(Service::OpenAi, stand_in.base_for(Upstream::OpenAi));
+    let resolver = Arc::new(Resolver::new(
+        Arc::new(DynamoMetadataStore::new(
+            dynamo_client(Some(dynamo_calls.clone())),
+            table,
+        )),
+        Arc::new(TeamCredentials::default()),
+        Arc::new(upstreams),
+    ));
+    let secrets = Arc::new(CachedSecretStore::new(
+        Arc::new(secrets_store(Some(secret_calls.clone()), &prefix)),
+        64,
+        Duration::from_secs(300),
+    ));
+    let usage = Arc::new(KeptUsage::default());
+    let timeouts = UpstreamTimeouts::default();
+    let service = CompletionService::new(
+        resolver,
+        secrets,
+        UpstreamClient::new(&timeouts).unwrap(),
+        Vec::new(),
+        usage.clone(),
+        timeouts,
+    );
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini",
+        "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]
+    })
+    .to_string();
+
+    for n in 1..=10 {
+        let completion = service.complete(&user, body.as_bytes()).await.unwrap();
+        let CompletionBody::Stream(stream) = completion.body else {
+            panic!("a stream was asked for");
+        };
+        let bytes: Vec<u8> = stream
+            .flat_map(|b| futures_util::stream::iter(b.to_vec()))
+            .collect()
+            .await;
+        assert!(
+            String::from_utf8(bytes)
+                .unwrap()
+                .ends_with("data: [DONE]\n\n")
+        );
+        assert_eq!(dynamo_calls.total(), n, "one DynamoDB call per completion");
+        assert_eq!(dynamo_calls.count("Query"), n);
+        assert_eq!(secret_calls.total(), 1, "only the cold secret read");
+    }
+    assert!(stand_in.requests().iter().all(|r| r.key == key));
+
+    let records = usage.0.lock().unwrap().clone();
+    assert_eq!(
+        records.len(),
+        10,
+        "one usage record per completion, written before the stream ended"
+    );
+    for r in &records {
+        assert_eq!(r.outcome, Outcome::Completed);
+        assert_eq!((r.prompt_tokens, r.completion_tokens), (Some(8), Some(3)));
+        assert_eq!(r.provider, Service::OpenAi);
+        assert_eq!(r.path.as_str(), "user-provider");
+        assert_eq!(r.model, "openai/gpt-4o-mini");
+        assert!(r.stream);
+        let ttfb = r.time_to_first_byte.unwrap();
+        assert!(ttfb <= r.duration);
+    }
+    writer.delete(&user, Service::OpenAi).await.unwrap();
+    stand_in.shutdown().await;
 }

@@ -468,3 +468,128 @@ async fn models_route_marks_what_the_caller_can_reach() {
     }
     server.abort();
 }
+
+/// Serves `body` with `status` at `GET /v1/models` on 127.0.0.1; returns the
+/// base URL and the server task (aborted by the caller).
+async fn model_list_server(status: u16, body: String) -> (String, tokio::task::JoinHandle<()>) {
+    let app = axum::Router::new().route(
+        "/v1/models",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    [("content-type", "application/json")],
+                    body,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}/v1"), task)
+}
+
+fn refresh_command(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(byok_tests::harness::local_bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BYOK_DATA_DIR", data_dir)
+        .args(["catalog", "refresh"])
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// The operator command downloads the gateway's list (default
+/// `$AI_GATEWAY_URL/models`), writes the merged catalog, and byok-local
+/// serves it with `BYOK_CATALOG_FILE`; a failed download changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_refresh_command_writes_a_catalog_that_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("models.json");
+    let file_str = file.to_str().unwrap().to_owned();
+    let (gateway, server_task) = model_list_server(200, gateway_list()).await;
+
+    let out = refresh_command(
+        dir.path(),
+        &[("AI_GATEWAY_URL", gateway.as_str())],
+        &["--out", &file_str],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("models"), "{printed}");
+    let written = Catalog::from_json(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let expected =
+        refresh_from_gateway_list(&gateway_list(), &Catalog::builtin().unwrap()).unwrap();
+    let ids = |c: &Catalog| {
+        c.models()
+            .iter()
+            .map(|m| m.id().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&written),
+        ids(&expected),
+        "the documented merge, written out"
+    );
+    assert!(written.get("deepseek/deepseek-r1").is_some());
+    assert!(
+        written.updated() >= Catalog::builtin().unwrap().updated(),
+        "dated today"
+    );
+    assert_eq!(
+        written.get("openai/gpt-4o").unwrap().context_window(),
+        128_000,
+        "the gateway's values"
+    );
+
+    // A broken download leaves the file as it was.
+    let before = std::fs::read(&file).unwrap();
+    let (broken, broken_task) = model_list_server(500, "{}".into()).await;
+    let out = refresh_command(
+        dir.path(),
+        &[("BYOK_CATALOG_FILE", file_str.as_str())],
+        &["--from", &format!("{broken}/models")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 500"),
+        "{:?}",
+        out
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+    let out = refresh_command(dir.path(), &[], &["--from", &format!("{gateway}/models")]);
+    assert!(!out.status.success(), "no destination given");
+
+    // byok-local serves the refreshed catalog.
+    let server = byok_tests::harness::LocalServer::start(
+        dir.path(),
+        &[("BYOK_CATALOG_FILE", file_str.as_str())],
+    );
+    let api = byok_tests::http::Api::new(&server.base, Some(&server.token("reader", false)));
+    let models = api.get("/v1/models").await;
+    let ids: Vec<&str> = models.json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"deepseek/deepseek-r1"), "{ids:?}");
+    server.stop();
+    server_task.abort();
+    broken_task.abort();
+}

@@ -1,9 +1,10 @@
-//! The Lambda function binaries (`keys`, `settings`, `validate`) as
-//! deployed: each runs against a local Lambda Runtime API and is invoked
-//! with the API Gateway sample events of `infra/events/`, carrying the
-//! caller in authorizer claims; answers are checked as API Gateway reads
-//! them (`statusCode`, `headers`, `body`). The store is the embedded one in
-//! a temporary directory, shared between functions where a test says so.
+//! The Lambda function binaries (`keys`, `settings`, `validate`, `models`,
+//! `completion`) as deployed: each runs against a local Lambda Runtime API
+//! and is invoked with the API Gateway sample events of `infra/events/`,
+//! carrying the caller in authorizer claims; answers are checked as API
+//! Gateway reads them (`statusCode`, `headers`, `body`; for `completion`, the
+//! streamed prelude and body). The store is the embedded one in a temporary
+//! directory, shared between functions where a test says so.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins`.
 #![expect(
@@ -13,10 +14,12 @@
 )]
 
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine as _;
 use byok_tests::harness::{contains_bytes, files_below};
 use byok_tests::lambda_runtime::{FunctionProcess, Invocation, RuntimeApi};
+use byok_tests::upstream::{DEFAULT_REPLY, StandIn, Upstream};
 use serde_json::{Map, Value, json};
 
 const ALICE: &str = "5f0c2b1e-8a4d-4c7e-9b1a-3d2e6f7a8b9c";
@@ -631,6 +634,202 @@ async fn keys_function_serves_a_rest_api_cognito_event() {
     assert_eq!(missed.json["error"]["code"], "not_found");
 }
 
+/// A response the function streamed (`Lambda-Runtime-Function-Response-Mode:
+/// streaming`): the prelude API Gateway reads status and headers from, and
+/// the body it passes on as it arrives.
+#[derive(Debug)]
+struct Streamed {
+    status: u64,
+    headers: Map<String, Value>,
+    body: String,
+    prelude: Value,
+}
+
+impl Streamed {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+fn streamed(invocation: Invocation) -> Streamed {
+    let Invocation::StreamedResponse { prelude, body } = invocation else {
+        panic!("expected a streamed response, got {invocation:?}");
+    };
+    let status = prelude["statusCode"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("statusCode: {prelude}"));
+    let headers = prelude["headers"].as_object().cloned().unwrap_or_default();
+    let body = String::from_utf8(body).expect("UTF-8 body");
+    Streamed {
+        status,
+        headers,
+        body,
+        prelude,
+    }
+}
+
+/// The `data:` payloads of an SSE body, in order.
+fn sse_data(body: &str) -> Vec<&str> {
+    body.split("\n\n")
+        .filter(|event| !event.trim().is_empty())
+        .map(|event| {
+            event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {event:?} in {body:?}"))
+        })
+        .collect()
+}
+
+/// `completion` behind the streaming REST API: a payload 1.0 event with
+/// Cognito claims on stage `prod` (`post-chat-completions.json`), the
+/// caller's OpenAI key stored by `keys` in the shared store, the upstream a
+/// stand-in. The answer is a streamed response, and it is streamed: its
+/// first content reaches the Runtime API before the upstream has finished.
+#[tokio::test]
+async fn completion_function_streams_with_the_users_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = StandIn::start().await;
+    // Far enough apart that one piece sent at the end is told from a stream.
+    standin.set_chunk_delay(Duration::from_millis(150));
+    let keys = Function::start("keys", dir.path(), &[]);
+    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
+
+    let openai = standin.openai_base();
+    let env = [
+        ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true"),
+        ("BYOK_OPENAI_BASE_URL", openai.as_str()),
+    ];
+    let completion = Function::start("completion", dir.path(), &env);
+    let sent = event("post-chat-completions.json");
+    assert_eq!(sent["requestContext"]["stage"], "prod");
+    assert_eq!(
+        sent["requestContext"]["path"], "/prod/v1/chat/completions",
+        "the stage is in the path API Gateway reports"
+    );
+    let answer = streamed(completion.invoke(sent).await);
+
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/event-stream"),
+        "{}",
+        answer.prelude
+    );
+    assert_eq!(answer.header("x-byok-path"), Some("user-provider"));
+    assert_eq!(answer.header("x-byok-provider"), Some("openai"));
+
+    // OpenAI chunks carrying the stand-in's reply, then [DONE].
+    assert!(
+        answer.body.ends_with("data: [DONE]\n\n"),
+        "{:?}",
+        answer.body
+    );
+    let data = sse_data(&answer.body);
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{d}: {e}")))
+        .collect();
+    assert!(chunks.len() >= standin.reply_chunks().len(), "{chunks:?}");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk"),
+        "{chunks:?}"
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, DEFAULT_REPLY);
+
+    // The upstream saw the user's key, the bare model name and a stream request.
+    let requests = standin.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].upstream, Some(Upstream::OpenAi));
+    assert_eq!(requests[0].path, "/openai/v1/chat/completions");
+    assert_eq!(requests[0].key, SAMPLE_KEY);
+    assert_eq!(requests[0].model, "gpt-4o-mini");
+    assert_eq!(requests[0].body["stream"], true);
+
+    // Streamed, not buffered: the first content chunk reached the Runtime
+    // API before the stand-in sent its last event.
+    let arrivals = completion.runtime.stream_arrivals();
+    assert_eq!(arrivals.len(), 1, "{arrivals:?}");
+    let arrival = &arrivals[0];
+    let total = arrival.frames.last().map_or(0, |(_, n)| *n);
+    let first_piece = format!("\"content\":\"{}\"", standin.reply_chunks()[0]);
+    let at = answer
+        .body
+        .find(&first_piece)
+        .unwrap_or_else(|| panic!("{first_piece} in {:?}", answer.body));
+    let first_content = arrival
+        .arrival_of(total - answer.body.len() + at)
+        .expect("the first content arrived");
+    assert!(
+        standin
+            .wait_until(Duration::from_secs(2), |s| s.completed_streams() == 1)
+            .await
+    );
+    let upstream_done = standin.stream_finished_at()[0];
+    assert!(
+        first_content < upstream_done,
+        "the first chunk arrived {:?} after the upstream finished: buffered, not streamed",
+        first_content - upstream_done
+    );
+    assert!(arrival.frames.len() > 2, "{arrival:?}");
+
+    // Errors before the first byte are streamed responses too, JSON bodies
+    // with their status: another user has no key and no team fallback.
+    let refused = streamed(
+        completion
+            .invoke(as_user(event("post-chat-completions.json"), BOB))
+            .await,
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    assert_eq!(
+        refused.json()["error"]["code"],
+        "no_credential",
+        "{refused:?}"
+    );
+    let anonymous = streamed(
+        completion
+            .invoke(without_auth(event("post-chat-completions.json")))
+            .await,
+    );
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert_eq!(anonymous.json()["error"]["code"], "unauthorized");
+    assert_eq!(standin.requests().len(), 1, "no upstream call for either");
+
+    // The key reached neither the answers nor the logs.
+    for text in [&answer.body, &refused.body, &anonymous.body] {
+        assert!(!text.contains(SAMPLE_KEY));
+    }
+    assert!(!answer.prelude.to_string().contains(SAMPLE_KEY));
+    assert!(!completion.process.output().contains(SAMPLE_KEY));
+    assert_eq!(completion.runtime.init_error(), None);
+
+    // Without AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH the router sees
+    // /prod/v1/chat/completions and answers 404 (why the template sets it).
+    let prefixed = Function::start(
+        "completion",
+        dir.path(),
+        &[("BYOK_OPENAI_BASE_URL", openai.as_str())],
+    );
+    let missed = streamed(prefixed.invoke(event("post-chat-completions.json")).await);
+    assert_eq!(missed.status, 404, "{missed:?}");
+    assert_eq!(missed.json()["error"]["code"], "not_found");
+    assert_eq!(standin.requests().len(), 1);
+}
+
 /// An event that is not an HTTP event at all is an invocation error, and
 /// the function keeps serving.
 #[tokio::test]
@@ -660,7 +859,7 @@ async fn an_event_of_the_wrong_shape_is_an_invocation_error() {
 #[tokio::test]
 async fn misconfiguration_stops_the_function_at_init() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["keys", "settings", "validate"] {
+    for name in ["keys", "settings", "validate", "completion"] {
         let runtime = RuntimeApi::start();
         let data_dir = dir.path().to_str().unwrap();
         let process = FunctionProcess::start(
