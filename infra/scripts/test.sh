@@ -17,12 +17,12 @@ fi
 
 step "tools: the real clients the end-to-end tests drive (openai SDK above, Vercel AI SDK from npm)"
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "node and npm are needed (Node 20 or newer) for tests/clients/node; install Node.js" >&2
+  echo "node and npm are needed (Node 18 or newer) for tests/clients/node; install Node.js" >&2
   exit 1
 fi
-# Exact versions from tests/clients/node/package-lock.json. `ai` 7 declares
-# node >= 22 but runs on Node 20 (the real-client tests prove it): no engine check.
-npm ci --prefix tests/clients/node --no-audit --no-fund --engine-strict=false --loglevel=error
+# Exact versions from tests/clients/node/package-lock.json (`ai` 6 and
+# `@ai-sdk/openai-compatible` 2: Node 18 or newer).
+npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error
 export BYOK_TEST_PYTHON="$PWD/$PY_ENV/bin/python" BYOK_TEST_NODE_CLIENT_DIR="$PWD/tests/clients/node"
 
 step "format"
