@@ -16,7 +16,10 @@
 )]
 
 use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId, ValidationResult};
-use byok::store::{Expected, MetadataStore, SecretStore, StoreError};
+use byok::store::{
+    AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor, Expected, MetadataStore,
+    RateAction, RateLimitStore, SecretStore, StoreError,
+};
 use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,8 @@ use time::{Duration, OffsetDateTime, UtcOffset};
 pub struct Backend {
     pub meta: Arc<dyn MetadataStore>,
     pub secrets: Arc<dyn SecretStore>,
+    pub rate: Arc<dyn RateLimitStore>,
+    pub audit: Arc<dyn AuditStore>,
     pub _guard: Box<dyn Any + Send>,
 }
 
@@ -53,6 +58,13 @@ macro_rules! contract_suite {
             odd_user_ids_are_isolated,
             crash_between_secret_and_metadata_writes_loses_no_key,
             crash_between_metadata_and_secret_deletes_leaves_nothing_dangling,
+            rate_limit_allows_limit_then_refuses_until_next_window,
+            rate_limit_separates_users_and_windows,
+            rate_limit_concurrent_hits_allow_exactly_limit,
+            audit_lists_newest_first_in_pages,
+            audit_isolates_users,
+            audit_refuses_bad_cursors_and_duplicate_ids,
+            rate_and_audit_leave_load_user_unchanged,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -799,4 +811,319 @@ pub async fn crash_between_metadata_and_secret_deletes_leaves_nothing_dangling(b
     b.meta.delete_key(&user, Service::Xai).await.unwrap();
     assert!(b.meta.load_user(&user).await.unwrap().keys.is_empty());
     b.secrets.delete_secret(&user, Service::Xai).await.unwrap();
+}
+
+// ------------------------------------------------------------ rate limits
+
+/// A fixed instant on a minute boundary, so window arithmetic is explicit.
+fn minute_boundary() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_900_000_020).expect("valid instant")
+}
+
+const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `limit` hits pass (remaining counts down), then hits are refused with a
+/// retry-after that ends with the window; the next window starts over.
+pub async fn rate_limit_allows_limit_then_refuses_until_next_window(b: &Backend) {
+    let user = unique_user("rate-basic");
+    let base = minute_boundary();
+    let action = RateAction::Validate;
+    for (i, offset) in [0, 10_000, 20_000].into_iter().enumerate() {
+        let d = b
+            .rate
+            .hit(
+                &user,
+                action,
+                3,
+                MINUTE,
+                base + Duration::milliseconds(offset),
+            )
+            .await
+            .unwrap();
+        assert!(d.allowed, "hit {i}: {d:?}");
+        assert_eq!(d.remaining, 2 - i as u32, "hit {i}");
+        assert_eq!(d.retry_after, std::time::Duration::ZERO);
+        assert_eq!(
+            d.reset_after,
+            std::time::Duration::from_millis(60_000 - offset as u64)
+        );
+    }
+    for (offset, retry_ms) in [(30_000, 30_000), (59_999, 1)] {
+        let d = b
+            .rate
+            .hit(
+                &user,
+                action,
+                3,
+                MINUTE,
+                base + Duration::milliseconds(offset),
+            )
+            .await
+            .unwrap();
+        assert!(!d.allowed, "at +{offset} ms: {d:?}");
+        assert_eq!(d.remaining, 0);
+        assert_eq!(d.retry_after, std::time::Duration::from_millis(retry_ms));
+        assert!(d.retry_after <= MINUTE);
+    }
+
+    // The next window allows again, from a full budget.
+    let next = base + Duration::seconds(60);
+    let d = b.rate.hit(&user, action, 3, MINUTE, next).await.unwrap();
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.remaining, 2);
+    // A hit in the past window (a late, skewed clock) is still refused there.
+    let late = base + Duration::seconds(59);
+    let d = b.rate.hit(&user, action, 3, MINUTE, late).await.unwrap();
+    assert!(!d.allowed, "{d:?}");
+
+    // A limit of 0 refuses everything.
+    let d = b.rate.hit(&user, action, 0, MINUTE, next).await.unwrap();
+    assert!(!d.allowed, "{d:?}");
+    assert_eq!(d.retry_after, MINUTE);
+}
+
+/// Counters are per user and per window length: one full counter does not
+/// limit another user, nor the same user under another window.
+pub async fn rate_limit_separates_users_and_windows(b: &Backend) {
+    let alice = unique_user("rate-alice");
+    let bob = unique_user("rate-bob");
+    let now = minute_boundary() + Duration::seconds(5);
+    let action = RateAction::Validate;
+    for _ in 0..2 {
+        assert!(
+            b.rate
+                .hit(&alice, action, 2, MINUTE, now)
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    assert!(
+        !b.rate
+            .hit(&alice, action, 2, MINUTE, now)
+            .await
+            .unwrap()
+            .allowed
+    );
+
+    let d = b.rate.hit(&bob, action, 2, MINUTE, now).await.unwrap();
+    assert!(d.allowed, "bob: {d:?}");
+    assert_eq!(d.remaining, 1);
+
+    let hour = std::time::Duration::from_secs(3600);
+    let d = b.rate.hit(&alice, action, 2, hour, now).await.unwrap();
+    assert!(d.allowed, "alice, hourly window: {d:?}");
+    assert_eq!(d.remaining, 1);
+
+    // Alice's minute counter is still full, bob's still has one left.
+    assert!(
+        !b.rate
+            .hit(&alice, action, 2, MINUTE, now)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        b.rate
+            .hit(&bob, action, 2, MINUTE, now)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !b.rate
+            .hit(&bob, action, 2, MINUTE, now)
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
+/// 20 concurrent hits against a limit of 5: exactly 5 pass, each with a
+/// different `remaining`.
+pub async fn rate_limit_concurrent_hits_allow_exactly_limit(b: &Backend) {
+    let user = unique_user("rate-concurrent");
+    let now = minute_boundary() + Duration::seconds(30);
+    let barrier = Arc::new(tokio::sync::Barrier::new(20));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let rate = Arc::clone(&b.rate);
+            let barrier = Arc::clone(&barrier);
+            let user = user.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                rate.hit(&user, RateAction::Validate, 5, MINUTE, now).await
+            })
+        })
+        .collect();
+    let mut remaining = Vec::new();
+    let mut refused = 0;
+    for task in futures_util::future::join_all(tasks).await {
+        let d = task.expect("task").unwrap();
+        if d.allowed {
+            remaining.push(d.remaining);
+        } else {
+            refused += 1;
+            assert_eq!(d.retry_after, std::time::Duration::from_secs(30));
+        }
+    }
+    remaining.sort_unstable();
+    assert_eq!(remaining, vec![0, 1, 2, 3, 4]);
+    assert_eq!(refused, 15);
+    // And the window stays full.
+    let d = b
+        .rate
+        .hit(&user, RateAction::Validate, 5, MINUTE, now)
+        .await
+        .unwrap();
+    assert!(!d.allowed, "{d:?}");
+}
+
+// ------------------------------------------------------------------- audit
+
+/// An event for `user` at `at` with a fresh id.
+fn audit_event(user: &UserId, at: OffsetDateTime, action: AuditAction, n: usize) -> AuditEvent {
+    AuditEvent {
+        id: AuditId::generate(at).unwrap(),
+        user: user.clone(),
+        at,
+        action,
+        service: Service::ALL[n % Service::ALL.len()],
+        result: (action == AuditAction::Validated).then(|| "valid".to_owned()),
+        request_id: format!("req-{n}"),
+    }
+}
+
+/// Appends `count` events for `user`, one second apart except the last two,
+/// which share a millisecond; returns them newest first (by id).
+async fn append_events(b: &Backend, user: &UserId, count: usize) -> Vec<AuditEvent> {
+    let base = millis(OffsetDateTime::now_utc()) - Duration::hours(1);
+    let mut events = Vec::new();
+    for n in 0..count {
+        let at = base + Duration::seconds(n.min(count.saturating_sub(2)) as i64);
+        let action = AuditAction::ALL[n % AuditAction::ALL.len()];
+        let event = audit_event(user, at, action, n);
+        b.audit.append(&event).await.unwrap();
+        events.push(event);
+    }
+    events.sort_by(|a, b| b.id.cmp(&a.id));
+    events
+}
+
+/// Seven events in pages of three: 3, 3, 1, newest first, every field
+/// intact, no cursor after the last page; cursors survive their wire form.
+pub async fn audit_lists_newest_first_in_pages(b: &Backend) {
+    let user = unique_user("audit-pages");
+    let want = append_events(b, &user, 7).await;
+    assert!(want.windows(2).all(|w| w[0].at >= w[1].at));
+
+    let mut got = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursor: Option<AuditCursor> = None;
+    loop {
+        let page = b.audit.list(&user, cursor.as_ref(), 3).await.unwrap();
+        sizes.push(page.events.len());
+        got.extend(page.events);
+        match page.next_cursor {
+            Some(next) => {
+                // As an HTTP client would send it back.
+                cursor = Some(AuditCursor::parse(&next.to_string()).unwrap());
+            }
+            None => break,
+        }
+        assert!(sizes.len() <= 3, "too many pages: {sizes:?}");
+    }
+    assert_eq!(sizes, vec![3, 3, 1]);
+    assert_eq!(got, want);
+
+    // Listing is stable: the same page twice, events in the same millisecond included.
+    let first = b.audit.list(&user, None, 3).await.unwrap();
+    assert_eq!(first, b.audit.list(&user, None, 3).await.unwrap());
+    assert_eq!(first.events, want[..3].to_vec());
+
+    // One page holding everything has no cursor.
+    let all = b.audit.list(&user, None, 7).await.unwrap();
+    assert_eq!(all.events, want);
+    assert_eq!(all.next_cursor, None);
+    let more = b.audit.list(&user, None, 100).await.unwrap();
+    assert_eq!(more.events, want);
+    assert_eq!(more.next_cursor, None);
+}
+
+/// Each user sees only their own events; an unknown user has none.
+pub async fn audit_isolates_users(b: &Backend) {
+    let alice = unique_user("audit-alice");
+    let bob = unique_user("audit-bob#AUDIT#x");
+    let alice_events = append_events(b, &alice, 3).await;
+    let bob_events = append_events(b, &bob, 2).await;
+
+    let page = b.audit.list(&alice, None, 10).await.unwrap();
+    assert_eq!(page.events, alice_events);
+    assert!(page.events.iter().all(|e| e.user == alice));
+    let page = b.audit.list(&bob, None, 10).await.unwrap();
+    assert_eq!(page.events, bob_events);
+
+    // A cursor from alice's log only positions bob's listing in time.
+    let cursor = AuditCursor::after(&alice_events[0].id);
+    let page = b.audit.list(&bob, Some(&cursor), 10).await.unwrap();
+    assert!(page.events.iter().all(|e| e.user == bob));
+
+    let nobody = unique_user("audit-nobody");
+    let page = b.audit.list(&nobody, None, 10).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.next_cursor, None);
+}
+
+/// Malformed cursors are refused before any store call; a well-formed cursor
+/// older than every event gives an empty last page; an id is appended once.
+pub async fn audit_refuses_bad_cursors_and_duplicate_ids(b: &Backend) {
+    let user = unique_user("audit-cursor");
+    let events = append_events(b, &user, 2).await;
+    for bad in ["", "%%%", "bm90LWFuLWlk", "MTIz", &"QUFB".repeat(40)] {
+        assert_eq!(AuditCursor::parse(bad), Err(BadCursor), "{bad:?}");
+    }
+    let oldest = AuditCursor::after(&events[1].id);
+    let page = b.audit.list(&user, Some(&oldest), 5).await.unwrap();
+    assert!(page.events.is_empty(), "{page:?}");
+    assert_eq!(page.next_cursor, None);
+    let newest = AuditCursor::after(&events[0].id);
+    let page = b.audit.list(&user, Some(&newest), 5).await.unwrap();
+    assert_eq!(page.events, vec![events[1].clone()]);
+
+    let mut again = events[0].clone();
+    again.request_id = "req-intruder".to_owned();
+    let result = b.audit.append(&again).await;
+    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+    let page = b.audit.list(&user, None, 5).await.unwrap();
+    assert_eq!(page.events, events);
+}
+
+/// Counters and audit events never show up in (or change) what resolution reads.
+pub async fn rate_and_audit_leave_load_user_unchanged(b: &Backend) {
+    let user = unique_user("rate-audit-snapshot");
+    let rec = record(&user, Service::OpenAi, fake_ref(&user, Service::OpenAi));
+    b.meta.put_key(&rec, Expected::Absent).await.unwrap();
+    let settings = Settings {
+        allow_gateway_fallback: false,
+    };
+    b.meta.put_settings(&user, settings).await.unwrap();
+    let before = b.meta.load_user(&user).await.unwrap();
+
+    let now = OffsetDateTime::now_utc();
+    for _ in 0..3 {
+        b.rate
+            .hit(&user, RateAction::Validate, 2, MINUTE, now)
+            .await
+            .unwrap();
+    }
+    append_events(b, &user, 4).await;
+
+    let after = b.meta.load_user(&user).await.unwrap();
+    assert_eq!(after, before);
+    assert_eq!(after.keys, vec![rec]);
+    assert_eq!(after.settings, settings);
+    assert_eq!(
+        b.meta.get_key(&user, Service::OpenAi).await.unwrap(),
+        Some(after.keys[0].clone())
+    );
 }

@@ -63,9 +63,12 @@ async fn meta_store(counter: Option<CallCounter>) -> DynamoMetadataStore {
 }
 
 async fn aws_backend() -> Backend {
+    let meta = Arc::new(meta_store(None).await);
     Backend {
-        meta: Arc::new(meta_store(None).await),
+        meta: meta.clone(),
         secrets: Arc::new(secrets_store(None)),
+        rate: meta.clone(),
+        audit: meta,
         _guard: Box::new(()),
     }
 }
@@ -156,6 +159,90 @@ async fn load_user_is_exactly_one_query() {
         .await
         .unwrap();
     assert!(snap.keys.is_empty());
+    assert_eq!(counter.snapshot(), HashMap::from([("Query".to_owned(), 1)]));
+}
+
+/// Rate counters and audit events live in partitions of their own: the
+/// user's partition holds only settings and key items, `load_user` stays one
+/// `Query`, a counter carries the table's TTL attribute (window end plus the
+/// margin) and a hit is one `UpdateItem`, a listing one `Query`.
+#[tokio::test]
+async fn counters_and_audit_items_stay_out_of_the_user_partition() {
+    use byok::store::dynamo::{RATE_TTL_MARGIN_SECS, TTL_ATTRIBUTE};
+    use byok::store::{AuditAction, AuditEvent, AuditStore, RateAction, RateLimitStore};
+
+    let counter = CallCounter::new();
+    let meta = meta_store(Some(counter.clone())).await;
+    let table = meta.table().to_owned();
+    let u = unique_user("side-partitions");
+    let rec = contract::record(&u, Service::OpenAi, contract_ref(&u, Service::OpenAi));
+    meta.put_key(&rec, Expected::Absent).await.unwrap();
+    meta.put_settings(&u, Settings::default()).await.unwrap();
+
+    // 2030-01-01T00:00:30Z, in the minute window [00:00:00, 00:01:00).
+    let now = time::OffsetDateTime::from_unix_timestamp(1_893_456_030).unwrap();
+    let minute = std::time::Duration::from_secs(60);
+    counter.reset();
+    for _ in 0..3 {
+        meta.hit(&u, RateAction::Validate, 2, minute, now)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        counter.snapshot(),
+        HashMap::from([("UpdateItem".to_owned(), 3)])
+    );
+    for action in [AuditAction::Added, AuditAction::Validated] {
+        let event = AuditEvent::new(u.clone(), action, Service::OpenAi, None, "req").unwrap();
+        meta.append(&event).await.unwrap();
+    }
+    counter.reset();
+    assert_eq!(meta.list(&u, None, 10).await.unwrap().events.len(), 2);
+    assert_eq!(counter.snapshot(), HashMap::from([("Query".to_owned(), 1)]));
+
+    let client = dynamo_client(None);
+    let partition = |pk: String| {
+        let client = client.clone();
+        let table = table.clone();
+        async move {
+            client
+                .query()
+                .table_name(table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk))
+                .send()
+                .await
+                .unwrap()
+                .items
+                .unwrap_or_default()
+        }
+    };
+    let mut sks: Vec<String> = partition(format!("USER#{u}"))
+        .await
+        .iter()
+        .map(|i| i["sk"].as_s().unwrap().clone())
+        .collect();
+    sks.sort();
+    assert_eq!(sks, vec!["KEY#openai".to_owned(), "SETTINGS".to_owned()]);
+
+    let counters = partition(format!("RATE#{u}")).await;
+    assert_eq!(counters.len(), 1);
+    let window_end = 1_893_456_060;
+    assert_eq!(
+        counters[0][TTL_ATTRIBUTE]
+            .as_n()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap(),
+        window_end + 1 + RATE_TTL_MARGIN_SECS
+    );
+    assert_eq!(counters[0]["count"].as_n().unwrap(), "2");
+    assert_eq!(partition(format!("AUDIT#{u}")).await.len(), 2);
+
+    counter.reset();
+    let snap = meta.load_user(&u).await.unwrap();
+    assert_eq!(snap.keys, vec![rec]);
     assert_eq!(counter.snapshot(), HashMap::from([("Query".to_owned(), 1)]));
 }
 

@@ -20,7 +20,9 @@ async fn embedded_backend() -> Backend {
     let store = Arc::new(EmbeddedStore::open(dir.path(), MasterKey::generate()).unwrap());
     Backend {
         meta: store.clone(),
-        secrets: store,
+        secrets: store.clone(),
+        rate: store.clone(),
+        audit: store,
         _guard: Box::new(dir),
     }
 }

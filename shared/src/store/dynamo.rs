@@ -8,6 +8,8 @@
 //! |---------------|---------------|-------------------|------------|
 //! | settings      | `USER#{user}` | `SETTINGS`        | `allowGatewayFallback` (BOOL), `updatedAt` |
 //! | key record    | `USER#{user}` | `KEY#{service}`   | `service`, `label`, `maskedKey`, `enabled` (BOOL), `baseUrl`, `createdAt`, `updatedAt`, `lastValidatedAt`, `lastValidation`, `secretId`, `secretVersion`, `revision` (N) |
+//! | rate counter  | `RATE#{user}` | `{action}#{window ms}#{window start ms}` | `count` (N), `ttl` (N) |
+//! | audit event   | `AUDIT#{user}`| `{audit id}`      | `at`, `action`, `service`, `result`, `requestId` |
 //!
 //! `{user}` is the user id verbatim (the `USER#` prefix is stripped, never
 //! split on, so ids containing `#` are fine) and `{service}` its wire name.
@@ -29,6 +31,34 @@
 //! Items that expire carry a number attribute `ttl` (epoch seconds), the
 //! table's TTL attribute ([`ensure_table`] enables it).
 //!
+//! # Rate counters
+//! [`RateLimitStore::hit`] is one `UpdateItem` on the window's counter:
+//! `ADD count :one` under the condition `attribute_not_exists(count) OR
+//! count < :limit`, so concurrent instances never count past the limit; a
+//! failed condition is a refused hit, not an error. The window (length and
+//! start) is in the sort key, so a new window is a new item and callers with
+//! different window lengths never share a counter. `ttl` is the window's end
+//! plus [`RATE_TTL_MARGIN_SECS`] (room for clock skew between instances):
+//! DynamoDB deletes the item some time after that, never before, so a
+//! counter cannot vanish while its window is live. An expired item that
+//! DynamoDB has not yet deleted is harmless: no later hit maps to its window.
+//!
+//! Hits on one (user, action) from one process are also serialised by an
+//! in-process lock. DynamoDB does not need it (a conditional `UpdateItem` on
+//! one item is atomic, which is what holds the limit across instances; one
+//! Lambda instance serves one request at a time anyway), but the local
+//! emulator does: moto 5.2 evaluates the condition and applies the update
+//! without a lock, so concurrent requests lose updates and pass the limit.
+//! The lock is correct on DynamoDB too and costs nothing there.
+//!
+//! # Audit events
+//! An event is one item under `AUDIT#{user}` whose sort key is its
+//! [`AuditId`] (time-ordered text), written with `attribute_not_exists(pk)`.
+//! [`AuditStore::list`] is one `Query` with `ScanIndexForward=false`,
+//! `sk < :cursor` for later pages and `Limit` one above the page size (the
+//! extra item only tells whether a next page exists, so the last page never
+//! carries a cursor). Events have no `ttl`: retention is the operator's call.
+//!
 //! # Semantics
 //! Mirrors the embedded store: conditional writes compare `revision`
 //! (`attribute_not_exists(pk)` for [`Expected::Absent`]), a failed condition
@@ -42,6 +72,8 @@
 //! with their full context; corrupt items become [`StoreError::Corrupt`]
 //! naming the attribute, never its value.
 
+use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
+use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
 use super::{Expected, MetadataStore, StoreError, UserSnapshot};
 use crate::domain::{
     self, KeyRecord, SecretRef, Service, Settings, Timestamp, UserId, ValidationResult,
@@ -54,6 +86,8 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Arc;
 use std::time::Duration;
 use time::UtcOffset;
 use time::format_description::well_known::Rfc3339;
@@ -64,6 +98,8 @@ pub const PK: &str = "pk";
 pub const SK: &str = "sk";
 /// The table's TTL attribute (epoch seconds), for item kinds that expire.
 pub const TTL_ATTRIBUTE: &str = "ttl";
+/// Seconds a rate counter outlives its window before TTL may delete it.
+pub const RATE_TTL_MARGIN_SECS: i64 = 300;
 /// Sort key of the settings item.
 const SETTINGS_SK: &str = "SETTINGS";
 /// Sort key prefix of key records.
@@ -80,14 +116,31 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoMetadataStore {
     client: Client,
     table: String,
+    /// Serialise this process's hits on one counter (sharded by user and
+    /// action); see "Rate counters" in the module doc.
+    hit_locks: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// Shards of [`DynamoMetadataStore::hit_locks`].
+const HIT_LOCK_SHARDS: usize = 32;
 
 impl DynamoMetadataStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
+            hit_locks: (0..HIT_LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The lock serialising this process's hits on (user, action).
+    fn hit_lock(&self, user: &UserId, action: RateAction) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (user, action).hash(&mut hasher);
+        let shard = usize::try_from(hasher.finish() % HIT_LOCK_SHARDS as u64).unwrap_or(0);
+        &self.hit_locks[shard % self.hit_locks.len()]
     }
 
     /// The table this store reads and writes.
@@ -99,6 +152,16 @@ impl DynamoMetadataStore {
 /// The partition key of a user's items.
 pub fn user_pk(user: &UserId) -> String {
     format!("USER#{user}")
+}
+
+/// The partition key of a user's rate-limit counters.
+pub fn rate_pk(user: &UserId) -> String {
+    format!("RATE#{user}")
+}
+
+/// The partition key of a user's audit events.
+pub fn audit_pk(user: &UserId) -> String {
+    format!("AUDIT#{user}")
 }
 
 /// The sort key of a user's key record for `service`.
@@ -418,6 +481,165 @@ impl MetadataStore for DynamoMetadataStore {
             .await
             .map_err(|e| backend("PutItem", e))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for DynamoMetadataStore {
+    async fn hit(
+        &self,
+        user: &UserId,
+        action: RateAction,
+        limit: u32,
+        window: Duration,
+        now: Timestamp,
+    ) -> Result<RateDecision, StoreError> {
+        let w = Window::containing(window, now)?;
+        if limit == 0 {
+            return Ok(w.decision(limit, None));
+        }
+        let sk = format!("{action}#{}#{}", w.len_ms, w.start_ms);
+        let _serialised = self.hit_lock(user, action).lock().await;
+        let ttl = w
+            .end_ms
+            .div_euclid(1000)
+            .saturating_add(1)
+            .saturating_add(RATE_TTL_MARGIN_SECS);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(rate_pk(user)))
+            .key(SK, s(sk))
+            .update_expression("SET #ttl = :ttl ADD #count :one")
+            .condition_expression("attribute_not_exists(#count) OR #count < :limit")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_names("#count", "count")
+            .expression_attribute_values(":ttl", AttributeValue::N(ttl.to_string()))
+            .expression_attribute_values(":one", AttributeValue::N("1".to_owned()))
+            .expression_attribute_values(":limit", AttributeValue::N(limit.to_string()))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                let count = Attrs {
+                    item: &item,
+                    kind: "rate counter",
+                }
+                .u64("count")?;
+                Ok(w.decision(limit, Some(count)))
+            }
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(w.decision(limit, None))
+            }
+            Err(err) => Err(backend("UpdateItem", err)),
+        }
+    }
+}
+
+/// An audit item of `user` as an event.
+fn audit_from_item(user: &UserId, item: &Item) -> Result<AuditEvent, StoreError> {
+    let a = Attrs {
+        item,
+        kind: "audit",
+    };
+    Ok(AuditEvent {
+        id: AuditId::parse(a.string(SK)?)
+            .ok_or_else(|| corrupt("audit item sort key is not an audit id"))?,
+        user: user.clone(),
+        at: a.timestamp("at")?,
+        action: AuditAction::parse(a.string("action")?)
+            .ok_or_else(|| corrupt("audit item attribute action is not a known action"))?,
+        service: a
+            .string("service")?
+            .parse::<Service>()
+            .map_err(|_| corrupt("audit item attribute service names no known service"))?,
+        result: a.opt_string("result")?.map(str::to_owned),
+        request_id: a.string("requestId")?.to_owned(),
+    })
+}
+
+#[async_trait]
+impl AuditStore for DynamoMetadataStore {
+    async fn append(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut item = HashMap::from([
+            (PK.to_owned(), s(audit_pk(&event.user))),
+            (SK.to_owned(), s(event.id.as_str())),
+            ("at".to_owned(), s(ts_to_attr(event.at)?)),
+            ("action".to_owned(), s(event.action.as_str())),
+            ("service".to_owned(), s(event.service.as_str())),
+            ("requestId".to_owned(), s(&event.request_id)),
+        ]);
+        if let Some(result) = &event.result {
+            item.insert("result".to_owned(), s(result));
+        }
+        let sent = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict)
+            }
+            Err(err) => Err(backend("PutItem", err)),
+        }
+    }
+
+    async fn list(
+        &self,
+        user: &UserId,
+        cursor: Option<&AuditCursor>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let limit = audit::page_limit(limit);
+        let mut events = Vec::with_capacity(limit + 1);
+        let mut start: Option<Item> = None;
+        loop {
+            let wanted = i32::try_from(limit + 1 - events.len()).unwrap_or(i32::MAX);
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .scan_index_forward(false)
+                .limit(wanted)
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_values(":pk", s(audit_pk(user)))
+                .set_exclusive_start_key(start.take());
+            query = match cursor {
+                Some(cursor) => query
+                    .key_condition_expression("#pk = :pk AND #sk < :before")
+                    .expression_attribute_names("#sk", SK)
+                    .expression_attribute_values(":before", s(cursor.id().as_str())),
+                None => query.key_condition_expression("#pk = :pk"),
+            };
+            let out = query.send().await.map_err(|e| backend("Query", e))?;
+            for item in out.items.as_deref().unwrap_or_default() {
+                events.push(audit_from_item(user, item)?);
+            }
+            // A page can stop short of `Limit` only at 1 MB; follow it then.
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() && events.len() <= limit => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(audit::into_page(events, limit))
     }
 }
 

@@ -20,7 +20,17 @@
 //! missing secret. The stage `pending` is reserved for rotation.
 //! Each row records the id of the master key that sealed it
 //! ([`MasterKey::key_id`]) so master-key rotation can find rows to re-seal.
+//!
+//! # Rate counters and the audit log
+//! Schema version 2 adds `rate_counters` (one row per user, action and
+//! fixed window; [`RateLimitStore::hit`] is one `BEGIN IMMEDIATE`
+//! transaction: prune rows whose window ended over a minute ago, then an upsert that adds
+//! one only while the count is below the limit) and `audit_events` (keyed by
+//! user and time-ordered id, listed newest first). A version 1 file is
+//! upgraded in place when opened.
 
+use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
+use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
 use super::{Expected, MetadataStore, SecretStore, StoreError, UserSnapshot};
 use crate::crypto::{self, MasterKey};
 use crate::domain::{
@@ -43,9 +53,13 @@ use time::format_description::well_known::Rfc3339;
 pub const DB_FILE: &str = "byok.db";
 
 /// The schema this build writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a rate counter is kept after its window ends before a later hit
+/// prunes it: room for callers whose clocks lag.
+const RATE_PRUNE_MARGIN_MS: i64 = 60_000;
 
 /// Schema version 1. `STRICT` tables so a value of the wrong type cannot be stored.
 const SCHEMA_V1: &str = "
@@ -88,6 +102,35 @@ CREATE TABLE secrets (
 
 CREATE UNIQUE INDEX secrets_one_current ON secrets (secret_id) WHERE stage = 'current';
 CREATE UNIQUE INDEX secrets_one_previous ON secrets (secret_id) WHERE stage = 'previous';
+";
+
+/// Schema version 2: rate-limit counters and the audit log. Neither is read
+/// by `load_user`. A counter row lives until its window ends plus a margin
+/// (`expires_ms`, epoch milliseconds), then later hits prune it. Audit rows are keyed by
+/// (user, id), which is also the index listing walks backwards.
+const SCHEMA_V2: &str = "
+CREATE TABLE rate_counters (
+    user_id         TEXT    NOT NULL,
+    action          TEXT    NOT NULL,
+    window_ms       INTEGER NOT NULL CHECK (window_ms > 0),
+    window_start_ms INTEGER NOT NULL,
+    count           INTEGER NOT NULL CHECK (count >= 0),
+    expires_ms      INTEGER NOT NULL,
+    PRIMARY KEY (user_id, action, window_ms, window_start_ms)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX rate_counters_expiry ON rate_counters (expires_ms);
+
+CREATE TABLE audit_events (
+    user_id    TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    at         TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    service    TEXT NOT NULL,
+    result     TEXT,
+    request_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, id)
+) STRICT, WITHOUT ROWID;
 ";
 
 const KEY_COLUMNS: &str = "user_id, service, label, masked_key, enabled, base_url, created_at, \
@@ -218,8 +261,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(StoreError::backend)?;
     match version {
-        0 => {
-            tx.execute_batch(SCHEMA_V1).map_err(StoreError::backend)?;
+        0 | 1 => {
+            if version == 0 {
+                tx.execute_batch(SCHEMA_V1).map_err(StoreError::backend)?;
+            }
+            tx.execute_batch(SCHEMA_V2).map_err(StoreError::backend)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(StoreError::backend)?;
         }
@@ -647,6 +693,154 @@ impl SecretStore for EmbeddedStore {
     }
 }
 
+#[async_trait]
+impl RateLimitStore for EmbeddedStore {
+    async fn hit(
+        &self,
+        user: &UserId,
+        action: RateAction,
+        limit: u32,
+        window: Duration,
+        now: Timestamp,
+    ) -> Result<RateDecision, StoreError> {
+        let w = Window::containing(window, now)?;
+        if limit == 0 {
+            return Ok(w.decision(limit, None));
+        }
+        let user = user.clone();
+        self.run(move |inner| {
+            let mut conn = inner.conn()?;
+            // The connection mutex serialises callers of this process; the
+            // immediate transaction serialises other processes on the file.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            // Opportunistic pruning of windows that ended more than a margin
+            // ago (a caller whose `now` lags slightly still finds its counter).
+            tx.execute(
+                "DELETE FROM rate_counters WHERE expires_ms <= ?1",
+                [w.now_ms],
+            )
+            .map_err(StoreError::backend)?;
+            // Counts the hit unless the window is full; no row back means refused.
+            let count: Option<i64> = tx
+                .query_row(
+                    "INSERT INTO rate_counters \
+                     (user_id, action, window_ms, window_start_ms, count, expires_ms) \
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5) \
+                     ON CONFLICT (user_id, action, window_ms, window_start_ms) \
+                     DO UPDATE SET count = count + 1 WHERE count < ?6 \
+                     RETURNING count",
+                    params![
+                        user.as_str(),
+                        action.as_str(),
+                        w.len_ms,
+                        w.start_ms,
+                        w.end_ms.saturating_add(RATE_PRUNE_MARGIN_MS),
+                        i64::from(limit)
+                    ],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(StoreError::backend)?;
+            tx.commit().map_err(StoreError::backend)?;
+            let counted = count
+                .map(|c| u64::try_from(c).map_err(|_| corrupt("rate_counters.count is negative")))
+                .transpose()?;
+            Ok(w.decision(limit, counted))
+        })
+        .await
+    }
+}
+
+/// An `audit_events` row (id, at, action, service, result, request_id) of `user`.
+fn audit_from_row(user: &UserId, row: &Row<'_>) -> Result<AuditEvent, StoreError> {
+    let id = AuditId::parse(&col::<String>(row, 0, "audit_events.id")?)
+        .ok_or_else(|| corrupt("audit_events.id is not an audit id"))?;
+    let action = AuditAction::parse(&col::<String>(row, 2, "audit_events.action")?)
+        .ok_or_else(|| corrupt("audit_events.action is not a known action"))?;
+    let service = col::<String>(row, 3, "audit_events.service")?
+        .parse::<Service>()
+        .map_err(|_| corrupt("audit_events.service names no known service"))?;
+    Ok(AuditEvent {
+        id,
+        user: user.clone(),
+        at: ts_from_text(
+            &col::<String>(row, 1, "audit_events.at")?,
+            "audit_events.at",
+        )?,
+        action,
+        service,
+        result: col(row, 4, "audit_events.result")?,
+        request_id: col(row, 5, "audit_events.request_id")?,
+    })
+}
+
+#[async_trait]
+impl AuditStore for EmbeddedStore {
+    async fn append(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.run(move |inner| {
+            let at = ts_to_text(event.at)?;
+            let changed = inner
+                .conn()?
+                .execute(
+                    "INSERT INTO audit_events \
+                     (user_id, id, at, action, service, result, request_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     ON CONFLICT (user_id, id) DO NOTHING",
+                    params![
+                        event.user.as_str(),
+                        event.id.as_str(),
+                        at,
+                        event.action.as_str(),
+                        event.service.as_str(),
+                        event.result,
+                        event.request_id,
+                    ],
+                )
+                .map_err(StoreError::backend)?;
+            if changed == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict)
+            }
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        user: &UserId,
+        cursor: Option<&AuditCursor>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        let user = user.clone();
+        // Ids start with a digit, so "~" sorts after every one of them.
+        let before = cursor.map_or_else(|| "~".to_owned(), |c| c.id().as_str().to_owned());
+        let limit = audit::page_limit(limit);
+        self.run(move |inner| {
+            let conn = inner.conn()?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, at, action, service, result, request_id FROM audit_events \
+                     WHERE user_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+                )
+                .map_err(StoreError::backend)?;
+            let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+            let mut rows = stmt
+                .query(params![user.as_str(), before, fetch])
+                .map_err(StoreError::backend)?;
+            let mut events = Vec::with_capacity(limit + 1);
+            while let Some(row) = rows.next().map_err(StoreError::backend)? {
+                events.push(audit_from_row(&user, row)?);
+            }
+            Ok(audit::into_page(events, limit))
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,7 +895,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, SCHEMA_VERSION);
         let journal: String = conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
@@ -727,6 +921,73 @@ mod tests {
         drop(store);
         let err = EmbeddedStore::open(&dir, MasterKey::generate()).unwrap_err();
         assert!(matches!(err, StoreError::WrongMasterKey), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn upgrades_a_version_1_database_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(tmp.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO settings VALUES ('old-user', 0, '2025-01-01T00:00:00Z')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = open(tmp.path());
+        let version: i64 = raw(&store)
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let snap = store.load_user(&user("old-user")).await.unwrap();
+        assert!(!snap.settings.allow_gateway_fallback);
+        let d = store
+            .hit(
+                &user("old-user"),
+                RateAction::Validate,
+                1,
+                Duration::from_secs(60),
+                domain::now(),
+            )
+            .await
+            .unwrap();
+        assert!(d.allowed);
+    }
+
+    #[tokio::test]
+    async fn ended_rate_windows_are_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let t0 = Timestamp::from_unix_timestamp(1_900_000_020).unwrap();
+        let minute = Duration::from_secs(60);
+        let count = || -> i64 {
+            raw(&store)
+                .query_row("SELECT count(*) FROM rate_counters", [], |r| r.get(0))
+                .unwrap()
+        };
+        for u in ["a", "b"] {
+            store
+                .hit(&user(u), RateAction::Validate, 5, minute, t0)
+                .await
+                .unwrap();
+        }
+        assert_eq!(count(), 2);
+        // Within the margin after the window, the old rows stay.
+        let t1 = t0 + time::Duration::seconds(90);
+        store
+            .hit(&user("a"), RateAction::Validate, 5, minute, t1)
+            .await
+            .unwrap();
+        assert_eq!(count(), 3);
+        // Past it, any hit prunes them.
+        let t2 = t0 + time::Duration::seconds(121);
+        store
+            .hit(&user("c"), RateAction::Validate, 5, minute, t2)
+            .await
+            .unwrap();
+        assert_eq!(count(), 2);
     }
 
     #[tokio::test]

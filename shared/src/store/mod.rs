@@ -9,11 +9,21 @@
 //! new version; a delete removes metadata first, then the secret. A crash in
 //! between leaves at worst an unreferenced secret, never metadata pointing at a
 //! missing secret.
+//!
+//! Two more capabilities have traits of their own: [`RateLimitStore`]
+//! (fixed-window counters shared by every instance) and [`AuditStore`] (the
+//! per-user audit log). Both live outside what [`MetadataStore::load_user`]
+//! reads, so they never slow down or change resolution.
 
+pub mod audit;
 pub mod cache;
 pub mod dynamo;
 pub mod embedded;
+pub mod ratelimit;
 pub mod secrets_manager;
+
+pub use audit::{AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore, BadCursor};
+pub use ratelimit::{RateAction, RateDecision, RateLimitStore};
 
 use crate::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
 use async_trait::async_trait;
