@@ -35,14 +35,17 @@ from samtranslator.yaml_helper import yaml_parse  # noqa: E402
 # template.yaml, a removed call must leave both. KMS actions are those the
 # services make on the function's behalf (kms:ViaService is asserted).
 EXPECTED_ACTIONS = {
-    # Query, GetItem, PutItem (conditional), DeleteItem; CreateSecret (tagged:
-    # TagResource), PutSecretValue, GetSecretValue (cache misses),
-    # DeleteSecret, RestoreSecret (re-added while scheduled for deletion).
+    # Query (also the audit log), GetItem, PutItem (conditional; audit
+    # events), DeleteItem, UpdateItem (validation rate counters: a save with
+    # validate: true); CreateSecret (tagged: TagResource), PutSecretValue,
+    # GetSecretValue (cache misses), DeleteSecret, RestoreSecret (re-added
+    # while scheduled for deletion).
     "KeysFunction": {
         "dynamodb:Query",
         "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
         "secretsmanager:CreateSecret",
         "secretsmanager:PutSecretValue",
         "secretsmanager:GetSecretValue",
@@ -58,9 +61,15 @@ EXPECTED_ACTIONS = {
         "dynamodb:PutItem",
         "kms:Decrypt",
     },
-    # Query (resolution); GetSecretValue on the team secrets, at cold start.
+    # Query (resolution), GetItem (the stored key to check), PutItem (the
+    # outcome on the key's metadata; audit events), UpdateItem (validation
+    # rate counters); GetSecretValue on the user secret checked (KMS Decrypt
+    # via Secrets Manager) and on the team secrets, at cold start.
     "ValidateFunction": {
         "dynamodb:Query",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
@@ -85,7 +94,7 @@ EXPECTED_ACTIONS = {
 EXPECTED_SECRET_SCOPES = {
     "KeysFunction": {"user"},
     "SettingsFunction": set(),
-    "ValidateFunction": {"team"},
+    "ValidateFunction": {"user", "team"},
     "ModelsFunction": {"team"},
     "CompletionFunction": {"user", "team"},
 }

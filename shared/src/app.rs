@@ -2,6 +2,7 @@
 //! handler state out. SDK clients, keys and files are opened here once, at
 //! cold start, never per request.
 
+use crate::audit::AuditLog;
 use crate::auth::{AuthError, Authenticator, JwtSecret, TokenVerifier};
 use crate::catalog::{Catalog, CatalogError};
 use crate::completion::{CompletionService, LogUsageSink, UpstreamClient};
@@ -17,7 +18,8 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::secrets_manager::{
     SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
 };
-use crate::store::{MetadataStore, SecretStore, StoreError};
+use crate::store::{AuditStore, MetadataStore, RateLimitStore, SecretStore, StoreError};
+use crate::validate::ValidationService;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 
@@ -53,63 +55,74 @@ pub enum InitError {
 pub struct Stores {
     pub meta: Arc<dyn MetadataStore>,
     pub secrets: Arc<dyn SecretStore>,
+    /// Validation rate counters (the metadata store's backend).
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    /// The audit log (the metadata store's backend).
+    pub audit: Arc<dyn AuditStore>,
     pub team: TeamCredentials,
 }
 
 /// Opens the configured backend; secrets are read through the
 /// version-aware cache either way.
 pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
-    let (meta, secrets, team): (Arc<dyn MetadataStore>, Arc<dyn SecretStore>, _) =
-        match config.store {
-            StoreKind::Embedded => {
-                let master = match &config.master_key {
-                    Some(b64) => MasterKey::from_base64(b64.expose_secret())?,
-                    None => MasterKey::load_or_create(&config.data_dir)?,
-                };
-                let store = Arc::new(EmbeddedStore::open(&config.data_dir, master)?);
-                (store.clone(), store, config.team.clone())
+    let mut stores = match config.store {
+        StoreKind::Embedded => {
+            let master = match &config.master_key {
+                Some(b64) => MasterKey::from_base64(b64.expose_secret())?,
+                None => MasterKey::load_or_create(&config.data_dir)?,
+            };
+            let store = Arc::new(EmbeddedStore::open(&config.data_dir, master)?);
+            Stores {
+                meta: store.clone(),
+                rate_limits: store.clone(),
+                audit: store.clone(),
+                secrets: store,
+                team: config.team.clone(),
             }
-            StoreKind::Aws => {
-                let table = config
-                    .table_name
-                    .clone()
-                    .ok_or(InitError::Missing("BYOK_TABLE_NAME"))?;
-                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .load()
-                    .await;
-                let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-                if config.create_table {
-                    ensure_table(&dynamo, &table).await?;
-                }
-                let sm = aws_sdk_secretsmanager::Client::new(&sdk);
-                let mut team = config.team.clone();
-                for (service, arn) in &config.team_secret_arns {
-                    team.insert(*service, read_team_secret(&sm, arn).await?);
-                }
-                let deletion = match config.secret_recovery_days {
-                    0 => SecretDeletion::Force,
-                    days => SecretDeletion::RecoveryWindowDays(i64::from(days)),
-                };
-                let options = SecretsManagerOptions {
-                    prefix: config.secret_prefix.clone(),
-                    kms_key_id: config.kms_key_id.clone(),
-                    deletion,
-                };
-                let meta = Arc::new(DynamoMetadataStore::new(dynamo, table));
-                let secrets = Arc::new(SecretsManagerStore::new(sm, options));
-                (meta, secrets, team)
+        }
+        StoreKind::Aws => {
+            let table = config
+                .table_name
+                .clone()
+                .ok_or(InitError::Missing("BYOK_TABLE_NAME"))?;
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+            if config.create_table {
+                ensure_table(&dynamo, &table).await?;
             }
-        };
-    let secrets = Arc::new(CachedSecretStore::new(
-        secrets,
+            let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+            let mut team = config.team.clone();
+            for (service, arn) in &config.team_secret_arns {
+                team.insert(*service, read_team_secret(&sm, arn).await?);
+            }
+            let deletion = match config.secret_recovery_days {
+                0 => SecretDeletion::Force,
+                days => SecretDeletion::RecoveryWindowDays(i64::from(days)),
+            };
+            let options = SecretsManagerOptions {
+                prefix: config.secret_prefix.clone(),
+                kms_key_id: config.kms_key_id.clone(),
+                deletion,
+            };
+            let meta = Arc::new(DynamoMetadataStore::new(dynamo, table));
+            let secrets = Arc::new(SecretsManagerStore::new(sm, options));
+            Stores {
+                meta: meta.clone(),
+                rate_limits: meta.clone(),
+                audit: meta,
+                secrets,
+                team,
+            }
+        }
+    };
+    stores.secrets = Arc::new(CachedSecretStore::new(
+        stores.secrets,
         config.secret_cache_capacity,
         config.secret_cache_ttl,
     ));
-    Ok(Stores {
-        meta,
-        secrets,
-        team,
-    })
+    Ok(stores)
 }
 
 /// The handler state over `stores`, verifying tokens with `verifier` when
@@ -124,16 +137,30 @@ pub fn state(
         Arc::new(stores.team),
         Arc::new(config.upstreams.clone()),
     ));
+    let client = UpstreamClient::new(&config.upstream_timeouts)?;
+    let audit = AuditLog::new(stores.audit);
+    let validation = ValidationService::new(
+        resolver.clone(),
+        stores.meta.clone(),
+        stores.secrets.clone(),
+        stores.rate_limits,
+        audit.clone(),
+        client.clone(),
+        config.validate_timeout,
+        config.validate_per_minute,
+    );
     let completions = CompletionService::new(
         resolver.clone(),
         stores.secrets.clone(),
-        UpstreamClient::new(&config.upstream_timeouts)?,
+        client,
         config.fallback_models.clone(),
         Arc::new(LogUsageSink),
         config.upstream_timeouts,
     );
     Ok(AppState {
-        keys: Arc::new(KeyService::new(stores.meta, stores.secrets)),
+        keys: Arc::new(KeyService::new(stores.meta, stores.secrets).with_audit(audit.clone())),
+        validation: Arc::new(validation),
+        audit: Arc::new(audit),
         resolver,
         auth: Arc::new(Authenticator::new(verifier)),
         catalog: Arc::new(catalog(config)?),

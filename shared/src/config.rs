@@ -33,6 +33,8 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     pub jwks_url: Option<String>,
     pub validate_per_minute: u32,
+    /// How long a key check waits on its provider (`BYOK_VALIDATE_TIMEOUT_SECS`).
+    pub validate_timeout: Duration,
     pub table_name: Option<String>,
     pub secret_prefix: String,
     /// KMS key that encrypts new secrets (Secrets Manager); else the account default.
@@ -95,6 +97,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_DATA_DIR: &str = ".byok";
 pub const DEFAULT_SECRET_PREFIX: &str = "byok/";
 pub const DEFAULT_VALIDATE_PER_MINUTE: u32 = 5;
+pub const DEFAULT_VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SECRET_RECOVERY_DAYS: u32 = 7;
 
 impl Config {
@@ -193,6 +196,7 @@ impl Config {
                     }),
             }
         };
+        let validate_timeout = seconds("BYOK_VALIDATE_TIMEOUT_SECS", DEFAULT_VALIDATE_TIMEOUT)?;
         let defaults = UpstreamTimeouts::default();
         let upstream_timeouts = UpstreamTimeouts {
             connect: seconds("BYOK_UPSTREAM_CONNECT_TIMEOUT_SECS", defaults.connect)?,
@@ -243,6 +247,7 @@ impl Config {
             jwt_audience: get("BYOK_JWT_AUDIENCE"),
             jwks_url: get("BYOK_JWKS_URL"),
             validate_per_minute,
+            validate_timeout,
             table_name: get("BYOK_TABLE_NAME"),
             secret_prefix: get("BYOK_SECRET_PREFIX")
                 .unwrap_or_else(|| DEFAULT_SECRET_PREFIX.to_owned()),
@@ -387,5 +392,9 @@ mod tests {
         );
         assert_eq!(c.upstream_timeouts.first_byte, Duration::from_millis(500));
         assert_eq!(c.upstream_timeouts.idle, Duration::from_secs(30));
+        assert_eq!(c.validate_timeout, DEFAULT_VALIDATE_TIMEOUT);
+        let c = config(&[("BYOK_VALIDATE_TIMEOUT_SECS", "0.25")]).unwrap();
+        assert_eq!(c.validate_timeout, Duration::from_millis(250));
+        assert!(config(&[("BYOK_VALIDATE_TIMEOUT_SECS", "0")]).is_err());
     }
 }

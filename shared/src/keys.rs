@@ -3,12 +3,13 @@
 //! writes the secret before the metadata that points at it, and removes
 //! metadata before the secret.
 
+use crate::audit::AuditLog;
 use crate::domain::key::check_key_format;
 use crate::domain::{
     ApiKey, BaseUrlError, KeyFormatError, KeyRecord, Service, Settings, UserBaseUrl, UserId,
     mask_key, now,
 };
-use crate::store::{Expected, MetadataStore, SecretStore, StoreError};
+use crate::store::{AuditAction, Expected, MetadataStore, SecretStore, StoreError};
 use std::sync::Arc;
 
 /// Longest label accepted, in characters.
@@ -63,16 +64,41 @@ pub enum KeyError {
 pub struct KeyService {
     meta: Arc<dyn MetadataStore>,
     secrets: Arc<dyn SecretStore>,
+    audit: Option<AuditLog>,
 }
 
 impl KeyService {
+    /// A service that keeps no audit log (see [`KeyService::with_audit`]).
     pub fn new(meta: Arc<dyn MetadataStore>, secrets: Arc<dyn SecretStore>) -> Self {
-        Self { meta, secrets }
+        Self {
+            meta,
+            secrets,
+            audit: None,
+        }
+    }
+
+    /// Records every change (added, replaced, enabled, disabled, updated,
+    /// deleted) in `audit`.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    async fn audit(&self, user: &UserId, action: AuditAction, service: Service, request_id: &str) {
+        if let Some(audit) = &self.audit {
+            audit.record(user, action, service, None, request_id).await;
+        }
     }
 
     /// Stores a key: a new one, or a new version replacing the stored one
     /// (label kept unless given, re-enabled, validation fields cleared).
-    pub async fn upsert(&self, user: &UserId, req: KeyUpsert) -> Result<Upserted, KeyError> {
+    /// `request_id` goes into the audit event.
+    pub async fn upsert(
+        &self,
+        user: &UserId,
+        req: KeyUpsert,
+        request_id: &str,
+    ) -> Result<Upserted, KeyError> {
         check_key_format(req.service, &req.api_key)?;
         let label = req.label.as_deref().map(check_label).transpose()?;
         let base_url = match req.base_url {
@@ -133,6 +159,11 @@ impl KeyService {
             match self.meta.put_key(&record, expected).await {
                 Ok(()) => {
                     tracing::info!(service = %req.service, replaced = existing.is_some(), "key stored");
+                    let action = match existing {
+                        Some(_) => AuditAction::Replaced,
+                        None => AuditAction::Added,
+                    };
+                    self.audit(user, action, req.service, request_id).await;
                     return Ok(match existing {
                         Some(_) => Upserted::Replaced(record),
                         None => Upserted::Created(record),
@@ -159,6 +190,7 @@ impl KeyService {
         user: &UserId,
         service: Service,
         patch: KeyPatch,
+        request_id: &str,
     ) -> Result<KeyRecord, KeyError> {
         if patch.enabled.is_none() && patch.label.is_none() {
             return Err(KeyError::EmptyPatch);
@@ -186,6 +218,12 @@ impl KeyService {
             {
                 Ok(()) => {
                     tracing::info!(%service, enabled = record.enabled, "key updated");
+                    let action = match (old.enabled, record.enabled) {
+                        (false, true) => AuditAction::Enabled,
+                        (true, false) => AuditAction::Disabled,
+                        _ => AuditAction::Updated,
+                    };
+                    self.audit(user, action, service, request_id).await;
                     return Ok(record);
                 }
                 Err(StoreError::Conflict) if attempt < UPSERT_ATTEMPTS => {}
@@ -195,7 +233,12 @@ impl KeyService {
     }
 
     /// Removes a key: metadata first, then the secret.
-    pub async fn delete(&self, user: &UserId, service: Service) -> Result<(), KeyError> {
+    pub async fn delete(
+        &self,
+        user: &UserId,
+        service: Service,
+        request_id: &str,
+    ) -> Result<(), KeyError> {
         self.meta
             .delete_key(user, service)
             .await?
@@ -205,6 +248,8 @@ impl KeyService {
             tracing::warn!(%service, error = %err, "key metadata removed but its secret was not");
         }
         tracing::info!(%service, "key deleted");
+        self.audit(user, AuditAction::Deleted, service, request_id)
+            .await;
         Ok(())
     }
 

@@ -46,7 +46,8 @@ fn claims_from_context(context: &RequestContext) -> Option<AuthorizerClaims> {
 }
 
 /// Middleware (for [`axum::middleware::from_fn`]) that inserts the request's
-/// [`AuthorizerClaims`], if its Lambda request context carries any.
+/// [`AuthorizerClaims`], if its Lambda request context carries any, and the
+/// Lambda request id as the request's [`crate::http::RequestId`].
 pub async fn insert_authorizer_claims(mut req: Request, next: Next) -> Response {
     let claims = req
         .extensions()
@@ -54,6 +55,14 @@ pub async fn insert_authorizer_claims(mut req: Request, next: Next) -> Response 
         .and_then(claims_from_context);
     if let Some(claims) = claims {
         req.extensions_mut().insert(claims);
+    }
+    let request_id = req
+        .extensions()
+        .get::<lambda_http::Context>()
+        .map(|ctx| crate::http::RequestId::from_platform(&ctx.request_id))
+        .filter(|id| !id.as_str().is_empty());
+    if let Some(id) = request_id {
+        req.extensions_mut().insert(id);
     }
     next.run(req).await
 }

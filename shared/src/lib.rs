@@ -10,6 +10,10 @@
 //!   model ids, user base URLs. No I/O.
 //! - [`resolve`]: the resolution contract (user gateway → user provider →
 //!   team gateway → team provider), pure over one [`store::UserSnapshot`].
+//! - [`validate`]: checking keys against their providers, under a per-user
+//!   rate limit, with the outcome on the key's metadata and in the audit log.
+//! - [`audit`]: the audit log as the services use it (writes never fail an
+//!   operation; pages are checked before the store is asked).
 //! - [`keys`]: key management and settings: the operations behind the keys and
 //!   settings routes, over the store traits.
 //! - [`store`]: storage traits and backends ([`store::embedded`]: SQLite file
@@ -30,6 +34,7 @@
 //! - `lambda` (feature `lambda`): running routers as Lambda functions.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod completion;
@@ -45,3 +50,4 @@ pub mod providers;
 pub mod resolve;
 pub mod store;
 pub mod telemetry;
+pub mod validate;

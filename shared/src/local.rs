@@ -246,6 +246,13 @@ async fn serve(config: Config, out: &mut dyn Write) -> Result<(), LocalError> {
     let addr = listener.local_addr()?;
     write_banner(out, &config, addr, &secret)?;
     tracing::info!(%addr, "byok-local listening");
+    // Small SSE events must leave at once: without TCP_NODELAY, Nagle's
+    // algorithm holds them until the client's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, crate::http::local_router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -743,21 +743,21 @@ pub async fn crash_between_secret_and_metadata_writes_loses_no_key(b: &Backend) 
         label: None,
     };
     let first = "sk-proj-crash-first-000000000001";
-    keys.upsert(&user, upsert(first)).await.unwrap();
+    keys.upsert(&user, upsert(first), "test").await.unwrap();
 
     // Two replacements in a row die after the secret write: the stored key
     // keeps serving (its version is still readable), nothing dangles.
     crashing.crash_put.store(true, Ordering::SeqCst);
     for n in 2..=3 {
         let lost = format!("sk-proj-crash-lost-00000000000{n}");
-        assert!(keys.upsert(&user, upsert(&lost)).await.is_err());
+        assert!(keys.upsert(&user, upsert(&lost), "test").await.is_err());
         assert_metadata_opens(b, &user, Service::OpenAi, first).await;
     }
 
     // The next replacement that completes takes over.
     crashing.crash_put.store(false, Ordering::SeqCst);
     let last = "sk-proj-crash-final-000000000004";
-    keys.upsert(&user, upsert(last)).await.unwrap();
+    keys.upsert(&user, upsert(last), "test").await.unwrap();
     assert_metadata_opens(b, &user, Service::OpenAi, last).await;
 
     // A first write that dies leaves no metadata at all (an unreferenced
@@ -769,7 +769,7 @@ pub async fn crash_between_secret_and_metadata_writes_loses_no_key(b: &Backend) 
         base_url: None,
         label: None,
     };
-    assert!(keys.upsert(&user, new_service).await.is_err());
+    assert!(keys.upsert(&user, new_service, "test").await.is_err());
     assert!(
         b.meta
             .get_key(&user, Service::Groq)

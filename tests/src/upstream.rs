@@ -675,6 +675,14 @@ async fn serve(
     };
     match (method, rest) {
         (Method::GET, "/models") => models(&ctx),
+        // The key endpoints validation uses where the model list is public.
+        (Method::GET, "/key") if up == Upstream::OpenRouter => axum::Json(json!({
+            "data": {"label": "sk-or-v1-…", "usage": 0, "limit": null, "is_free_tier": false}
+        }))
+        .into_response(),
+        (Method::GET, "/credits") if up == Upstream::Gateway => {
+            axum::Json(json!({"balance": "95.50", "total_used": "4.50"})).into_response()
+        }
         (Method::POST, "/messages") if up == Upstream::Anthropic => {
             anthropic_messages(&ctx, &json_body)
         }

@@ -57,7 +57,7 @@ async fn warm_requests_make_one_query_and_no_secret_calls_and_never_serve_a_stal
     let user = UserId::new(unique_name("user")).unwrap();
     let first = "sk-proj-hotpath-first-000000001";
     writer
-        .upsert(&user, upsert(Service::OpenAi, first))
+        .upsert(&user, upsert(Service::OpenAi, first), "test")
         .await
         .unwrap();
 
@@ -107,7 +107,7 @@ async fn warm_requests_make_one_query_and_no_secret_calls_and_never_serve_a_stal
     // Replaced elsewhere: the very next request uses the new key.
     let second = "sk-proj-hotpath-second-00000002";
     writer
-        .upsert(&user, upsert(Service::OpenAi, second))
+        .upsert(&user, upsert(Service::OpenAi, second), "test")
         .await
         .unwrap();
     assert_eq!(
@@ -119,7 +119,7 @@ async fn warm_requests_make_one_query_and_no_secret_calls_and_never_serve_a_stal
     assert_eq!(serve().await.expose(), second);
     assert_eq!(secret_calls.total(), 2, "and warm again");
 
-    writer.delete(&user, Service::OpenAi).await.unwrap();
+    writer.delete(&user, Service::OpenAi, "test").await.unwrap();
 }
 
 #[tokio::test]
@@ -193,7 +193,7 @@ async fn warm_completions_make_one_query_and_no_secret_calls() {
     let user = UserId::new(unique_name("user")).unwrap();
     let key = "sk-proj-hotcompletion-0000000001";
     writer
-        .upsert(&user, upsert(Service::OpenAi, key))
+        .upsert(&user, upsert(Service::OpenAi, key), "test")
         .await
         .unwrap();
 
@@ -267,6 +267,6 @@ async fn warm_completions_make_one_query_and_no_secret_calls() {
         let ttfb = r.time_to_first_byte.unwrap();
         assert!(ttfb <= r.duration);
     }
-    writer.delete(&user, Service::OpenAi).await.unwrap();
+    writer.delete(&user, Service::OpenAi, "test").await.unwrap();
     stand_in.shutdown().await;
 }

@@ -388,6 +388,7 @@ async fn models_route_marks_what_the_caller_can_reach() {
                 base_url: None,
                 label: None,
             },
+            "test",
         )
         .await
         .unwrap();

@@ -14,6 +14,7 @@ mod relay;
 mod upstream;
 mod usage;
 
+pub(crate) use upstream::check_key;
 pub use upstream::{
     NoPublicAddress, PublicOnlyResolver, UpstreamClient, UpstreamError, UpstreamErrorKind,
 };

@@ -88,23 +88,89 @@ pub(crate) fn build_request(
     key: &ApiKey,
     body: Bytes,
 ) -> reqwest::RequestBuilder {
-    let (path, auth_header, auth_value) = match service.wire_api() {
-        WireApi::OpenAiCompatible => (
-            "/chat/completions",
-            header::AUTHORIZATION,
-            format!("Bearer {}", key.expose()),
-        ),
+    let path = match service.wire_api() {
+        WireApi::OpenAiCompatible => "/chat/completions",
+        WireApi::AnthropicMessages => "/messages",
+    };
+    let mut headers = auth_headers(service, key);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    client
+        .post(join(base_url, path))
+        .headers(headers)
+        .body(body)
+}
+
+/// The cheapest authenticated call of every upstream: `GET {base}/models`
+/// with the service's auth headers. Used to check that a key works.
+/// The cheapest call that proves a key: the model list where it needs auth;
+/// OpenRouter's and the AI Gateway's model lists are public, so their key
+/// endpoints are used (`GET /key`: the key's own limits; `GET /credits`: the
+/// team's balance).
+pub(crate) const fn key_check_path(service: Service) -> &'static str {
+    match service {
+        Service::OpenRouter => "/key",
+        Service::Gateway => "/credits",
+        Service::OpenAi | Service::Anthropic | Service::Xai | Service::Google | Service::Groq => {
+            "/models"
+        }
+    }
+}
+
+pub(crate) fn build_models_request(
+    client: &reqwest::Client,
+    service: Service,
+    base_url: &str,
+    key: &ApiKey,
+) -> reqwest::RequestBuilder {
+    client
+        .get(join(base_url, key_check_path(service)))
+        .headers(auth_headers(service, key))
+}
+
+/// Checks `key` against its provider with [`build_models_request`], giving
+/// up after `timeout` (connection, answer and error body together). `Ok` on
+/// any 2xx; otherwise the classified, redacted failure.
+pub(crate) async fn check_key(
+    client: &reqwest::Client,
+    service: Service,
+    base_url: &str,
+    key: &ApiKey,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    let call = build_models_request(client, service, base_url, key);
+    let attempt = async {
+        let response = call
+            .send()
+            .await
+            .map_err(|err| UpstreamError::from_transport(service, &err))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let headers = response.headers().clone();
+        let body = super::read_limited(response, timeout).await;
+        Err(UpstreamError::from_status(service, status, &headers, &body))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(UpstreamError::timed_out(service, timeout)),
+    }
+}
+
+/// The credential headers of `service`: `Authorization: Bearer` for
+/// OpenAI-compatible APIs, `x-api-key` and `anthropic-version` for Anthropic.
+fn auth_headers(service: Service, key: &ApiKey) -> HeaderMap {
+    let (auth_header, auth_value) = match service.wire_api() {
+        WireApi::OpenAiCompatible => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
         WireApi::AnthropicMessages => (
-            "/messages",
             header::HeaderName::from_static("x-api-key"),
             key.expose().to_owned(),
         ),
     };
     let mut headers = HeaderMap::with_capacity(4);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     if let Ok(mut value) = HeaderValue::from_str(&auth_value) {
         value.set_sensitive(true);
         headers.insert(auth_header, value);
@@ -115,10 +181,14 @@ pub(crate) fn build_request(
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
     }
+    headers
+}
+
+fn join(base_url: &str, path: &str) -> String {
     let mut url = String::with_capacity(base_url.len() + path.len());
     url.push_str(base_url.trim_end_matches('/'));
     url.push_str(path);
-    client.post(url).headers(headers).body(body)
+    url
 }
 
 /// What went wrong with an upstream, in the terms of SPEC §7.

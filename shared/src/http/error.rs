@@ -202,6 +202,15 @@ impl From<ResolveError> for ApiError {
     }
 }
 
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(err: crate::audit::AuditError) -> Self {
+        match err {
+            crate::audit::AuditError::Store(store) => Self::from_store(&store),
+            other => Self::new(ErrorCode::InvalidRequest, other.to_string()),
+        }
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         tracing::debug!(reason = %err, "request not authenticated");

@@ -1,6 +1,6 @@
-//! Extractors: the authenticated caller, and JSON bodies whose rejections
-//! become our error codes (400 bad JSON or unknown field, 413 too large)
-//! without echoing request values back.
+//! Extractors: the authenticated caller, the request id, and JSON bodies
+//! whose rejections become our error codes (400 bad JSON or unknown field,
+//! 413 too large) without echoing request values back.
 
 use super::{ApiError, AppState, ErrorCode};
 use crate::auth::{AuthError, AuthorizerClaims, Principal};
@@ -25,6 +25,60 @@ impl FromRequestParts<AppState> for Caller {
             None => None,
         };
         Ok(Caller(state.auth.authenticate(claims, authorization)?))
+    }
+}
+
+/// The id of the request, for audit events and logs: the Lambda request id
+/// when the function runtime attached one, else a random UUID-shaped id
+/// (the request log middleware inserts it; an extractor never fails).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// An id given by the platform (the Lambda request id).
+    pub fn from_platform(id: &str) -> Self {
+        Self(
+            id.chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(128)
+                .collect(),
+        )
+    }
+
+    /// A fresh random id shaped like a version-4 UUID.
+    pub fn generate() -> Self {
+        let hex = crate::crypto::random_hex::<16>().unwrap_or_else(|_| {
+            // No randomness: fall back on the clock (unique enough for correlation).
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{nanos:032x}")
+        });
+        let h = |r: std::ops::Range<usize>| hex.get(r).unwrap_or("0");
+        Self(format!(
+            "{}-{}-4{}-a{}-{}",
+            h(0..8),
+            h(8..12),
+            h(13..16),
+            h(17..20),
+            h(20..32)
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate))
     }
 }
 
@@ -104,7 +158,17 @@ fn shape_message(serde_text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::shape_message;
+    use super::{RequestId, shape_message};
+
+    #[test]
+    fn request_ids_look_like_uuids() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_ne!(a, b);
+        let parts: Vec<usize> = a.as_str().split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12], "{}", a.as_str());
+        assert_eq!(RequestId::from_platform("abc 123").as_str(), "abc123");
+    }
 
     #[test]
     fn repeats_field_names_but_never_values() {

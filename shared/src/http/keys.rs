@@ -2,12 +2,12 @@
 //! Each extracts the caller and body, calls [`crate::keys::KeyService`] and
 //! shapes the answer; nothing else.
 
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Caller, RequestId};
 use super::{ApiError, AppState, ErrorCode};
 use crate::domain::{ApiKey, KeyRecord, Service, UserBaseUrl};
 use crate::keys::{KeyPatch, KeyUpsert, Upserted};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -95,6 +95,10 @@ pub(super) struct KeyUpsertBody {
     #[serde(default, deserialize_with = "present")]
     base_url: Option<Option<String>>,
     label: Option<String>,
+    /// Check the saved key against its provider (counts toward the
+    /// validation limit; skipped when the limit is used up).
+    #[serde(default)]
+    validate: bool,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -102,7 +106,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     Option::<String>::deserialize(d).map(Some)
 }
 
-fn parse_service(raw: &str) -> Result<Service, ApiError> {
+pub(super) fn parse_service(raw: &str) -> Result<Service, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::new(
             ErrorCode::InvalidRequest,
@@ -114,18 +118,30 @@ fn parse_service(raw: &str) -> Result<Service, ApiError> {
 pub(super) async fn upsert(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    request_id: RequestId,
     ApiJson(body): ApiJson<KeyUpsertBody>,
 ) -> Result<Response, ApiError> {
+    let validate = body.validate;
     let request = KeyUpsert {
         service: parse_service(&body.service)?,
         api_key: body.api_key,
         base_url: body.base_url,
         label: body.label,
     };
-    let (status, record) = match state.keys.upsert(&caller.user, request).await? {
+    let upserted = state
+        .keys
+        .upsert(&caller.user, request, request_id.as_str())
+        .await?;
+    let (status, mut record) = match upserted {
         Upserted::Created(r) => (StatusCode::CREATED, r),
         Upserted::Replaced(r) => (StatusCode::OK, r),
     };
+    if validate {
+        record = state
+            .validation
+            .after_save(record, request_id.as_str())
+            .await;
+    }
     Ok((status, Json(KeyRecordView::from(&record))).into_response())
 }
 
@@ -148,6 +164,7 @@ pub(super) struct KeyPatchBody {
 pub(super) async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    request_id: RequestId,
     Path(service): Path<String>,
     ApiJson(body): ApiJson<KeyPatchBody>,
 ) -> Result<Json<KeyRecordView>, ApiError> {
@@ -156,16 +173,78 @@ pub(super) async fn update(
         enabled: body.enabled,
         label: body.label,
     };
-    let record = state.keys.update(&caller.user, service, patch).await?;
+    let record = state
+        .keys
+        .update(&caller.user, service, patch, request_id.as_str())
+        .await?;
     Ok(Json(KeyRecordView::from(&record)))
 }
 
 pub(super) async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    request_id: RequestId,
     Path(service): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let service = parse_service(&service)?;
-    state.keys.delete(&caller.user, service).await?;
+    state
+        .keys
+        .delete(&caller.user, service, request_id.as_str())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// One audit event as `GET /api/audit` lists it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditEventView {
+    id: String,
+    at: String,
+    action: &'static str,
+    service: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
+    request_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AuditPageView {
+    events: Vec<AuditEventView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+pub(super) async fn audit(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<AuditPageView>, ApiError> {
+    let (mut cursor, mut limit) = (None, None);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "cursor" if !v.is_empty() => cursor = Some(v.into_owned()),
+            "limit" if !v.is_empty() => limit = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let page = state
+        .audit
+        .list(&caller.user, cursor.as_deref(), limit.as_deref())
+        .await?;
+    Ok(Json(AuditPageView {
+        events: page
+            .events
+            .into_iter()
+            .map(|e| AuditEventView {
+                id: e.id.to_string(),
+                at: rfc3339(e.at),
+                action: e.action.as_str(),
+                service: e.service.as_str(),
+                result: e.result,
+                request_id: e.request_id,
+            })
+            .collect(),
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+    }))
 }

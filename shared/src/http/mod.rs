@@ -9,9 +9,10 @@ mod keys;
 mod models;
 mod resolve;
 mod settings;
+mod validate;
 
 pub use error::{ApiError, ErrorCode};
-pub use extract::{ApiJson, Caller};
+pub use extract::{ApiJson, Caller, RequestId};
 
 use crate::auth::Authenticator;
 use crate::keys::KeyService;
@@ -39,6 +40,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/user-settings"),
     ("POST", "/api/user-settings"),
     ("GET", "/api/resolve"),
+    ("POST", "/api/keys/validate"),
+    ("GET", "/api/audit"),
     ("GET", "/v1/models"),
     ("POST", "/v1/chat/completions"),
 ];
@@ -52,9 +55,14 @@ pub struct AppState {
     /// The model catalog (shipped with the build, or the operator's file).
     pub catalog: Arc<crate::catalog::Catalog>,
     pub completions: Arc<crate::completion::CompletionService>,
+    /// Key checks against providers (rate limited, audited).
+    pub validation: Arc<crate::validate::ValidationService>,
+    /// The audit log, for `GET /api/audit`.
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
-/// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`, `GET /api/providers`.
+/// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`, `GET /api/providers`,
+/// `GET /api/audit`.
 pub fn keys_router(state: AppState) -> Router {
     finish(keys_routes(state))
 }
@@ -64,7 +72,7 @@ pub fn settings_router(state: AppState) -> Router {
     finish(settings_routes(state))
 }
 
-/// `GET /api/resolve`.
+/// `GET /api/resolve`, `POST /api/keys/validate`.
 pub fn validate_router(state: AppState) -> Router {
     finish(validate_routes(state))
 }
@@ -99,6 +107,7 @@ fn keys_routes(state: AppState) -> Router {
             "/api/keys/{service}",
             axum::routing::patch(keys::update).delete(keys::delete),
         )
+        .route("/api/audit", get(keys::audit))
         .with_state(state)
 }
 
@@ -114,6 +123,10 @@ fn settings_routes(state: AppState) -> Router {
 fn validate_routes(state: AppState) -> Router {
     Router::new()
         .route("/api/resolve", get(resolve::preview))
+        .route(
+            "/api/keys/validate",
+            axum::routing::post(validate::validate),
+        )
         .with_state(state)
 }
 
@@ -157,18 +170,33 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// One line per request: method, route template (never the raw query), status, time.
-async fn log_request(req: Request, next: Next) -> Response {
+/// One line per request: method, route template (never the raw query),
+/// status, time and request id. The id (the Lambda request id when one was
+/// attached, else a fresh random one) is a request extension for handlers
+/// and the `x-request-id` response header.
+async fn log_request(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let request_id = match req.extensions().get::<RequestId>() {
+        Some(id) => id.clone(),
+        None => {
+            let id = RequestId::generate();
+            req.extensions_mut().insert(id.clone());
+            id
+        }
+    };
     let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    if let Ok(value) = http::HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
     tracing::info!(
         %method,
         route,
+        request_id = request_id.as_str(),
         status = response.status().as_u16(),
         micros = started.elapsed().as_micros() as u64,
         "request"

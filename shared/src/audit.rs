@@ -1,0 +1,86 @@
+//! The audit log as the services use it: recording an event never fails
+//! the operation that caused it (a failed write is logged, not surfaced),
+//! and reading a page checks the client's cursor and limit before the store
+//! is asked. No HTTP types here.
+
+use crate::domain::{Service, UserId};
+use crate::store::{AuditAction, AuditCursor, AuditEvent, AuditPage, AuditStore, StoreError};
+use std::sync::Arc;
+
+/// Events per page when the client gives no limit.
+pub const DEFAULT_PAGE: usize = 20;
+
+/// Why a page of the log could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cursor is not one this gateway handed out")]
+    BadCursor,
+    #[error("limit must be a whole number from 1 to {max}", max = crate::store::audit::MAX_PAGE)]
+    BadLimit,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Appends to and reads the per-user audit log.
+#[derive(Clone)]
+pub struct AuditLog {
+    store: Arc<dyn AuditStore>,
+}
+
+impl AuditLog {
+    pub fn new(store: Arc<dyn AuditStore>) -> Self {
+        Self { store }
+    }
+
+    /// Records `action` on `service` for `user`. Never fails: a failed write
+    /// is logged (without any key material: events have none).
+    pub async fn record(
+        &self,
+        user: &UserId,
+        action: AuditAction,
+        service: Service,
+        result: Option<&str>,
+        request_id: &str,
+    ) {
+        let event = match AuditEvent::new(
+            user.clone(),
+            action,
+            service,
+            result.map(str::to_owned),
+            request_id,
+        ) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::error!(%action, %service, error = %err, "audit event not created");
+                return;
+            }
+        };
+        if let Err(err) = self.store.append(&event).await {
+            tracing::error!(%action, %service, error = %err, "audit event not written");
+        }
+    }
+
+    /// A page of `user`'s events, newest first. `cursor` and `limit` are the
+    /// client's raw values; `limit` defaults to [`DEFAULT_PAGE`].
+    pub async fn list(
+        &self,
+        user: &UserId,
+        cursor: Option<&str>,
+        limit: Option<&str>,
+    ) -> Result<AuditPage, AuditError> {
+        let cursor = cursor
+            .map(AuditCursor::parse)
+            .transpose()
+            .map_err(|_| AuditError::BadCursor)?;
+        let limit = match limit {
+            None => DEFAULT_PAGE,
+            Some(raw) => raw
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=crate::store::audit::MAX_PAGE).contains(n))
+                .ok_or(AuditError::BadLimit)?,
+        };
+        Ok(self.store.list(user, cursor.as_ref(), limit).await?)
+    }
+}

@@ -1,0 +1,102 @@
+//! Handler of `POST /api/keys/validate`: reads the body, picks what to check
+//! (given key, stored key or model, in that order), calls
+//! [`crate::validate::ValidationService`] and shapes the answer.
+
+use super::extract::{ApiJson, Caller, RequestId};
+use super::keys::parse_service;
+use super::{ApiError, AppState, ErrorCode};
+use crate::domain::ApiKey;
+use crate::validate::{ValidateError, ValidateRequest};
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct ValidateBody {
+    service: Option<String>,
+    api_key: Option<ApiKey>,
+    base_url: Option<String>,
+    model: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ValidationView {
+    valid: bool,
+    service: &'static str,
+    /// `null` for a key given in the request (it is on no resolution path).
+    path: Option<&'static str>,
+    provider: &'static str,
+    base_url_host: String,
+    checked_at: String,
+}
+
+pub(super) async fn validate(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request_id: RequestId,
+    ApiJson(body): ApiJson<ValidateBody>,
+) -> Result<Json<ValidationView>, ApiError> {
+    let service = body.service.as_deref().map(parse_service).transpose()?;
+    let request = match (body.api_key, service, body.model) {
+        (Some(api_key), Some(service), _) => ValidateRequest::Key {
+            service,
+            api_key,
+            base_url: body.base_url,
+        },
+        (Some(_), None, _) => return Err(ValidateError::ServiceRequired.into()),
+        (None, _, _) if body.base_url.is_some() => {
+            return Err(ValidateError::BaseUrlWithoutKey.into());
+        }
+        (None, Some(service), _) => ValidateRequest::Stored(service),
+        (None, None, Some(model)) if !model.trim().is_empty() => ValidateRequest::Model(model),
+        (None, None, _) => return Err(ValidateError::NothingToValidate.into()),
+    };
+    let v = state
+        .validation
+        .validate(&caller.user, request, request_id.as_str())
+        .await?;
+    Ok(Json(ValidationView {
+        valid: true,
+        service: v.service.as_str(),
+        path: v.path.map(|p| p.as_str()),
+        provider: v.service.as_str(),
+        base_url_host: v.base_url_host,
+        checked_at: v.checked_at.format(&Rfc3339).unwrap_or_default(),
+    }))
+}
+
+impl From<ValidateError> for ApiError {
+    fn from(err: ValidateError) -> Self {
+        use crate::completion::UpstreamErrorKind as Kind;
+        match err {
+            ValidateError::Resolve(inner) => inner.into(),
+            ValidateError::Secret(e) | ValidateError::Store(e) => Self::internal(&e),
+            ValidateError::RateLimited { retry_after_secs } => {
+                Self::new(ErrorCode::RateLimited, err.to_string())
+                    .with_retry_after(retry_after_secs)
+            }
+            // Upstream messages are already redacted.
+            ValidateError::Upstream(e) => match e.kind {
+                Kind::Auth => Self::new(ErrorCode::InvalidKey, e.message),
+                Kind::RateLimited => Self::new(ErrorCode::UpstreamRateLimited, e.message)
+                    .with_retry_after(e.retry_after.unwrap_or(1).max(1)),
+                Kind::Unavailable => Self::new(ErrorCode::UpstreamUnavailable, e.message),
+                Kind::Timeout => Self::new(ErrorCode::UpstreamTimeout, e.message),
+                // Neither accepted nor refused (e.g. a 404 for /models): not an answer.
+                Kind::Rejected(_) => Self::upstream_error(http::StatusCode::BAD_GATEWAY, e.message),
+            },
+            other => {
+                let code = match &other {
+                    ValidateError::KeyFormat(_) => ErrorCode::InvalidKeyFormat,
+                    ValidateError::BaseUrl(_) => ErrorCode::InvalidBaseUrl,
+                    ValidateError::NoStoredKey(_) => ErrorCode::NoCredential,
+                    _ => ErrorCode::InvalidRequest,
+                };
+                Self::new(code, other.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Key validation: checks a credential against its provider with the
+//! provider's cheapest authenticated call (`GET {base}/models`), under a
+//! per-user rate limit shared by every instance, records the outcome on the
+//! stored key's metadata and in the audit log. No HTTP-server types here:
+//! [`crate::http`] only adapts.
+//!
+//! What is checked, first match wins: a key the caller gives (`apiKey` with
+//! `service`; never stored), else the caller's stored key for `service`, else
+//! the credential resolution picks for `model` (user or team key).
+//!
+//! Order of a check: input and resolution first (their 4xx never count
+//! toward the limit), then one hit of the limiter, then the provider call.
+//! A provider that does not answer, answers 5xx or 429 makes the key
+//! `unreachable`, never `invalid`: only 401/403 mean `invalid`.
+
+use crate::audit::AuditLog;
+use crate::completion::{UpstreamClient, UpstreamError, UpstreamErrorKind, check_key};
+use crate::domain::key::check_key_format;
+use crate::domain::{
+    ApiKey, BaseUrlError, KeyFormatError, KeyRecord, ModelId, Service, Timestamp, UserBaseUrl,
+    UserId, ValidationResult, now,
+};
+use crate::resolve::{BaseUrlSource, CredentialSource, ResolutionPath, ResolveError, Resolver};
+use crate::store::{
+    AuditAction, Expected, MetadataStore, RateAction, RateLimitStore, SecretStore, StoreError,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The limiter's window: validations are counted per user per minute.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// What the caller asks to check (see the module doc for the precedence).
+#[derive(Debug)]
+pub enum ValidateRequest {
+    /// A key given in the request, for `service`; `base_url` only for the gateway.
+    Key {
+        service: Service,
+        api_key: ApiKey,
+        base_url: Option<String>,
+    },
+    /// The caller's stored key for this service.
+    Stored(Service),
+    /// Whatever credential resolution picks for this model.
+    Model(String),
+}
+
+/// A key the provider accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validated {
+    /// The service whose key was checked (also the upstream called).
+    pub service: Service,
+    /// The resolution path of the credential: `user-gateway`/`user-provider`
+    /// for a stored key, the resolved path for a model, `None` for a key
+    /// given in the request.
+    pub path: Option<ResolutionPath>,
+    /// Host (and non-default port) of the base URL called.
+    pub base_url_host: String,
+    pub checked_at: Timestamp,
+}
+
+/// Why a validation was refused or did not say `valid`.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("give apiKey (with service), service or model")]
+    NothingToValidate,
+    #[error("service is required with apiKey")]
+    ServiceRequired,
+    #[error("baseUrl can only be given with apiKey")]
+    BaseUrlWithoutKey,
+    #[error(transparent)]
+    KeyFormat(#[from] KeyFormatError),
+    #[error(transparent)]
+    BaseUrl(#[from] BaseUrlError),
+    #[error("baseUrl can only be set for the gateway service, not {0}")]
+    BaseUrlNotAccepted(Service),
+    /// The caller asked about a stored key they do not have.
+    #[error("no {0} key is stored")]
+    NoStoredKey(Service),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The caller's validations for this window are used up.
+    #[error("too many key validations; try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// The provider refused the key (401/403) or could not tell (the kind says).
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("the stored key could not be read")]
+    Secret(#[source] StoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks keys against their providers. Built once per process.
+pub struct ValidationService {
+    resolver: Arc<Resolver>,
+    meta: Arc<dyn MetadataStore>,
+    secrets: Arc<dyn SecretStore>,
+    limits: Arc<dyn RateLimitStore>,
+    audit: AuditLog,
+    client: UpstreamClient,
+    timeout: Duration,
+    per_minute: u32,
+}
+
+/// Where one check goes and with which key.
+struct Target {
+    service: Service,
+    path: Option<ResolutionPath>,
+    base_url: String,
+    user_url: bool,
+    key: ApiKey,
+    /// The stored record to mark with the outcome, if a stored key is checked.
+    record: Option<KeyRecord>,
+}
+
+impl ValidationService {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the composition root wires each once"
+    )]
+    pub fn new(
+        resolver: Arc<Resolver>,
+        meta: Arc<dyn MetadataStore>,
+        secrets: Arc<dyn SecretStore>,
+        limits: Arc<dyn RateLimitStore>,
+        audit: AuditLog,
+        client: UpstreamClient,
+        timeout: Duration,
+        per_minute: u32,
+    ) -> Self {
+        Self {
+            resolver,
+            meta,
+            secrets,
+            limits,
+            audit,
+            client,
+            timeout,
+            per_minute,
+        }
+    }
+
+    /// Runs one validation for `user`. `Ok` only when the provider accepted
+    /// the key; [`ValidateError::Upstream`] carries every other answer.
+    pub async fn validate(
+        &self,
+        user: &UserId,
+        request: ValidateRequest,
+        request_id: &str,
+    ) -> Result<Validated, ValidateError> {
+        let target = self.target(user, request).await?;
+        self.take_hit(user).await?;
+        let (outcome, result) = self.check(&target).await;
+        if let Some(record) = &target.record {
+            self.mark(record, result).await;
+        }
+        self.audit
+            .record(
+                user,
+                AuditAction::Validated,
+                target.service,
+                Some(result.as_str()),
+                request_id,
+            )
+            .await;
+        outcome?;
+        Ok(Validated {
+            service: target.service,
+            path: target.path,
+            base_url_host: crate::domain::base_url::url_host(&target.base_url).unwrap_or_default(),
+            checked_at: now(),
+        })
+    }
+
+    /// Validates a key just saved (`POST /api/keys` with `validate: true`)
+    /// and returns the record with the outcome. Never fails: when the limit
+    /// is used up, or the secret or limiter cannot be read, the record comes
+    /// back unvalidated; a provider outage marks it `unreachable`.
+    pub async fn after_save(&self, record: KeyRecord, request_id: &str) -> KeyRecord {
+        let user = record.user.clone();
+        match self.hit(&user).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                tracing::info!(service = %record.service, "validation after save skipped: rate limited");
+                return record;
+            }
+            Err(err) => {
+                tracing::warn!(service = %record.service, error = %err, "validation after save skipped: limiter failed");
+                return record;
+            }
+        }
+        let target = match self.stored_target(record.clone()).await {
+            Ok(target) => target,
+            Err(err) => {
+                tracing::warn!(service = %record.service, error = %err, "validation after save skipped");
+                return record;
+            }
+        };
+        let (_, result) = self.check(&target).await;
+        let marked = self.mark(&record, result).await;
+        self.audit
+            .record(
+                &user,
+                AuditAction::Validated,
+                record.service,
+                Some(result.as_str()),
+                request_id,
+            )
+            .await;
+        marked.unwrap_or(record)
+    }
+
+    /// Checks the input and resolves what to call, before any limit is counted.
+    async fn target(
+        &self,
+        user: &UserId,
+        request: ValidateRequest,
+    ) -> Result<Target, ValidateError> {
+        match request {
+            ValidateRequest::Key {
+                service,
+                api_key,
+                base_url,
+            } => {
+                check_key_format(service, &api_key)?;
+                let (base_url, user_url) = match base_url {
+                    Some(_) if !service.accepts_base_url() => {
+                        return Err(ValidateError::BaseUrlNotAccepted(service));
+                    }
+                    Some(raw) => (UserBaseUrl::parse(&raw)?.as_str().to_owned(), true),
+                    None => (
+                        self.resolver.upstreams().base_url(service).to_owned(),
+                        false,
+                    ),
+                };
+                Ok(Target {
+                    service,
+                    path: None,
+                    base_url,
+                    user_url,
+                    key: api_key,
+                    record: None,
+                })
+            }
+            ValidateRequest::Stored(service) => {
+                let record = self
+                    .meta
+                    .get_key(user, service)
+                    .await?
+                    .ok_or(ValidateError::NoStoredKey(service))?;
+                self.stored_target(record).await
+            }
+            ValidateRequest::Model(model) => {
+                let model = ModelId::parse(&model).map_err(ResolveError::from)?;
+                let snapshot = self.resolver.snapshot(user).await?;
+                let resolution = crate::resolve::resolve(
+                    &snapshot,
+                    &model,
+                    self.resolver.team(),
+                    self.resolver.upstreams(),
+                )?;
+                let (key, record) = match &resolution.credential {
+                    CredentialSource::User(secret) => {
+                        let key = self
+                            .secrets
+                            .get_secret(secret)
+                            .await
+                            .map_err(ValidateError::Secret)?;
+                        (key, snapshot.key(resolution.provider).cloned())
+                    }
+                    CredentialSource::Team(service) => {
+                        let key = self
+                            .resolver
+                            .team()
+                            .get(*service)
+                            .cloned()
+                            .ok_or(ResolveError::NoCredential)?;
+                        (key, None)
+                    }
+                };
+                Ok(Target {
+                    service: resolution.provider,
+                    path: Some(resolution.path),
+                    user_url: resolution.base_url_source == BaseUrlSource::User,
+                    base_url: resolution.base_url,
+                    key,
+                    record,
+                })
+            }
+        }
+    }
+
+    /// The check of a stored key: its own base URL (gateway) or the operator's.
+    async fn stored_target(&self, record: KeyRecord) -> Result<Target, ValidateError> {
+        let key = self
+            .secrets
+            .get_secret(&record.secret)
+            .await
+            .map_err(ValidateError::Secret)?;
+        let (base_url, user_url) = match &record.base_url {
+            Some(url) => (url.clone(), true),
+            None => (
+                self.resolver
+                    .upstreams()
+                    .base_url(record.service)
+                    .to_owned(),
+                false,
+            ),
+        };
+        let path = match record.service {
+            Service::Gateway => ResolutionPath::UserGateway,
+            _ => ResolutionPath::UserProvider,
+        };
+        Ok(Target {
+            service: record.service,
+            path: Some(path),
+            base_url,
+            user_url,
+            key,
+            record: Some(record),
+        })
+    }
+
+    /// One hit of the limiter: `Ok(None)` if allowed, else the seconds to wait.
+    async fn hit(&self, user: &UserId) -> Result<Option<u64>, StoreError> {
+        let decision = self
+            .limits
+            .hit(user, RateAction::Validate, self.per_minute, WINDOW, now())
+            .await?;
+        if decision.allowed {
+            return Ok(None);
+        }
+        let secs = decision.retry_after.as_millis().div_ceil(1000);
+        Ok(Some(u64::try_from(secs).unwrap_or(u64::MAX).max(1)))
+    }
+
+    async fn take_hit(&self, user: &UserId) -> Result<(), ValidateError> {
+        match self.hit(user).await? {
+            None => Ok(()),
+            Some(retry_after_secs) => {
+                tracing::info!(retry_after_secs, "validation rate limited");
+                Err(ValidateError::RateLimited { retry_after_secs })
+            }
+        }
+    }
+
+    /// Calls the provider once.
+    async fn check(&self, target: &Target) -> (Result<(), UpstreamError>, ValidationResult) {
+        let client = self.client.for_source(target.user_url);
+        let outcome = check_key(
+            client,
+            target.service,
+            &target.base_url,
+            &target.key,
+            self.timeout,
+        )
+        .await;
+        let result = match &outcome {
+            Ok(()) => ValidationResult::Valid,
+            Err(e) if e.kind == UpstreamErrorKind::Auth => ValidationResult::Invalid,
+            Err(_) => ValidationResult::Unreachable,
+        };
+        match &outcome {
+            Ok(()) => {
+                tracing::info!(service = %target.service, result = result.as_str(), "key validated")
+            }
+            Err(e) => {
+                tracing::info!(service = %target.service, result = result.as_str(), error = %e, "key validated")
+            }
+        }
+        (outcome, result)
+    }
+
+    /// Writes the outcome onto `record` if nobody changed it meanwhile (a
+    /// concurrent change wins). The written record, if written.
+    async fn mark(&self, record: &KeyRecord, result: ValidationResult) -> Option<KeyRecord> {
+        let marked = KeyRecord {
+            last_validated_at: Some(now()),
+            last_validation: Some(result),
+            revision: record.revision + 1,
+            ..record.clone()
+        };
+        match self
+            .meta
+            .put_key(&marked, Expected::Revision(record.revision))
+            .await
+        {
+            Ok(()) => Some(marked),
+            Err(StoreError::Conflict) => {
+                tracing::debug!(service = %record.service, "validation result not stored: the key changed meanwhile");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(service = %record.service, error = %err, "validation result not stored");
+                None
+            }
+        }
+    }
+}
