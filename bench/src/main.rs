@@ -1,1 +1,495 @@
-fn main() {}
+//! byok-bench: what the gateway costs. Starts a fast in-process upstream
+//! stand-in and the real `byok-local` pointed at it, then sends the same
+//! chat-completion requests to both (direct vs. through the gateway) in one
+//! run on loopback, and prints the figures side by side with the targets:
+//! added latency at concurrency 1, added time to first byte when streaming,
+//! and throughput at high concurrency.
+//!
+//! `cargo run --release -p byok-bench -- --help` lists the options.
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line benchmark: the table goes to stdout, progress and errors to stderr"
+)]
+
+mod cpu;
+mod gateway;
+mod measure;
+mod report;
+mod standin;
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::gateway::{FAKE_OPENAI_KEY, Gateway};
+use crate::measure::{Bodies, Kind, Target};
+use crate::report::{CpuRow, Load, Pair, Report, Summary};
+use crate::standin::{REPLY, StandIn};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+const USAGE: &str = "\
+usage: cargo run --release -p byok-bench -- [options]
+
+  --requests N        requests per path at concurrency 1, each for non-streaming
+                      and streaming (default 2000)
+  --warmup N          unrecorded requests per path before those (default 300)
+  --concurrency N     workers in the throughput runs (default 64)
+  --duration SECS     throughput run length per path (default 10), in slices of
+                      at most 2 s, the paths taking turns
+  --no-stream-load    skip the streaming throughput runs
+  --json PATH         also write the figures as JSON to PATH
+  --strict            exit 1 when a target is missed (default: always exit 0)
+  --byok-local PATH   use this byok-local binary instead of building one with
+                      `cargo build --release -p byok-local`
+  --direct-only       measure the direct path only (no byok-local)
+
+Exit status: 0, or 1 with --strict and a missed target, or 2 on an error.";
+
+#[derive(Debug)]
+struct Options {
+    requests: usize,
+    warmup: usize,
+    concurrency: usize,
+    duration: Duration,
+    stream_load: bool,
+    json: Option<PathBuf>,
+    strict: bool,
+    byok_local: Option<PathBuf>,
+    direct_only: bool,
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, BoxError> {
+    let mut opts = Options {
+        requests: 2000,
+        warmup: 300,
+        concurrency: 64,
+        duration: Duration::from_secs(10),
+        stream_load: true,
+        json: None,
+        strict: false,
+        byok_local: None,
+        direct_only: false,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| -> BoxError { format!("{name} needs a value").into() })
+        };
+        let positive = |name: &str, v: String| -> Result<usize, BoxError> {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} needs a positive integer, not {v:?}").into())
+        };
+        match arg.as_str() {
+            "--requests" => opts.requests = positive("--requests", value("--requests")?)?,
+            "--warmup" => {
+                let v = value("--warmup")?;
+                opts.warmup = v
+                    .parse()
+                    .map_err(|_| format!("--warmup needs an integer, not {v:?}"))?;
+            }
+            "--concurrency" => {
+                opts.concurrency = positive("--concurrency", value("--concurrency")?)?;
+            }
+            "--duration" => {
+                let v = value("--duration")?;
+                let secs = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| format!("--duration needs positive seconds, not {v:?}"))?;
+                opts.duration = Duration::from_secs_f64(secs);
+            }
+            "--no-stream-load" => opts.stream_load = false,
+            "--json" => opts.json = Some(value("--json")?.into()),
+            "--strict" => opts.strict = true,
+            "--byok-local" => opts.byok_local = Some(value("--byok-local")?.into()),
+            "--direct-only" => opts.direct_only = true,
+            "-h" | "--help" | "help" => return Ok(None),
+            other => return Err(format!("unknown option: {other}\n\n{USAGE}").into()),
+        }
+    }
+    Ok(Some(opts))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("byok-bench: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("byok-bench: {msg}");
+}
+
+async fn run() -> Result<ExitCode, BoxError> {
+    let Some(opts) = parse_args(std::env::args().skip(1))? else {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let bin = if opts.direct_only {
+        None
+    } else {
+        if opts.byok_local.is_none() {
+            progress("building byok-local (cargo build --release -p byok-local)");
+        }
+        let explicit = opts.byok_local.clone();
+        Some(tokio::task::spawn_blocking(move || gateway::locate(explicit)).await??)
+    };
+
+    let standin = StandIn::start().await?;
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(opts.concurrency + 8)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let bodies = Bodies::new();
+    let direct = Arc::new(Target::new(
+        "direct",
+        format!("{}/chat/completions", standin.base_url()),
+        FAKE_OPENAI_KEY,
+    )?);
+    probe(&client, &direct, &bodies).await?;
+
+    let mut gw = None;
+    if let Some(bin) = &bin {
+        let base_url = standin.base_url();
+        let bin2 = bin.clone();
+        let g = tokio::task::spawn_blocking(move || Gateway::start(&bin2, &base_url)).await??;
+        progress(&format!(
+            "byok-local (pid {}) listening on {}",
+            g.pid, g.base
+        ));
+        g.store_key(&client).await?;
+        let target = Arc::new(Target::new(
+            "gateway",
+            format!("{}/v1/chat/completions", g.base),
+            &g.token,
+        )?);
+        if let Err(err) = probe(&client, &target, &bodies).await {
+            return Err(format!(
+                "the gateway's POST /v1/chat/completions does not work yet: {err}\nbyok-local stderr:\n{}",
+                g.stderr_tail()
+            )
+            .into());
+        }
+        gw = Some((g, target));
+    }
+    let gateway_target = gw.as_ref().map(|(g, t)| (Arc::clone(t), g.pid));
+
+    let result = measure_all(&opts, &client, &standin, &bodies, &direct, gateway_target).await;
+    if let Some((g, _)) = &mut gw
+        && result.is_err()
+        && !g.alive()
+    {
+        return Err(format!(
+            "{}\nbyok-local exited; its stderr:\n{}",
+            result.err().map(|e| e.to_string()).unwrap_or_default(),
+            g.stderr_tail()
+        )
+        .into());
+    }
+    let mut report = result?;
+    report.byok_local = bin.map(|b| b.display().to_string());
+    if let Some((mut g, _)) = gw {
+        if !g.alive() {
+            report
+                .notes
+                .push("byok-local was no longer running at the end of the run".to_owned());
+        }
+        drop(g);
+    }
+    let other_model = standin
+        .counters
+        .other_model
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let refused = standin
+        .counters
+        .refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if refused > 0 {
+        report.notes.push(format!(
+            "the stand-in refused {refused} requests (no Bearer key or a body that is not JSON)"
+        ));
+    }
+    if other_model > 0 {
+        report.notes.push(format!(
+            "the stand-in received {other_model} requests for a model other than {}",
+            standin::MODEL
+        ));
+    }
+
+    if let Some(g) = &report.stream_total.gateway
+        && g.p50 > 20_000_000
+        && report.stream_total.direct.p50 < 5_000_000
+    {
+        report.notes.push(format!(
+            "gateway streams take {:.1} ms at p50 against {:.2} ms direct; a ~40 ms floor is \
+             the signature of Nagle's algorithm meeting delayed ACKs (TCP_NODELAY not set on \
+             the gateway's accepted connections)",
+            g.p50 as f64 / 1e6,
+            report.stream_total.direct.p50 as f64 / 1e6
+        ));
+    }
+
+    print!("{}", report.table());
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())? + "\n")?;
+        progress(&format!("wrote {}", path.display()));
+    }
+    let missed = report.checks().iter().any(|c| !c.pass);
+    Ok(if opts.strict && missed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One request of each kind, checking the reply's content came through intact.
+async fn probe(client: &reqwest::Client, target: &Target, bodies: &Bodies) -> Result<(), BoxError> {
+    let (_, body) = measure::plain(client, target, &bodies.plain).await?;
+    let json: Value = serde_json::from_slice(&body)?;
+    let content = json
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str);
+    if content != Some(REPLY) {
+        return Err(format!("{}: unexpected completion: {json}", target.name).into());
+    }
+    let (_, body) = measure::stream(client, target, &bodies.stream).await?;
+    let text = String::from_utf8(body)?;
+    let mut content = String::new();
+    let mut usage = false;
+    for data in text.lines().filter_map(|l| l.strip_prefix("data:")) {
+        let data = data.trim();
+        if data == "[DONE]" {
+            continue;
+        }
+        let event: Value = serde_json::from_str(data)?;
+        usage |= event.get("usage").is_some_and(|u| !u.is_null());
+        if let Some(piece) = event
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+        {
+            content.push_str(piece);
+        }
+    }
+    if content != REPLY || !usage {
+        return Err(format!(
+            "{}: unexpected stream (content {content:?}, usage chunk {usage}):\n{text}",
+            target.name
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn measure_all(
+    opts: &Options,
+    client: &reqwest::Client,
+    standin: &StandIn,
+    bodies: &Bodies,
+    direct: &Arc<Target>,
+    gateway: Option<(Arc<Target>, u32)>,
+) -> Result<Report, BoxError> {
+    let (gateway, pid) = match gateway {
+        Some((target, pid)) => (Some(target), Some(pid)),
+        None => (None, None),
+    };
+    let mut cpu = Vec::new();
+    let mut targets: Vec<&Target> = vec![direct];
+    if let Some(g) = &gateway {
+        targets.push(g);
+    }
+    let (n, warmup) = (opts.requests, opts.warmup);
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+
+    progress(&format!(
+        "latency, concurrency 1, non-streaming: {warmup} warm-up + {n} requests per path"
+    ));
+    let before = cpu::Reading::now(pid);
+    let plain = measure::latency(client, &targets, &bodies.plain, Kind::Plain, warmup, n).await?;
+    let per_path = (n + warmup) as u64;
+    if gateway.is_some() {
+        let (gw_us, _) = before.per_request(&cpu::Reading::now(pid), per_path);
+        cpu.push(CpuRow::new("c=1 non-streaming", "gateway", gw_us, None));
+    }
+    progress(&format!(
+        "streaming, concurrency 1: {warmup} warm-up + {n} requests per path"
+    ));
+    let before = cpu::Reading::now(pid);
+    let stream =
+        measure::latency(client, &targets, &bodies.stream, Kind::Stream, warmup, n).await?;
+    if gateway.is_some() {
+        let (gw_us, _) = before.per_request(&cpu::Reading::now(pid), per_path);
+        cpu.push(CpuRow::new("c=1 streaming", "gateway", gw_us, None));
+    }
+
+    let pair_of = |samples: &[measure::Samples], pick: fn(&measure::Samples) -> &[u64]| Pair {
+        direct: Summary::of(samples.first().map(pick).unwrap_or_default()),
+        gateway: samples.get(1).map(|s| Summary::of(pick(s))),
+    };
+
+    let mut upstream = (0_u64, 0_u64);
+    let mut load_pairs = Vec::new();
+    let kinds: &[(Kind, &bytes::Bytes)] = if opts.stream_load {
+        &[(Kind::Plain, &bodies.plain), (Kind::Stream, &bodies.stream)]
+    } else {
+        &[(Kind::Plain, &bodies.plain)]
+    };
+    let mut paths: Vec<(&Arc<Target>, Option<u32>)> = vec![(direct, None)];
+    if let Some(g) = &gateway {
+        paths.push((g, pid));
+    }
+    for &(kind, body) in kinds {
+        let run = format!("c={} {}", opts.concurrency, kind.as_str());
+        let mut runs = load_runs(opts, client, standin, &paths, body, kind).await?;
+        let direct_run = runs.remove(0);
+        cpu.push(CpuRow::new(&run, "direct", None, direct_run.bench_us()));
+        let gateway_run = runs.pop().map(|g| {
+            cpu.push(CpuRow::new(&run, "gateway", g.gateway_us(), g.bench_us()));
+            upstream.0 += g.served;
+            upstream.1 += g.run.completed;
+            Load::of(&g.run)
+        });
+        load_pairs.push(Pair {
+            direct: Load::of(&direct_run.run),
+            gateway: gateway_run,
+        });
+    }
+    let mut load_pairs = load_pairs.into_iter();
+    let load_plain = load_pairs.next().ok_or("no throughput run")?;
+    let load_stream = load_pairs.next();
+
+    Ok(Report {
+        started_at,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        requests: n,
+        warmup,
+        concurrency: opts.concurrency,
+        duration_s: opts.duration.as_secs_f64(),
+        byok_local: None,
+        plain: pair_of(&plain, |s| &s.total),
+        ttfb: pair_of(&stream, |s| &s.first_byte),
+        stream_total: pair_of(&stream, |s| &s.total),
+        load_plain,
+        load_stream,
+        upstream_calls: gateway.is_some().then_some(upstream),
+        cpu,
+        notes: Vec::new(),
+    })
+}
+
+/// Length of one slice of a throughput run.
+const SLICE: Duration = Duration::from_secs(2);
+
+/// A path's throughput run, summed over its slices.
+struct PathRun {
+    run: measure::LoadRun,
+    /// Calls the stand-in answered during the slices.
+    served: u64,
+    gateway_cpu: Option<Duration>,
+    bench_cpu: Option<Duration>,
+}
+
+impl PathRun {
+    fn per_request(&self, cpu: Option<Duration>) -> Option<f64> {
+        let n = self.run.completed;
+        cpu.filter(|_| n > 0)
+            .map(|d| d.as_secs_f64() * 1e6 / n as f64)
+    }
+    fn gateway_us(&self) -> Option<f64> {
+        self.per_request(self.gateway_cpu)
+    }
+    fn bench_us(&self) -> Option<f64> {
+        self.per_request(self.bench_cpu)
+    }
+}
+
+/// The throughput runs of every path: after a short unrecorded run per path
+/// (which also fills the connection pools), `opts.duration` per path in
+/// slices of [`SLICE`], the paths taking turns (the order alternating), so
+/// that a change in the machine's background load hits every path alike.
+/// Also counts the calls the stand-in answered and the CPU time of the
+/// gateway (the path's pid) and of this process during each path's slices.
+async fn load_runs(
+    opts: &Options,
+    client: &reqwest::Client,
+    standin: &StandIn,
+    paths: &[(&Arc<Target>, Option<u32>)],
+    body: &bytes::Bytes,
+    kind: Kind,
+) -> Result<Vec<PathRun>, BoxError> {
+    let warm = opts.duration.min(Duration::from_secs(1));
+    let slices = (opts.duration.as_secs_f64() / SLICE.as_secs_f64())
+        .ceil()
+        .max(1.0) as u32;
+    let slice = opts.duration / slices;
+    progress(&format!(
+        "throughput, {}: {} workers, {:.1} s per path in {slices} slices taking turns (after {:.1} s warm-up)",
+        kind.as_str(),
+        opts.concurrency,
+        opts.duration.as_secs_f64(),
+        warm.as_secs_f64()
+    ));
+    let add = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
+    let mut out = Vec::with_capacity(paths.len());
+    for (target, _) in paths {
+        measure::load(
+            client,
+            Arc::clone(target),
+            body,
+            kind,
+            opts.concurrency,
+            warm,
+        )
+        .await?;
+        out.push(PathRun {
+            run: measure::LoadRun::default(),
+            served: 0,
+            gateway_cpu: Some(Duration::ZERO),
+            bench_cpu: Some(Duration::ZERO),
+        });
+    }
+    let mut order: Vec<usize> = (0..paths.len()).collect();
+    for _ in 0..slices {
+        for &i in &order {
+            let (target, pid) = paths[i];
+            let served = standin.served();
+            let before = cpu::Reading::now(pid);
+            let run = measure::load(
+                client,
+                Arc::clone(target),
+                body,
+                kind,
+                opts.concurrency,
+                slice,
+            )
+            .await?;
+            let (gateway_cpu, bench_cpu) = before.delta(&cpu::Reading::now(pid));
+            let acc = &mut out[i];
+            acc.run.absorb(run);
+            acc.served += standin.served() - served;
+            acc.gateway_cpu = add(acc.gateway_cpu, gateway_cpu);
+            acc.bench_cpu = add(acc.bench_cpu, bench_cpu);
+        }
+        order.reverse();
+    }
+    Ok(out)
+}
