@@ -417,41 +417,17 @@ fn select_key(
 #[async_trait]
 impl MetadataStore for EmbeddedStore {
     async fn load_user(&self, user: &UserId) -> Result<UserSnapshot, StoreError> {
+        // The hot path of every request: when the connection is free, this
+        // short read (a few rows from SQLite's page cache) runs in place;
+        // handing it to the blocking pool and back would cost more than the
+        // read. A busy connection (a write in progress) is waited for on the
+        // blocking pool, never on this thread.
+        if let Ok(mut conn) = self.inner.conn.try_lock() {
+            return read_snapshot(&mut conn, user);
+        }
         let user = user.clone();
-        self.run(move |inner| {
-            let mut conn = inner.conn()?;
-            // One read transaction: settings and keys come from the same snapshot.
-            let tx = conn.transaction().map_err(StoreError::backend)?;
-            let allow: Option<i64> = tx
-                .query_row(
-                    "SELECT allow_gateway_fallback FROM settings WHERE user_id = ?1",
-                    [user.as_str()],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(StoreError::backend)?;
-            let settings = match allow {
-                Some(v) => Settings {
-                    allow_gateway_fallback: bool_from_int(v, "settings.allow_gateway_fallback")?,
-                },
-                None => Settings::default(),
-            };
-            let mut keys = Vec::new();
-            {
-                let mut stmt = tx
-                    .prepare_cached(&format!(
-                        "SELECT {KEY_COLUMNS} FROM keys WHERE user_id = ?1 ORDER BY service"
-                    ))
-                    .map_err(StoreError::backend)?;
-                let mut rows = stmt.query([user.as_str()]).map_err(StoreError::backend)?;
-                while let Some(row) = rows.next().map_err(StoreError::backend)? {
-                    keys.push(key_from_row(row)?);
-                }
-            }
-            tx.commit().map_err(StoreError::backend)?;
-            Ok(UserSnapshot { settings, keys })
-        })
-        .await
+        self.run(move |inner| read_snapshot(&mut *inner.conn()?, &user))
+            .await
     }
 
     async fn get_key(
@@ -839,6 +815,35 @@ impl AuditStore for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Settings and keys of one user, from one read transaction (the same snapshot).
+fn read_snapshot(conn: &mut Connection, user: &UserId) -> Result<UserSnapshot, StoreError> {
+    let tx = conn.transaction().map_err(StoreError::backend)?;
+    let allow: Option<i64> = tx
+        .prepare_cached("SELECT allow_gateway_fallback FROM settings WHERE user_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([user.as_str()], |row| row.get(0)).optional())
+        .map_err(StoreError::backend)?;
+    let settings = match allow {
+        Some(v) => Settings {
+            allow_gateway_fallback: bool_from_int(v, "settings.allow_gateway_fallback")?,
+        },
+        None => Settings::default(),
+    };
+    let mut keys = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys WHERE user_id = ?1 ORDER BY service"
+            ))
+            .map_err(StoreError::backend)?;
+        let mut rows = stmt.query([user.as_str()]).map_err(StoreError::backend)?;
+        while let Some(row) = rows.next().map_err(StoreError::backend)? {
+            keys.push(key_from_row(row)?);
+        }
+    }
+    tx.commit().map_err(StoreError::backend)?;
+    Ok(UserSnapshot { settings, keys })
 }
 
 #[cfg(test)]
