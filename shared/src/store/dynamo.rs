@@ -433,17 +433,7 @@ impl MetadataStore for DynamoMetadataStore {
                 .expression_attribute_names("#rev", "revision")
                 .expression_attribute_values(":rev", AttributeValue::N(revision.to_string())),
         };
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Conflict)
-            }
-            Err(err) => Err(backend("PutItem", err)),
-        }
+        conditional_put(request.send().await)
     }
 
     async fn delete_key(
@@ -588,17 +578,7 @@ impl AuditStore for DynamoMetadataStore {
             .expression_attribute_names("#pk", PK)
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Conflict)
-            }
-            Err(err) => Err(backend("PutItem", err)),
-        }
+        conditional_put(sent)
     }
 
     async fn list(
@@ -792,6 +772,25 @@ async fn enable_ttl(client: &Client, table: &str) -> Result<(), StoreError> {
     }
 }
 
+/// A conditional `PutItem`'s outcome: a failed condition is a [`StoreError::Conflict`].
+fn conditional_put(
+    sent: Result<
+        aws_sdk_dynamodb::operation::put_item::PutItemOutput,
+        aws_sdk_dynamodb::error::SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError>,
+    >,
+) -> Result<(), StoreError> {
+    match sent {
+        Ok(_) => Ok(()),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Err(StoreError::Conflict)
+        }
+        Err(err) => Err(backend("PutItem", err)),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
