@@ -364,6 +364,23 @@ impl StandIn {
         format!("{}{}", self.base_url(), upstream.prefix())
     }
 
+    /// byok-local's environment pointing every upstream at this stand-in:
+    /// each `BYOK_<SERVICE>_BASE_URL` and `AI_GATEWAY_URL`.
+    pub fn base_url_env(&self) -> Vec<(String, String)> {
+        [
+            ("BYOK_OPENAI_BASE_URL", Upstream::OpenAi),
+            ("BYOK_ANTHROPIC_BASE_URL", Upstream::Anthropic),
+            ("BYOK_OPENROUTER_BASE_URL", Upstream::OpenRouter),
+            ("BYOK_XAI_BASE_URL", Upstream::Xai),
+            ("BYOK_GOOGLE_BASE_URL", Upstream::Google),
+            ("BYOK_GROQ_BASE_URL", Upstream::Groq),
+            ("AI_GATEWAY_URL", Upstream::Gateway),
+        ]
+        .into_iter()
+        .map(|(name, up)| (name.to_owned(), self.base_for(up)))
+        .collect()
+    }
+
     pub fn openai_base(&self) -> String {
         self.base_for(Upstream::OpenAi)
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use byok_tests::harness::LocalServer;
 use byok_tests::http::{Answer, Api};
-use byok_tests::upstream::{DEFAULT_REPLY, Failure, LEAK_CANARY, StandIn, Upstream};
+use byok_tests::upstream::{DEFAULT_REPLY, Failure, LEAK_CANARY, StandIn};
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -30,25 +30,9 @@ const GROQ_KEY: &str = "gsk_userkey0groq00000000000000000000001";
 const GATEWAY_KEY: &str = "vck_userkey0gateway000000000000000001";
 const TEAM_GATEWAY_KEY: &str = "vck_teamkey0gateway000000000000000001";
 
-/// Environment pointing every upstream at the stand-in.
-fn upstream_env(stand_in: &StandIn) -> Vec<(String, String)> {
-    [
-        ("BYOK_OPENAI_BASE_URL", Upstream::OpenAi),
-        ("BYOK_ANTHROPIC_BASE_URL", Upstream::Anthropic),
-        ("BYOK_OPENROUTER_BASE_URL", Upstream::OpenRouter),
-        ("BYOK_XAI_BASE_URL", Upstream::Xai),
-        ("BYOK_GOOGLE_BASE_URL", Upstream::Google),
-        ("BYOK_GROQ_BASE_URL", Upstream::Groq),
-        ("AI_GATEWAY_URL", Upstream::Gateway),
-    ]
-    .into_iter()
-    .map(|(name, up)| (name.to_owned(), stand_in.base_for(up)))
-    .collect()
-}
-
 /// byok-local in front of `stand_in`, with `extra` variables.
 fn start(stand_in: &StandIn, dir: &std::path::Path, extra: &[(&str, &str)]) -> LocalServer {
-    let mut env = upstream_env(stand_in);
+    let mut env = stand_in.base_url_env();
     env.extend(
         extra
             .iter()

@@ -271,17 +271,12 @@ impl Gateway {
         let standin = StandIn::start().await;
         standin.set_chunks(6);
         let dir = tempfile::tempdir().expect("temp dir");
-        let bases: Vec<(&str, String)> = vec![
-            ("BYOK_OPENAI_BASE_URL", standin.openai_base()),
-            ("BYOK_ANTHROPIC_BASE_URL", standin.anthropic_base()),
-            ("BYOK_OPENROUTER_BASE_URL", standin.openrouter_base()),
-            ("BYOK_GROQ_BASE_URL", standin.groq_base()),
-            ("BYOK_XAI_BASE_URL", standin.xai_base()),
-            ("BYOK_GOOGLE_BASE_URL", standin.google_base()),
-            ("AI_GATEWAY_URL", standin.gateway_base()),
-            ("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY.to_owned()),
-        ];
-        let env: Vec<(&str, &str)> = bases.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut bases = standin.base_url_env();
+        bases.push(("AI_GATEWAY_API_KEY".to_owned(), TEAM_GATEWAY_KEY.to_owned()));
+        let env: Vec<(&str, &str)> = bases
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let server = LocalServer::start(dir.path(), &env);
         Self {
             standin,

@@ -85,18 +85,7 @@ fn start(
     dir: &std::path::Path,
     extra: &[(&str, &str)],
 ) -> LocalServer {
-    let mut env: Vec<(String, String)> = [
-        ("BYOK_OPENAI_BASE_URL", Upstream::OpenAi),
-        ("BYOK_ANTHROPIC_BASE_URL", Upstream::Anthropic),
-        ("BYOK_OPENROUTER_BASE_URL", Upstream::OpenRouter),
-        ("BYOK_XAI_BASE_URL", Upstream::Xai),
-        ("BYOK_GOOGLE_BASE_URL", Upstream::Google),
-        ("BYOK_GROQ_BASE_URL", Upstream::Groq),
-        ("AI_GATEWAY_URL", Upstream::Gateway),
-    ]
-    .into_iter()
-    .map(|(name, up)| (name.to_owned(), stand_in.base_for(up)))
-    .collect();
+    let mut env = stand_in.base_url_env();
     if mode == Mode::Aws {
         let unique = byok_tests::aws::unique_name("validate");
         env.extend(
