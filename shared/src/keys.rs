@@ -132,6 +132,10 @@ impl KeyService {
                         last_validation: None,
                         secret,
                         revision: old.revision + 1,
+                        // A replacement is a rotation without a test, and
+                        // supersedes any staged one.
+                        rotated_at: Some(at),
+                        pending: None,
                         ..old.clone()
                     },
                     Expected::Revision(old.revision),
@@ -152,6 +156,9 @@ impl KeyService {
                         last_validation: None,
                         secret,
                         revision: 1,
+                        rotated_at: None,
+                        pending: None,
+                        last_rotation: None,
                     },
                     Expected::Absent,
                 ),

@@ -41,6 +41,7 @@ pub mod completion;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod keys;
 #[cfg(feature = "lambda")]
@@ -48,6 +49,7 @@ pub mod lambda;
 pub mod local;
 pub mod providers;
 pub mod resolve;
+pub mod rotation;
 pub mod store;
 pub mod telemetry;
 pub mod validate;

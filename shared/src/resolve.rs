@@ -329,6 +329,9 @@ mod tests {
                 version: "v1".to_owned(),
             },
             revision: 1,
+            rotated_at: None,
+            pending: None,
+            last_rotation: None,
         }
     }
 

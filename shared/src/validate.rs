@@ -372,9 +372,36 @@ impl ValidationService {
         (outcome, result)
     }
 
+    /// Checks `key` for `service` against the provider (at the user's own
+    /// base URL if given, else the operator's), outside any rate limit: for
+    /// operator jobs (rotation tests, the sweep), never for a user request.
+    pub async fn probe(
+        &self,
+        service: Service,
+        key: &ApiKey,
+        user_base_url: Option<&str>,
+    ) -> ValidationResult {
+        let (base_url, user_url) = match user_base_url {
+            Some(url) => (url.to_owned(), true),
+            None => (
+                self.resolver.upstreams().base_url(service).to_owned(),
+                false,
+            ),
+        };
+        let target = Target {
+            service,
+            path: None,
+            base_url,
+            user_url,
+            key: key.clone(),
+            record: None,
+        };
+        self.check(&target).await.1
+    }
+
     /// Writes the outcome onto `record` if nobody changed it meanwhile (a
     /// concurrent change wins). The written record, if written.
-    async fn mark(&self, record: &KeyRecord, result: ValidationResult) -> Option<KeyRecord> {
+    pub async fn mark(&self, record: &KeyRecord, result: ValidationResult) -> Option<KeyRecord> {
         let marked = KeyRecord {
             last_validated_at: Some(now()),
             last_validation: Some(result),

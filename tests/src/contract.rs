@@ -112,6 +112,9 @@ pub fn record(user: &UserId, service: Service, secret: SecretRef) -> KeyRecord {
         last_validation: None,
         secret,
         revision: 1,
+        rotated_at: None,
+        pending: None,
+        last_rotation: None,
     }
 }
 
@@ -330,6 +333,9 @@ pub async fn key_record_round_trips_every_field(b: &Backend) {
             version: "0123456789abcdef0123456789abcdef".to_owned(),
         },
         revision: 41,
+        rotated_at: None,
+        pending: None,
+        last_rotation: None,
     };
     b.meta.put_key(&full, Expected::Absent).await.unwrap();
     let got = b.meta.get_key(&user, Service::Gateway).await.unwrap();
@@ -358,6 +364,9 @@ pub async fn key_record_round_trips_every_field(b: &Backend) {
         last_validation: None,
         secret: fake_ref(&user, Service::Anthropic),
         revision: 1,
+        rotated_at: None,
+        pending: None,
+        last_rotation: None,
     };
     b.meta.put_key(&sparse, Expected::Absent).await.unwrap();
     let snap = b.meta.load_user(&user).await.unwrap();

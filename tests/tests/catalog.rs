@@ -251,6 +251,9 @@ fn key(service: Service, enabled: bool) -> KeyRecord {
             version: "v1".to_owned(),
         },
         revision: 1,
+        rotated_at: None,
+        pending: None,
+        last_rotation: None,
     }
 }
 

@@ -52,6 +52,68 @@ pub struct KeyRecord {
     pub secret: SecretRef,
     /// Incremented on every write; conditional writes compare it.
     pub revision: u64,
+    /// When the key material last changed after creation: a replacement or a
+    /// promoted rotation. The key's age counts from here (else `created_at`).
+    pub rotated_at: Option<Timestamp>,
+    /// A replacement key staged for rotation, not yet promoted or rejected.
+    pub pending: Option<PendingKey>,
+    /// How the last rotation attempt ended.
+    pub last_rotation: Option<RotationOutcome>,
+}
+
+impl KeyRecord {
+    /// When the key material in use was set: the last rotation, else creation.
+    pub fn keyed_at(&self) -> Timestamp {
+        self.rotated_at.unwrap_or(self.created_at)
+    }
+}
+
+/// A staged replacement key: stored as a secret version of its own, served
+/// by nothing until a rotation validates and promotes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingKey {
+    /// The staged secret version (same secret id as the current one).
+    pub version: String,
+    pub masked_key: String,
+    pub staged_at: Timestamp,
+    /// The rotation (Secrets Manager `ClientRequestToken`) that took the
+    /// staged key up, once one has.
+    pub token: Option<String>,
+}
+
+/// Why a rotation did not promote its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotationRejection {
+    /// The provider refused the new key (401/403).
+    InvalidKey,
+    /// The user cancelled, replaced or deleted the key meanwhile.
+    Cancelled,
+    /// Nothing was staged and the provider offers no way to create a key.
+    NothingStaged,
+}
+
+impl RotationRejection {
+    pub const ALL: [Self; 3] = [Self::InvalidKey, Self::Cancelled, Self::NothingStaged];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidKey => "invalid_key",
+            Self::Cancelled => "cancelled",
+            Self::NothingStaged => "nothing_staged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// The end of one rotation attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationOutcome {
+    pub at: Timestamp,
+    /// `None`: the new key was promoted.
+    pub rejected: Option<RotationRejection>,
 }
 
 /// Why a key was refused before anything was stored.

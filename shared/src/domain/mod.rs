@@ -11,7 +11,10 @@ pub mod settings;
 
 pub use base_url::{BaseUrlError, UserBaseUrl};
 pub use credential::ApiKey;
-pub use key::{KeyFormatError, KeyRecord, SecretRef, ValidationResult, mask_key};
+pub use key::{
+    KeyFormatError, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef,
+    ValidationResult, mask_key,
+};
 pub use model::{ModelError, ModelId};
 pub use service::{Service, WireApi};
 pub use settings::Settings;

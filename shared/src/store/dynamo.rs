@@ -7,14 +7,14 @@
 //! | item          | `pk`          | `sk`              | attributes |
 //! |---------------|---------------|-------------------|------------|
 //! | settings      | `USER#{user}` | `SETTINGS`        | `allowGatewayFallback` (BOOL), `updatedAt` |
-//! | key record    | `USER#{user}` | `KEY#{service}`   | `service`, `label`, `maskedKey`, `enabled` (BOOL), `baseUrl`, `createdAt`, `updatedAt`, `lastValidatedAt`, `lastValidation`, `secretId`, `secretVersion`, `revision` (N) |
+//! | key record    | `USER#{user}` | `KEY#{service}`   | `service`, `label`, `maskedKey`, `enabled` (BOOL), `baseUrl`, `createdAt`, `updatedAt`, `lastValidatedAt`, `lastValidation`, `secretId`, `secretVersion`, `revision` (N), `rotatedAt`, `pendingVersion`, `pendingMaskedKey`, `pendingStagedAt`, `pendingToken`, `lastRotationAt`, `lastRotationRejected` |
 //! | rate counter  | `RATE#{user}` | `{action}#{window ms}#{window start ms}` | `count` (N), `ttl` (N) |
 //! | audit event   | `AUDIT#{user}`| `{audit id}`      | `at`, `action`, `service`, `result`, `requestId` |
 //!
 //! `{user}` is the user id verbatim (the `USER#` prefix is stripped, never
 //! split on, so ids containing `#` are fine) and `{service}` its wire name.
-//! Optional attributes (`baseUrl`, `lastValidatedAt`, `lastValidation`) are
-//! absent when unset, never NULL. Timestamps are RFC 3339 strings in UTC
+//! Optional attributes (`baseUrl`, `lastValidatedAt`, `lastValidation` and
+//! the rotation attributes) are absent when unset, never NULL. Timestamps are RFC 3339 strings in UTC
 //! with exactly three fractional digits (`2025-01-02T03:04:05.678Z`), the
 //! millisecond precision every store keeps. The secret itself never enters
 //! the table: a key record holds only the [`SecretRef`] (`secretId`,
@@ -30,6 +30,10 @@
 //! that is neither settings nor a key record is skipped, not an error.
 //! Items that expire carry a number attribute `ttl` (epoch seconds), the
 //! table's TTL attribute ([`ensure_table`] enables it).
+//!
+//! [`MetadataStore::scan_keys`] (operator jobs only) is one consistent
+//! `Scan` page filtered to key items; its cursor is the JSON `[pk, sk]` of
+//! the last item evaluated.
 //!
 //! # Rate counters
 //! [`RateLimitStore::hit`] is one `UpdateItem` on the window's counter:
@@ -74,9 +78,10 @@
 
 use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
 use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
-use super::{Expected, MetadataStore, StoreError, UserSnapshot};
+use super::{Expected, KeyPage, MetadataStore, StoreError, UserSnapshot};
 use crate::domain::{
-    self, KeyRecord, SecretRef, Service, Settings, Timestamp, UserId, ValidationResult,
+    self, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef, Service, Settings,
+    Timestamp, UserId, ValidationResult,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -104,6 +109,8 @@ pub const RATE_TTL_MARGIN_SECS: i64 = 300;
 const SETTINGS_SK: &str = "SETTINGS";
 /// Sort key prefix of key records.
 const KEY_SK_PREFIX: &str = "KEY#";
+/// Starts the partition key of every user's settings and key records.
+const USER_PK_PREFIX: &str = "USER#";
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,7 +158,7 @@ impl DynamoMetadataStore {
 
 /// The partition key of a user's items.
 pub fn user_pk(user: &UserId) -> String {
-    format!("USER#{user}")
+    format!("{USER_PK_PREFIX}{user}")
 }
 
 /// The partition key of a user's rate-limit counters.
@@ -317,6 +324,30 @@ fn record_from_item(user: &UserId, item: &Item) -> Result<KeyRecord, StoreError>
             version: a.string("secretVersion")?.to_owned(),
         },
         revision: a.u64("revision")?,
+        rotated_at: a.opt_timestamp("rotatedAt")?,
+        pending: match a.opt_string("pendingVersion")? {
+            None => None,
+            Some(version) => Some(PendingKey {
+                version: version.to_owned(),
+                masked_key: a.string("pendingMaskedKey")?.to_owned(),
+                staged_at: a.timestamp("pendingStagedAt")?,
+                token: a.opt_string("pendingToken")?.map(str::to_owned),
+            }),
+        },
+        last_rotation: match a.opt_timestamp("lastRotationAt")? {
+            None => None,
+            Some(at) => Some(RotationOutcome {
+                at,
+                rejected: a
+                    .opt_string("lastRotationRejected")?
+                    .map(|r| {
+                        RotationRejection::parse(r).ok_or_else(|| {
+                            corrupt("key item attribute lastRotationRejected is not a known reason")
+                        })
+                    })
+                    .transpose()?,
+            }),
+        },
     })
 }
 
@@ -344,6 +375,23 @@ fn item_from_record(r: &KeyRecord) -> Result<Item, StoreError> {
     put("secretId", s(&r.secret.id));
     put("secretVersion", s(&r.secret.version));
     put("revision", AttributeValue::N(r.revision.to_string()));
+    if let Some(t) = r.rotated_at {
+        put("rotatedAt", s(ts_to_attr(t)?));
+    }
+    if let Some(p) = &r.pending {
+        put("pendingVersion", s(&p.version));
+        put("pendingMaskedKey", s(&p.masked_key));
+        put("pendingStagedAt", s(ts_to_attr(p.staged_at)?));
+        if let Some(token) = &p.token {
+            put("pendingToken", s(token));
+        }
+    }
+    if let Some(o) = &r.last_rotation {
+        put("lastRotationAt", s(ts_to_attr(o.at)?));
+        if let Some(reason) = o.rejected {
+            put("lastRotationRejected", s(reason.as_str()));
+        }
+    }
     Ok(item)
 }
 
@@ -416,6 +464,52 @@ impl MetadataStore for DynamoMetadataStore {
         out.item
             .map(|item| record_from_item(user, &item))
             .transpose()
+    }
+
+    async fn scan_keys(&self, after: Option<&str>, limit: usize) -> Result<KeyPage, StoreError> {
+        let start = after
+            .map(|cursor| {
+                let (pk, sk): (String, String) = serde_json::from_str(cursor)
+                    .map_err(|_| corrupt("scan cursor is not a [pk, sk] pair"))?;
+                Ok::<_, StoreError>(HashMap::from([
+                    (PK.to_owned(), s(pk)),
+                    (SK.to_owned(), s(sk)),
+                ]))
+            })
+            .transpose()?;
+        let out = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .filter_expression("begins_with(#pk, :user) AND begins_with(#sk, :key)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#sk", SK)
+            .expression_attribute_values(":user", s(USER_PK_PREFIX))
+            .expression_attribute_values(":key", s(KEY_SK_PREFIX))
+            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| backend("Scan", e))?;
+        let mut page = KeyPage::default();
+        for item in out.items.as_deref().unwrap_or_default() {
+            let pk = Attrs { item, kind: "key" }.string(PK)?;
+            let user = pk
+                .strip_prefix(USER_PK_PREFIX)
+                .and_then(UserId::new)
+                .ok_or_else(|| corrupt("key item partition key names no valid user"))?;
+            page.keys.push(record_from_item(&user, item)?);
+        }
+        if let Some(last) = out.last_evaluated_key.filter(|k| !k.is_empty()) {
+            let a = Attrs {
+                item: &last,
+                kind: "scan position",
+            };
+            let pair = (a.string(PK)?, a.string(SK)?);
+            page.next = Some(serde_json::to_string(&pair).map_err(StoreError::backend)?);
+        }
+        Ok(page)
     }
 
     async fn put_key(&self, record: &KeyRecord, expected: Expected) -> Result<(), StoreError> {
@@ -821,6 +915,9 @@ mod tests {
                 version: "0123456789abcdef0123456789abcdef".into(),
             },
             revision: u64::MAX,
+            rotated_at: None,
+            pending: None,
+            last_rotation: None,
         }
     }
 

@@ -31,10 +31,12 @@
 
 use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
 use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
-use super::{Expected, MetadataStore, SecretStore, StoreError, UserSnapshot};
+use super::rotation::{ListedSecret, RotationStore, SecretVersions};
+use super::{Expected, KeyPage, MetadataStore, SecretStore, StoreError, UserSnapshot};
 use crate::crypto::{self, MasterKey};
 use crate::domain::{
-    self, ApiKey, KeyRecord, SecretRef, Service, Settings, Timestamp, UserId, ValidationResult,
+    self, ApiKey, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef, Service,
+    Settings, Timestamp, UserId, ValidationResult,
 };
 use async_trait::async_trait;
 use rusqlite::types::FromSql;
@@ -53,7 +55,7 @@ use time::format_description::well_known::Rfc3339;
 pub const DB_FILE: &str = "byok.db";
 
 /// The schema this build writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -133,8 +135,49 @@ CREATE TABLE audit_events (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Schema version 3: rotation. Key rows gain the rotation columns (all
+/// NULL when unset); secrets gain the stage `staged` (a replacement key the
+/// user staged, at most one per secret, served by nothing) and at most one
+/// `pending` row per secret (the version a rotation is testing). SQLite cannot
+/// change a CHECK constraint in place, so `secrets` is rebuilt.
+const SCHEMA_V3: &str = "
+ALTER TABLE keys ADD COLUMN rotated_at TEXT;
+ALTER TABLE keys ADD COLUMN pending_version TEXT;
+ALTER TABLE keys ADD COLUMN pending_masked_key TEXT;
+ALTER TABLE keys ADD COLUMN pending_staged_at TEXT;
+ALTER TABLE keys ADD COLUMN pending_token TEXT;
+ALTER TABLE keys ADD COLUMN last_rotation_at TEXT;
+ALTER TABLE keys ADD COLUMN last_rotation_rejected TEXT;
+
+CREATE TABLE secrets_v3 (
+    secret_id     TEXT NOT NULL,
+    version_id    TEXT NOT NULL,
+    user_id       TEXT NOT NULL,
+    service       TEXT NOT NULL,
+    stage         TEXT NOT NULL
+                  CHECK (stage IN ('current', 'previous', 'pending', 'staged', 'deprecated')),
+    master_key_id TEXT NOT NULL,
+    nonce         BLOB NOT NULL,
+    ciphertext    BLOB NOT NULL,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (secret_id, version_id)
+) STRICT, WITHOUT ROWID;
+INSERT INTO secrets_v3 (secret_id, version_id, user_id, service, stage, master_key_id, nonce,
+                        ciphertext, created_at)
+    SELECT secret_id, version_id, user_id, service, stage, master_key_id, nonce, ciphertext,
+           created_at FROM secrets;
+DROP TABLE secrets;
+ALTER TABLE secrets_v3 RENAME TO secrets;
+CREATE UNIQUE INDEX secrets_one_current ON secrets (secret_id) WHERE stage = 'current';
+CREATE UNIQUE INDEX secrets_one_previous ON secrets (secret_id) WHERE stage = 'previous';
+CREATE UNIQUE INDEX secrets_one_pending ON secrets (secret_id) WHERE stage = 'pending';
+CREATE UNIQUE INDEX secrets_one_staged ON secrets (secret_id) WHERE stage = 'staged';
+";
+
 const KEY_COLUMNS: &str = "user_id, service, label, masked_key, enabled, base_url, created_at, \
-     updated_at, last_validated_at, last_validation, secret_id, secret_version, revision";
+     updated_at, last_validated_at, last_validation, secret_id, secret_version, revision, \
+     rotated_at, pending_version, pending_masked_key, pending_staged_at, pending_token, \
+     last_rotation_at, last_rotation_rejected";
 
 /// Settings, key records and secrets of every user in one SQLite file.
 /// Cloning is cheap and shares the connection.
@@ -261,11 +304,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(StoreError::backend)?;
     match version {
-        0 | 1 => {
+        0..=2 => {
             if version == 0 {
                 tx.execute_batch(SCHEMA_V1).map_err(StoreError::backend)?;
             }
-            tx.execute_batch(SCHEMA_V2).map_err(StoreError::backend)?;
+            if version <= 1 {
+                tx.execute_batch(SCHEMA_V2).map_err(StoreError::backend)?;
+            }
+            tx.execute_batch(SCHEMA_V3).map_err(StoreError::backend)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(StoreError::backend)?;
         }
@@ -287,7 +333,7 @@ fn secret_id(user: &UserId, service: Service) -> String {
 
 /// Associated data binding a ciphertext to its row. User ids hold no control
 /// characters and version ids are fixed-length hex, so the encoding is unambiguous.
-fn secret_aad(secret_id: &str, version_id: &str, user: &str, service: &str) -> Vec<u8> {
+pub(crate) fn secret_aad(secret_id: &str, version_id: &str, user: &str, service: &str) -> Vec<u8> {
     format!("byok:v1:{secret_id}:{version_id}\0{user}\0{service}").into_bytes()
 }
 
@@ -345,6 +391,35 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
         .transpose()?;
     let revision = u64::try_from(col::<i64>(row, 12, "keys.revision")?)
         .map_err(|_| corrupt("keys.revision is negative"))?;
+    let opt_ts = |idx: usize, column: &str| -> Result<Option<Timestamp>, StoreError> {
+        col::<Option<String>>(row, idx, column)?
+            .map(|t| ts_from_text(&t, column))
+            .transpose()
+    };
+    let rotated_at = opt_ts(13, "keys.rotated_at")?;
+    let pending = match col::<Option<String>>(row, 14, "keys.pending_version")? {
+        None => None,
+        Some(version) => Some(PendingKey {
+            version,
+            masked_key: col::<Option<String>>(row, 15, "keys.pending_masked_key")?
+                .ok_or_else(|| corrupt("keys.pending_masked_key is missing"))?,
+            staged_at: opt_ts(16, "keys.pending_staged_at")?
+                .ok_or_else(|| corrupt("keys.pending_staged_at is missing"))?,
+            token: col(row, 17, "keys.pending_token")?,
+        }),
+    };
+    let last_rotation = match opt_ts(18, "keys.last_rotation_at")? {
+        None => None,
+        Some(at) => Some(RotationOutcome {
+            at,
+            rejected: col::<Option<String>>(row, 19, "keys.last_rotation_rejected")?
+                .map(|r| {
+                    RotationRejection::parse(&r)
+                        .ok_or_else(|| corrupt("keys.last_rotation_rejected is not a known reason"))
+                })
+                .transpose()?,
+        }),
+    };
     Ok(KeyRecord {
         user,
         service,
@@ -367,6 +442,9 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
             version: col(row, 11, "keys.secret_version")?,
         },
         revision,
+        rotated_at,
+        pending,
+        last_rotation,
     })
 }
 
@@ -376,6 +454,9 @@ struct KeyParams {
     updated_at: String,
     last_validated_at: Option<String>,
     revision: i64,
+    rotated_at: Option<String>,
+    pending_staged_at: Option<String>,
+    last_rotation_at: Option<String>,
 }
 
 impl KeyParams {
@@ -384,6 +465,13 @@ impl KeyParams {
             created_at: ts_to_text(record.created_at)?,
             updated_at: ts_to_text(record.updated_at)?,
             last_validated_at: record.last_validated_at.map(ts_to_text).transpose()?,
+            rotated_at: record.rotated_at.map(ts_to_text).transpose()?,
+            pending_staged_at: record
+                .pending
+                .as_ref()
+                .map(|p| ts_to_text(p.staged_at))
+                .transpose()?,
+            last_rotation_at: record.last_rotation.map(|o| ts_to_text(o.at)).transpose()?,
             revision: i64::try_from(record.revision).map_err(|_| {
                 StoreError::backend(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -454,6 +542,13 @@ impl MetadataStore for EmbeddedStore {
                 .map_err(StoreError::backend)?;
             let (user_id, service) = (r.user.as_str(), r.service.as_str());
             let status = r.last_validation.map(ValidationResult::as_str);
+            let pending_version = r.pending.as_ref().map(|p| p.version.as_str());
+            let pending_masked = r.pending.as_ref().map(|p| p.masked_key.as_str());
+            let pending_token = r.pending.as_ref().and_then(|p| p.token.as_deref());
+            let rejected = r
+                .last_rotation
+                .and_then(|o| o.rejected)
+                .map(RotationRejection::as_str);
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![
                 &user_id,
                 &service,
@@ -468,12 +563,20 @@ impl MetadataStore for EmbeddedStore {
                 &r.secret.id,
                 &r.secret.version,
                 &p.revision,
+                &p.rotated_at,
+                &pending_version,
+                &pending_masked,
+                &p.pending_staged_at,
+                &pending_token,
+                &p.last_rotation_at,
+                &rejected,
             ];
             let changed = match expected {
                 Expected::Absent => tx.execute(
                     &format!(
                         "INSERT INTO keys ({KEY_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+                         ?14, ?15, ?16, ?17, ?18, ?19, ?20) \
                          ON CONFLICT (user_id, service) DO NOTHING"
                     ),
                     values.as_slice(),
@@ -488,8 +591,10 @@ impl MetadataStore for EmbeddedStore {
                         "UPDATE keys SET label = ?3, masked_key = ?4, enabled = ?5, base_url = ?6, \
                          created_at = ?7, updated_at = ?8, last_validated_at = ?9, \
                          last_validation = ?10, secret_id = ?11, secret_version = ?12, \
-                         revision = ?13 \
-                         WHERE user_id = ?1 AND service = ?2 AND revision = ?14",
+                         revision = ?13, rotated_at = ?14, pending_version = ?15, \
+                         pending_masked_key = ?16, pending_staged_at = ?17, pending_token = ?18, \
+                         last_rotation_at = ?19, last_rotation_rejected = ?20 \
+                         WHERE user_id = ?1 AND service = ?2 AND revision = ?21",
                         values.as_slice(),
                     )
                 }
@@ -546,6 +651,40 @@ impl MetadataStore for EmbeddedStore {
                 )
                 .map_err(StoreError::backend)?;
             Ok(())
+        })
+        .await
+    }
+    async fn scan_keys(&self, after: Option<&str>, limit: usize) -> Result<KeyPage, StoreError> {
+        let after = after
+            .map(|cursor| {
+                serde_json::from_str::<(String, String)>(cursor)
+                    .map_err(|_| corrupt("scan cursor is not a [user, service] pair"))
+            })
+            .transpose()?;
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        self.run(move |inner| {
+            let conn = inner.conn()?;
+            let (user, service) = after.unwrap_or_default();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE (user_id, service) > (?1, ?2) \
+                     ORDER BY user_id, service LIMIT ?3"
+                ))
+                .map_err(StoreError::backend)?;
+            let mut rows = stmt
+                .query(params![user, service, limit])
+                .map_err(StoreError::backend)?;
+            let mut page = KeyPage::default();
+            while let Some(row) = rows.next().map_err(StoreError::backend)? {
+                page.keys.push(key_from_row(row)?);
+            }
+            if i64::try_from(page.keys.len()).unwrap_or(i64::MAX) >= limit
+                && let Some(last) = page.keys.last()
+            {
+                let pair = (last.user.as_str(), last.service.as_str());
+                page.next = Some(serde_json::to_string(&pair).map_err(StoreError::backend)?);
+            }
+            Ok(page)
         })
         .await
     }
@@ -658,6 +797,365 @@ impl SecretStore for EmbeddedStore {
 
     async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError> {
         let id = secret_id(user, service);
+        self.run(move |inner| {
+            inner
+                .conn()?
+                .execute("DELETE FROM secrets WHERE secret_id = ?1", [&id])
+                .map_err(StoreError::backend)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Inner {
+    /// Seals `key` for the row (`id`, `version`) of (user, service).
+    fn seal(
+        &self,
+        id: &str,
+        version: &str,
+        user: &str,
+        service: &str,
+        key: &ApiKey,
+    ) -> Result<crypto::Sealed, StoreError> {
+        self.master
+            .seal(
+                key.expose().as_bytes(),
+                &secret_aad(id, version, user, service),
+            )
+            .map_err(StoreError::backend)
+    }
+
+    /// Opens the sealed value of row (`id`, `version`).
+    fn open_row(
+        &self,
+        id: &str,
+        version: &str,
+        row: (String, String, String, Vec<u8>, Vec<u8>),
+    ) -> Result<ApiKey, StoreError> {
+        let (user, service, master_key_id, nonce, ciphertext) = row;
+        if master_key_id != self.master_key_id {
+            return Err(StoreError::Decrypt);
+        }
+        let aad = secret_aad(id, version, &user, &service);
+        let plain = self
+            .master
+            .open(&nonce, &ciphertext, &aad)
+            .map_err(|_| StoreError::Decrypt)?;
+        let text =
+            std::str::from_utf8(&plain).map_err(|_| corrupt("a secret is not UTF-8 text"))?;
+        Ok(ApiKey::new(text))
+    }
+}
+
+/// Inserts a sealed row.
+#[expect(clippy::too_many_arguments, reason = "one column each")]
+fn insert_secret_row(
+    tx: &Connection,
+    inner: &Inner,
+    id: &str,
+    version: &str,
+    user: &str,
+    service: &str,
+    stage: &str,
+    key: &ApiKey,
+) -> Result<(), StoreError> {
+    let sealed = inner.seal(id, version, user, service, key)?;
+    let now = ts_to_text(domain::now())?;
+    tx.execute(
+        "INSERT INTO secrets (secret_id, version_id, user_id, service, stage, \
+         master_key_id, nonce, ciphertext, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            id,
+            version,
+            user,
+            service,
+            stage,
+            inner.master_key_id,
+            sealed.nonce.as_slice(),
+            sealed.ciphertext,
+            now,
+        ],
+    )
+    .map_err(StoreError::backend)?;
+    Ok(())
+}
+
+/// The owner of secret `id`, from any of its rows.
+fn secret_owner(tx: &Connection, id: &str) -> Result<(String, String), StoreError> {
+    tx.query_row(
+        "SELECT user_id, service FROM secrets WHERE secret_id = ?1 LIMIT 1",
+        [id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+    .map_err(StoreError::backend)?
+    .ok_or(StoreError::SecretNotFound)
+}
+
+/// The stage of row (`id`, `version`), if the row exists.
+fn row_stage(tx: &Connection, id: &str, version: &str) -> Result<Option<String>, StoreError> {
+    tx.query_row(
+        "SELECT stage FROM secrets WHERE secret_id = ?1 AND version_id = ?2",
+        [id, version],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(StoreError::backend)
+}
+
+#[async_trait]
+impl RotationStore for EmbeddedStore {
+    async fn stage(
+        &self,
+        user: &UserId,
+        service: Service,
+        key: &ApiKey,
+    ) -> Result<SecretRef, StoreError> {
+        let (user, key) = (user.clone(), key.clone());
+        self.run(move |inner| {
+            let id = secret_id(&user, service);
+            let version = crypto::random_hex::<16>().map_err(StoreError::backend)?;
+            let mut conn = inner.conn()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            let has_current: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM secrets WHERE secret_id = ?1 AND stage = 'current')",
+                    [&id],
+                    |row| row.get(0),
+                )
+                .map_err(StoreError::backend)?;
+            if !has_current {
+                return Err(StoreError::SecretNotFound);
+            }
+            tx.execute(
+                "DELETE FROM secrets WHERE secret_id = ?1 AND stage = 'staged'",
+                [&id],
+            )
+            .map_err(StoreError::backend)?;
+            insert_secret_row(
+                &tx,
+                inner,
+                &id,
+                &version,
+                user.as_str(),
+                service.as_str(),
+                "staged",
+                &key,
+            )?;
+            tx.commit().map_err(StoreError::backend)?;
+            Ok(SecretRef { id, version })
+        })
+        .await
+    }
+
+    async fn describe(&self, secret_id: &str) -> Result<SecretVersions, StoreError> {
+        let id = secret_id.to_owned();
+        self.run(move |inner| {
+            let conn = inner.conn()?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT version_id, user_id, service, stage FROM secrets WHERE secret_id = ?1",
+                )
+                .map_err(StoreError::backend)?;
+            let rows = stmt
+                .query_map([&id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(StoreError::backend)?;
+            let mut found: Option<SecretVersions> = None;
+            for row in rows {
+                let (version, user, service, stage) = row.map_err(StoreError::backend)?;
+                let versions = match &mut found {
+                    Some(v) => v,
+                    None => found.insert(SecretVersions {
+                        id: id.clone(),
+                        user: UserId::new(user)
+                            .ok_or_else(|| corrupt("secrets.user_id is not a valid user id"))?,
+                        service: service
+                            .parse()
+                            .map_err(|_| corrupt("secrets.service names no known service"))?,
+                        current: None,
+                        pending: None,
+                        staged: None,
+                    }),
+                };
+                match stage.as_str() {
+                    "current" => versions.current = Some(version),
+                    "pending" => versions.pending = Some(version),
+                    "staged" => versions.staged = Some(version),
+                    _ => {}
+                }
+            }
+            found.ok_or(StoreError::SecretNotFound)
+        })
+        .await
+    }
+
+    async fn put_pending(
+        &self,
+        secret_id: &str,
+        token: &str,
+        key: &ApiKey,
+    ) -> Result<(), StoreError> {
+        let (id, token, key) = (secret_id.to_owned(), token.to_owned(), key.clone());
+        self.run(move |inner| {
+            let mut conn = inner.conn()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            if row_stage(&tx, &id, &token)?.is_some() {
+                // Written by an earlier attempt (and maybe promoted since).
+                return Ok(());
+            }
+            let (user, service) = secret_owner(&tx, &id)?;
+            tx.execute(
+                "DELETE FROM secrets WHERE secret_id = ?1 AND stage = 'pending'",
+                [&id],
+            )
+            .map_err(StoreError::backend)?;
+            insert_secret_row(&tx, inner, &id, &token, &user, &service, "pending", &key)?;
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+    }
+
+    async fn get_pending(&self, secret_id: &str, token: &str) -> Result<ApiKey, StoreError> {
+        let (id, token) = (secret_id.to_owned(), token.to_owned());
+        self.run(move |inner| {
+            let row = inner
+                .conn()?
+                .query_row(
+                    "SELECT user_id, service, master_key_id, nonce, ciphertext FROM secrets \
+                     WHERE secret_id = ?1 AND version_id = ?2 AND stage = 'pending'",
+                    params![id, token],
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(StoreError::backend)?
+                .ok_or(StoreError::SecretNotFound)?;
+            inner.open_row(&id, &token, row)
+        })
+        .await
+    }
+
+    async fn promote(&self, secret_id: &str, token: &str) -> Result<(), StoreError> {
+        let (id, token) = (secret_id.to_owned(), token.to_owned());
+        self.run(move |inner| {
+            let mut conn = inner.conn()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            match row_stage(&tx, &id, &token)?.as_deref() {
+                Some("current") => {}
+                Some("pending") => {
+                    // As in `put_secret`: older rows go unless metadata still
+                    // points at one; current becomes previous.
+                    tx.execute(
+                        "DELETE FROM secrets WHERE secret_id = ?1 AND version_id <> ?2 \
+                         AND stage NOT IN ('current', 'pending') \
+                         AND version_id NOT IN (SELECT secret_version FROM keys WHERE secret_id = ?1)",
+                        [&id, &token],
+                    )
+                    .map_err(StoreError::backend)?;
+                    for sql in [
+                        "UPDATE secrets SET stage = 'deprecated' WHERE secret_id = ?1 AND stage IN ('previous', 'staged')",
+                        "UPDATE secrets SET stage = 'previous' WHERE secret_id = ?1 AND stage = 'current'",
+                    ] {
+                        tx.execute(sql, [&id]).map_err(StoreError::backend)?;
+                    }
+                    tx.execute(
+                        "UPDATE secrets SET stage = 'current' WHERE secret_id = ?1 AND version_id = ?2",
+                        [&id, &token],
+                    )
+                    .map_err(StoreError::backend)?;
+                }
+                _ => return Err(StoreError::SecretNotFound),
+            }
+            tx.execute(
+                "DELETE FROM secrets WHERE secret_id = ?1 AND stage IN ('pending', 'staged')",
+                [&id],
+            )
+            .map_err(StoreError::backend)?;
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+    }
+
+    async fn discard(&self, secret_id: &str, token: Option<&str>) -> Result<(), StoreError> {
+        let (id, token) = (secret_id.to_owned(), token.map(str::to_owned));
+        self.run(move |inner| {
+            let mut conn = inner.conn()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            tx.execute(
+                "DELETE FROM secrets WHERE secret_id = ?1 AND stage = 'pending' \
+                 AND (?2 IS NULL OR version_id = ?2)",
+                params![id, token],
+            )
+            .map_err(StoreError::backend)?;
+            tx.execute(
+                "DELETE FROM secrets WHERE secret_id = ?1 AND stage = 'staged'",
+                [&id],
+            )
+            .map_err(StoreError::backend)?;
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<ListedSecret>, StoreError> {
+        self.run(|inner| {
+            let conn = inner.conn()?;
+            let mut stmt = conn
+                .prepare(
+                    "SELECT secret_id, MIN(user_id), MIN(service), MAX(created_at) \
+                     FROM secrets GROUP BY secret_id ORDER BY secret_id",
+                )
+                .map_err(StoreError::backend)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(StoreError::backend)?;
+            let mut listed = Vec::new();
+            for row in rows {
+                let (id, user, service, changed) = row.map_err(StoreError::backend)?;
+                listed.push(ListedSecret {
+                    id,
+                    owner: UserId::new(user).zip(service.parse::<Service>().ok()),
+                    changed_at: Some(ts_from_text(&changed, "secrets.created_at")?),
+                });
+            }
+            Ok(listed)
+        })
+        .await
+    }
+
+    async fn delete_by_id(&self, secret_id: &str) -> Result<(), StoreError> {
+        let id = secret_id.to_owned();
         self.run(move |inner| {
             inner
                 .conn()?
@@ -869,6 +1367,9 @@ mod tests {
             last_validation: None,
             secret,
             revision: 1,
+            rotated_at: None,
+            pending: None,
+            last_rotation: None,
         }
     }
 

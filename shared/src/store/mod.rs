@@ -20,10 +20,12 @@ pub mod cache;
 pub mod dynamo;
 pub mod embedded;
 pub mod ratelimit;
+pub mod rotation;
 pub mod secrets_manager;
 
 pub use audit::{AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore, BadCursor};
 pub use ratelimit::{RateAction, RateDecision, RateLimitStore};
+pub use rotation::{ListedSecret, RotationStore, SecretVersions};
 
 use crate::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
 use async_trait::async_trait;
@@ -112,6 +114,20 @@ pub trait MetadataStore: Send + Sync {
 
     /// Saves the user's settings.
     async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError>;
+
+    /// One page of every user's key records, for operator jobs (the sweep),
+    /// never for a request. `after` is the previous page's [`KeyPage::next`];
+    /// a page may hold fewer than `limit` records (even none) and still have
+    /// a next one.
+    async fn scan_keys(&self, after: Option<&str>, limit: usize) -> Result<KeyPage, StoreError>;
+}
+
+/// A page of [`MetadataStore::scan_keys`].
+#[derive(Debug, Default)]
+pub struct KeyPage {
+    pub keys: Vec<KeyRecord>,
+    /// Where the next page starts (opaque); `None` on the last page.
+    pub next: Option<String>,
 }
 
 /// Secret values, one secret per (user, service), versioned.

@@ -26,6 +26,18 @@
 //! version, never by stage. The KMS key (if set) and the tags `byok:user` and
 //! `byok:service` are set when the secret is created.
 //!
+//! The description is the JSON `{"byokUser":"...","byokService":"..."}`:
+//! the owner in full, for rotation events and the sweep, which start from a
+//! secret and must find its key record (the tag holds a hash for user ids
+//! that tags cannot carry). Secrets made before the description existed
+//! fall back to the tags when the user tag is not a hash.
+//!
+//! # Rotation
+//! [`RotationStore`] maps its stages to `AWSCURRENT`, `AWSPREVIOUS`,
+//! `AWSPENDING` and [`STAGED_LABEL`] (see [`super::rotation`]). Stages are
+//! always read by version id and label, never by default version, and
+//! `UpdateSecretVersionStage` moves `AWSPREVIOUS` along with `AWSCURRENT`.
+//!
 //! # Deletion
 //! [`SecretDeletion::Force`] deletes at once; with a recovery window the
 //! secret is only scheduled for deletion: reading it is then
@@ -33,13 +45,14 @@
 //! service) restores it (including its old versions) before adding the new
 //! version.
 
+use super::rotation::{ListedSecret, RotationStore, STAGED_LABEL, SecretVersions};
 use super::{SecretStore, StoreError};
 use crate::crypto;
 use crate::domain::{ApiKey, SecretRef, Service, UserId};
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, SdkError};
-use aws_sdk_secretsmanager::types::Tag;
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -238,6 +251,7 @@ impl SecretsManagerStore {
                         .name(name)
                         .client_request_token(token)
                         .secret_string(value)
+                        .description(owner_description(user, service)?)
                         .set_kms_key_id(self.options.kms_key_id.clone())
                         .tags(Tag::builder().key(USER_TAG).value(user_tag(user)).build())
                         .tags(
@@ -399,6 +413,286 @@ pub async fn read_team_secret(client: &Client, arn: &str) -> Result<ApiKey, Stor
             Some(e) if e.is_resource_not_found_exception() => Err(StoreError::SecretNotFound),
             _ => Err(backend("GetSecretValue", err)),
         },
+    }
+}
+
+/// The owner as the secret's description (see the module doc).
+fn owner_description(user: &UserId, service: Service) -> Result<String, StoreError> {
+    serde_json::to_string(&serde_json::json!({
+        "byokUser": user.as_str(),
+        "byokService": service.as_str(),
+    }))
+    .map_err(StoreError::backend)
+}
+
+/// The owner a secret names: its description, else its tags when the user
+/// tag is the id itself rather than a hash.
+fn owner_of(description: Option<&str>, tags: &[Tag]) -> Option<(UserId, Service)> {
+    #[derive(serde::Deserialize)]
+    struct Owner {
+        #[serde(rename = "byokUser")]
+        user: String,
+        #[serde(rename = "byokService")]
+        service: String,
+    }
+    if let Some(owner) = description.and_then(|d| serde_json::from_str::<Owner>(d).ok()) {
+        return Some((UserId::new(owner.user)?, owner.service.parse().ok()?));
+    }
+    let tag = |key: &str| {
+        tags.iter()
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value())
+    };
+    let user = tag(USER_TAG)?;
+    let looks_hashed = user.len() == 66 && user.starts_with("h-");
+    if looks_hashed {
+        return None;
+    }
+    Some((UserId::new(user)?, tag(SERVICE_TAG)?.parse().ok()?))
+}
+
+fn aws_time(t: &aws_smithy_types::DateTime) -> Option<crate::domain::Timestamp> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(t.secs()) * 1_000_000_000 + i128::from(t.subsec_nanos()),
+    )
+    .ok()
+}
+
+/// Whether an SDK error says the secret, version or label is not there (or
+/// the secret is scheduled for deletion).
+fn is_not_found<E>(err: &SdkError<E>) -> bool
+where
+    E: aws_sdk_secretsmanager::error::ProvideErrorMetadata,
+{
+    matches!(
+        err.as_service_error().and_then(|e| e.code()),
+        Some("ResourceNotFoundException" | "InvalidRequestException")
+    )
+}
+
+impl SecretsManagerStore {
+    /// Moves `label` off `from` (and onto `to`, if given).
+    async fn move_label(
+        &self,
+        secret_id: &str,
+        label: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(secret_id)
+            .version_stage(label)
+            .set_remove_from_version_id(from.map(str::to_owned))
+            .set_move_to_version_id(to.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| backend("UpdateSecretVersionStage", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RotationStore for SecretsManagerStore {
+    async fn stage(
+        &self,
+        user: &UserId,
+        service: Service,
+        key: &ApiKey,
+    ) -> Result<SecretRef, StoreError> {
+        let token = crypto::random_hex::<16>().map_err(StoreError::backend)?;
+        let value = secret_value(key)?;
+        let put = self
+            .client
+            .put_secret_value()
+            .secret_id(self.secret_name(user, service))
+            .client_request_token(&token)
+            .secret_string(value.as_str())
+            .version_stages(STAGED_LABEL)
+            .send()
+            .await;
+        match put {
+            Ok(out) => secret_ref(out.arn, out.version_id, &token),
+            Err(err) if is_not_found(&err) => Err(StoreError::SecretNotFound),
+            Err(err) => Err(backend("PutSecretValue", err)),
+        }
+    }
+
+    async fn describe(&self, secret_id: &str) -> Result<SecretVersions, StoreError> {
+        let out = match self
+            .client
+            .describe_secret()
+            .secret_id(secret_id)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(err) if is_not_found(&err) => return Err(StoreError::SecretNotFound),
+            Err(err) => return Err(backend("DescribeSecret", err)),
+        };
+        if out.deleted_date.is_some() {
+            return Err(StoreError::SecretNotFound);
+        }
+        let (user, service) = owner_of(out.description.as_deref(), out.tags())
+            .ok_or_else(|| StoreError::Corrupt("the secret names no byok owner".to_owned()))?;
+        let with = |label: &str| {
+            out.version_ids_to_stages.as_ref().and_then(|versions| {
+                versions
+                    .iter()
+                    .find(|(_, stages)| stages.iter().any(|s| s == label))
+                    .map(|(version, _)| version.clone())
+            })
+        };
+        Ok(SecretVersions {
+            id: out.arn.clone().unwrap_or_else(|| secret_id.to_owned()),
+            user,
+            service,
+            current: with("AWSCURRENT"),
+            pending: with("AWSPENDING"),
+            staged: with(STAGED_LABEL),
+        })
+    }
+
+    async fn put_pending(
+        &self,
+        secret_id: &str,
+        token: &str,
+        key: &ApiKey,
+    ) -> Result<(), StoreError> {
+        match self.get_pending(secret_id, token).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::SecretNotFound) | Err(StoreError::Corrupt(_)) => {}
+            Err(err) => return Err(err),
+        }
+        let value = secret_value(key)?;
+        self.client
+            .put_secret_value()
+            .secret_id(secret_id)
+            .client_request_token(token)
+            .secret_string(value.as_str())
+            .version_stages("AWSPENDING")
+            .send()
+            .await
+            .map_err(|e| backend("PutSecretValue", e))?;
+        Ok(())
+    }
+
+    async fn get_pending(&self, secret_id: &str, token: &str) -> Result<ApiKey, StoreError> {
+        let got = self
+            .client
+            .get_secret_value()
+            .secret_id(secret_id)
+            .version_id(token)
+            .version_stage("AWSPENDING")
+            .send()
+            .await;
+        match got {
+            Ok(out) => key_from_output(out),
+            Err(err) if is_not_found(&err) => Err(StoreError::SecretNotFound),
+            Err(err) => Err(backend("GetSecretValue", err)),
+        }
+    }
+
+    async fn promote(&self, secret_id: &str, token: &str) -> Result<(), StoreError> {
+        let versions = self.describe(secret_id).await?;
+        if versions.current.as_deref() != Some(token) {
+            if versions.pending.as_deref() != Some(token) {
+                return Err(StoreError::SecretNotFound);
+            }
+            // AWSPREVIOUS follows: the old current becomes previous.
+            self.move_label(
+                secret_id,
+                "AWSCURRENT",
+                versions.current.as_deref(),
+                Some(token),
+            )
+            .await?;
+        }
+        if let Some(pending) = versions.pending.as_deref() {
+            self.move_label(secret_id, "AWSPENDING", Some(pending), None)
+                .await?;
+        }
+        if let Some(staged) = versions.staged.as_deref() {
+            self.move_label(secret_id, STAGED_LABEL, Some(staged), None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn discard(&self, secret_id: &str, token: Option<&str>) -> Result<(), StoreError> {
+        let versions = self.describe(secret_id).await?;
+        if let Some(pending) = versions.pending.as_deref()
+            && token.is_none_or(|t| t == pending)
+        {
+            self.move_label(secret_id, "AWSPENDING", Some(pending), None)
+                .await?;
+        }
+        if let Some(staged) = versions.staged.as_deref() {
+            self.move_label(secret_id, STAGED_LABEL, Some(staged), None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<ListedSecret>, StoreError> {
+        let mut listed = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let request = self
+                .client
+                .list_secrets()
+                .max_results(100)
+                .set_next_token(next.take());
+            let request = if self.options.prefix.is_empty() {
+                request
+            } else {
+                request.filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::Name)
+                        .values(&self.options.prefix)
+                        .build(),
+                )
+            };
+            let out = request
+                .send()
+                .await
+                .map_err(|e| backend("ListSecrets", e))?;
+            for secret in out.secret_list() {
+                let (Some(arn), Some(name)) = (secret.arn(), secret.name()) else {
+                    continue;
+                };
+                // The name filter is a prefix match, case-insensitive: check exactly.
+                if !name.starts_with(&self.options.prefix) || secret.deleted_date.is_some() {
+                    continue;
+                }
+                listed.push(ListedSecret {
+                    id: arn.to_owned(),
+                    owner: owner_of(secret.description(), secret.tags()),
+                    changed_at: secret
+                        .last_changed_date()
+                        .or(secret.created_date())
+                        .and_then(aws_time),
+                });
+            }
+            match out.next_token {
+                Some(token) if !token.is_empty() => next = Some(token),
+                _ => break,
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn delete_by_id(&self, secret_id: &str) -> Result<(), StoreError> {
+        let request = self.client.delete_secret().secret_id(secret_id);
+        let request = match self.options.deletion {
+            SecretDeletion::Force => request.force_delete_without_recovery(true),
+            SecretDeletion::RecoveryWindowDays(days) => request.recovery_window_in_days(days),
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(backend("DeleteSecret", err)),
+        }
     }
 }
 
