@@ -8,17 +8,21 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::completion::{CompletionService, LogUsageSink, UpstreamClient};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::crypto::{CryptoError, MasterKey};
+use crate::events::{EventBridgeSink, EventSink, JsonLinesSink, LogSink};
 use crate::http::AppState;
 use crate::keys::KeyService;
 use crate::resolve::Resolver;
 use crate::resolve::TeamCredentials;
+use crate::rotation::{InProcessTrigger, RotationService, RotationTrigger, SecretsManagerTrigger};
 use crate::store::cache::CachedSecretStore;
 use crate::store::dynamo::{DynamoMetadataStore, ensure_table};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::secrets_manager::{
     SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
 };
-use crate::store::{AuditStore, MetadataStore, RateLimitStore, SecretStore, StoreError};
+use crate::store::{
+    AuditStore, MetadataStore, RateLimitStore, RotationStore, SecretStore, StoreError,
+};
 use crate::validate::ValidationService;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -59,6 +63,12 @@ pub struct Stores {
     pub rate_limits: Arc<dyn RateLimitStore>,
     /// The audit log (the metadata store's backend).
     pub audit: Arc<dyn AuditStore>,
+    /// Staging labels for rotation (the secret store's backend, uncached).
+    pub rotation: Arc<dyn RotationStore>,
+    /// Where key events go.
+    pub events: Arc<dyn EventSink>,
+    /// Secrets Manager, to start rotations with `RotateSecret` (AWS only).
+    pub secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     pub team: TeamCredentials,
 }
 
@@ -69,14 +79,21 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
         StoreKind::Embedded => {
             let master = match &config.master_key {
                 Some(b64) => MasterKey::from_base64(b64.expose_secret())?,
-                None => MasterKey::load_or_create(&config.data_dir)?,
+                None => {
+                    // Finish a `master-key rotate` that a crash interrupted.
+                    crate::store::rekey::recover_interrupted(&config.data_dir)?;
+                    MasterKey::load_or_create(&config.data_dir)?
+                }
             };
             let store = Arc::new(EmbeddedStore::open(&config.data_dir, master)?);
             Stores {
                 meta: store.clone(),
                 rate_limits: store.clone(),
                 audit: store.clone(),
+                rotation: store.clone(),
                 secrets: store,
+                events: Arc::new(LogSink),
+                secrets_manager: None,
                 team: config.team.clone(),
             }
         }
@@ -107,16 +124,29 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 deletion,
             };
             let meta = Arc::new(DynamoMetadataStore::new(dynamo, table));
-            let secrets = Arc::new(SecretsManagerStore::new(sm, options));
+            let secrets = Arc::new(SecretsManagerStore::new(sm.clone(), options));
+            let events: Arc<dyn EventSink> = match &config.rotation.event_bus {
+                Some(bus) => Arc::new(EventBridgeSink::new(
+                    aws_sdk_eventbridge::Client::new(&sdk),
+                    bus.clone(),
+                )),
+                None => Arc::new(LogSink),
+            };
             Stores {
                 meta: meta.clone(),
                 rate_limits: meta.clone(),
                 audit: meta,
+                rotation: secrets.clone(),
                 secrets,
+                events,
+                secrets_manager: Some(sm),
                 team,
             }
         }
     };
+    if let Some(path) = &config.rotation.events_file {
+        stores.events = Arc::new(JsonLinesSink::new(path.clone()));
+    }
     stores.secrets = Arc::new(CachedSecretStore::new(
         stores.secrets,
         config.secret_cache_capacity,
@@ -157,10 +187,27 @@ pub fn state(
         Arc::new(LogUsageSink),
         config.upstream_timeouts,
     );
+    let validation = Arc::new(validation);
+    let rotation = Arc::new(RotationService::new(
+        stores.meta.clone(),
+        stores.secrets.clone(),
+        stores.rotation,
+        validation.clone(),
+        audit.clone(),
+        stores.events,
+    ));
+    let rotation_trigger: Arc<dyn RotationTrigger> =
+        match (&config.rotation.function_arn, stores.secrets_manager) {
+            (Some(arn), Some(client)) => Arc::new(SecretsManagerTrigger::new(client, arn.clone())),
+            _ => Arc::new(InProcessTrigger::new(rotation.clone())),
+        };
     Ok(AppState {
         keys: Arc::new(KeyService::new(stores.meta, stores.secrets).with_audit(audit.clone())),
-        validation: Arc::new(validation),
+        validation,
         audit: Arc::new(audit),
+        rotation,
+        rotation_trigger,
+        rotation_age: config.rotation.sweep.rotation_age,
         resolver,
         auth: Arc::new(Authenticator::new(verifier)),
         catalog: Arc::new(catalog(config)?),

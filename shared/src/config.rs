@@ -4,6 +4,7 @@
 
 use crate::domain::{ApiKey, ModelId, Service};
 use crate::resolve::{TeamCredentials, Upstreams};
+use crate::rotation::SweepPolicy;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,6 +58,22 @@ pub struct Config {
     /// A model catalog file served instead of the shipped one
     /// (`BYOK_CATALOG_FILE`; `byok-local catalog refresh` writes it).
     pub catalog_file: Option<PathBuf>,
+    pub rotation: RotationConfig,
+}
+
+/// Key rotation and the sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationConfig {
+    /// The rotation function Secrets Manager invokes (`BYOK_ROTATION_FUNCTION_ARN`);
+    /// unset: rotations run in this process.
+    pub function_arn: Option<String>,
+    /// The EventBridge bus key events go to (`BYOK_EVENT_BUS_NAME`).
+    pub event_bus: Option<String>,
+    /// A file key events are appended to as JSON lines (`BYOK_EVENTS_FILE`).
+    pub events_file: Option<PathBuf>,
+    /// `BYOK_REVALIDATE_AFTER_HOURS`, `BYOK_ROTATION_AGE_DAYS`,
+    /// `BYOK_ORPHAN_GRACE_MINUTES` (fractions allowed).
+    pub sweep: SweepPolicy,
 }
 
 /// How long the completion path waits on an upstream.
@@ -217,6 +234,44 @@ impl Config {
                 })?,
         };
 
+        let span = |name: &'static str, unit_secs: f64, default: Duration| match get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n >= 0.0 && *n * unit_secs <= 1e10)
+                .map(|n| Duration::from_secs_f64(n * unit_secs))
+                .ok_or(ConfigError::Invalid {
+                    name,
+                    expected: "a number of at least 0 (fractions allowed)",
+                }),
+        };
+        let sweep_defaults = SweepPolicy::default();
+        let rotation = RotationConfig {
+            function_arn: get("BYOK_ROTATION_FUNCTION_ARN"),
+            event_bus: get("BYOK_EVENT_BUS_NAME"),
+            events_file: get("BYOK_EVENTS_FILE").map(PathBuf::from),
+            sweep: SweepPolicy {
+                revalidate_after: span(
+                    "BYOK_REVALIDATE_AFTER_HOURS",
+                    3600.0,
+                    sweep_defaults.revalidate_after,
+                )?,
+                rotation_age: span(
+                    "BYOK_ROTATION_AGE_DAYS",
+                    86_400.0,
+                    sweep_defaults.rotation_age,
+                )?,
+                orphan_grace: span(
+                    "BYOK_ORPHAN_GRACE_MINUTES",
+                    60.0,
+                    sweep_defaults.orphan_grace,
+                )?,
+                concurrency: sweep_defaults.concurrency,
+            },
+        };
+
         let mut upstreams = Upstreams::default();
         let mut team = TeamCredentials::default();
         let mut team_secret_arns = BTreeMap::new();
@@ -262,6 +317,7 @@ impl Config {
             fallback_models,
             upstream_timeouts,
             catalog_file: get("BYOK_CATALOG_FILE").map(PathBuf::from),
+            rotation,
         })
     }
 }

@@ -78,6 +78,60 @@ pub async fn run_streaming(router: axum::Router) -> Result<(), Error> {
     lambda_http::run_with_streaming_response(with_claims(router)).await
 }
 
+/// Serves the rotation function: Secrets Manager rotation events run one
+/// protocol step; an EventBridge scheduled event (or `{"action":"sweep"}`)
+/// runs the sweep and answers its report.
+pub async fn run_rotation(
+    rotation: std::sync::Arc<crate::rotation::RotationService>,
+    policy: crate::rotation::SweepPolicy,
+) -> Result<(), Error> {
+    let rotation = &rotation;
+    lambda_http::lambda_runtime::run(lambda_http::service_fn(
+        move |event: lambda_http::LambdaEvent<Value>| async move {
+            handle_rotation_event(rotation, policy, event.payload).await
+        },
+    ))
+    .await
+}
+
+/// One invocation of the rotation function (see [`run_rotation`]). A
+/// failed step is an error, so Secrets Manager marks the rotation failed
+/// (and retries it); the message says whether a retry can help.
+pub async fn handle_rotation_event(
+    rotation: &crate::rotation::RotationService,
+    policy: crate::rotation::SweepPolicy,
+    event: Value,
+) -> Result<Value, Error> {
+    use crate::rotation::Step;
+    use lambda_http::aws_lambda_events::secretsmanager::SecretsManagerSecretRotationEvent;
+    if event.get("Step").is_some() {
+        let event: SecretsManagerSecretRotationEvent = serde_json::from_value(event)?;
+        let step = Step::parse(&event.step)
+            .ok_or_else(|| format!("unknown rotation step {:?}", event.step))?;
+        return match rotation
+            .step(step, &event.secret_id, &event.client_request_token)
+            .await
+        {
+            Ok(()) => Ok(serde_json::json!({ "step": step.as_str(), "done": true })),
+            Err(err) => {
+                let kind = if err.retryable() {
+                    "retryable"
+                } else {
+                    "final"
+                };
+                Err(format!("{} failed ({kind}): {err}", step.as_str()).into())
+            }
+        };
+    }
+    let scheduled = event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event");
+    let asked = event.get("action").and_then(Value::as_str) == Some("sweep");
+    if scheduled || asked {
+        let report = rotation.sweep(policy).await?;
+        return Ok(serde_json::to_value(report)?);
+    }
+    Err("unrecognised event: expected a Secrets Manager rotation step or a scheduled event".into())
+}
+
 fn with_claims(router: axum::Router) -> axum::Router {
     router.layer(middleware::from_fn(insert_authorizer_claims))
 }

@@ -2,12 +2,18 @@
 //! `byok-local [serve]` runs the server and prints a ready dev token;
 //! `byok-local token --sub NAME [--admin] [--ttl SECS]` prints a token alone;
 //! `byok-local catalog refresh` merges the gateway's public model list into a
-//! catalog file.
+//! catalog file; `byok-local master-key rotate` re-seals every stored key
+//! under a new master key; `byok-local rotate` runs a staged key's rotation
+//! and `byok-local sweep` the key-health sweep (the rotation function's two
+//! jobs, on whichever store is configured).
 
 use crate::app::{self, InitError};
 use crate::auth::{JwtSecret, issue_token, now_unix};
 use crate::catalog::Catalog;
 use crate::config::{Config, StoreKind};
+use crate::crypto::MasterKey;
+use crate::store::{StoreError, rekey};
+use secrecy::{ExposeSecret, SecretString};
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -19,6 +25,15 @@ usage:
                                                      merge the gateway's public model list (default
                                                      $AI_GATEWAY_URL/models) into FILE (default
                                                      $BYOK_CATALOG_FILE), which BYOK_CATALOG_FILE serves
+  byok-local master-key rotate                       re-seal every stored key under a new master key
+                                                     (stop the server first): a new random key replaces
+                                                     $BYOK_DATA_DIR/master.key, or, when BYOK_MASTER_KEY
+                                                     is set, the key is BYOK_NEW_MASTER_KEY
+  byok-local rotate --user ID --service NAME         run the rotation of the key staged with
+                                                     PUT /api/keys/{service}/pending (create, set,
+                                                     test, finish) and print the key record
+  byok-local sweep                                   re-validate stale keys, flag keys due for rotation,
+                                                     remove orphaned secrets; print the report (JSON)
   byok-local help                                    this text
 
 configuration comes from the environment: BYOK_LISTEN, BYOK_DATA_DIR, BYOK_MASTER_KEY,
@@ -43,6 +58,15 @@ pub enum Command {
         from: Option<String>,
         out: Option<std::path::PathBuf>,
     },
+    /// Re-seal every secret of the embedded store under a new master key.
+    MasterKeyRotate,
+    /// Run the rotation of a staged key now.
+    Rotate {
+        user: String,
+        service: crate::domain::Service,
+    },
+    /// Run the key-health sweep once.
+    Sweep,
     Help,
 }
 
@@ -65,6 +89,10 @@ pub enum LocalError {
     Catalog(#[from] crate::catalog::CatalogError),
     #[error("cannot download the model list from {url}: {reason}")]
     Download { url: String, reason: String },
+    #[error("rotation: {0}")]
+    Rotation(String),
+    #[error("master-key rotate: {0}")]
+    MasterKeyRotate(String),
 }
 
 /// Parses the arguments after the program name.
@@ -124,6 +152,38 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Loc
             }
             Ok(Command::CatalogRefresh { from, out })
         }
+        Some("rotate") => {
+            let (mut user, mut service) = (None, None);
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--user" => {
+                        user = Some(args.next().ok_or_else(|| usage("--user needs an id"))?)
+                    }
+                    "--service" => {
+                        let name = args.next().ok_or_else(|| usage("--service needs a name"))?;
+                        service = Some(
+                            name.parse()
+                                .map_err(|_| usage(&format!("unknown service: {name}")))?,
+                        );
+                    }
+                    other => return Err(usage(&format!("unknown option: {other}"))),
+                }
+            }
+            let user = user
+                .filter(|u| crate::domain::UserId::new(u.as_str()).is_some())
+                .ok_or_else(|| usage("rotate needs --user ID"))?;
+            let service = service.ok_or_else(|| usage("rotate needs --service NAME"))?;
+            Ok(Command::Rotate { user, service })
+        }
+        Some("sweep") => match args.next() {
+            None => Ok(Command::Sweep),
+            Some(extra) => Err(usage(&format!("unexpected argument: {extra}"))),
+        },
+        Some("master-key") => match (args.next().as_deref(), args.next()) {
+            (Some("rotate"), None) => Ok(Command::MasterKeyRotate),
+            (Some("rotate"), Some(extra)) => Err(usage(&format!("unexpected argument: {extra}"))),
+            _ => Err(usage("master-key needs a subcommand: rotate")),
+        },
         Some(other) => Err(usage(&format!("unknown command: {other}"))),
     }
 }
@@ -148,6 +208,129 @@ pub async fn run(command: Command, config: Config, out: &mut dyn Write) -> Resul
         Command::CatalogRefresh { from, out: file } => {
             refresh_catalog(&config, from, file, out).await
         }
+        Command::Rotate { user, service } => {
+            let state = app::local_state(&config, app::local_jwt_secret(&config)?).await?;
+            let user = crate::domain::UserId::new(user)
+                .ok_or_else(|| LocalError::Usage("rotate needs --user ID".to_owned()))?;
+            let record = state
+                .rotation
+                .rotate(&user, service)
+                .await
+                .map_err(|err| LocalError::Rotation(err.to_string()))?;
+            let view = crate::http::key_record_json(&record, config.rotation.sweep.rotation_age);
+            Ok(writeln!(out, "{view}")?)
+        }
+        Command::Sweep => {
+            let state = app::local_state(&config, app::local_jwt_secret(&config)?).await?;
+            let report = state
+                .rotation
+                .sweep(config.rotation.sweep)
+                .await
+                .map_err(|err| LocalError::Rotation(err.to_string()))?;
+            let json = serde_json::to_string(&report).map_err(std::io::Error::other)?;
+            Ok(writeln!(out, "{json}")?)
+        }
+        Command::MasterKeyRotate => {
+            let new_key = std::env::var(NEW_MASTER_KEY_ENV)
+                .ok()
+                .map(SecretString::from);
+            rotate_master_key(&config, new_key, out).await
+        }
+    }
+}
+
+/// The new master key of `master-key rotate` when the current one is
+/// `BYOK_MASTER_KEY` (base64 of 32 bytes).
+pub const NEW_MASTER_KEY_ENV: &str = "BYOK_NEW_MASTER_KEY";
+
+/// Re-seals the embedded store's secrets under a new master key (see
+/// [`rekey`]) and prints one line: counts and key ids, never a key. With the
+/// key in the data directory, the new key is generated into `master.key`;
+/// with `BYOK_MASTER_KEY`, it is `new_key` and the operator switches the
+/// variable afterwards (running this again with the same two keys is
+/// harmless and completes an interrupted run).
+async fn rotate_master_key(
+    config: &Config,
+    new_key: Option<SecretString>,
+    out: &mut dyn Write,
+) -> Result<(), LocalError> {
+    let failed = |msg: &str| LocalError::MasterKeyRotate(msg.to_owned());
+    if config.store != StoreKind::Embedded {
+        return Err(failed(
+            "only the embedded store (BYOK_STORE=embedded) has a master key",
+        ));
+    }
+    let data_dir = config.data_dir.clone();
+    let Some(old) = &config.master_key else {
+        if new_key.is_some() {
+            return Err(failed(&format!(
+                "{NEW_MASTER_KEY_ENV} is only used with BYOK_MASTER_KEY; without it the new key \
+                 is generated into the data directory"
+            )));
+        }
+        let done = on_blocking_thread(move || rekey::rotate_key_file(&data_dir)).await?;
+        writeln!(
+            out,
+            "{}; the new key is in {}",
+            rotated(done.report, &done.old_key_id, &done.new_key_id),
+            config.data_dir.join(crate::crypto::KEY_FILE).display(),
+        )?;
+        return Ok(());
+    };
+    let old = MasterKey::from_base64(old.expose_secret()).map_err(InitError::from)?;
+    let new = new_key
+        .ok_or_else(|| {
+            failed(&format!(
+                "BYOK_MASTER_KEY is set, so the new key must be given in {NEW_MASTER_KEY_ENV}"
+            ))
+        })
+        .and_then(|b64| {
+            MasterKey::from_base64(b64.expose_secret()).map_err(|_| {
+                failed(&format!(
+                    "{NEW_MASTER_KEY_ENV} is not standard base64 of exactly 32 bytes"
+                ))
+            })
+        })?;
+    let (old_id, new_id) = (old.key_id(), new.key_id());
+    let report =
+        on_blocking_thread(move || rekey::rotate_master_key(&data_dir, &old, &new)).await?;
+    writeln!(
+        out,
+        "{}; now set BYOK_MASTER_KEY to the value of {NEW_MASTER_KEY_ENV} \
+         (running this again with the same two keys is harmless)",
+        rotated(report, &old_id, &new_id),
+    )?;
+    Ok(())
+}
+
+/// The start of the line `master-key rotate` prints.
+fn rotated(report: rekey::RekeyReport, old_id: &str, new_id: &str) -> String {
+    format!(
+        "master key rotated: {} secrets re-sealed ({} already under the new key), \
+         key id {old_id} -> {new_id}",
+        report.resealed, report.already_new
+    )
+}
+
+/// Runs a rotation step on the blocking pool; its error with every cause
+/// (none carries key material).
+async fn on_blocking_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, LocalError> {
+    fn describe(err: &dyn std::error::Error) -> String {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(LocalError::MasterKeyRotate(describe(&err))),
+        Err(err) => Err(LocalError::MasterKeyRotate(describe(&err))),
     }
 }
 
@@ -334,6 +517,10 @@ mod tests {
         assert_eq!(parse(&["serve"]).unwrap(), Command::Serve);
         assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
         assert_eq!(
+            parse(&["master-key", "rotate"]).unwrap(),
+            Command::MasterKeyRotate
+        );
+        assert_eq!(
             parse(&["token", "--sub", "alice", "--admin", "--ttl", "60"]).unwrap(),
             Command::Token {
                 sub: "alice".into(),
@@ -360,8 +547,77 @@ mod tests {
             &["catalog"],
             &["catalog", "refresh", "--out"],
             &["catalog", "refresh", "--x"],
+            &["master-key"],
+            &["master-key", "spin"],
+            &["master-key", "rotate", "now"],
         ] {
             assert!(matches!(parse(bad), Err(LocalError::Usage(_))), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn master_key_rotate_prints_ids_never_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_str().unwrap().to_owned();
+        let config = |vars: &[(&str, &str)]| {
+            Config::from_lookup(|name| {
+                (name == "BYOK_DATA_DIR").then(|| dir.clone()).or_else(|| {
+                    vars.iter()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, v)| (*v).to_owned())
+                })
+            })
+            .unwrap()
+        };
+        let rotate = async |vars: &[(&str, &str)], new: Option<&str>| {
+            let mut out = Vec::new();
+            let new = new.map(|k| SecretString::from(k.to_owned()));
+            let result = rotate_master_key(&config(vars), new, &mut out).await;
+            (result, String::from_utf8(out).unwrap())
+        };
+        let (old, new) = (
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=",
+        );
+
+        let (result, _) = rotate(&[("BYOK_STORE", "aws")], None).await;
+        assert!(
+            matches!(result, Err(LocalError::MasterKeyRotate(_))),
+            "{result:?}"
+        );
+
+        // The key in the data directory: a new one is generated into the file.
+        let before = MasterKey::load_or_create(tmp.path()).unwrap().key_id();
+        let (result, printed) = rotate(&[], None).await;
+        result.unwrap();
+        let file = std::fs::read_to_string(tmp.path().join(crate::crypto::KEY_FILE)).unwrap();
+        let after = MasterKey::from_base64(&file).unwrap().key_id();
+        assert_ne!(before, after);
+        assert!(
+            printed.contains(&format!("{before} -> {after}")),
+            "{printed}"
+        );
+        assert!(!printed.contains(file.trim()), "{printed}");
+        let (result, _) = rotate(&[], Some(new)).await;
+        assert!(
+            matches!(result, Err(LocalError::MasterKeyRotate(_))),
+            "{result:?}"
+        );
+
+        // BYOK_MASTER_KEY: the new key must come from BYOK_NEW_MASTER_KEY.
+        let env = [("BYOK_MASTER_KEY", old)];
+        for missing_or_bad in [None, Some("c2VjcmV0LWlucHV0")] {
+            let (result, printed) = rotate(&env, missing_or_bad).await;
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(NEW_MASTER_KEY_ENV), "{err}");
+            assert!(!err.contains("c2VjcmV0") && printed.is_empty(), "{err}");
+        }
+        let (result, printed) = rotate(&env, Some(new)).await;
+        result.unwrap();
+        assert!(printed.contains("set BYOK_MASTER_KEY"), "{printed}");
+        assert!(
+            !printed.contains(old) && !printed.contains(new),
+            "{printed}"
+        );
     }
 }

@@ -18,7 +18,7 @@
 use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId, ValidationResult};
 use byok::store::{
     AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor, Expected, MetadataStore,
-    RateAction, RateLimitStore, SecretStore, StoreError,
+    RateAction, RateLimitStore, RotationStore, SecretStore, StoreError,
 };
 use std::any::Any;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct Backend {
     pub secrets: Arc<dyn SecretStore>,
     pub rate: Arc<dyn RateLimitStore>,
     pub audit: Arc<dyn AuditStore>,
+    /// The secret store's staging labels (the same backend as `secrets`).
+    pub rotation: Arc<dyn RotationStore>,
     pub _guard: Box<dyn Any + Send>,
 }
 
@@ -65,6 +67,12 @@ macro_rules! contract_suite {
             audit_isolates_users,
             audit_refuses_bad_cursors_and_duplicate_ids,
             rate_and_audit_leave_load_user_unchanged,
+            rotation_promotes_pending_and_keeps_previous,
+            rotation_steps_are_idempotent,
+            rotation_discard_keeps_current,
+            rotation_stage_needs_a_secret,
+            rotation_lists_and_deletes_secrets_by_id,
+            scan_keys_pages_through_every_user,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -333,9 +341,17 @@ pub async fn key_record_round_trips_every_field(b: &Backend) {
             version: "0123456789abcdef0123456789abcdef".to_owned(),
         },
         revision: 41,
-        rotated_at: None,
-        pending: None,
-        last_rotation: None,
+        rotated_at: Some(base - Duration::days(3) + Duration::milliseconds(7)),
+        pending: Some(byok::domain::PendingKey {
+            version: "fedcba9876543210fedcba9876543210".to_owned(),
+            masked_key: "vck_…Q1q1".to_owned(),
+            staged_at: base - Duration::milliseconds(55),
+            token: Some("00112233445566778899aabbccddeeff".to_owned()),
+        }),
+        last_rotation: Some(byok::domain::RotationOutcome {
+            at: base - Duration::days(3),
+            rejected: Some(byok::domain::RotationRejection::InvalidKey),
+        }),
     };
     b.meta.put_key(&full, Expected::Absent).await.unwrap();
     let got = b.meta.get_key(&user, Service::Gateway).await.unwrap();
@@ -718,6 +734,13 @@ impl MetadataStore for Crashing {
         settings: byok::domain::Settings,
     ) -> Result<(), StoreError> {
         self.inner.put_settings(user, settings).await
+    }
+    async fn scan_keys(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<byok::store::KeyPage, StoreError> {
+        self.inner.scan_keys(after, limit).await
     }
 }
 
@@ -1135,4 +1158,238 @@ pub async fn rate_and_audit_leave_load_user_unchanged(b: &Backend) {
         b.meta.get_key(&user, Service::OpenAi).await.unwrap(),
         Some(after.keys[0].clone())
     );
+}
+
+fn key(text: &str) -> ApiKey {
+    ApiKey::new(text)
+}
+
+/// A user with a current secret for `service` holding `first`.
+async fn with_secret(
+    b: &Backend,
+    case: &str,
+    service: Service,
+    first: &str,
+) -> (UserId, SecretRef) {
+    let user = unique_user(case);
+    let current = b
+        .secrets
+        .put_secret(&user, service, &key(first))
+        .await
+        .unwrap();
+    (user, current)
+}
+
+pub async fn rotation_promotes_pending_and_keeps_previous(b: &Backend) {
+    let (user, current) = with_secret(
+        b,
+        "rot-promote",
+        Service::OpenAi,
+        "sk-proj-first-0123456789",
+    )
+    .await;
+    let staged = b
+        .rotation
+        .stage(&user, Service::OpenAi, &key("sk-proj-second-0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(
+        staged.id, current.id,
+        "a staged key is a version of the same secret"
+    );
+    let v = b.rotation.describe(&current.id).await.unwrap();
+    assert_eq!((v.user.clone(), v.service), (user.clone(), Service::OpenAi));
+    assert_eq!(v.current.as_deref(), Some(current.version.as_str()));
+    assert_eq!(v.staged.as_deref(), Some(staged.version.as_str()));
+    assert_eq!(v.pending, None);
+    // The staged key is readable by its version, and serves nothing.
+    assert_eq!(
+        b.secrets.get_secret(&staged).await.unwrap(),
+        key("sk-proj-second-0123456789")
+    );
+
+    let token = "0f0e0d0c0b0a09080706050403020100";
+    b.rotation
+        .put_pending(&current.id, token, &key("sk-proj-second-0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.rotation.get_pending(&current.id, token).await.unwrap(),
+        key("sk-proj-second-0123456789")
+    );
+    assert_eq!(
+        b.rotation
+            .describe(&current.id)
+            .await
+            .unwrap()
+            .pending
+            .as_deref(),
+        Some(token)
+    );
+
+    b.rotation.promote(&current.id, token).await.unwrap();
+    let v = b.rotation.describe(&current.id).await.unwrap();
+    assert_eq!(v.current.as_deref(), Some(token));
+    assert_eq!((v.pending, v.staged), (None, None));
+    let promoted = SecretRef {
+        id: current.id.clone(),
+        version: token.to_owned(),
+    };
+    assert_eq!(
+        b.secrets.get_secret(&promoted).await.unwrap(),
+        key("sk-proj-second-0123456789")
+    );
+    // The old current stays readable (previous): in-flight readers never miss.
+    assert_eq!(
+        b.secrets.get_secret(&current).await.unwrap(),
+        key("sk-proj-first-0123456789")
+    );
+    assert!(matches!(
+        b.rotation.get_pending(&current.id, token).await,
+        Err(StoreError::SecretNotFound)
+    ));
+}
+
+pub async fn rotation_steps_are_idempotent(b: &Backend) {
+    let (user, current) =
+        with_secret(b, "rot-idem", Service::Groq, "gsk_first_0123456789abc").await;
+    b.rotation
+        .stage(&user, Service::Groq, &key("gsk_second_0123456789ab"))
+        .await
+        .unwrap();
+    let token = "aa0e0d0c0b0a09080706050403020100";
+    for _ in 0..2 {
+        b.rotation
+            .put_pending(&current.id, token, &key("gsk_second_0123456789ab"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        b.rotation.get_pending(&current.id, token).await.unwrap(),
+        key("gsk_second_0123456789ab")
+    );
+    for _ in 0..2 {
+        b.rotation.promote(&current.id, token).await.unwrap();
+    }
+    // A retried create after the promotion changes nothing either.
+    b.rotation
+        .put_pending(&current.id, token, &key("gsk_second_0123456789ab"))
+        .await
+        .unwrap();
+    let v = b.rotation.describe(&current.id).await.unwrap();
+    assert_eq!(v.current.as_deref(), Some(token));
+    assert_eq!(
+        b.secrets.get_secret(&current).await.unwrap(),
+        key("gsk_first_0123456789abc")
+    );
+}
+
+pub async fn rotation_discard_keeps_current(b: &Backend) {
+    let (user, current) =
+        with_secret(b, "rot-discard", Service::Xai, "xai-first-0123456789abc").await;
+    b.rotation
+        .stage(&user, Service::Xai, &key("xai-second-0123456789ab"))
+        .await
+        .unwrap();
+    let token = "bb0e0d0c0b0a09080706050403020100";
+    b.rotation
+        .put_pending(&current.id, token, &key("xai-second-0123456789ab"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        b.rotation.discard(&current.id, Some(token)).await.unwrap();
+    }
+    let v = b.rotation.describe(&current.id).await.unwrap();
+    assert_eq!(v.current.as_deref(), Some(current.version.as_str()));
+    assert_eq!((v.pending, v.staged), (None, None));
+    assert!(b.rotation.get_pending(&current.id, token).await.is_err());
+    assert_eq!(
+        b.secrets.get_secret(&current).await.unwrap(),
+        key("xai-first-0123456789abc")
+    );
+    // Staging again after a discard works (no stray label blocks it).
+    let again = b
+        .rotation
+        .stage(&user, Service::Xai, &key("xai-third-0123456789abc"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.rotation.describe(&current.id).await.unwrap().staged,
+        Some(again.version)
+    );
+}
+
+pub async fn rotation_stage_needs_a_secret(b: &Backend) {
+    let user = unique_user("rot-nosecret");
+    let err = b
+        .rotation
+        .stage(&user, Service::OpenAi, &key("sk-proj-orphan-0123456789"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::SecretNotFound), "{err:?}");
+    assert!(matches!(
+        b.rotation.describe("no-such-secret-0123").await,
+        Err(StoreError::SecretNotFound)
+    ));
+}
+
+pub async fn rotation_lists_and_deletes_secrets_by_id(b: &Backend) {
+    let (user, current) =
+        with_secret(b, "rot-list", Service::Google, "AIzaSy-first-0123456789ab").await;
+    let listed = b.rotation.list_secrets().await.unwrap();
+    let mine = listed.iter().find(|s| s.id == current.id).expect("listed");
+    assert_eq!(mine.owner, Some((user.clone(), Service::Google)));
+    assert!(mine.changed_at.is_some());
+    b.rotation.delete_by_id(&current.id).await.unwrap();
+    b.rotation.delete_by_id(&current.id).await.unwrap();
+    assert!(matches!(
+        b.secrets.get_secret(&current).await,
+        Err(StoreError::SecretNotFound)
+    ));
+    assert!(
+        !b.rotation
+            .list_secrets()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.id == current.id)
+    );
+}
+
+pub async fn scan_keys_pages_through_every_user(b: &Backend) {
+    let mut mine = std::collections::BTreeSet::new();
+    for i in 0..5 {
+        let user = unique_user(&format!("scan-{i}"));
+        for service in [Service::OpenAi, Service::Anthropic] {
+            let rec = record(&user, service, fake_ref(&user, service));
+            b.meta.put_key(&rec, Expected::Absent).await.unwrap();
+            mine.insert((user.clone(), service));
+        }
+        b.meta
+            .put_settings(&user, Settings::default())
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = b.meta.scan_keys(cursor.as_deref(), 3).await.unwrap();
+        pages += 1;
+        assert!(page.keys.len() <= 3);
+        for k in page.keys {
+            assert!(
+                seen.insert((k.user.clone(), k.service)),
+                "seen twice: {:?}",
+                k.user
+            );
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(pages < 10_000, "scan does not end");
+    }
+    assert!(mine.is_subset(&seen), "every key record is scanned");
+    assert!(pages > 1, "small pages were used");
 }

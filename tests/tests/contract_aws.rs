@@ -64,11 +64,13 @@ async fn meta_store(counter: Option<CallCounter>) -> DynamoMetadataStore {
 
 async fn aws_backend() -> Backend {
     let meta = Arc::new(meta_store(None).await);
+    let secrets = Arc::new(secrets_store(None));
     Backend {
         meta: meta.clone(),
-        secrets: Arc::new(secrets_store(None)),
+        secrets: secrets.clone(),
         rate: meta.clone(),
         audit: meta,
+        rotation: secrets,
         _guard: Box::new(()),
     }
 }

@@ -22,7 +22,8 @@ async fn embedded_backend() -> Backend {
         meta: store.clone(),
         secrets: store.clone(),
         rate: store.clone(),
-        audit: store,
+        audit: store.clone(),
+        rotation: store,
         _guard: Box::new(dir),
     }
 }

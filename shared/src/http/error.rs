@@ -34,11 +34,13 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// Any other upstream refusal; keeps the upstream's status.
     UpstreamError,
+    /// A replacement key is already staged for this key.
+    RotationPending,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
         ErrorCode::Unauthorized,
@@ -58,6 +60,7 @@ impl ErrorCode {
         ErrorCode::UpstreamUnavailable,
         ErrorCode::UpstreamTimeout,
         ErrorCode::UpstreamError,
+        ErrorCode::RotationPending,
         ErrorCode::Internal,
     ];
 
@@ -82,6 +85,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::RotationPending => "rotation_pending",
             ErrorCode::Internal => "internal",
         }
     }
@@ -95,6 +99,7 @@ impl ErrorCode {
                 StatusCode::FORBIDDEN
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::RotationPending => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::InvalidKeyFormat | ErrorCode::InvalidBaseUrl => {
@@ -185,6 +190,22 @@ impl From<KeyError> for ApiError {
             }
             KeyError::NotFound(_) => ErrorCode::NotFound,
             KeyError::Store(store) => return Self::from_store(store),
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+impl From<crate::rotation::RotationError> for ApiError {
+    fn from(err: crate::rotation::RotationError) -> Self {
+        use crate::rotation::RotationError as E;
+        let code = match &err {
+            E::KeyFormat(_) => ErrorCode::InvalidKeyFormat,
+            E::NotFound(_) | E::NothingPending => ErrorCode::NotFound,
+            E::AlreadyPending => ErrorCode::RotationPending,
+            E::Store(store) => return Self::from_store(store),
+            E::NothingStaged(_) | E::Superseded | E::Rejected | E::Unreachable | E::Trigger(_) => {
+                return Self::internal(&err);
+            }
         };
         Self::new(code, err.to_string())
     }

@@ -48,7 +48,7 @@ pub(super) async fn providers(_caller: Caller) -> Json<serde_json::Value> {
 /// A key record as every keys route returns it: masked, never the secret.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct KeyRecordView {
+pub(crate) struct KeyRecordView {
     service: &'static str,
     label: String,
     masked_key: String,
@@ -61,14 +61,44 @@ pub(super) struct KeyRecordView {
     last_validated_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_validation: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotated_at: Option<String>,
+    /// The key is older than the operator's rotation age.
+    rotation_due: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending: Option<PendingView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_rotation: Option<RotationOutcomeView>,
+}
+
+/// A staged replacement key, until it is promoted or rejected.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PendingView {
+    masked_key: String,
+    staged_at: String,
+    /// `staged` until a rotation takes the key up, then `testing`.
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RotationOutcomeView {
+    at: String,
+    /// `rotated` or `rejected`.
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-impl From<&KeyRecord> for KeyRecordView {
-    fn from(r: &KeyRecord) -> Self {
+impl KeyRecordView {
+    /// The view of `r`; `rotation_age` decides `rotationDue`.
+    pub(crate) fn new(r: &KeyRecord, rotation_age: std::time::Duration) -> Self {
+        let age = crate::domain::now() - r.keyed_at();
         Self {
             service: r.service.as_str(),
             label: r.label.clone(),
@@ -83,6 +113,26 @@ impl From<&KeyRecord> for KeyRecordView {
             updated_at: rfc3339(r.updated_at),
             last_validated_at: r.last_validated_at.map(rfc3339),
             last_validation: r.last_validation.map(|v| v.as_str()),
+            rotated_at: r.rotated_at.map(rfc3339),
+            rotation_due: time::Duration::try_from(rotation_age).is_ok_and(|max| age >= max),
+            pending: r.pending.as_ref().map(|p| PendingView {
+                masked_key: p.masked_key.clone(),
+                staged_at: rfc3339(p.staged_at),
+                status: if p.token.is_some() {
+                    "testing"
+                } else {
+                    "staged"
+                },
+            }),
+            last_rotation: r.last_rotation.map(|o| RotationOutcomeView {
+                at: rfc3339(o.at),
+                result: if o.rejected.is_some() {
+                    "rejected"
+                } else {
+                    "rotated"
+                },
+                reason: o.rejected.map(|r| r.as_str()),
+            }),
         }
     }
 }
@@ -142,7 +192,11 @@ pub(super) async fn upsert(
             .after_save(record, request_id.as_str())
             .await;
     }
-    Ok((status, Json(KeyRecordView::from(&record))).into_response())
+    Ok((
+        status,
+        Json(KeyRecordView::new(&record, state.rotation_age)),
+    )
+        .into_response())
 }
 
 pub(super) async fn list(
@@ -150,7 +204,10 @@ pub(super) async fn list(
     Caller(caller): Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let keys = state.keys.list(&caller.user).await?;
-    let views: Vec<KeyRecordView> = keys.iter().map(KeyRecordView::from).collect();
+    let views: Vec<KeyRecordView> = keys
+        .iter()
+        .map(|k| KeyRecordView::new(k, state.rotation_age))
+        .collect();
     Ok(Json(serde_json::json!({ "keys": views })))
 }
 
@@ -177,7 +234,7 @@ pub(super) async fn update(
         .keys
         .update(&caller.user, service, patch, request_id.as_str())
         .await?;
-    Ok(Json(KeyRecordView::from(&record)))
+    Ok(Json(KeyRecordView::new(&record, state.rotation_age)))
 }
 
 pub(super) async fn delete(
@@ -192,6 +249,61 @@ pub(super) async fn delete(
         .delete(&caller.user, service, request_id.as_str())
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct StagePendingBody {
+    api_key: ApiKey,
+}
+
+/// `PUT /api/keys/{service}/pending`: stages a replacement key and starts
+/// its rotation; 202 with the record showing it pending. The current key
+/// keeps serving until the new one passes its test.
+pub(super) async fn stage_pending(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request_id: RequestId,
+    Path(service): Path<String>,
+    ApiJson(body): ApiJson<StagePendingBody>,
+) -> Result<Response, ApiError> {
+    let service = parse_service(&service)?;
+    let record = state
+        .rotation
+        .stage(&caller.user, service, &body.api_key, request_id.as_str())
+        .await?;
+    if let Err(err) = state.rotation_trigger.start(&record).await {
+        // Not started: take the staged key back so a retry can stage again.
+        if let Err(cancel) = state
+            .rotation
+            .cancel(&caller.user, service, request_id.as_str())
+            .await
+        {
+            tracing::warn!(%service, error = %cancel, "unstarted rotation not cancelled");
+        }
+        return Err(err.into());
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(KeyRecordView::new(&record, state.rotation_age)),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/keys/{service}/pending`: cancels a staged or running
+/// rotation; the current key stays.
+pub(super) async fn cancel_pending(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request_id: RequestId,
+    Path(service): Path<String>,
+) -> Result<Json<KeyRecordView>, ApiError> {
+    let service = parse_service(&service)?;
+    let record = state
+        .rotation
+        .cancel(&caller.user, service, request_id.as_str())
+        .await?;
+    Ok(Json(KeyRecordView::new(&record, state.rotation_age)))
 }
 
 /// One audit event as `GET /api/audit` lists it.

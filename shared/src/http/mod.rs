@@ -37,6 +37,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/keys"),
     ("PATCH", "/api/keys/{service}"),
     ("DELETE", "/api/keys/{service}"),
+    ("PUT", "/api/keys/{service}/pending"),
+    ("DELETE", "/api/keys/{service}/pending"),
     ("GET", "/api/user-settings"),
     ("POST", "/api/user-settings"),
     ("GET", "/api/resolve"),
@@ -45,6 +47,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/models"),
     ("POST", "/v1/chat/completions"),
 ];
+
+/// A key record as the keys routes show it (masked), as JSON text.
+pub fn key_record_json(
+    record: &crate::domain::KeyRecord,
+    rotation_age: std::time::Duration,
+) -> String {
+    serde_json::to_string(&keys::KeyRecordView::new(record, rotation_age)).unwrap_or_default()
+}
 
 /// What every handler can reach. Built once per process by [`crate::app`].
 #[derive(Clone)]
@@ -59,10 +69,16 @@ pub struct AppState {
     pub validation: Arc<crate::validate::ValidationService>,
     /// The audit log, for `GET /api/audit`.
     pub audit: Arc<crate::audit::AuditLog>,
+    /// Staging and cancelling replacement keys.
+    pub rotation: Arc<crate::rotation::RotationService>,
+    /// Starts the rotation of a staged key.
+    pub rotation_trigger: Arc<dyn crate::rotation::RotationTrigger>,
+    /// Keys older than this show `rotationDue`.
+    pub rotation_age: std::time::Duration,
 }
 
-/// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`, `GET /api/providers`,
-/// `GET /api/audit`.
+/// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`,
+/// `PUT/DELETE /api/keys/{service}/pending`, `GET /api/providers`, `GET /api/audit`.
 pub fn keys_router(state: AppState) -> Router {
     finish(keys_routes(state))
 }
@@ -106,6 +122,10 @@ fn keys_routes(state: AppState) -> Router {
         .route(
             "/api/keys/{service}",
             axum::routing::patch(keys::update).delete(keys::delete),
+        )
+        .route(
+            "/api/keys/{service}/pending",
+            axum::routing::put(keys::stage_pending).delete(keys::cancel_pending),
         )
         .route("/api/audit", get(keys::audit))
         .with_state(state)

@@ -494,12 +494,18 @@ impl MetadataStore for DynamoMetadataStore {
             .map_err(|e| backend("Scan", e))?;
         let mut page = KeyPage::default();
         for item in out.items.as_deref().unwrap_or_default() {
-            let pk = Attrs { item, kind: "key" }.string(PK)?;
-            let user = pk
-                .strip_prefix(USER_PK_PREFIX)
-                .and_then(UserId::new)
-                .ok_or_else(|| corrupt("key item partition key names no valid user"))?;
-            page.keys.push(record_from_item(&user, item)?);
+            let record = Attrs { item, kind: "key" }.string(PK).and_then(|pk| {
+                let user = pk
+                    .strip_prefix(USER_PK_PREFIX)
+                    .and_then(UserId::new)
+                    .ok_or_else(|| corrupt("key item partition key names no valid user"))?;
+                record_from_item(&user, item)
+            });
+            match record {
+                Ok(record) => page.keys.push(record),
+                // One bad item must not stop an operator job over every user.
+                Err(err) => tracing::warn!(error = %err, "scan skipped an unreadable key item"),
+            }
         }
         if let Some(last) = out.last_evaluated_key.filter(|k| !k.is_empty()) {
             let a = Attrs {

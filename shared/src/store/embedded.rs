@@ -675,14 +675,21 @@ impl MetadataStore for EmbeddedStore {
                 .query(params![user, service, limit])
                 .map_err(StoreError::backend)?;
             let mut page = KeyPage::default();
+            let mut read = 0;
+            let mut last: Option<(String, String)> = None;
             while let Some(row) = rows.next().map_err(StoreError::backend)? {
-                page.keys.push(key_from_row(row)?);
+                read += 1;
+                last = Some((col(row, 0, "keys.user_id")?, col(row, 1, "keys.service")?));
+                match key_from_row(row) {
+                    Ok(record) => page.keys.push(record),
+                    // One bad row must not stop an operator job over every user.
+                    Err(err) => tracing::warn!(error = %err, "scan skipped an unreadable key row"),
+                }
             }
-            if i64::try_from(page.keys.len()).unwrap_or(i64::MAX) >= limit
-                && let Some(last) = page.keys.last()
+            if read >= limit
+                && let Some(last) = last
             {
-                let pair = (last.user.as_str(), last.service.as_str());
-                page.next = Some(serde_json::to_string(&pair).map_err(StoreError::backend)?);
+                page.next = Some(serde_json::to_string(&last).map_err(StoreError::backend)?);
             }
             Ok(page)
         })

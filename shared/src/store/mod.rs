@@ -20,6 +20,7 @@ pub mod cache;
 pub mod dynamo;
 pub mod embedded;
 pub mod ratelimit;
+pub mod rekey;
 pub mod rotation;
 pub mod secrets_manager;
 
