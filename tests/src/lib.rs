@@ -7,4 +7,5 @@ pub mod contract;
 pub mod harness;
 pub mod http;
 pub mod lambda_runtime;
+pub mod stores;
 pub mod upstream;

@@ -18,8 +18,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use byok_tests::harness::LocalServer;
 use byok_tests::http::{Answer, Api};
+use byok_tests::stores::{Mode, start};
 use byok_tests::upstream::{Failure, LEAK_CANARY, StandIn, Upstream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -72,59 +72,7 @@ const KEYS: [(&str, &str, Upstream, &str); 7] = [
     ),
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Embedded,
-    Aws,
-}
-
-/// byok-local in `mode` in front of `stand_in`, with `extra` variables.
-fn start(
-    mode: Mode,
-    stand_in: &StandIn,
-    dir: &std::path::Path,
-    extra: &[(&str, &str)],
-) -> LocalServer {
-    let mut env = stand_in.base_url_env();
-    if mode == Mode::Aws {
-        let unique = byok_tests::aws::unique_name("validate");
-        env.extend(
-            [
-                ("BYOK_STORE", "aws".to_owned()),
-                ("BYOK_TABLE_NAME", format!("{unique}-table")),
-                ("BYOK_SECRET_PREFIX", format!("{unique}/")),
-                ("BYOK_CREATE_TABLE", "true".to_owned()),
-                ("BYOK_SECRET_RECOVERY_DAYS", "0".to_owned()),
-                ("AWS_ENDPOINT_URL", byok_tests::aws::endpoint()),
-                ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-                ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-                ("AWS_REGION", "us-east-1".to_owned()),
-            ]
-            .map(|(k, v)| (k.to_owned(), v)),
-        );
-    }
-    env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    LocalServer::start(dir, &env)
-}
-
-/// Runs each named test once per store.
-macro_rules! on_every_store {
-    ($($test:ident),+ $(,)?) => {
-        mod embedded {
-            $(#[tokio::test] async fn $test() { super::$test(super::Mode::Embedded).await })+
-        }
-        mod aws {
-            $(#[tokio::test] async fn $test() { super::$test(super::Mode::Aws).await })+
-        }
-    };
-}
-
-on_every_store!(
+byok_tests::on_every_store!(
     every_service_is_checked_with_its_own_auth,
     provider_failures_are_never_invalid,
     validate_on_save,
