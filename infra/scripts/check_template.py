@@ -2,8 +2,10 @@
 """Offline check of the SAM template: transform it with aws-sam-translator
 (no AWS calls), lint the resulting CloudFormation with cfn-lint, then assert
 the functions' shape and least-privilege IAM on the transformed template,
-and that the streamed routes are on the REST API, streamed and authorized
-(and on no HTTP API).
+that the streamed routes are on the REST API, streamed and authorized
+(and on no HTTP API), that the HTTP API routes are JWT-authorized, and the
+key rotation wiring (Secrets Manager may invoke the rotation function, the
+sweep schedule, key events bus -> rule -> SNS topic).
 
 Usage: check_template.py [template.yaml]   (needs aws-sam-translator, cfn-lint)
 Exits non-zero if the transform fails, cfn-lint reports any error/warning, or
@@ -34,12 +36,17 @@ from samtranslator.yaml_helper import yaml_parse  # noqa: E402
 # shared/src/app.rs): a new SDK call needs its action here and in
 # template.yaml, a removed call must leave both. KMS actions are those the
 # services make on the function's behalf (kms:ViaService is asserted).
+# (Rotation: shared/src/store/rotation.rs, shared/src/rotation.rs,
+# shared/src/events.rs.)
 EXPECTED_ACTIONS = {
     # Query (also the audit log), GetItem, PutItem (conditional; audit
     # events), DeleteItem, UpdateItem (validation rate counters: a save with
-    # validate: true); CreateSecret (tagged: TagResource), PutSecretValue,
-    # GetSecretValue (cache misses), DeleteSecret, RestoreSecret (re-added
-    # while scheduled for deletion).
+    # validate: true); CreateSecret (tagged: TagResource), PutSecretValue
+    # (also a staged key, label BYOKSTAGED), GetSecretValue (cache misses),
+    # DeleteSecret, RestoreSecret (re-added while scheduled for deletion),
+    # DescribeSecret + UpdateSecretVersionStage (a cancelled rotation drops
+    # its labels), RotateSecret (starts a rotation; needs InvokeFunction on
+    # the rotation function it names).
     "KeysFunction": {
         "dynamodb:Query",
         "dynamodb:GetItem",
@@ -52,6 +59,10 @@ EXPECTED_ACTIONS = {
         "secretsmanager:DeleteSecret",
         "secretsmanager:RestoreSecret",
         "secretsmanager:TagResource",
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:UpdateSecretVersionStage",
+        "secretsmanager:RotateSecret",
+        "lambda:InvokeFunction",
         "kms:GenerateDataKey",
         "kms:Decrypt",
     },
@@ -87,21 +98,52 @@ EXPECTED_ACTIONS = {
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
+    # Rotation steps and the sweep: GetItem (the rotating key's record),
+    # Query (audit log), PutItem (record updates, conditional; audit
+    # events), Scan (the sweep walks every key record); DescribeSecret
+    # (labels, owner tags), GetSecretValue, PutSecretValue (AWSPENDING),
+    # UpdateSecretVersionStage (promote, discard), DeleteSecret (orphans),
+    # ListSecrets (the orphan search; Resource "*", see UNSCOPED_ACTIONS);
+    # PutEvents (key events, on the stack's bus).
+    "RotationFunction": {
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+        "dynamodb:PutItem",
+        "dynamodb:Scan",
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecretVersionStage",
+        "secretsmanager:DeleteSecret",
+        "secretsmanager:ListSecrets",
+        "events:PutEvents",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+    },
 }
 
 # Which secrets each function may touch: "user" = the per-user secrets under
-# SecretPrefix, "team" = the team secret parameters (read at cold start).
+# SecretPrefix, "team" = the team secret parameters (read at cold start),
+# "list" = Resource "*" for the UNSCOPED_ACTIONS only (ListSecrets).
 EXPECTED_SECRET_SCOPES = {
     "KeysFunction": {"user"},
     "SettingsFunction": set(),
     "ValidateFunction": {"user", "team"},
     "ModelsFunction": {"team"},
     "CompletionFunction": {"user", "team"},
+    "RotationFunction": {"user", "list"},
 }
 
-# The only functions that may hold a Secrets Manager write action (a later
-# rotation function joins the keys function here).
+# The only functions that may hold a Secrets Manager write action.
 SECRET_WRITERS = {"KeysFunction", "RotationFunction"}
+
+# Actions IAM does not scope to a resource: a statement holding only these
+# may (must) say Resource "*". Nothing else may.
+UNSCOPED_ACTIONS = {
+    # Lists names, tags and dates (no values) of every secret in the account
+    # and region; the code keeps those under SecretPrefix.
+    "secretsmanager:ListSecrets",
+}
 
 # Secrets Manager actions that only read; every other secretsmanager action
 # counts as a write (CreateSecret, PutSecretValue, DeleteSecret,
@@ -112,6 +154,7 @@ SECRET_READS = {
     "secretsmanager:DescribeSecret",
     "secretsmanager:ListSecretVersionIds",
     "secretsmanager:GetResourcePolicy",
+    "secretsmanager:ListSecrets",
 }
 
 # Where per-user secrets live: the only Secrets Manager resource besides the
@@ -146,6 +189,34 @@ USER_POOL_PARAM = "UserPoolArn"
 MAX_STREAM_TIMEOUT_MS = 900_000
 # REST API stages prefix the path the function sees unless this is set.
 IGNORE_STAGE_ENV = "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"
+
+# Routes that must be on the HTTP API, (METHOD, path) -> function (besides
+# the rule that every HTTP API route has the JWT authorizer).
+HTTP_ROUTES = {
+    ("PUT", "/api/keys/{service}/pending"): "KeysFunction",
+    ("DELETE", "/api/keys/{service}/pending"): "KeysFunction",
+}
+
+# ------------------------------------------------------------ rotation ----
+#
+# The function Secrets Manager invokes for rotation steps and the schedule
+# runs the sweep on; the schedule's parameter.
+ROTATION_FUNCTION = "RotationFunction"
+SWEEP_SCHEDULE_PARAM = "SweepSchedule"
+# Functions that start rotations (secretsmanager:RotateSecret): each names
+# the rotation function in this variable and may invoke exactly it.
+ROTATION_FUNCTION_ENV = "BYOK_ROTATION_FUNCTION_ARN"
+# lambda:InvokeFunction grants, function -> the functions it may invoke.
+EXPECTED_INVOKES = {"KeysFunction": {ROTATION_FUNCTION}}
+# Every function reads the rotation age (rotationDue in key views; the sweep).
+ROTATION_AGE_ENV = ("BYOK_ROTATION_AGE_DAYS", "RotationAgeDays")
+# Key events: the variable naming the bus; functions that publish (and so
+# must have it and events:PutEvents on that bus, nothing else).
+EVENT_BUS_ENV = "BYOK_EVENT_BUS_NAME"
+EVENT_PUBLISHERS = {ROTATION_FUNCTION}
+# shared/src/events.rs: EVENT_SOURCE and KeyEventKind::as_str.
+EVENT_SOURCE = "byok.keys"
+KEY_EVENT_TYPES = {"key.invalid", "key.rotation_due", "key.rotated", "key.rotation_failed"}
 
 # The one managed policy a role may carry: SAM's own basic execution role
 # (CloudWatch Logs), the only place `*` is tolerated.
@@ -220,6 +291,20 @@ class Checker:
             and self.res.get(target[0], {}).get("Type") == cfn_type
         )
 
+    @staticmethod
+    def getatt_target(value):
+        """X of {"Fn::GetAtt": [X, attr]} (or "X.attr"); None otherwise."""
+        if not (isinstance(value, dict) and set(value) == {"Fn::GetAtt"}):
+            return None
+        target = value["Fn::GetAtt"]
+        return target.split(".", 1)[0] if isinstance(target, str) else target[0]
+
+    def refers_to(self, value, name):
+        """True if value is !Ref name or !GetAtt name.Arn."""
+        return value == {"Ref": name} or (
+            self.getatt_target(value) == name and self.getatt_arn_of(value, self.res.get(name, {}).get("Type"))
+        )
+
     def role_documents(self, role_name):
         """Every policy document attached to a role: inline policies and
         AWS::IAM::Policy resources naming it."""
@@ -292,12 +377,23 @@ class Checker:
             self.fail(where, f"statement {sid}: NotAction/NotResource are not allowed")
         if st.get("Effect") != "Allow":
             return
-        for action in expand(st.get("Action", [])):
+        actions = expand(st.get("Action", []))
+        for action in actions:
             if not isinstance(action, str) or "*" in action:
                 self.fail(where, f"statement {sid}: wildcard or computed action {show(action)}")
-        for resource in expand(st.get("Resource", [])):
+        unscoped = bool(actions) and set(actions) <= UNSCOPED_ACTIONS
+        resources = expand(st.get("Resource", []))
+        ineffective = set(actions) & UNSCOPED_ACTIONS
+        if ineffective and (not unscoped or resources != ["*"]):
+            self.fail(where, f"statement {sid}: {sorted(ineffective)} take no resource; grant "
+                      "them alone, on Resource \"*\" (scoped, IAM never matches them)")
+        for resource in resources:
+            if resource == "*" and unscoped:
+                continue  # IAM accepts nothing else for these actions
             if resource == "*" or (isinstance(resource, str) and resource.endswith(":*")):
-                self.fail(where, f"statement {sid}: Resource {show(resource)} is not allowed")
+                self.fail(where, f"statement {sid}: Resource {show(resource)} is not allowed"
+                          + (f" (only for {sorted(UNSCOPED_ACTIONS)}, alone in a statement)"
+                             if resource == "*" else ""))
 
     def check_functions(self):
         functions = self.of_type("AWS::Lambda::Function")
@@ -345,6 +441,10 @@ class Checker:
         table = table.get("Ref") if isinstance(table, dict) else None
         if self.res.get(table, {}).get("Type") != "AWS::DynamoDB::Table":
             self.fail(name, "BYOK_TABLE_NAME must be !Ref of the stack's table")
+        var, param = ROTATION_AGE_ENV
+        if env.get(var) != {"Ref": param}:
+            self.fail(name, f"{var} must be !Ref {param} (every function shows rotationDue; "
+                      "the sweep flags with it)")
 
     def check_function_policy(self, name, fn):
         role_ref = fn["Properties"].get("Role")
@@ -357,6 +457,8 @@ class Checker:
         actions = set()
         team_refs = set()
         scopes = set()
+        invokes = set()
+        buses = set()
         for where, doc in self.role_documents(role):
             for st, wrap in self.statements(doc):
                 if st.get("Effect") != "Allow":
@@ -374,6 +476,29 @@ class Checker:
                     for r in resources:
                         if not self.getatt_arn_of(r, "AWS::DynamoDB::Table"):
                             self.fail(sid, f"DynamoDB resource {show(r)} is not the table's ARN")
+
+                unknown = services - {"dynamodb", "kms", "secretsmanager", "lambda", "events"}
+                if unknown:
+                    self.fail(sid, f"no resource rule for {sorted(unknown)} in check_template.py; "
+                              "add one before granting it")
+
+                if "lambda" in services:
+                    if st_actions != {"lambda:InvokeFunction"}:
+                        self.fail(sid, f"Lambda actions {sorted(st_actions)}: only InvokeFunction")
+                    for r in resources:
+                        if self.getatt_arn_of(r, "AWS::Lambda::Function"):
+                            invokes.add(self.getatt_target(r))
+                        else:
+                            self.fail(sid, f"Lambda resource {show(r)} is not a function of the stack")
+
+                if "events" in services:
+                    if st_actions != {"events:PutEvents"}:
+                        self.fail(sid, f"EventBridge actions {sorted(st_actions)}: only PutEvents")
+                    for r in resources:
+                        if self.getatt_arn_of(r, "AWS::Events::EventBus"):
+                            buses.add(self.getatt_target(r))
+                        else:
+                            self.fail(sid, f"PutEvents resource {show(r)} is not an event bus of the stack")
 
                 if "kms" in services:
                     for r in resources:
@@ -396,6 +521,13 @@ class Checker:
                             scopes.add("team")
                         elif r == {"Fn::Sub": USER_SECRETS_ARN}:
                             scopes.add("user")
+                        elif r == "*" and st_actions <= UNSCOPED_ACTIONS:
+                            scopes.add("list")
+                        elif r == "*":
+                            self.fail(sid, f"Secrets Manager Resource \"*\" for "
+                                      f"{sorted(st_actions - UNSCOPED_ACTIONS)}: only "
+                                      f"{sorted(UNSCOPED_ACTIONS)} may be unscoped; scope the rest "
+                                      f"to {USER_SECRETS_ARN}")
                         else:
                             self.fail(sid, f"Secrets Manager resource {show(r)} is neither "
                                       f"{USER_SECRETS_ARN} nor a team secret parameter")
@@ -417,9 +549,45 @@ class Checker:
             self.fail(name, f"reaches secrets {sorted(scopes) or 'none'}, expected "
                       f"{sorted(expected_scopes) or 'none'} (EXPECTED_SECRET_SCOPES)")
 
+        expected_invokes = EXPECTED_INVOKES.get(name, set())
+        if invokes != expected_invokes:
+            self.fail(name, f"may invoke {sorted(invokes) or 'no function'}, expected "
+                      f"{sorted(expected_invokes) or 'none'} (EXPECTED_INVOKES)")
+
+        env = fn["Properties"].get("Environment", {}).get("Variables", {})
+
+        # Rotation starters: RotateSecret names the function in
+        # BYOK_ROTATION_FUNCTION_ARN, and needs InvokeFunction on exactly it.
+        rotation_arn = env.get(ROTATION_FUNCTION_ENV)
+        if "secretsmanager:RotateSecret" in actions:
+            if not self.getatt_arn_of(rotation_arn, "AWS::Lambda::Function"):
+                self.fail(name, f"may RotateSecret but {ROTATION_FUNCTION_ENV} is "
+                          f"{show(rotation_arn)}, not !GetAtt <function>.Arn")
+            elif self.getatt_target(rotation_arn) != ROTATION_FUNCTION:
+                self.fail(name, f"{ROTATION_FUNCTION_ENV} names {self.getatt_target(rotation_arn)}, "
+                          f"expected {ROTATION_FUNCTION}")
+            elif self.getatt_target(rotation_arn) not in invokes:
+                self.fail(name, f"may RotateSecret but not lambda:InvokeFunction on "
+                          f"{self.getatt_target(rotation_arn)} (RotateSecret needs it)")
+        elif rotation_arn is not None:
+            self.fail(name, f"has {ROTATION_FUNCTION_ENV} but no secretsmanager:RotateSecret")
+
+        # Key events: the bus named in BYOK_EVENT_BUS_NAME is the one (and
+        # only) bus it may put events on.
+        bus = env.get(EVENT_BUS_ENV)
+        bus = bus.get("Ref") if isinstance(bus, dict) and set(bus) == {"Ref"} else bus
+        if name in EVENT_PUBLISHERS:
+            if self.res.get(bus, {}).get("Type") != "AWS::Events::EventBus":
+                self.fail(name, f"{EVENT_BUS_ENV} must be !Ref of the stack's event bus")
+            elif buses != {bus}:
+                self.fail(name, f"events:PutEvents on {sorted(buses) or 'nothing'}, expected "
+                          f"exactly {EVENT_BUS_ENV}'s bus {bus}")
+        elif bus is not None or buses:
+            self.fail(name, f"publishes key events ({EVENT_BUS_ENV} or events:PutEvents) "
+                      f"but is not in EVENT_PUBLISHERS {sorted(EVENT_PUBLISHERS)}")
+
         # Team secrets: a function reads every BYOK_TEAM_*_SECRET_ARN it is
         # given at cold start, so variable and grant go together.
-        env = fn["Properties"].get("Environment", {}).get("Variables", {})
         given = {}
         for var, value in env.items():
             if var.startswith("BYOK_TEAM_") and var.endswith("_SECRET_ARN"):
@@ -569,10 +737,187 @@ class Checker:
             if target in streamed_fns:
                 self.fail(name, f"an HTTP API integration of {target}, a streaming function")
 
+    def http_methods(self):
+        """(api, METHOD, path, target function, authorizer types) for every
+        route of every HTTP API body."""
+        out = []
+        for api, res in sorted(self.of_type("AWS::ApiGatewayV2::Api").items()):
+            body = res["Properties"].get("Body", {})
+            schemes = body.get("components", {}).get("securitySchemes", {})
+            for path, item in body.get("paths", {}).items():
+                for method, op in item.items():
+                    if not isinstance(op, dict) or method.startswith("x-"):
+                        continue
+                    kinds = set()
+                    for requirement in op.get("security", []):
+                        for scheme in requirement:
+                            auth = schemes.get(scheme, {}).get("x-amazon-apigateway-authorizer")
+                            if auth:
+                                kinds.add(auth.get("type"))
+                    target, _ = self.integration_target(op.get("x-amazon-apigateway-integration", {}))
+                    out.append((api, method.upper(), path, target, kinds))
+        return out
+
+    def check_http_routes(self):
+        """Every HTTP API route is behind the JWT authorizer; HTTP_ROUTES are
+        there and reach their function."""
+        found = {}
+        for api, method, path, target, kinds in self.http_methods():
+            if "jwt" not in kinds:
+                self.fail(f"{api} {method} {path}", f"HTTP API route without the JWT authorizer "
+                          f"(has {sorted(k for k in kinds if k) or 'none'})")
+            found[(method, path)] = target
+        for (method, path), expected in sorted(HTTP_ROUTES.items()):
+            if (method, path) not in found:
+                self.fail(f"{method} {path}", "route missing from the HTTP API")
+            elif found[(method, path)] != expected:
+                self.fail(f"{method} {path}", f"integrates {found[(method, path)]!r}, expected {expected}")
+
+    def check_rotation(self):
+        """Secrets Manager may invoke the rotation function (this account
+        only) and nothing else; the sweep schedule targets it; key events
+        flow bus -> rule (the four detail types) -> SNS topic that
+        EventBridge may publish to."""
+        fn = ROTATION_FUNCTION
+        if self.res.get(fn, {}).get("Type") != "AWS::Lambda::Function":
+            self.fail(fn, "rotation function missing from the template")
+            return
+        permissions = self.of_type("AWS::Lambda::Permission")
+
+        # Secrets Manager -> rotation function.
+        sm = {k: v["Properties"] for k, v in permissions.items()
+              if v["Properties"].get("Principal") == "secretsmanager.amazonaws.com"}
+        if not sm:
+            self.fail(fn, "no AWS::Lambda::Permission lets secretsmanager.amazonaws.com invoke it "
+                      "(RotateSecret would be refused)")
+        for name, props in sorted(sm.items()):
+            if not self.refers_to(props.get("FunctionName"), fn):
+                self.fail(name, f"lets Secrets Manager invoke {show(props.get('FunctionName'))}, "
+                          f"expected {fn}")
+            if props.get("Action") != "lambda:InvokeFunction":
+                self.fail(name, f"Action {props.get('Action')!r}, expected 'lambda:InvokeFunction'")
+            if props.get("SourceAccount") != {"Ref": "AWS::AccountId"}:
+                self.fail(name, f"SourceAccount {show(props.get('SourceAccount'))} is not "
+                          "!Ref AWS::AccountId (any account's secrets could invoke it)")
+
+        # The sweep: a schedule rule (default bus) targeting the function,
+        # with the permission for that rule.
+        schedules = {
+            k: v["Properties"] for k, v in self.of_type("AWS::Events::Rule").items()
+            if v["Properties"].get("ScheduleExpression") is not None
+        }
+        sweep = [
+            k for k, p in schedules.items()
+            if any(self.refers_to(t.get("Arn"), fn) for t in p.get("Targets", []))
+        ]
+        if not sweep:
+            self.fail(fn, "no schedule rule targets it (the Schedule event of the sweep)")
+        for rule in sweep:
+            props = schedules[rule]
+            if props.get("ScheduleExpression") != {"Ref": SWEEP_SCHEDULE_PARAM}:
+                self.fail(rule, f"ScheduleExpression {show(props.get('ScheduleExpression'))} is not "
+                          f"!Ref {SWEEP_SCHEDULE_PARAM}")
+            if props.get("State", "ENABLED") != "ENABLED":
+                self.fail(rule, f"sweep schedule is {props.get('State')!r}, expected ENABLED")
+            allowed = [
+                p for p in permissions.values()
+                if p["Properties"].get("Principal") == "events.amazonaws.com"
+                and self.refers_to(p["Properties"].get("FunctionName"), fn)
+                and self.getatt_target(p["Properties"].get("SourceArn")) == rule
+            ]
+            if not allowed:
+                self.fail(rule, f"no permission lets this rule (SourceArn) invoke {fn}")
+
+        # Key events: bus -> rule -> topic.
+        env = self.res[fn]["Properties"].get("Environment", {}).get("Variables", {})
+        bus = env.get(EVENT_BUS_ENV, {})
+        bus = bus.get("Ref") if isinstance(bus, dict) else None
+        rules = {
+            k: v["Properties"] for k, v in self.of_type("AWS::Events::Rule").items()
+            if bus and v["Properties"].get("EventBusName") in ({"Ref": bus}, {"Fn::GetAtt": [bus, "Arn"]})
+        }
+        forwarding = {}
+        for rule, props in sorted(rules.items()):
+            pattern = props.get("EventPattern", {})
+            if pattern.get("source") != [EVENT_SOURCE]:
+                continue
+            types = set(pattern.get("detail-type", []))
+            if types != KEY_EVENT_TYPES:
+                self.fail(rule, f"matches detail types {sorted(types)}, expected "
+                          f"{sorted(KEY_EVENT_TYPES)}")
+            topics = [
+                t["Arn"]["Ref"] for t in props.get("Targets", [])
+                if isinstance(t.get("Arn"), dict) and set(t["Arn"]) == {"Ref"}
+                and self.res.get(t["Arn"]["Ref"], {}).get("Type") == "AWS::SNS::Topic"
+            ]
+            if not topics:
+                self.fail(rule, "targets no SNS topic of the stack")
+            if props.get("State", "ENABLED") != "ENABLED":
+                self.fail(rule, f"key events rule is {props.get('State')!r}, expected ENABLED")
+            for topic in topics:
+                forwarding.setdefault(topic, set()).add(rule)
+        if not forwarding:
+            self.fail(fn, f"no rule on its bus ({EVENT_BUS_ENV}) matches source {EVENT_SOURCE!r} "
+                      "and forwards to an SNS topic")
+        for topic, topic_rules in sorted(forwarding.items()):
+            self.check_events_topic(topic, topic_rules)
+
+    def check_events_topic(self, topic, rules):
+        """EventBridge (these rules only) may publish to the topic, and can
+        use its encryption key."""
+        policies = [
+            p["Properties"] for p in self.of_type("AWS::SNS::TopicPolicy").values()
+            if {"Ref": topic} in as_list(p["Properties"].get("Topics", []))
+        ]
+        allowed = set()
+        for policy in policies:
+            for st in as_list(policy.get("PolicyDocument", {}).get("Statement", [])):
+                if st.get("Effect") != "Allow":
+                    continue
+                principal = st.get("Principal", {})
+                if principal == "*" or (isinstance(principal, dict) and principal.get("AWS") == "*"):
+                    self.fail(topic, f"topic policy statement {st.get('Sid')!r} allows everyone")
+                if not (isinstance(principal, dict) and principal.get("Service") == "events.amazonaws.com"):
+                    continue
+                if set(as_list(st.get("Action", []))) != {"sns:Publish"}:
+                    self.fail(topic, f"EventBridge may {as_list(st.get('Action'))}; only sns:Publish")
+                if st.get("Resource") != {"Ref": topic}:
+                    self.fail(topic, f"EventBridge statement's Resource {show(st.get('Resource'))} "
+                              "is not the topic")
+                cond = st.get("Condition", {})
+                source = (cond.get("ArnEquals") or cond.get("ArnLike") or {}).get("aws:SourceArn")
+                if source is None:
+                    self.fail(topic, "EventBridge may publish without an aws:SourceArn condition "
+                              "(any rule of any account)")
+                for s in as_list(source or []):
+                    if self.getatt_target(s) in rules:
+                        allowed.add(self.getatt_target(s))
+                    else:
+                        self.fail(topic, f"EventBridge publish condition names {show(s)}, "
+                                  f"not a rule forwarding key events ({sorted(rules)})")
+        for rule in sorted(rules - allowed):
+            self.fail(topic, f"no topic policy lets events.amazonaws.com publish for {rule} "
+                      "(deliveries would fail)")
+        key = self.res[topic]["Properties"].get("KmsMasterKeyId")
+        if key is not None:
+            if isinstance(key, str) and key.endswith("alias/aws/sns"):
+                self.fail(topic, "encrypted with alias/aws/sns: EventBridge cannot use the "
+                          "AWS-managed key (its policy cannot grant events.amazonaws.com)")
+            target = key.get("Ref") if isinstance(key, dict) and "Ref" in key else self.getatt_target(key)
+            if self.res.get(target, {}).get("Type") == "AWS::KMS::Key":
+                statements = as_list(self.res[target]["Properties"].get("KeyPolicy", {}).get("Statement", []))
+                if not any(isinstance(st.get("Principal"), dict)
+                           and st["Principal"].get("Service") == "events.amazonaws.com"
+                           for st in statements):
+                    self.fail(topic, f"encrypted with {target}, whose key policy does not let "
+                              "events.amazonaws.com use it (deliveries would fail)")
+
     def run(self):
         self.check_no_wildcards()
         self.check_functions()
         self.check_streaming_routes()
+        self.check_http_routes()
+        self.check_rotation()
         return self.errors
 
 
@@ -628,10 +973,17 @@ def main() -> int:
             print(f"  - {e}", file=sys.stderr)
     if lint.returncode != 0 or errors:
         return 1
-    print(f"policy ok: {len(EXPECTED_ACTIONS)} functions match EXPECTED_ACTIONS, no wildcards, "
+    print(f"policy ok: {len(EXPECTED_ACTIONS)} functions match EXPECTED_ACTIONS, no wildcards "
+          f"(Resource * only for {sorted(UNSCOPED_ACTIONS)}), "
           "Secrets Manager writes only where allowed, runtime/arch/build/log retention as required")
     print(f"front doors ok: {len(STREAMING_ROUTES)} streamed route(s) on the REST API "
-          "(STREAM, InvokeWithResponseStream, Cognito authorizer), none on the HTTP API")
+          "(STREAM, InvokeWithResponseStream, Cognito authorizer), none on the HTTP API; "
+          f"every HTTP API route JWT-authorized, {len(HTTP_ROUTES)} required route(s) present")
+    print(f"rotation ok: Secrets Manager may invoke {ROTATION_FUNCTION} (this account), "
+          f"sweep on !Ref {SWEEP_SCHEDULE_PARAM}, secret writes scoped to SecretPrefix "
+          f"(only {sorted(UNSCOPED_ACTIONS)} on *), PutEvents on its bus only, "
+          f"RotateSecret with InvokeFunction on {ROTATION_FUNCTION} only, "
+          f"rule {EVENT_SOURCE} x {len(KEY_EVENT_TYPES)} detail types -> SNS topic EventBridge may publish to")
     return 0
 
 
