@@ -12,7 +12,6 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic,
     reason = "test bodies are plain functions run once per store; a failed step stops the test"
 )]
 
