@@ -22,9 +22,8 @@
 //! [`recover_interrupted`] (run before the store opens, and before any new
 //! rotation) resolves:
 //! - a stale `.master.key.next.tmp` only: never used; removed;
-//! - `master.key.next` and rows under the current key (or no rows, or rows
-//!   under both after a concurrent writer): the rotation is *resumed*
-//!   (re-seal, then step 3);
+//! - `master.key.next` and rows under the current key (or no rows): the
+//!   rotation is *resumed* (re-seal, then step 3), rather than abandoned;
 //! - `master.key.next` and rows already under it: step 3 is finished;
 //! - resuming is impossible because some row opens under neither key and no
 //!   row is under the new key yet: the new key sealed nothing, so
@@ -128,8 +127,9 @@ pub fn rotate_key_file(data_dir: &Path) -> Result<KeyFileRotation, StoreError> {
             // otherwise leave it for recovery, which looks at the rows.
             let unused =
                 !failure.maybe_committed || matches!(rows_under(data_dir, &new.key_id()), Ok(0));
-            if unused {
-                discard_next(data_dir)?;
+            if unused && let Err(err) = discard_next(data_dir) {
+                // Harmless: the next start resumes or abandons it.
+                tracing::warn!(error = %err, "the unused new master key could not be removed");
             }
             Err(failure.error)
         }
