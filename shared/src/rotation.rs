@@ -23,7 +23,10 @@
 //! Every step is idempotent per token (Secrets Manager retries steps), and
 //! the record names a version that exists at every moment: in-flight and
 //! concurrent completions read the old version until the record moves, and
-//! that version stays as previous afterwards. A step that finds the record
+//! that version stays as previous afterwards. (A cancel landing between
+//! `finishSecret`'s label move and its record write leaves the record on the
+//! old version, still readable, while `AWSCURRENT` names the new one:
+//! requests are unaffected, as they read by the record's version.) A step that finds the record
 //! no longer waiting for this token (the user cancelled, replaced or
 //! deleted the key) discards what it staged and stops for good.
 //!
@@ -327,7 +330,7 @@ impl RotationService {
             .ok_or(RotationError::NotFound(service))?;
         if let Err(err) = self
             .store
-            .discard(&updated.secret.id, token.as_deref())
+            .discard(&updated.secret.id, token.as_deref(), true)
             .await
         {
             tracing::warn!(%service, error = %err, "rotation cancelled but its staged versions remain");
@@ -427,7 +430,9 @@ impl RotationService {
         match record {
             Some(r) if r.pending.as_ref().and_then(|p| p.token.as_deref()) == Some(token) => Ok(r),
             _ => {
-                if let Err(err) = self.store.discard(secret_id, Some(token)).await {
+                // Only this rotation's version: a staged key may be someone
+                // else's newer staging.
+                if let Err(err) = self.store.discard(secret_id, Some(token), false).await {
                     tracing::warn!(%service, error = %err, "superseded rotation not discarded");
                 }
                 Err(RotationError::Superseded)
@@ -454,7 +459,7 @@ impl RotationService {
             ValidationResult::Valid => Ok(()),
             ValidationResult::Unreachable => Err(RotationError::Unreachable),
             ValidationResult::Invalid => {
-                if let Err(err) = self.store.discard(secret_id, Some(token)).await {
+                if let Err(err) = self.store.discard(secret_id, Some(token), true).await {
                     tracing::warn!(%service, error = %err, "rejected key versions not discarded");
                 }
                 self.fail(&record, token, RotationRejection::InvalidKey)
@@ -512,8 +517,8 @@ impl RotationService {
             // Finished before; only labels may be left to tidy.
             return Ok(self.store.promote(secret_id, token).await?);
         }
-        let record = self
-            .waiting_record(secret_id, &user, service, token)
+        // Checked for its side: a superseded rotation stops here.
+        self.waiting_record(secret_id, &user, service, token)
             .await?;
         self.store.promote(secret_id, token).await?;
         let at = now();
@@ -559,7 +564,6 @@ impl RotationService {
             };
             self.events.publish(&[event]).await;
         }
-        let _ = record;
         Ok(())
     }
 

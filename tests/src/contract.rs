@@ -1296,8 +1296,19 @@ pub async fn rotation_discard_keeps_current(b: &Backend) {
         .put_pending(&current.id, token, &key("xai-second-0123456789ab"))
         .await
         .unwrap();
+    // A superseded rotation drops only its own version: the staged key stays.
+    b.rotation
+        .discard(&current.id, Some(token), false)
+        .await
+        .unwrap();
+    let v = b.rotation.describe(&current.id).await.unwrap();
+    assert_eq!(v.pending, None);
+    assert!(v.staged.is_some(), "the staged key is kept");
     for _ in 0..2 {
-        b.rotation.discard(&current.id, Some(token)).await.unwrap();
+        b.rotation
+            .discard(&current.id, Some(token), true)
+            .await
+            .unwrap();
     }
     let v = b.rotation.describe(&current.id).await.unwrap();
     assert_eq!(v.current.as_deref(), Some(current.version.as_str()));

@@ -1105,7 +1105,12 @@ impl RotationStore for EmbeddedStore {
         .await
     }
 
-    async fn discard(&self, secret_id: &str, token: Option<&str>) -> Result<(), StoreError> {
+    async fn discard(
+        &self,
+        secret_id: &str,
+        token: Option<&str>,
+        staged: bool,
+    ) -> Result<(), StoreError> {
         let (id, token) = (secret_id.to_owned(), token.map(str::to_owned));
         self.run(move |inner| {
             let mut conn = inner.conn()?;
@@ -1118,11 +1123,13 @@ impl RotationStore for EmbeddedStore {
                 params![id, token],
             )
             .map_err(StoreError::backend)?;
-            tx.execute(
-                "DELETE FROM secrets WHERE secret_id = ?1 AND stage = 'staged'",
-                [&id],
-            )
-            .map_err(StoreError::backend)?;
+            if staged {
+                tx.execute(
+                    "DELETE FROM secrets WHERE secret_id = ?1 AND stage = 'staged'",
+                    [&id],
+                )
+                .map_err(StoreError::backend)?;
+            }
             tx.commit().map_err(StoreError::backend)
         })
         .await

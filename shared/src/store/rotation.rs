@@ -89,8 +89,14 @@ pub trait RotationStore: Send + Sync {
     async fn promote(&self, secret_id: &str, token: &str) -> Result<(), StoreError>;
 
     /// Removes the pending label (from `token`, if given, else from whichever
-    /// version has it) and the staged label. The current version is untouched.
-    async fn discard(&self, secret_id: &str, token: Option<&str>) -> Result<(), StoreError>;
+    /// version has it) and, with `staged`, the staged label. The current
+    /// version is untouched.
+    async fn discard(
+        &self,
+        secret_id: &str,
+        token: Option<&str>,
+        staged: bool,
+    ) -> Result<(), StoreError>;
 
     /// Every secret this store keeps for users.
     async fn list_secrets(&self) -> Result<Vec<ListedSecret>, StoreError>;

@@ -619,7 +619,12 @@ impl RotationStore for SecretsManagerStore {
         Ok(())
     }
 
-    async fn discard(&self, secret_id: &str, token: Option<&str>) -> Result<(), StoreError> {
+    async fn discard(
+        &self,
+        secret_id: &str,
+        token: Option<&str>,
+        staged: bool,
+    ) -> Result<(), StoreError> {
         let versions = self.describe(secret_id).await?;
         if let Some(pending) = versions.pending.as_deref()
             && token.is_none_or(|t| t == pending)
@@ -627,7 +632,7 @@ impl RotationStore for SecretsManagerStore {
             self.move_label(secret_id, "AWSPENDING", Some(pending), None)
                 .await?;
         }
-        if let Some(staged) = versions.staged.as_deref() {
+        if staged && let Some(staged) = versions.staged.as_deref() {
             self.move_label(secret_id, STAGED_LABEL, Some(staged), None)
                 .await?;
         }
