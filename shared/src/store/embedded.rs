@@ -774,30 +774,18 @@ impl SecretStore for EmbeddedStore {
                     params![secret.id, secret.version],
                     |row| {
                         Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, String>(2)?,
-                            row.get::<_, Vec<u8>>(3)?,
-                            row.get::<_, Vec<u8>>(4)?,
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
                         ))
                     },
                 )
                 .optional()
-                .map_err(StoreError::backend)?;
-            let Some((user, service, master_key_id, nonce, ciphertext)) = row else {
-                return Err(StoreError::SecretNotFound);
-            };
-            if master_key_id != inner.master_key_id {
-                return Err(StoreError::Decrypt);
-            }
-            let aad = secret_aad(&secret.id, &secret.version, &user, &service);
-            let plain = inner
-                .master
-                .open(&nonce, &ciphertext, &aad)
-                .map_err(|_| StoreError::Decrypt)?;
-            let text =
-                std::str::from_utf8(&plain).map_err(|_| corrupt("a secret is not UTF-8 text"))?;
-            Ok(ApiKey::new(text))
+                .map_err(StoreError::backend)?
+                .ok_or(StoreError::SecretNotFound)?;
+            inner.open_row(&secret.id, &secret.version, row)
         })
         .await
     }
