@@ -453,4 +453,40 @@ mod tests {
         assert_eq!(c.validate_timeout, Duration::from_millis(250));
         assert!(config(&[("BYOK_VALIDATE_TIMEOUT_SECS", "0")]).is_err());
     }
+
+    #[test]
+    fn rotation_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.rotation.sweep, SweepPolicy::default());
+        assert_eq!(
+            c.rotation.sweep.rotation_age,
+            Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(
+            (
+                c.rotation.function_arn.as_deref(),
+                c.rotation.event_bus.as_deref()
+            ),
+            (None, None)
+        );
+        let c = config(&[
+            ("BYOK_ROTATION_AGE_DAYS", "0.5"),
+            ("BYOK_REVALIDATE_AFTER_HOURS", "0"),
+            ("BYOK_ORPHAN_GRACE_MINUTES", "2"),
+            ("BYOK_EVENT_BUS_NAME", "keys-bus"),
+            (
+                "BYOK_ROTATION_FUNCTION_ARN",
+                "arn:aws:lambda:us-east-1:1:function:rotation",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.rotation.sweep.rotation_age, Duration::from_secs(43_200));
+        assert_eq!(c.rotation.sweep.revalidate_after, Duration::ZERO);
+        assert_eq!(c.rotation.sweep.orphan_grace, Duration::from_secs(120));
+        assert_eq!(c.rotation.event_bus.as_deref(), Some("keys-bus"));
+        assert!(c.rotation.function_arn.is_some());
+        for bad in ["-1", "soon", "NaN", "1e300"] {
+            assert!(config(&[("BYOK_ROTATION_AGE_DAYS", bad)]).is_err(), "{bad}");
+        }
+    }
 }

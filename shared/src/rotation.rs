@@ -790,3 +790,45 @@ impl RotationTrigger for SecretsManagerTrigger {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_have_the_protocol_names() {
+        let names: Vec<&str> = Step::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            ["createSecret", "setSecret", "testSecret", "finishSecret"]
+        );
+        for step in Step::ALL {
+            assert_eq!(Step::parse(step.as_str()), Some(step));
+        }
+        assert_eq!(Step::parse("CreateSecret"), None);
+    }
+
+    #[test]
+    fn ages_compare_at_the_boundary() {
+        let now = now();
+        let day = Duration::from_secs(86_400);
+        assert!(older_than(now, now - time::Duration::days(1), day));
+        assert!(!older_than(now, now - time::Duration::hours(23), day));
+        assert!(older_than(now, now, Duration::ZERO));
+        assert!(!older_than(now, now, Duration::MAX));
+    }
+
+    #[test]
+    fn only_outages_are_retryable() {
+        assert!(RotationError::Unreachable.retryable());
+        assert!(RotationError::Store(StoreError::backend(std::io::Error::other("x"))).retryable());
+        for err in [
+            RotationError::Rejected,
+            RotationError::Superseded,
+            RotationError::NothingStaged(Service::OpenAi),
+            RotationError::Store(StoreError::SecretNotFound),
+        ] {
+            assert!(!err.retryable(), "{err}");
+        }
+    }
+}
