@@ -427,6 +427,17 @@ impl RotationService {
         token: &str,
     ) -> Result<KeyRecord, RotationError> {
         let record = self.meta.get_key(user, service).await?;
+        self.still_waiting(secret_id, record, service, token).await
+    }
+
+    /// `record` if it still waits for rotation `token` (see [`Self::waiting_record`]).
+    async fn still_waiting(
+        &self,
+        secret_id: &str,
+        record: Option<KeyRecord>,
+        service: Service,
+        token: &str,
+    ) -> Result<KeyRecord, RotationError> {
         match record {
             Some(r) if r.pending.as_ref().and_then(|p| p.token.as_deref()) == Some(token) => Ok(r),
             _ => {
@@ -517,8 +528,8 @@ impl RotationService {
             // Finished before; only labels may be left to tidy.
             return Ok(self.store.promote(secret_id, token).await?);
         }
-        // Checked for its side: a superseded rotation stops here.
-        self.waiting_record(secret_id, &user, service, token)
+        // A superseded rotation stops here.
+        self.still_waiting(secret_id, record, service, token)
             .await?;
         self.store.promote(secret_id, token).await?;
         let at = now();

@@ -765,29 +765,8 @@ impl SecretStore for EmbeddedStore {
 
     async fn get_secret(&self, secret: &SecretRef) -> Result<ApiKey, StoreError> {
         let secret = secret.clone();
-        self.run(move |inner| {
-            let row = inner
-                .conn()?
-                .query_row(
-                    "SELECT user_id, service, master_key_id, nonce, ciphertext \
-                     FROM secrets WHERE secret_id = ?1 AND version_id = ?2",
-                    params![secret.id, secret.version],
-                    |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(StoreError::backend)?
-                .ok_or(StoreError::SecretNotFound)?;
-            inner.open_row(&secret.id, &secret.version, row)
-        })
-        .await
+        self.run(move |inner| inner.read_version(&secret.id, &secret.version, None))
+            .await
     }
 
     async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError> {
@@ -821,14 +800,40 @@ impl Inner {
             .map_err(StoreError::backend)
     }
 
-    /// Opens the sealed value of row (`id`, `version`).
-    fn open_row(
+    /// The value of version `version` of secret `id` (only while its stage
+    /// is `stage`, if given); [`StoreError::SecretNotFound`] if there is none.
+    fn read_version(
         &self,
         id: &str,
         version: &str,
-        row: (String, String, String, Vec<u8>, Vec<u8>),
+        stage: Option<&str>,
     ) -> Result<ApiKey, StoreError> {
-        let (user, service, master_key_id, nonce, ciphertext) = row;
+        let (user, service, master_key_id, nonce, ciphertext): (
+            String,
+            String,
+            String,
+            Vec<u8>,
+            Vec<u8>,
+        ) = self
+            .conn()?
+            .prepare_cached(
+                "SELECT user_id, service, master_key_id, nonce, ciphertext FROM secrets \
+                 WHERE secret_id = ?1 AND version_id = ?2 AND (?3 IS NULL OR stage = ?3)",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id, version, stage], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(StoreError::backend)?
+            .ok_or(StoreError::SecretNotFound)?;
         if master_key_id != self.master_key_id {
             return Err(StoreError::Decrypt);
         }
@@ -1025,29 +1030,8 @@ impl RotationStore for EmbeddedStore {
 
     async fn get_pending(&self, secret_id: &str, token: &str) -> Result<ApiKey, StoreError> {
         let (id, token) = (secret_id.to_owned(), token.to_owned());
-        self.run(move |inner| {
-            let row = inner
-                .conn()?
-                .query_row(
-                    "SELECT user_id, service, master_key_id, nonce, ciphertext FROM secrets \
-                     WHERE secret_id = ?1 AND version_id = ?2 AND stage = 'pending'",
-                    params![id, token],
-                    |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(StoreError::backend)?
-                .ok_or(StoreError::SecretNotFound)?;
-            inner.open_row(&id, &token, row)
-        })
-        .await
+        self.run(move |inner| inner.read_version(&id, &token, Some("pending")))
+            .await
     }
 
     async fn promote(&self, secret_id: &str, token: &str) -> Result<(), StoreError> {
