@@ -5,7 +5,7 @@
 use crate::audit::AuditLog;
 use crate::auth::{AuthError, Authenticator, JwtSecret, TokenVerifier};
 use crate::catalog::{Catalog, CatalogError};
-use crate::completion::{CompletionService, LogUsageSink, UpstreamClient};
+use crate::completion::{CompletionService, RequestLimits, UpstreamClient};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::crypto::{CryptoError, MasterKey};
 use crate::events::{EventBridgeSink, EventSink, JsonLinesSink, LogSink};
@@ -21,8 +21,9 @@ use crate::store::secrets_manager::{
     SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
 };
 use crate::store::{
-    AuditStore, MetadataStore, RateLimitStore, RotationStore, SecretStore, StoreError,
+    AuditStore, MetadataStore, RateLimitStore, RotationStore, SecretStore, StoreError, UsageStore,
 };
+use crate::usage::{UsageLedger, UsageReports};
 use crate::validate::ValidationService;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct Stores {
     pub rate_limits: Arc<dyn RateLimitStore>,
     /// The audit log (the metadata store's backend).
     pub audit: Arc<dyn AuditStore>,
+    /// The usage ledger (the metadata store's backend).
+    pub usage: Arc<dyn UsageStore>,
     /// Staging labels for rotation (the secret store's backend, uncached).
     pub rotation: Arc<dyn RotationStore>,
     /// Where key events go.
@@ -90,6 +93,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 meta: store.clone(),
                 rate_limits: store.clone(),
                 audit: store.clone(),
+                usage: store.clone(),
                 rotation: store.clone(),
                 secrets: store,
                 events: Arc::new(LogSink),
@@ -135,6 +139,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
             Stores {
                 meta: meta.clone(),
                 rate_limits: meta.clone(),
+                usage: meta.clone(),
                 audit: meta,
                 rotation: secrets.clone(),
                 secrets,
@@ -173,29 +178,43 @@ pub fn state(
         resolver.clone(),
         stores.meta.clone(),
         stores.secrets.clone(),
-        stores.rate_limits,
+        stores.rate_limits.clone(),
         audit.clone(),
         client.clone(),
         config.validate_timeout,
         config.validate_per_minute,
+    );
+    let catalog = Arc::new(catalog(config)?);
+    let ledger = UsageLedger::new(
+        stores.usage.clone(),
+        catalog.clone(),
+        config.usage_retention,
     );
     let completions = CompletionService::new(
         resolver.clone(),
         stores.secrets.clone(),
         client,
         config.fallback_models.clone(),
-        Arc::new(LogUsageSink),
+        Arc::new(ledger),
         config.upstream_timeouts,
-    );
-    let validation = Arc::new(validation);
-    let rotation = Arc::new(RotationService::new(
-        stores.meta.clone(),
-        stores.secrets.clone(),
-        stores.rotation,
-        validation.clone(),
-        audit.clone(),
-        stores.events,
+    )
+    .with_limits(RequestLimits::new(
+        stores.rate_limits.clone(),
+        config.requests_per_minute,
+        config.team_requests_per_minute,
     ));
+    let validation = Arc::new(validation);
+    let rotation = Arc::new(
+        RotationService::new(
+            stores.meta.clone(),
+            stores.secrets.clone(),
+            stores.rotation,
+            validation.clone(),
+            audit.clone(),
+            stores.events,
+        )
+        .with_check_limit(stores.rate_limits, config.validate_per_minute),
+    );
     let rotation_trigger: Arc<dyn RotationTrigger> =
         match (&config.rotation.function_arn, stores.secrets_manager) {
             (Some(arn), Some(client)) => Arc::new(SecretsManagerTrigger::new(client, arn.clone())),
@@ -209,9 +228,10 @@ pub fn state(
         rotation_trigger,
         rotation_age: config.rotation.sweep.rotation_age,
         resolver,
-        auth: Arc::new(Authenticator::new(verifier)),
-        catalog: Arc::new(catalog(config)?),
+        auth: Arc::new(Authenticator::new(verifier).with_tenant_claim(config.tenant_claim.clone())),
+        catalog,
         completions: Arc::new(completions),
+        usage: Arc::new(UsageReports::new(stores.usage)),
     })
 }
 

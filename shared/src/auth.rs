@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroize as _;
 
-use crate::domain::UserId;
+use crate::domain::{TenantId, UserId};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -72,6 +72,9 @@ pub enum AuthError {
 pub struct Principal {
     pub user: UserId,
     pub admin: bool,
+    /// The tenant usage is attributed to: the value of the claim
+    /// `BYOK_TENANT_CLAIM` names, when it is set and the claim is usable.
+    pub tenant: Option<TenantId>,
 }
 
 /// Claims an API Gateway authorizer already verified (HTTP API JWT authorizer
@@ -205,11 +208,23 @@ impl JwtSecret {
 /// verified win; otherwise a bearer token checked by the configured verifier.
 pub struct Authenticator {
     verifier: Option<TokenVerifier>,
+    /// The claim naming the caller's tenant (`BYOK_TENANT_CLAIM`).
+    tenant_claim: Option<String>,
 }
 
 impl Authenticator {
     pub fn new(verifier: Option<TokenVerifier>) -> Self {
-        Self { verifier }
+        Self {
+            verifier,
+            tenant_claim: None,
+        }
+    }
+
+    /// Attributes callers to the tenant named by `claim` (e.g. `custom:tenant_id`).
+    #[must_use]
+    pub fn with_tenant_claim(mut self, claim: Option<String>) -> Self {
+        self.tenant_claim = claim;
+        self
     }
 
     pub fn authenticate(
@@ -217,14 +232,33 @@ impl Authenticator {
         claims: Option<&AuthorizerClaims>,
         authorization: Option<&str>,
     ) -> Result<Principal, AuthError> {
-        if let Some(claims) = claims {
-            return principal_from_claims(&claims.0);
+        let verified;
+        let claims = match claims {
+            Some(claims) => &claims.0,
+            None => {
+                let token = authorization
+                    .and_then(bearer_token)
+                    .ok_or(AuthError::Missing)?;
+                let verifier = self.verifier.as_ref().ok_or(AuthError::Missing)?;
+                verified = verifier.verify_claims(token, now_unix())?;
+                &verified
+            }
+        };
+        let mut principal = principal_from_claims(claims)?;
+        if let Some(name) = &self.tenant_claim {
+            principal.tenant = tenant_from_claims(claims, name);
         }
-        let token = authorization
-            .and_then(bearer_token)
-            .ok_or(AuthError::Missing)?;
-        let verifier = self.verifier.as_ref().ok_or(AuthError::Missing)?;
-        verifier.verify(token, now_unix())
+        Ok(principal)
+    }
+}
+
+/// The tenant in claim `name`: a string (or a number, as text) that is a
+/// valid [`TenantId`]; anything else attributes no tenant.
+pub fn tenant_from_claims(claims: &Map<String, Value>, name: &str) -> Option<TenantId> {
+    match claims.get(name)? {
+        Value::String(s) => TenantId::new(s.trim()),
+        Value::Number(n) => TenantId::new(n.to_string()),
+        _ => None,
     }
 }
 
@@ -257,6 +291,15 @@ impl TokenVerifier {
     /// Checks signature, algorithm, `exp`, `nbf`, `iss` and `aud`, then maps
     /// the claims to a [`Principal`].
     pub fn verify(&self, token: &str, now_unix: i64) -> Result<Principal, AuthError> {
+        principal_from_claims(&self.verify_claims(token, now_unix)?)
+    }
+
+    /// [`Self::verify`]'s checks, returning the verified claims.
+    pub fn verify_claims(
+        &self,
+        token: &str,
+        now_unix: i64,
+    ) -> Result<Map<String, Value>, AuthError> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -310,7 +353,7 @@ impl TokenVerifier {
                 return Err(AuthError::WrongAudience);
             }
         }
-        principal_from_claims(&claims)
+        Ok(claims)
     }
 }
 
@@ -353,7 +396,11 @@ pub fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, A
         .iter()
         .filter_map(|key| claims.get(*key))
         .any(|groups| group_names(groups).any(|g| g == ADMIN_GROUP));
-    Ok(Principal { user, admin })
+    Ok(Principal {
+        user,
+        admin,
+        tenant: None,
+    })
 }
 
 /// Group names from a JSON array, or from the stringified forms API Gateway
@@ -386,8 +433,20 @@ pub fn issue_token(
     ttl_secs: u64,
     now_unix: i64,
 ) -> String {
+    issue_token_with(secret, sub, admin, Map::new(), ttl_secs, now_unix)
+}
+
+/// [`issue_token`] with `extra` claims (e.g. a tenant claim).
+pub fn issue_token_with(
+    secret: &JwtSecret,
+    sub: &str,
+    admin: bool,
+    extra: Map<String, Value>,
+    ttl_secs: u64,
+    now_unix: i64,
+) -> String {
     let exp = now_unix.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
-    let mut claims = Map::new();
+    let mut claims = extra;
     claims.insert("sub".into(), Value::from(sub));
     claims.insert("iat".into(), Value::from(now_unix));
     claims.insert("exp".into(), Value::from(exp));
@@ -460,6 +519,7 @@ mod tests {
         Principal {
             user: UserId::new(id).expect("valid user id"),
             admin,
+            tenant: None,
         }
     }
 

@@ -34,6 +34,17 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     pub jwks_url: Option<String>,
     pub validate_per_minute: u32,
+    /// Completions per user per minute on team paths
+    /// (`BYOK_TEAM_REQUESTS_PER_MINUTE`, default 60; `0`: no limit).
+    pub team_requests_per_minute: Option<u32>,
+    /// Completions per user per minute on any path
+    /// (`BYOK_REQUESTS_PER_MINUTE`; unset or `0`: no limit).
+    pub requests_per_minute: Option<u32>,
+    /// How long raw usage entries are kept (`BYOK_USAGE_RETENTION_DAYS`,
+    /// default 30; `0`: only the day aggregates are kept).
+    pub usage_retention: Option<Duration>,
+    /// The token claim naming the caller's tenant (`BYOK_TENANT_CLAIM`).
+    pub tenant_claim: Option<String>,
     /// How long a key check waits on its provider (`BYOK_VALIDATE_TIMEOUT_SECS`).
     pub validate_timeout: Duration,
     pub table_name: Option<String>,
@@ -116,6 +127,8 @@ pub const DEFAULT_SECRET_PREFIX: &str = "byok/";
 pub const DEFAULT_VALIDATE_PER_MINUTE: u32 = 5;
 pub const DEFAULT_VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SECRET_RECOVERY_DAYS: u32 = 7;
+pub const DEFAULT_TEAM_REQUESTS_PER_MINUTE: u32 = 60;
+pub const DEFAULT_USAGE_RETENTION_DAYS: u64 = 30;
 
 impl Config {
     /// Reads the process environment.
@@ -168,6 +181,30 @@ impl Config {
                 }),
             }
         };
+        let per_minute = |name: &'static str, default: u32| -> Result<Option<u32>, ConfigError> {
+            let n = match get(name) {
+                None => default,
+                Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    name,
+                    expected: "a whole number (0: no limit)",
+                })?,
+            };
+            Ok((n > 0).then_some(n))
+        };
+        let team_requests_per_minute = per_minute(
+            "BYOK_TEAM_REQUESTS_PER_MINUTE",
+            DEFAULT_TEAM_REQUESTS_PER_MINUTE,
+        )?;
+        let requests_per_minute = per_minute("BYOK_REQUESTS_PER_MINUTE", 0)?;
+        let retention_days = number("BYOK_USAGE_RETENTION_DAYS", DEFAULT_USAGE_RETENTION_DAYS)?;
+        if retention_days > 3650 {
+            return Err(ConfigError::Invalid {
+                name: "BYOK_USAGE_RETENTION_DAYS",
+                expected: "a number of days from 0 to 3650",
+            });
+        }
+        let usage_retention =
+            (retention_days > 0).then(|| Duration::from_secs(retention_days * 86_400));
         let secret_recovery_days = u32::try_from(number(
             "BYOK_SECRET_RECOVERY_DAYS",
             DEFAULT_SECRET_RECOVERY_DAYS.into(),
@@ -302,6 +339,10 @@ impl Config {
             jwt_audience: get("BYOK_JWT_AUDIENCE"),
             jwks_url: get("BYOK_JWKS_URL"),
             validate_per_minute,
+            team_requests_per_minute,
+            requests_per_minute,
+            usage_retention,
+            tenant_claim: get("BYOK_TENANT_CLAIM").map(|c| c.trim().to_owned()),
             validate_timeout,
             table_name: get("BYOK_TABLE_NAME"),
             secret_prefix: get("BYOK_SECRET_PREFIX")
@@ -452,6 +493,33 @@ mod tests {
         let c = config(&[("BYOK_VALIDATE_TIMEOUT_SECS", "0.25")]).unwrap();
         assert_eq!(c.validate_timeout, Duration::from_millis(250));
         assert!(config(&[("BYOK_VALIDATE_TIMEOUT_SECS", "0")]).is_err());
+    }
+
+    #[test]
+    fn usage_and_limit_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.team_requests_per_minute, Some(60));
+        assert_eq!(c.requests_per_minute, None);
+        assert_eq!(c.usage_retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.tenant_claim, None);
+        let c = config(&[
+            ("BYOK_TEAM_REQUESTS_PER_MINUTE", "0"),
+            ("BYOK_REQUESTS_PER_MINUTE", "100"),
+            ("BYOK_USAGE_RETENTION_DAYS", "0"),
+            ("BYOK_TENANT_CLAIM", "custom:tenant_id"),
+        ])
+        .unwrap();
+        assert_eq!(c.team_requests_per_minute, None);
+        assert_eq!(c.requests_per_minute, Some(100));
+        assert_eq!(c.usage_retention, None);
+        assert_eq!(c.tenant_claim.as_deref(), Some("custom:tenant_id"));
+        for (name, bad) in [
+            ("BYOK_TEAM_REQUESTS_PER_MINUTE", "-1"),
+            ("BYOK_REQUESTS_PER_MINUTE", "many"),
+            ("BYOK_USAGE_RETENTION_DAYS", "99999"),
+        ] {
+            assert!(config(&[(name, bad)]).is_err(), "{name}={bad}");
+        }
     }
 
     #[test]

@@ -264,7 +264,8 @@ mod tests {
             claims.principal().expect("principal"),
             Principal {
                 user: UserId::new("user-1").expect("id"),
-                admin: true
+                admin: true,
+                tenant: None,
             }
         );
         assert_eq!(call(req).await, "user-1 admin=true");

@@ -14,6 +14,8 @@
 //!   rate limit, with the outcome on the key's metadata and in the audit log.
 //! - [`audit`]: the audit log as the services use it (writes never fail an
 //!   operation; pages are checked before the store is asked).
+//! - [`usage`]: the usage ledger (completion records priced and written to
+//!   the store) and the usage reports of `/api/usage` and `/api/admin/usage`.
 //! - [`keys`]: key management and settings: the operations behind the keys and
 //!   settings routes, over the store traits.
 //! - [`store`]: storage traits and backends ([`store::embedded`]: SQLite file
@@ -52,4 +54,5 @@ pub mod resolve;
 pub mod rotation;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 pub mod validate;

@@ -32,6 +32,18 @@ impl ResolutionPath {
         }
     }
 
+    pub const ALL: [Self; 4] = [
+        ResolutionPath::UserGateway,
+        ResolutionPath::UserProvider,
+        ResolutionPath::TeamGateway,
+        ResolutionPath::TeamProvider,
+    ];
+
+    /// The path named by [`Self::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+
     /// Team paths are paid by the operator; BYOK paths by the user.
     pub const fn is_team(self) -> bool {
         matches!(

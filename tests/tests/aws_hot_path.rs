@@ -6,7 +6,8 @@
 //! stand-in.
 
 use byok::completion::{
-    CompletionBody, CompletionService, Outcome, UpstreamClient, UsageRecord, UsageSink,
+    CompletionBody, CompletionService, Outcome, RequestContext, UpstreamClient, UsageRecord,
+    UsageSink,
 };
 use byok::config::Config;
 use byok::config::UpstreamTimeouts;
@@ -231,8 +232,9 @@ async fn warm_completions_make_one_query_and_no_secret_calls() {
     })
     .to_string();
 
+    let ctx = RequestContext::user(user.clone());
     for n in 1..=10 {
-        let completion = service.complete(&user, body.as_bytes()).await.unwrap();
+        let completion = service.complete(&ctx, body.as_bytes()).await.unwrap();
         let CompletionBody::Stream(stream) = completion.body else {
             panic!("a stream was asked for");
         };

@@ -9,20 +9,23 @@
 //! store call (the version-aware cache answers); the upstream client is
 //! built once; pass-through chunks are forwarded without re-serialising.
 
+mod estimate;
+mod limits;
 mod redact;
 mod relay;
 mod upstream;
 mod usage;
 
+pub use limits::{RateStatus, RequestLimits};
 pub(crate) use upstream::check_key;
 pub use upstream::{
     NoPublicAddress, PublicOnlyResolver, UpstreamClient, UpstreamError, UpstreamErrorKind,
 };
-pub use usage::{LogUsageSink, Outcome, UsageRecord, UsageSink};
+use usage::UsageMeter;
+pub use usage::{LogUsageSink, Outcome, RequestContext, UsageRecord, UsageSink, log_record};
 
 use crate::config::UpstreamTimeouts;
-use crate::domain::{ApiKey, ModelId, Service, UserId, WireApi};
-use crate::providers::Usage;
+use crate::domain::{ApiKey, ModelId, Service, WireApi};
 use crate::providers::{anthropic, openai};
 use crate::resolve::{
     BaseUrlSource, CredentialSource, Resolution, ResolutionPath, ResolveError, Resolver, choose,
@@ -62,10 +65,12 @@ pub enum CompletionBody {
     Stream(BoxStream<'static, Bytes>),
 }
 
-/// A successful start: the route and the body.
+/// A successful start: the route, the body, and the request limit that
+/// applied (for the `x-ratelimit-*` headers).
 pub struct Completion {
     pub route: Route,
     pub body: CompletionBody,
+    pub rate: Option<RateStatus>,
 }
 
 /// Why a completion failed before its first byte.
@@ -81,6 +86,12 @@ pub enum CompletionError {
     Secret(#[source] StoreError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A per-user request limit is used up for this window.
+    #[error("too many requests: the limit of {limit} completions per minute is used up")]
+    RateLimited { limit: u32, retry_after_secs: u64 },
+    /// The request limiter's store could not be reached.
+    #[error("the request limiter failed")]
+    Limiter(#[source] StoreError),
 }
 
 /// A failed completion, with the route it failed on when one was chosen.
@@ -88,11 +99,17 @@ pub enum CompletionError {
 pub struct CompletionFailure {
     pub route: Option<Route>,
     pub error: CompletionError,
+    /// The request limit that applied, when one did.
+    pub rate: Option<RateStatus>,
 }
 
 impl From<CompletionError> for CompletionFailure {
     fn from(error: CompletionError) -> Self {
-        Self { route: None, error }
+        Self {
+            route: None,
+            error,
+            rate: None,
+        }
     }
 }
 
@@ -115,6 +132,7 @@ pub struct CompletionService {
     fallback: Vec<ModelId>,
     usage: Arc<dyn UsageSink>,
     timeouts: UpstreamTimeouts,
+    limits: RequestLimits,
 }
 
 /// The parts of a chat request the gateway reads; the rest passes through.
@@ -124,6 +142,8 @@ struct ChatRequest {
     /// The model string as the client sent it (echoed in translated answers).
     requested: String,
     stream: bool,
+    /// Estimated prompt tokens, for answers that come without usage.
+    prompt_estimate: u64,
 }
 
 impl CompletionService {
@@ -142,16 +162,83 @@ impl CompletionService {
             fallback,
             usage,
             timeouts,
+            limits: RequestLimits::none(),
         }
     }
 
-    /// Runs one chat completion for `user` with the raw JSON `body`.
+    /// Per-user request limits (none by default).
+    #[must_use]
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The meter of one attempt on `route`.
+    fn meter(
+        &self,
+        ctx: &RequestContext,
+        started: Instant,
+        request: &ChatRequest,
+        route: &Route,
+        attempt: u32,
+    ) -> UsageMeter {
+        UsageMeter::new(
+            self.usage.clone(),
+            started,
+            request.prompt_estimate,
+            UsageRecord {
+                user: ctx.user.clone(),
+                tenant: ctx.tenant.clone(),
+                request_id: ctx.request_id.clone(),
+                attempt,
+                provider: route.provider,
+                path: route.path,
+                model: route.model.clone(),
+                fallback: route.fallback,
+                stream: request.stream,
+                outcome: Outcome::Completed,
+                prompt_tokens: None,
+                completion_tokens: None,
+                estimated: false,
+                time_to_first_byte: None,
+                duration: Duration::ZERO,
+            },
+        )
+    }
+
+    /// Records a refused attempt and builds its failure.
+    async fn refuse(
+        &self,
+        meter: UsageMeter,
+        route: Route,
+        refused: limits::Refused,
+    ) -> CompletionFailure {
+        meter
+            .finish(
+                Outcome::Limited,
+                None,
+                &estimate::StreamedText::default(),
+                None,
+            )
+            .await;
+        CompletionFailure {
+            route: Some(route),
+            error: CompletionError::RateLimited {
+                limit: refused.status.limit,
+                retry_after_secs: refused.retry_after_secs,
+            },
+            rate: Some(refused.status),
+        }
+    }
+
+    /// Runs one chat completion for the caller with the raw JSON `body`.
     pub async fn complete(
         &self,
-        user: &UserId,
+        ctx: &RequestContext,
         body: &[u8],
     ) -> Result<Completion, CompletionFailure> {
         let started = Instant::now();
+        let user = &ctx.user;
         let request = parse_request(body)?;
         let snapshot = self
             .resolver
@@ -167,6 +254,10 @@ impl CompletionService {
         .map_err(CompletionError::from)?;
         let candidates = self.candidates(primary, &request.model, &snapshot);
 
+        // Every completion counts against the all-paths limit; a team path
+        // also against the team limit, once per request (at its first team attempt).
+        let mut rate = None;
+        let mut team_counted = false;
         let mut request = request;
         let mut first_failure: Option<CompletionFailure> = None;
         let last = candidates.len() - 1;
@@ -177,29 +268,36 @@ impl CompletionService {
                 model: resolution.model.clone(),
                 fallback,
             };
-            let meter = UsageMeter {
-                sink: self.usage.clone(),
-                started,
-                first_byte: None,
-                record: UsageRecord {
-                    user: user.clone(),
-                    provider: route.provider,
-                    path: route.path,
-                    model: route.model.clone(),
-                    fallback,
-                    stream: request.stream,
-                    outcome: Outcome::Completed,
-                    prompt_tokens: None,
-                    completion_tokens: None,
-                    time_to_first_byte: None,
-                    duration: Duration::ZERO,
-                },
-            };
+            let attempt = u32::try_from(i).unwrap_or(u32::MAX);
+            let meter = self.meter(ctx, started, &request, &route, attempt);
+            if i == 0 {
+                match self.limits.admit(user, false).await {
+                    Ok(Ok(status)) => rate = RateStatus::tighter(rate, status),
+                    Ok(Err(refused)) => return Err(self.refuse(meter, route, refused).await),
+                    Err(err) => return Err(CompletionError::Limiter(err).into()),
+                }
+            }
+            if route.path.is_team() && !team_counted {
+                team_counted = true;
+                match self.limits.admit(user, true).await {
+                    Ok(Ok(status)) => rate = RateStatus::tighter(rate, status),
+                    Ok(Err(refused)) => {
+                        let failure = self.refuse(meter, route, refused).await;
+                        if i == 0 {
+                            return Err(failure);
+                        }
+                        // A fallback that would spend the team key past its limit is skipped.
+                        first_failure.get_or_insert(failure);
+                        continue;
+                    }
+                    Err(err) => return Err(CompletionError::Limiter(err).into()),
+                }
+            }
             match self
                 .attempt(&resolution, &mut request, i == last, meter)
                 .await
             {
-                Ok(body) => return Ok(Completion { route, body }),
+                Ok(body) => return Ok(Completion { route, body, rate }),
                 Err((error, meter)) => {
                     let may_fall_back = match &error {
                         CompletionError::Upstream(e) => e.kind.may_fall_back(),
@@ -207,7 +305,12 @@ impl CompletionService {
                     };
                     if let (Some(meter), CompletionError::Upstream(e)) = (meter, &error) {
                         (*meter)
-                            .finish(Outcome::Failed(error_code(e.kind)), None)
+                            .finish(
+                                Outcome::Failed(error_code(e.kind)),
+                                None,
+                                &estimate::StreamedText::default(),
+                                None,
+                            )
                             .await;
                     }
                     if i != last && may_fall_back {
@@ -220,6 +323,7 @@ impl CompletionService {
                     let failure = CompletionFailure {
                         route: Some(route),
                         error,
+                        rate,
                     };
                     if !may_fall_back {
                         return Err(first_failure.unwrap_or(failure));
@@ -281,9 +385,21 @@ impl CompletionService {
         mut meter: UsageMeter,
     ) -> Result<CompletionBody, (CompletionError, Option<Box<UsageMeter>>)> {
         let service = resolution.provider;
-        let key = self.credential(resolution).await.map_err(|e| (e, None))?;
-        let (upstream_body, decoder) =
-            upstream_request(request, resolution, last).map_err(|e| (e, None))?;
+        let key = match self.credential(resolution).await {
+            Ok(key) => key,
+            Err(e) => {
+                // Nothing was asked of the upstream: no usage to record.
+                meter.abandon();
+                return Err((e, None));
+            }
+        };
+        let (upstream_body, decoder) = match upstream_request(request, resolution, last) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                meter.abandon();
+                return Err((e, None));
+            }
+        };
         let client = self
             .client
             .for_source(resolution.base_url_source == BaseUrlSource::User);
@@ -352,6 +468,7 @@ impl CompletionService {
                     Ok(whole) => whole,
                     Err(e) => return fail(upstream_read_error(service, e), meter),
                 };
+                let mut text = estimate::StreamedText::default();
                 let (json, usage) = match service.wire_api() {
                     WireApi::OpenAiCompatible => {
                         let usage = serde_json::from_slice::<Value>(&whole)
@@ -377,7 +494,10 @@ impl CompletionService {
                         (Bytes::from(translated.to_string()), usage)
                     }
                 };
-                meter.finish(Outcome::Completed, usage).await;
+                if usage.is_none() {
+                    text.feed(&json);
+                }
+                meter.finish(Outcome::Completed, usage, &text, None).await;
                 Ok(CompletionBody::Json(json))
             }
         }
@@ -458,31 +578,14 @@ fn parse_request(body: &[u8]) -> Result<ChatRequest, CompletionError> {
         Some(_) => return Err(invalid("stream must be a boolean")),
     };
     let model = ModelId::parse(&requested).map_err(|e| CompletionError::Resolve(e.into()))?;
+    let prompt_estimate = estimate::prompt_tokens(&body);
     Ok(ChatRequest {
         body,
         model,
         requested,
         stream,
+        prompt_estimate,
     })
-}
-
-/// Follows one attempt and writes its usage record when it ends.
-pub(crate) struct UsageMeter {
-    sink: Arc<dyn UsageSink>,
-    started: Instant,
-    first_byte: Option<Duration>,
-    record: UsageRecord,
-}
-
-impl UsageMeter {
-    pub(crate) async fn finish(mut self, outcome: Outcome, usage: Option<Usage>) {
-        self.record.outcome = outcome;
-        self.record.prompt_tokens = usage.map(|u| u.prompt_tokens);
-        self.record.completion_tokens = usage.map(|u| u.completion_tokens);
-        self.record.time_to_first_byte = self.first_byte;
-        self.record.duration = self.started.elapsed();
-        self.sink.record(self.record).await;
-    }
 }
 
 /// Why reading a body failed.

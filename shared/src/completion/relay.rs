@@ -5,9 +5,9 @@
 //! stream ends; if the client goes away first, dropping the relay drops the
 //! upstream response (cancelling the call) and records the cancellation.
 
-use super::UsageMeter;
+use super::estimate::StreamedText;
 use super::upstream::{UpstreamError, UpstreamErrorKind};
-use super::usage::Outcome;
+use super::usage::{Outcome, UsageMeter};
 use crate::domain::Service;
 use crate::providers::Usage;
 use crate::providers::anthropic::{StreamTranslator, TranslateError};
@@ -131,6 +131,15 @@ impl Decoder {
         }
     }
 
+    /// Prompt tokens the upstream reported before its final usage (Anthropic's
+    /// `message_start`), for estimating an interrupted stream.
+    pub(crate) fn known_prompt_tokens(&self) -> Option<u64> {
+        match self {
+            Decoder::PassThrough { .. } => None,
+            Decoder::Anthropic { translator, .. } => translator.prompt_tokens_so_far(),
+        }
+    }
+
     pub(crate) fn usage(&self) -> Option<Usage> {
         match self {
             Decoder::PassThrough { pass, .. } => pass.usage(),
@@ -215,6 +224,8 @@ pub(crate) struct Relay {
     queued: Option<Bytes>,
     phase: Phase,
     meter: Option<UsageMeter>,
+    /// The text sent to the client so far (for estimates).
+    streamed: StreamedText,
 }
 
 impl Relay {
@@ -240,6 +251,7 @@ impl Relay {
             queued: (!first.bytes.is_empty()).then_some(first.bytes),
             phase,
             meter: Some(meter),
+            streamed: StreamedText::default(),
         }
     }
 
@@ -254,6 +266,7 @@ impl Relay {
     async fn next_bytes(&mut self) -> Option<Bytes> {
         loop {
             if let Some(bytes) = self.queued.take() {
+                self.streamed.feed(&bytes);
                 return Some(bytes);
             }
             match self.phase {
@@ -268,7 +281,10 @@ impl Relay {
                 Phase::Finishing(outcome) => {
                     self.phase = Phase::Done;
                     if let Some(meter) = self.meter.take() {
-                        meter.finish(outcome, self.decoder.usage()).await;
+                        let known = self.decoder.known_prompt_tokens();
+                        meter
+                            .finish(outcome, self.decoder.usage(), &self.streamed, known)
+                            .await;
                     }
                 }
                 Phase::Done => return None,
@@ -323,10 +339,13 @@ impl Drop for Relay {
     /// with `self` (closing its connection), and the cancellation recorded.
     fn drop(&mut self) {
         if let Some(meter) = self.meter.take() {
-            let usage = self.decoder.usage();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(meter.finish(Outcome::Cancelled, usage));
-            }
+            let known = self.decoder.known_prompt_tokens();
+            meter.finish_detached(
+                Outcome::Cancelled,
+                self.decoder.usage(),
+                &self.streamed,
+                known,
+            );
         }
     }
 }

@@ -1,13 +1,20 @@
-//! Usage of every completion request: tokens, provider, model, path and
-//! timings, handed to a [`UsageSink`]. The sink is awaited before a response
-//! (or stream) ends, so on Lambda the write completes inside the invocation.
+//! Usage of every completion attempt: tokens, provider, model, path, who
+//! paid and timings, handed to a [`UsageSink`] (the ledger, in production).
+//! The sink is awaited before a response (or stream) ends, so on Lambda the
+//! write completes inside the invocation and never before the first byte.
+//! An attempt whose answer was cut short without a usage event is recorded
+//! with estimated tokens ([`super::estimate`]), never at zero.
 
+use super::estimate::StreamedText;
 use crate::domain::{Service, UserId};
+use crate::providers::Usage;
 use crate::resolve::ResolutionPath;
+use crate::store::TenantId;
 use async_trait::async_trait;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// How a request ended.
+/// How an attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The upstream answered in full.
@@ -17,6 +24,8 @@ pub enum Outcome {
     Failed(&'static str),
     /// The client went away before the end; the upstream call was cancelled.
     Cancelled,
+    /// A request limit refused it before any upstream call.
+    Limited,
 }
 
 impl Outcome {
@@ -25,6 +34,28 @@ impl Outcome {
             Outcome::Completed => "completed",
             Outcome::Failed(code) => code,
             Outcome::Cancelled => "cancelled",
+            Outcome::Limited => "limited",
+        }
+    }
+}
+
+/// Who made a request, as the ledger attributes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestContext {
+    pub user: UserId,
+    /// The caller's tenant, when `BYOK_TENANT_CLAIM` names one.
+    pub tenant: Option<TenantId>,
+    /// The request's id (`x-request-id`).
+    pub request_id: String,
+}
+
+impl RequestContext {
+    /// A caller with no tenant and a fresh request id.
+    pub fn user(user: UserId) -> Self {
+        Self {
+            user,
+            tenant: None,
+            request_id: crate::crypto::random_hex::<16>().unwrap_or_default(),
         }
     }
 }
@@ -33,6 +64,10 @@ impl Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageRecord {
     pub user: UserId,
+    pub tenant: Option<TenantId>,
+    pub request_id: String,
+    /// 0 for the requested model, then 1, 2, … along the fallback chain.
+    pub attempt: u32,
     pub provider: Service,
     pub path: ResolutionPath,
     /// Canonical `provider/model` that served (or was tried).
@@ -43,6 +78,8 @@ pub struct UsageRecord {
     pub outcome: Outcome,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// The token counts are estimates: the upstream reported none.
+    pub estimated: bool,
     /// From receiving the request to the upstream's first body byte.
     pub time_to_first_byte: Option<Duration>,
     /// From receiving the request to the end of the response.
@@ -64,20 +101,141 @@ pub struct LogUsageSink;
 #[async_trait]
 impl UsageSink for LogUsageSink {
     async fn record(&self, r: UsageRecord) {
-        tracing::info!(
-            target: "byok::usage",
-            user = %r.user,
-            provider = r.provider.as_str(),
-            path = r.path.as_str(),
-            model = r.model.as_str(),
-            fallback = r.fallback,
-            stream = r.stream,
-            outcome = r.outcome.as_str(),
-            prompt_tokens = r.prompt_tokens,
-            completion_tokens = r.completion_tokens,
-            ttfb_ms = r.time_to_first_byte.map(|d| d.as_secs_f64() * 1e3),
-            duration_ms = r.duration.as_secs_f64() * 1e3,
-            "usage"
-        );
+        log_record(&r);
+    }
+}
+
+/// The `byok::usage` log event of one record.
+pub fn log_record(r: &UsageRecord) {
+    tracing::info!(
+        target: "byok::usage",
+        user = %r.user,
+        tenant = r.tenant.as_ref().map(TenantId::as_str),
+        request_id = r.request_id.as_str(),
+        attempt = r.attempt,
+        provider = r.provider.as_str(),
+        path = r.path.as_str(),
+        model = r.model.as_str(),
+        fallback = r.fallback,
+        stream = r.stream,
+        outcome = r.outcome.as_str(),
+        prompt_tokens = r.prompt_tokens,
+        completion_tokens = r.completion_tokens,
+        estimated = r.estimated,
+        ttfb_ms = r.time_to_first_byte.map(|d| d.as_secs_f64() * 1e3),
+        duration_ms = r.duration.as_secs_f64() * 1e3,
+        "usage"
+    );
+}
+
+/// Follows one attempt and hands its record to the sink when it ends. A
+/// meter dropped unfinished (the client went away) records a cancellation.
+pub(crate) struct UsageMeter {
+    sink: Arc<dyn UsageSink>,
+    pub(crate) started: Instant,
+    pub(crate) first_byte: Option<Duration>,
+    /// The request's estimated prompt tokens, for answers without usage.
+    prompt_estimate: u64,
+    record: Option<UsageRecord>,
+}
+
+impl UsageMeter {
+    pub(crate) fn new(
+        sink: Arc<dyn UsageSink>,
+        started: Instant,
+        prompt_estimate: u64,
+        record: UsageRecord,
+    ) -> Self {
+        Self {
+            sink,
+            started,
+            first_byte: None,
+            prompt_estimate,
+            record: Some(record),
+        }
+    }
+
+    /// Records the attempt's end. `usage` is what the upstream reported;
+    /// without it, an attempt that got an answer is estimated from `streamed`
+    /// (the text sent on) and `known_prompt` (a prompt count the upstream gave
+    /// before it stopped).
+    pub(crate) async fn finish(
+        mut self,
+        outcome: Outcome,
+        usage: Option<Usage>,
+        streamed: &StreamedText,
+        known_prompt: Option<u64>,
+    ) {
+        if let Some(record) = self.take_record(outcome, usage, streamed, known_prompt) {
+            self.sink.record(record).await;
+        }
+    }
+
+    fn take_record(
+        &mut self,
+        outcome: Outcome,
+        usage: Option<Usage>,
+        streamed: &StreamedText,
+        known_prompt: Option<u64>,
+    ) -> Option<UsageRecord> {
+        let mut record = self.record.take()?;
+        record.outcome = outcome;
+        match usage {
+            Some(u) => {
+                record.prompt_tokens = Some(u.prompt_tokens);
+                record.completion_tokens = Some(u.completion_tokens);
+            }
+            None if self.first_byte.is_some() => {
+                record.prompt_tokens = Some(known_prompt.unwrap_or(self.prompt_estimate));
+                record.completion_tokens = Some(streamed.tokens());
+                record.estimated = true;
+            }
+            None => {}
+        }
+        record.time_to_first_byte = self.first_byte;
+        record.duration = self.started.elapsed();
+        Some(record)
+    }
+
+    /// Drops the attempt without a record: nothing was asked of the upstream
+    /// (the request failed on our side first).
+    pub(crate) fn abandon(mut self) {
+        self.record = None;
+    }
+
+    /// Ends the attempt from a destructor: the record is written by a task
+    /// of its own (nothing can be awaited here).
+    pub(crate) fn finish_detached(
+        mut self,
+        outcome: Outcome,
+        usage: Option<Usage>,
+        streamed: &StreamedText,
+        known_prompt: Option<u64>,
+    ) {
+        if let Some(record) = self.take_record(outcome, usage, streamed, known_prompt) {
+            spawn_record(self.sink.clone(), record);
+        }
+    }
+}
+
+fn spawn_record(sink: Arc<dyn UsageSink>, record: UsageRecord) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move { sink.record(record).await });
+        }
+        Err(_) => log_record(&record),
+    }
+}
+
+impl Drop for UsageMeter {
+    /// The attempt was abandoned before its answer (the client went away
+    /// while the upstream was still being asked): record the cancellation.
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            let streamed = StreamedText::default();
+            if let Some(record) = self.take_record(Outcome::Cancelled, None, &streamed, None) {
+                spawn_record(self.sink.clone(), record);
+            }
+        }
     }
 }

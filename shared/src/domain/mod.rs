@@ -53,6 +53,32 @@ impl fmt::Display for UserId {
     }
 }
 
+/// Longest tenant id kept; longer claim values are not attributed.
+pub const TENANT_MAX_LEN: usize = 128;
+
+/// A tenant (organisation) usage is attributed to, from a token claim.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Accepts 1 to [`TENANT_MAX_LEN`] bytes with no control characters.
+    pub fn new(id: impl Into<String>) -> Option<Self> {
+        let id = id.into();
+        let ok = !id.is_empty() && id.len() <= TENANT_MAX_LEN && !id.chars().any(char::is_control);
+        ok.then_some(Self(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A UTC instant, stored and serialised as RFC 3339 text.
 pub type Timestamp = time::OffsetDateTime;
 

@@ -1,10 +1,15 @@
 //! Handler of `POST /v1/chat/completions`: reads the body (up to 20 MiB, any
 //! fields), runs [`crate::completion::CompletionService`], and answers JSON or
-//! `text/event-stream` with the `x-byok-path` / `x-byok-provider` headers.
+//! `text/event-stream` with the `x-byok-path` / `x-byok-provider` /
+//! `x-byok-paid-by` headers and, where a request limit applies, OpenAI's
+//! `x-ratelimit-*-requests` headers.
 
-use super::extract::Caller;
+use super::extract::{Caller, RequestId};
 use super::{ApiError, AppState, ErrorCode};
-use crate::completion::{CompletionBody, CompletionError, Route, error_code};
+use crate::completion::{
+    CompletionBody, CompletionError, RateStatus, RequestContext, Route, error_code,
+};
+use crate::store::PaidBy;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -16,10 +21,15 @@ const PATH_HEADER: HeaderName = HeaderName::from_static("x-byok-path");
 const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-byok-provider");
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-byok-model");
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-byok-fallback");
+const PAID_BY_HEADER: HeaderName = HeaderName::from_static("x-byok-paid-by");
+const LIMIT_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
 
 pub(super) async fn complete(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    request_id: RequestId,
     req: Request,
 ) -> Response {
     let body = match Bytes::from_request(req, &state).await {
@@ -36,7 +46,12 @@ pub(super) async fn complete(
                 .into_response();
         }
     };
-    match state.completions.complete(&caller.user, &body).await {
+    let ctx = RequestContext {
+        user: caller.user,
+        tenant: caller.tenant,
+        request_id: request_id.as_str().to_owned(),
+    };
+    match state.completions.complete(&ctx, &body).await {
         Ok(completion) => {
             let mut response = match completion.body {
                 CompletionBody::Json(json) => {
@@ -56,6 +71,7 @@ pub(super) async fn complete(
                 }
             };
             route_headers(&mut response, &completion.route);
+            rate_headers(&mut response, completion.rate);
             response
         }
         Err(failure) => {
@@ -63,14 +79,31 @@ pub(super) async fn complete(
             if let Some(route) = &failure.route {
                 route_headers(&mut response, route);
             }
+            rate_headers(&mut response, failure.rate);
             response
         }
+    }
+}
+
+/// OpenAI's request-limit headers, for the limit that binds first.
+fn rate_headers(response: &mut Response, rate: Option<RateStatus>) {
+    let Some(rate) = rate else { return };
+    let headers = response.headers_mut();
+    headers.insert(LIMIT_HEADER, HeaderValue::from(rate.limit));
+    headers.insert(REMAINING_HEADER, HeaderValue::from(rate.remaining));
+    let reset = format!("{}s", rate.reset_after.as_millis().div_ceil(1000));
+    if let Ok(value) = HeaderValue::from_str(&reset) {
+        headers.insert(RESET_HEADER, value);
     }
 }
 
 fn route_headers(response: &mut Response, route: &Route) {
     let headers = response.headers_mut();
     headers.insert(PATH_HEADER, HeaderValue::from_static(route.path.as_str()));
+    headers.insert(
+        PAID_BY_HEADER,
+        HeaderValue::from_static(PaidBy::of(route.path).as_str()),
+    );
     headers.insert(
         PROVIDER_HEADER,
         HeaderValue::from_static(route.provider.as_str()),
@@ -90,7 +123,13 @@ impl From<CompletionError> for ApiError {
                 ApiError::new(ErrorCode::InvalidRequest, message)
             }
             CompletionError::Resolve(err) => err.into(),
-            CompletionError::Secret(err) => ApiError::internal(&err),
+            CompletionError::Secret(err) | CompletionError::Limiter(err) => {
+                ApiError::internal(&err)
+            }
+            CompletionError::RateLimited {
+                retry_after_secs, ..
+            } => ApiError::new(ErrorCode::RateLimited, err_message_rate(retry_after_secs))
+                .with_retry_after(retry_after_secs),
             CompletionError::Upstream(err) => {
                 let code = match err.kind {
                     crate::completion::UpstreamErrorKind::Auth => ErrorCode::UpstreamAuth,
@@ -114,4 +153,8 @@ impl From<CompletionError> for ApiError {
             }
         }
     }
+}
+
+fn err_message_rate(retry_after_secs: u64) -> String {
+    format!("too many completion requests; try again in {retry_after_secs} s")
 }

@@ -203,6 +203,10 @@ impl From<crate::rotation::RotationError> for ApiError {
             E::NotFound(_) | E::NothingPending => ErrorCode::NotFound,
             E::AlreadyPending => ErrorCode::RotationPending,
             E::Store(store) => return Self::from_store(store),
+            E::RateLimited { retry_after_secs } => {
+                let secs = *retry_after_secs;
+                return Self::new(ErrorCode::RateLimited, err.to_string()).with_retry_after(secs);
+            }
             E::NothingStaged(_) | E::Superseded | E::Rejected | E::Unreachable | E::Trigger(_) => {
                 return Self::internal(&err);
             }
@@ -228,6 +232,17 @@ impl From<crate::audit::AuditError> for ApiError {
         match err {
             crate::audit::AuditError::Store(store) => Self::from_store(&store),
             other => Self::new(ErrorCode::InvalidRequest, other.to_string()),
+        }
+    }
+}
+
+impl From<crate::usage::UsageError> for ApiError {
+    fn from(err: crate::usage::UsageError) -> Self {
+        match err {
+            crate::usage::UsageError::Store(store) => Self::from_store(&store),
+            crate::usage::UsageError::BadQuery(message) => {
+                Self::new(ErrorCode::InvalidRequest, message)
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ mod keys;
 mod models;
 mod resolve;
 mod settings;
+mod usage;
 mod validate;
 
 pub use error::{ApiError, ErrorCode};
@@ -44,6 +45,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/resolve"),
     ("POST", "/api/keys/validate"),
     ("GET", "/api/audit"),
+    ("GET", "/api/usage"),
+    ("GET", "/api/admin/usage"),
     ("GET", "/v1/models"),
     ("POST", "/v1/chat/completions"),
 ];
@@ -75,10 +78,13 @@ pub struct AppState {
     pub rotation_trigger: Arc<dyn crate::rotation::RotationTrigger>,
     /// Keys older than this show `rotationDue`.
     pub rotation_age: std::time::Duration,
+    /// Usage reports, for `GET /api/usage` and `GET /api/admin/usage`.
+    pub usage: Arc<crate::usage::UsageReports>,
 }
 
 /// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`,
-/// `PUT/DELETE /api/keys/{service}/pending`, `GET /api/providers`, `GET /api/audit`.
+/// `PUT/DELETE /api/keys/{service}/pending`, `GET /api/providers`, `GET /api/audit`,
+/// `GET /api/usage`, `GET /api/admin/usage`.
 pub fn keys_router(state: AppState) -> Router {
     finish(keys_routes(state))
 }
@@ -128,6 +134,8 @@ fn keys_routes(state: AppState) -> Router {
             axum::routing::put(keys::stage_pending).delete(keys::cancel_pending),
         )
         .route("/api/audit", get(keys::audit))
+        .route("/api/usage", get(usage::mine))
+        .route("/api/admin/usage", get(usage::all))
         .with_state(state)
 }
 

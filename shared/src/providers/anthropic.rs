@@ -804,6 +804,12 @@ impl StreamTranslator {
             .then(|| (self.usage.prompt(), self.usage.output))
     }
 
+    /// The prompt tokens `message_start` reported, before the stream ended
+    /// (`None` until then): exact input counts for an interrupted stream.
+    pub fn prompt_tokens_so_far(&self) -> Option<u64> {
+        Some(self.usage.prompt()).filter(|n| *n > 0)
+    }
+
     /// Translates one Anthropic SSE event (`event_name` may be empty: the
     /// data's `type` is used then) into zero or more chunk JSON strings.
     /// An `error` event becomes [`TranslateError::Upstream`]; unknown events

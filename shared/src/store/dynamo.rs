@@ -10,6 +10,7 @@
 //! | key record    | `USER#{user}` | `KEY#{service}`   | `service`, `label`, `maskedKey`, `enabled` (BOOL), `baseUrl`, `createdAt`, `updatedAt`, `lastValidatedAt`, `lastValidation`, `secretId`, `secretVersion`, `revision` (N), `rotatedAt`, `pendingVersion`, `pendingMaskedKey`, `pendingStagedAt`, `pendingToken`, `lastRotationAt`, `lastRotationRejected` |
 //! | rate counter  | `RATE#{user}` | `{action}#{window ms}#{window start ms}` | `count` (N), `ttl` (N) |
 //! | audit event   | `AUDIT#{user}`| `{audit id}`      | `at`, `action`, `service`, `result`, `requestId` |
+//! | usage         | `USAGE#{user}`, `USAGEDAY#{day}#{shard}`, `USAGEREQ#{user}` | see [`usage`] | day aggregates, the operator's per-day view, raw entries (`ttl`) |
 //!
 //! `{user}` is the user id verbatim (the `USER#` prefix is stripped, never
 //! split on, so ids containing `#` are fine) and `{service}` its wire name.
@@ -23,7 +24,7 @@
 //! [`MetadataStore::load_user`] is one consistent `Query` of the user's
 //! partition restricted to `sk BETWEEN "KEY#" AND "SETTINGS"`. Other item
 //! kinds (audit log, usage, rate limits) belong in partitions of their own
-//! (`AUDIT#{user}`, `USAGE#{user}#{day}`, `RATE#{user}`), so the resolution
+//! (`AUDIT#{user}`, `USAGE#{user}`, `RATE#{user}`), so the resolution
 //! read never pays for them. Should one ever have to live in a `USER#`
 //! partition, its `sk` must sort outside that range (before `KEY#`, like
 //! `AUDIT#…`, or after `SETTINGS`, like `USAGE#…`); an item inside the range
@@ -117,6 +118,8 @@ const ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Item = HashMap<String, AttributeValue>;
 
+mod usage;
+
 /// Settings and key records in one DynamoDB table (layout in the module doc).
 /// Cloning is cheap and shares the client.
 #[derive(Clone, Debug)]
@@ -126,6 +129,9 @@ pub struct DynamoMetadataStore {
     /// Serialise this process's hits on one counter (sharded by user and
     /// action); see "Rate counters" in the module doc.
     hit_locks: Arc<[tokio::sync::Mutex<()>]>,
+    /// Serialise this process's updates of one usage aggregate (sharded by
+    /// item key); see [`usage`].
+    item_locks: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 /// Shards of [`DynamoMetadataStore::hit_locks`].
@@ -139,7 +145,18 @@ impl DynamoMetadataStore {
             hit_locks: (0..HIT_LOCK_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            item_locks: (0..HIT_LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The lock serialising this process's updates of item (`pk`, `sk`).
+    fn item_lock(&self, pk: &str, sk: &str) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (pk, sk).hash(&mut hasher);
+        let shard = usize::try_from(hasher.finish() % HIT_LOCK_SHARDS as u64).unwrap_or(0);
+        &self.item_locks[shard % self.item_locks.len()]
     }
 
     /// The lock serialising this process's hits on (user, action).

@@ -10,10 +10,12 @@
 //! between leaves at worst an unreferenced secret, never metadata pointing at a
 //! missing secret.
 //!
-//! Two more capabilities have traits of their own: [`RateLimitStore`]
-//! (fixed-window counters shared by every instance) and [`AuditStore`] (the
-//! per-user audit log). Both live outside what [`MetadataStore::load_user`]
-//! reads, so they never slow down or change resolution.
+//! Three more capabilities have traits of their own: [`RateLimitStore`]
+//! (fixed-window counters shared by every instance), [`AuditStore`] (the
+//! per-user audit log) and [`UsageStore`] (the usage ledger's day
+//! aggregates and expiring raw entries). All live outside what
+//! [`MetadataStore::load_user`] reads, so they never slow down or change
+//! resolution.
 
 pub mod audit;
 pub mod cache;
@@ -23,10 +25,12 @@ pub mod ratelimit;
 pub mod rekey;
 pub mod rotation;
 pub mod secrets_manager;
+pub mod usage;
 
 pub use audit::{AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore, BadCursor};
 pub use ratelimit::{RateAction, RateDecision, RateLimitStore};
 pub use rotation::{ListedSecret, RotationStore, SecretVersions};
+pub use usage::{LedgerOutcome, PaidBy, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore};
 
 use crate::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
 use async_trait::async_trait;

@@ -16,18 +16,25 @@ use std::time::Duration;
 /// What is being limited. Each action has counters of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RateAction {
-    /// Validating a stored key against its provider.
+    /// Checking a key against its provider (validation, and staging a
+    /// replacement key for rotation, which checks it too).
     Validate,
+    /// Any chat completion (`BYOK_REQUESTS_PER_MINUTE`).
+    Completion,
+    /// A chat completion on a team path (`BYOK_TEAM_REQUESTS_PER_MINUTE`).
+    TeamCompletion,
 }
 
 impl RateAction {
     /// Every action.
-    pub const ALL: [Self; 1] = [Self::Validate];
+    pub const ALL: [Self; 3] = [Self::Validate, Self::Completion, Self::TeamCompletion];
 
     /// The stored name of the action (part of counter keys; never change it).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Validate => "validate",
+            Self::Completion => "completion",
+            Self::TeamCompletion => "team_completion",
         }
     }
 }

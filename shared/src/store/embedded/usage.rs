@@ -1,0 +1,300 @@
+//! The embedded store's usage ledger: day aggregates upserted in one
+//! statement per entry (counters add to what is there), raw entries with an
+//! expiry, both in one immediate transaction on the ledger's own connection.
+
+use super::super::usage::{
+    LedgerOutcome, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore, day_text, parse_day,
+};
+use super::{EmbeddedStore, StoreError, bool_from_int, col, corrupt};
+use crate::domain::{Service, UserId};
+use crate::resolve::ResolutionPath;
+use async_trait::async_trait;
+use rusqlite::{Row, TransactionBehavior, params};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use time::Date;
+
+/// Counter columns of `usage_daily`, in [`UsageCounts::values`] order.
+const COUNT_COLUMNS: [&str; 11] = [
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "priced_requests",
+    "estimated_requests",
+    "failed_requests",
+    "cancelled_requests",
+    "limited_requests",
+    "ttfb_ms_sum",
+    "duration_ms_sum",
+];
+
+/// How often expired raw entries are pruned (at most).
+const PRUNE_EVERY_MS: i64 = 60_000;
+
+/// The upsert adding one entry to its aggregate row.
+fn upsert_sql() -> String {
+    let columns = COUNT_COLUMNS.join(", ");
+    let values: Vec<String> = (7..7 + COUNT_COLUMNS.len())
+        .map(|i| format!("?{i}"))
+        .collect();
+    let adds: Vec<String> = COUNT_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO usage_daily (user_id, day, service, model, path, tenant, {columns}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, {}) \
+         ON CONFLICT (user_id, day, service, model, path, tenant) DO UPDATE SET {}",
+        values.join(", "),
+        adds.join(", ")
+    )
+}
+
+/// A u64 as SQLite's i64 (saturating: counters never reach it).
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(row: &Row<'_>, idx: usize, column: &str) -> Result<u64, StoreError> {
+    u64::try_from(col::<i64>(row, idx, column)?)
+        .map_err(|_| corrupt(&format!("{column} is negative")))
+}
+
+fn epoch_ms(t: crate::domain::Timestamp) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// A row of (day, user, tenant, service, model, path, counters…).
+fn usage_row(row: &Row<'_>, with_tenant: bool) -> Result<UsageRow, StoreError> {
+    let day = parse_day(&col::<String>(row, 0, "usage_daily.day")?)
+        .ok_or_else(|| corrupt("usage_daily.day is not a day"))?;
+    let user = UserId::new(col::<String>(row, 1, "usage_daily.user_id")?)
+        .ok_or_else(|| corrupt("usage_daily.user_id is not a user id"))?;
+    let tenant = col::<String>(row, 2, "usage_daily.tenant")?;
+    let service = col::<String>(row, 3, "usage_daily.service")?
+        .parse::<Service>()
+        .map_err(|_| corrupt("usage_daily.service names no known service"))?;
+    let model = col::<String>(row, 4, "usage_daily.model")?;
+    let path = ResolutionPath::parse(&col::<String>(row, 5, "usage_daily.path")?)
+        .ok_or_else(|| corrupt("usage_daily.path names no path"))?;
+    let mut values = [0u64; 11];
+    for (i, value) in values.iter_mut().enumerate() {
+        *value = uint(row, 6 + i, COUNT_COLUMNS[i])?;
+    }
+    Ok(UsageRow {
+        day,
+        user,
+        tenant: if with_tenant {
+            TenantId::new(tenant)
+        } else {
+            None
+        },
+        service,
+        model,
+        path,
+        counts: UsageCounts::from_values(values),
+    })
+}
+
+/// A `usage_requests` row as an entry.
+fn entry_from_row(row: &Row<'_>) -> Result<UsageEntry, StoreError> {
+    let at_ms: i64 = col(row, 1, "usage_requests.at_ms")?;
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+        .map_err(|_| corrupt("usage_requests.at_ms is out of range"))?;
+    let opt_uint = |idx: usize, column: &str| -> Result<Option<u64>, StoreError> {
+        col::<Option<i64>>(row, idx, column)?
+            .map(|v| u64::try_from(v).map_err(|_| corrupt(&format!("{column} is negative"))))
+            .transpose()
+    };
+    Ok(UsageEntry {
+        user: UserId::new(col::<String>(row, 0, "usage_requests.user_id")?)
+            .ok_or_else(|| corrupt("usage_requests.user_id is not a user id"))?,
+        at,
+        request_id: col(row, 2, "usage_requests.request_id")?,
+        attempt: u32::try_from(col::<i64>(row, 3, "usage_requests.attempt")?)
+            .map_err(|_| corrupt("usage_requests.attempt is out of range"))?,
+        tenant: col::<Option<String>>(row, 4, "usage_requests.tenant")?.and_then(TenantId::new),
+        service: col::<String>(row, 5, "usage_requests.service")?
+            .parse::<Service>()
+            .map_err(|_| corrupt("usage_requests.service names no known service"))?,
+        model: col(row, 6, "usage_requests.model")?,
+        path: ResolutionPath::parse(&col::<String>(row, 7, "usage_requests.path")?)
+            .ok_or_else(|| corrupt("usage_requests.path names no path"))?,
+        prompt_tokens: uint(row, 8, "usage_requests.prompt_tokens")?,
+        completion_tokens: uint(row, 9, "usage_requests.completion_tokens")?,
+        cost_nanos: opt_uint(10, "usage_requests.cost_nanos")?,
+        estimated: bool_from_int(col(row, 11, "usage_requests.estimated")?, "estimated")?,
+        outcome: LedgerOutcome::parse(&col::<String>(row, 12, "usage_requests.outcome")?)
+            .ok_or_else(|| corrupt("usage_requests.outcome is not an outcome"))?,
+        error_code: col(row, 13, "usage_requests.error_code")?,
+        stream: bool_from_int(col(row, 14, "usage_requests.stream")?, "stream")?,
+        fallback: bool_from_int(col(row, 15, "usage_requests.fallback")?, "fallback")?,
+        time_to_first_byte_ms: opt_uint(16, "usage_requests.ttfb_ms")?,
+        duration_ms: uint(row, 17, "usage_requests.duration_ms")?,
+    })
+}
+
+const REQUEST_COLUMNS: &str = "user_id, at_ms, request_id, attempt, tenant, service, model, path, \
+     prompt_tokens, completion_tokens, cost_nanos, estimated, outcome, error_code, stream, \
+     fallback, ttfb_ms, duration_ms";
+
+#[async_trait]
+impl UsageStore for EmbeddedStore {
+    async fn record_usage(
+        &self,
+        entry: &UsageEntry,
+        retention: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let entry = entry.clone();
+        self.run(move |inner| {
+            let mut conn = inner.usage_conn.lock().map_err(|_| {
+                StoreError::Corrupt("the usage connection lock was poisoned by a panic".to_owned())
+            })?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            let counts = entry.counts().values();
+            let day = day_text(entry.day());
+            let tenant = entry.tenant.as_ref().map_or("", TenantId::as_str);
+            {
+                let mut stmt = tx.prepare_cached(&upsert_sql()).map_err(StoreError::backend)?;
+                let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
+                    Box::new(entry.user.as_str().to_owned()),
+                    Box::new(day),
+                    Box::new(entry.service.as_str()),
+                    Box::new(entry.model.clone()),
+                    Box::new(entry.path.as_str()),
+                    Box::new(tenant.to_owned()),
+                ];
+                values.extend(counts.iter().map(|v| Box::new(int(*v)) as Box<dyn rusqlite::ToSql>));
+                stmt.execute(rusqlite::params_from_iter(values.iter()))
+                    .map_err(StoreError::backend)?;
+            }
+            let now_ms = epoch_ms(crate::domain::now());
+            if let Some(retention) = retention {
+                let at_ms = epoch_ms(entry.at);
+                let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+                tx.prepare_cached(&format!(
+                    "INSERT INTO usage_requests ({REQUEST_COLUMNS}, expires_ms) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+                     ON CONFLICT DO NOTHING"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        entry.user.as_str(),
+                        at_ms,
+                        entry.request_id,
+                        i64::from(entry.attempt),
+                        entry.tenant.as_ref().map(TenantId::as_str),
+                        entry.service.as_str(),
+                        entry.model,
+                        entry.path.as_str(),
+                        int(entry.prompt_tokens),
+                        int(entry.completion_tokens),
+                        entry.cost_nanos.map(int),
+                        i64::from(entry.estimated),
+                        entry.outcome.as_str(),
+                        entry.error_code,
+                        i64::from(entry.stream),
+                        i64::from(entry.fallback),
+                        entry.time_to_first_byte_ms.map(int),
+                        int(entry.duration_ms),
+                        at_ms.saturating_add(keep_ms),
+                    ])
+                })
+                .map_err(StoreError::backend)?;
+            }
+            let last = inner.usage_pruned_ms.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(last) >= PRUNE_EVERY_MS {
+                tx.execute("DELETE FROM usage_requests WHERE expires_ms <= ?1", [now_ms])
+                    .map_err(StoreError::backend)?;
+                inner.usage_pruned_ms.store(now_ms, Ordering::Relaxed);
+            }
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+    }
+
+    async fn user_usage(
+        &self,
+        user: &UserId,
+        from: Date,
+        to: Date,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let user = user.clone();
+        let sums: Vec<String> = COUNT_COLUMNS.iter().map(|c| format!("SUM({c})")).collect();
+        let sql = format!(
+            "SELECT day, user_id, '', service, model, path, {} FROM usage_daily \
+             WHERE user_id = ?1 AND day BETWEEN ?2 AND ?3 \
+             GROUP BY day, service, model, path",
+            sums.join(", ")
+        );
+        self.run(move |inner| {
+            let conn = inner.conn()?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(StoreError::backend)?;
+            let mut rows = stmt
+                .query(params![user.as_str(), day_text(from), day_text(to)])
+                .map_err(StoreError::backend)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(StoreError::backend)? {
+                out.push(usage_row(row, false)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn all_usage(&self, from: Date, to: Date) -> Result<Vec<UsageRow>, StoreError> {
+        let sql = format!(
+            "SELECT day, user_id, tenant, service, model, path, {} FROM usage_daily \
+             WHERE day BETWEEN ?1 AND ?2",
+            COUNT_COLUMNS.join(", ")
+        );
+        self.run(move |inner| {
+            let conn = inner.conn()?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(StoreError::backend)?;
+            let mut rows = stmt
+                .query(params![day_text(from), day_text(to)])
+                .map_err(StoreError::backend)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(StoreError::backend)? {
+                out.push(usage_row(row, true)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn recent_usage(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<UsageEntry>, StoreError> {
+        let user = user.clone();
+        let now_ms = epoch_ms(crate::domain::now());
+        self.run(move |inner| {
+            let conn = inner.conn()?;
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {REQUEST_COLUMNS} FROM usage_requests \
+                     WHERE user_id = ?1 AND expires_ms > ?2 \
+                     ORDER BY at_ms DESC, request_id DESC, attempt DESC LIMIT ?3"
+                ))
+                .map_err(StoreError::backend)?;
+            let mut rows = stmt
+                .query(params![
+                    user.as_str(),
+                    now_ms,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ])
+                .map_err(StoreError::backend)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(StoreError::backend)? {
+                out.push(entry_from_row(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
