@@ -1,6 +1,6 @@
 //! `byok-local`: every route in one process on the embedded store.
 //! `byok-local [serve]` runs the server and prints a ready dev token;
-//! `byok-local token --sub NAME [--admin] [--ttl SECS]` prints a token alone;
+//! `byok-local token --sub NAME [--admin] [--tenant ID] [--ttl SECS]` prints a token alone;
 //! `byok-local catalog refresh` merges the gateway's public model list into a
 //! catalog file; `byok-local master-key rotate` re-seals every stored key
 //! under a new master key; `byok-local rotate` runs a staged key's rotation
@@ -8,7 +8,7 @@
 //! jobs, on whichever store is configured).
 
 use crate::app::{self, InitError};
-use crate::auth::{JwtSecret, issue_token, now_unix};
+use crate::auth::{JwtSecret, issue_token, issue_token_with, now_unix};
 use crate::catalog::Catalog;
 use crate::config::{Config, StoreKind};
 use crate::crypto::MasterKey;
@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 pub const USAGE: &str = "\
 usage:
   byok-local [serve]                                 run every route on BYOK_LISTEN (default 127.0.0.1:8787)
-  byok-local token --sub NAME [--admin] [--ttl SECS] print a signed user token (default ttl 12 h)
+  byok-local token --sub NAME [--admin] [--tenant ID] [--ttl SECS]
+                                              print a signed user token (default ttl 12 h;
+                                              --tenant sets the claim BYOK_TENANT_CLAIM names)
   byok-local catalog refresh [--from URL] [--out FILE]
                                                      merge the gateway's public model list (default
                                                      $AI_GATEWAY_URL/models) into FILE (default
@@ -51,6 +53,7 @@ pub enum Command {
     Token {
         sub: String,
         admin: bool,
+        tenant: Option<String>,
         ttl_secs: u64,
     },
     /// Download the gateway's model list and merge it into a catalog file.
@@ -107,10 +110,18 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Loc
         Some("help" | "--help" | "-h") => Ok(Command::Help),
         Some("token") => {
             let (mut sub, mut admin, mut ttl_secs) = (None, false, DEFAULT_TOKEN_TTL_SECS);
+            let mut tenant = None;
             while let Some(arg) = args.next() {
                 match arg.as_str() {
                     "--sub" => sub = Some(args.next().ok_or_else(|| usage("--sub needs a value"))?),
                     "--admin" => admin = true,
+                    "--tenant" => {
+                        tenant = Some(
+                            args.next()
+                                .filter(|t| crate::domain::TenantId::new(t.as_str()).is_some())
+                                .ok_or_else(|| usage("--tenant needs a tenant id"))?,
+                        );
+                    }
                     "--ttl" => {
                         ttl_secs = args
                             .next()
@@ -127,6 +138,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Loc
             Ok(Command::Token {
                 sub,
                 admin,
+                tenant,
                 ttl_secs,
             })
         }
@@ -195,13 +207,21 @@ pub async fn run(command: Command, config: Config, out: &mut dyn Write) -> Resul
         Command::Token {
             sub,
             admin,
+            tenant,
             ttl_secs,
         } => {
             let secret = app::local_jwt_secret(&config)?;
+            let mut extra = serde_json::Map::new();
+            if let Some(tenant) = tenant {
+                let claim = config.tenant_claim.clone().ok_or_else(|| {
+                    LocalError::Usage("--tenant needs BYOK_TENANT_CLAIM to name the claim".into())
+                })?;
+                extra.insert(claim, serde_json::Value::from(tenant));
+            }
             Ok(writeln!(
                 out,
                 "{}",
-                issue_token(&secret, &sub, admin, ttl_secs, now_unix())
+                issue_token_with(&secret, &sub, admin, extra, ttl_secs, now_unix())
             )?)
         }
         Command::Serve => serve(config, out).await,
@@ -525,6 +545,7 @@ mod tests {
             Command::Token {
                 sub: "alice".into(),
                 admin: true,
+                tenant: None,
                 ttl_secs: 60
             }
         );
@@ -533,6 +554,7 @@ mod tests {
             Command::Token {
                 sub: "bob".into(),
                 admin: false,
+                tenant: None,
                 ttl_secs: DEFAULT_TOKEN_TTL_SECS
             }
         );

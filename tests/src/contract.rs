@@ -16,9 +16,11 @@
 )]
 
 use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId, ValidationResult};
+use byok::resolve::ResolutionPath;
 use byok::store::{
-    AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor, Expected, MetadataStore,
-    RateAction, RateLimitStore, RotationStore, SecretStore, StoreError,
+    AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor, Expected, LedgerOutcome,
+    MetadataStore, RateAction, RateLimitStore, RotationStore, SecretStore, StoreError, TenantId,
+    UsageCounts, UsageEntry, UsageRow, UsageStore,
 };
 use std::any::Any;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct Backend {
     pub audit: Arc<dyn AuditStore>,
     /// The secret store's staging labels (the same backend as `secrets`).
     pub rotation: Arc<dyn RotationStore>,
+    /// The usage ledger (the same backend as `meta`).
+    pub usage: Arc<dyn UsageStore>,
     pub _guard: Box<dyn Any + Send>,
 }
 
@@ -73,6 +77,10 @@ macro_rules! contract_suite {
             rotation_stage_needs_a_secret,
             rotation_lists_and_deletes_secrets_by_id,
             scan_keys_pages_through_every_user,
+            usage_aggregates_add_up_per_day_model_and_path,
+            usage_concurrent_records_lose_nothing,
+            usage_operator_view_has_every_user_and_tenant,
+            usage_raw_entries_newest_first_until_they_expire,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -1403,4 +1411,369 @@ pub async fn scan_keys_pages_through_every_user(b: &Backend) {
     }
     assert!(mine.is_subset(&seen), "every key record is scanned");
     assert!(pages > 1, "small pages were used");
+}
+
+/// A ledger entry of `user` at `at` with the given tokens and cost.
+fn usage_entry(
+    user: &UserId,
+    at: OffsetDateTime,
+    model: &str,
+    path: ResolutionPath,
+    tokens: (u64, u64),
+    cost_nanos: Option<u64>,
+) -> UsageEntry {
+    UsageEntry {
+        user: user.clone(),
+        tenant: None,
+        at: millis(at),
+        request_id: format!("req-{}", at.unix_timestamp_nanos()),
+        attempt: 0,
+        service: Service::OpenAi,
+        model: model.to_owned(),
+        path,
+        prompt_tokens: tokens.0,
+        completion_tokens: tokens.1,
+        cost_nanos,
+        estimated: false,
+        outcome: LedgerOutcome::Ok,
+        error_code: None,
+        stream: true,
+        fallback: false,
+        time_to_first_byte_ms: Some(12),
+        duration_ms: 40,
+    }
+}
+
+fn utc_day(t: OffsetDateTime) -> time::Date {
+    t.to_offset(UtcOffset::UTC).date()
+}
+
+/// The rows of `user`, sorted by (day, model, path).
+fn rows_of(rows: Vec<UsageRow>, user: &UserId) -> Vec<UsageRow> {
+    let mut mine: Vec<UsageRow> = rows.into_iter().filter(|r| &r.user == user).collect();
+    mine.sort_by(|a, b| {
+        (a.day, &a.model, a.path.as_str(), &a.tenant).cmp(&(
+            b.day,
+            &b.model,
+            b.path.as_str(),
+            &b.tenant,
+        ))
+    });
+    mine
+}
+
+pub async fn usage_aggregates_add_up_per_day_model_and_path(b: &Backend) {
+    let user = unique_user("usage-aggregates");
+    let other = unique_user("usage-aggregates-other");
+    let rec = record(&user, Service::OpenAi, fake_ref(&user, Service::OpenAi));
+    b.meta.put_key(&rec, Expected::Absent).await.unwrap();
+    let before = b.meta.load_user(&user).await.unwrap();
+
+    let today = OffsetDateTime::now_utc();
+    let yesterday = today - Duration::days(1);
+    let long_ago = today - Duration::days(40);
+    let team = ResolutionPath::TeamGateway;
+    let own = ResolutionPath::UserProvider;
+    for entry in [
+        usage_entry(&user, today, "openai/gpt-4o-mini", team, (10, 5), Some(100)),
+        usage_entry(&user, today, "openai/gpt-4o-mini", team, (20, 7), Some(250)),
+        usage_entry(&user, today, "openai/gpt-4o-mini", own, (3, 1), Some(9)),
+        usage_entry(&user, today, "mistral/unpriced", team, (4, 4), None),
+        usage_entry(
+            &user,
+            yesterday,
+            "openai/gpt-4o-mini",
+            team,
+            (1, 1),
+            Some(2),
+        ),
+        usage_entry(
+            &user,
+            long_ago,
+            "openai/gpt-4o-mini",
+            team,
+            (99, 99),
+            Some(99),
+        ),
+        usage_entry(
+            &other,
+            today,
+            "openai/gpt-4o-mini",
+            team,
+            (1000, 1000),
+            Some(1),
+        ),
+    ] {
+        b.usage.record_usage(&entry, None).await.unwrap();
+    }
+    let mut failed = usage_entry(&user, today, "openai/gpt-4o-mini", team, (0, 0), Some(0));
+    failed.outcome = LedgerOutcome::UpstreamError;
+    failed.error_code = Some("upstream_unavailable".into());
+    failed.time_to_first_byte_ms = None;
+    b.usage.record_usage(&failed, None).await.unwrap();
+    let mut cut = usage_entry(&user, today, "openai/gpt-4o-mini", team, (6, 2), Some(30));
+    cut.outcome = LedgerOutcome::Cancelled;
+    cut.estimated = true;
+    b.usage.record_usage(&cut, None).await.unwrap();
+
+    let rows = b
+        .usage
+        .user_usage(&user, utc_day(yesterday), utc_day(today))
+        .await
+        .unwrap();
+    assert!(rows.iter().all(|r| r.user == user && r.tenant.is_none()));
+    let rows = rows_of(rows, &user);
+    let summary: Vec<(time::Date, &str, &str, u64, u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.day,
+                r.model.as_str(),
+                r.path.as_str(),
+                r.counts.requests,
+                r.counts.prompt_tokens,
+                r.counts.completion_tokens,
+                r.counts.cost_nanos,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                utc_day(yesterday),
+                "openai/gpt-4o-mini",
+                "team-gateway",
+                1,
+                1,
+                1,
+                2
+            ),
+            (
+                utc_day(today),
+                "mistral/unpriced",
+                "team-gateway",
+                1,
+                4,
+                4,
+                0
+            ),
+            (
+                utc_day(today),
+                "openai/gpt-4o-mini",
+                "team-gateway",
+                4,
+                36,
+                14,
+                380
+            ),
+            (
+                utc_day(today),
+                "openai/gpt-4o-mini",
+                "user-provider",
+                1,
+                3,
+                1,
+                9
+            ),
+        ]
+    );
+    let team_today = &rows[2].counts;
+    assert_eq!(
+        *team_today,
+        UsageCounts {
+            requests: 4,
+            prompt_tokens: 36,
+            completion_tokens: 14,
+            cost_nanos: 380,
+            priced_requests: 4,
+            estimated_requests: 1,
+            failed_requests: 1,
+            cancelled_requests: 1,
+            limited_requests: 0,
+            ttfb_ms_sum: 36,
+            duration_ms_sum: 160,
+        }
+    );
+    assert_eq!(rows[1].counts.priced_requests, 0, "no price: not priced");
+
+    // A range of one day, and a range with nothing in it.
+    let only_yesterday = b
+        .usage
+        .user_usage(&user, utc_day(yesterday), utc_day(yesterday))
+        .await
+        .unwrap();
+    assert_eq!(only_yesterday.len(), 1);
+    let nothing = b
+        .usage
+        .user_usage(
+            &user,
+            utc_day(today - Duration::days(10)),
+            utc_day(today - Duration::days(5)),
+        )
+        .await
+        .unwrap();
+    assert!(nothing.is_empty());
+    let theirs = b
+        .usage
+        .user_usage(&other, utc_day(today), utc_day(today))
+        .await
+        .unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].counts.prompt_tokens, 1000);
+
+    // The ledger lives outside what resolution reads.
+    assert_eq!(b.meta.load_user(&user).await.unwrap(), before);
+}
+
+pub async fn usage_concurrent_records_lose_nothing(b: &Backend) {
+    let user = unique_user("usage-concurrent");
+    let now = OffsetDateTime::now_utc();
+    let writes = (0..40u64).map(|i| {
+        let usage = b.usage.clone();
+        let entry = usage_entry(
+            &user,
+            now,
+            "openai/gpt-4o-mini",
+            ResolutionPath::TeamGateway,
+            (i, 1),
+            Some(i * 10),
+        );
+        async move { usage.record_usage(&entry, None).await }
+    });
+    for result in futures_util::future::join_all(writes).await {
+        result.unwrap();
+    }
+    let rows = b
+        .usage
+        .user_usage(&user, utc_day(now), utc_day(now))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let c = rows[0].counts;
+    assert_eq!(c.requests, 40);
+    assert_eq!(c.prompt_tokens, (0..40).sum::<u64>());
+    assert_eq!(c.completion_tokens, 40);
+    assert_eq!(c.cost_nanos, (0..40).map(|i| i * 10).sum::<u64>());
+    let all = rows_of(
+        b.usage.all_usage(utc_day(now), utc_day(now)).await.unwrap(),
+        &user,
+    );
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].counts, c, "the operator's view adds up the same");
+}
+
+pub async fn usage_operator_view_has_every_user_and_tenant(b: &Backend) {
+    let alice = unique_user("usage-view-alice");
+    let bob = unique_user("usage-view-bob#odd/id");
+    let now = OffsetDateTime::now_utc();
+    let tenant = TenantId::new("acme:corp#1").unwrap();
+    let mut a1 = usage_entry(
+        &alice,
+        now,
+        "openai/gpt-4o",
+        ResolutionPath::TeamGateway,
+        (5, 5),
+        Some(50),
+    );
+    a1.tenant = Some(tenant.clone());
+    let mut a2 = a1.clone();
+    a2.prompt_tokens = 7;
+    let b1 = usage_entry(
+        &bob,
+        now,
+        "openai/gpt-4o",
+        ResolutionPath::UserGateway,
+        (1, 2),
+        Some(3),
+    );
+    for e in [&a1, &a2, &b1] {
+        b.usage.record_usage(e, None).await.unwrap();
+    }
+    let all = b.usage.all_usage(utc_day(now), utc_day(now)).await.unwrap();
+    let alice_rows = rows_of(all.clone(), &alice);
+    assert_eq!(alice_rows.len(), 1);
+    assert_eq!(alice_rows[0].tenant.as_ref(), Some(&tenant));
+    assert_eq!(alice_rows[0].counts.prompt_tokens, 12);
+    assert_eq!(alice_rows[0].counts.requests, 2);
+    let bob_rows = rows_of(all, &bob);
+    assert_eq!(bob_rows.len(), 1);
+    assert_eq!(bob_rows[0].tenant, None);
+    assert_eq!(bob_rows[0].path, ResolutionPath::UserGateway);
+    assert_eq!(bob_rows[0].counts.completion_tokens, 2);
+    // A user's own rows never carry the tenant.
+    let mine = b
+        .usage
+        .user_usage(&alice, utc_day(now), utc_day(now))
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].tenant, None);
+    // Days outside the range are not read.
+    let tomorrow = utc_day(now + Duration::days(1));
+    let later = b.usage.all_usage(tomorrow, tomorrow).await.unwrap();
+    assert!(rows_of(later, &alice).is_empty());
+}
+
+pub async fn usage_raw_entries_newest_first_until_they_expire(b: &Backend) {
+    let user = unique_user("usage-raw");
+    let now = OffsetDateTime::now_utc();
+    let keep = std::time::Duration::from_secs(86_400);
+    let mut first = usage_entry(
+        &user,
+        now - Duration::seconds(2),
+        "openai/gpt-4o",
+        ResolutionPath::TeamProvider,
+        (3, 4),
+        Some(5),
+    );
+    first.tenant = TenantId::new("t-1");
+    first.request_id = "req-first".into();
+    let mut second = usage_entry(
+        &user,
+        now - Duration::seconds(1),
+        "openai/gpt-4o",
+        ResolutionPath::TeamProvider,
+        (0, 0),
+        None,
+    );
+    second.request_id = "req-second".into();
+    second.attempt = 1;
+    second.fallback = true;
+    second.outcome = LedgerOutcome::Limited;
+    second.error_code = Some("rate_limited".into());
+    second.time_to_first_byte_ms = None;
+    second.stream = false;
+    let mut expired = usage_entry(
+        &user,
+        now - Duration::days(3),
+        "openai/gpt-4o",
+        ResolutionPath::TeamProvider,
+        (1, 1),
+        Some(1),
+    );
+    expired.request_id = "req-expired".into();
+    for e in [&expired, &first, &second] {
+        b.usage.record_usage(e, Some(keep)).await.unwrap();
+    }
+    // Without retention only the aggregate is written.
+    let unkept = usage_entry(
+        &user,
+        now,
+        "openai/gpt-4o",
+        ResolutionPath::TeamProvider,
+        (1, 1),
+        Some(1),
+    );
+    b.usage.record_usage(&unkept, None).await.unwrap();
+
+    let recent = b.usage.recent_usage(&user, 10).await.unwrap();
+    assert_eq!(
+        recent,
+        vec![second.clone(), first.clone()],
+        "newest first, expired gone"
+    );
+    assert_eq!(b.usage.recent_usage(&user, 1).await.unwrap(), vec![second]);
+    let other = unique_user("usage-raw-other");
+    assert!(b.usage.recent_usage(&other, 10).await.unwrap().is_empty());
 }

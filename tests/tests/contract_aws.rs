@@ -69,6 +69,7 @@ async fn aws_backend() -> Backend {
         meta: meta.clone(),
         secrets: secrets.clone(),
         rate: meta.clone(),
+        usage: meta.clone(),
         audit: meta,
         rotation: secrets,
         _guard: Box::new(()),

@@ -23,6 +23,7 @@ async fn embedded_backend() -> Backend {
         secrets: store.clone(),
         rate: store.clone(),
         audit: store.clone(),
+        usage: store.clone(),
         rotation: store,
         _guard: Box::new(dir),
     }
