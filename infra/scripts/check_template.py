@@ -90,11 +90,14 @@ EXPECTED_ACTIONS = {
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
-    # Query (resolution); GetSecretValue on the paying user secret (cache
-    # misses; KMS Decrypt via Secrets Manager) and on the team secrets, at
-    # cold start. Reads only.
+    # Query (resolution); UpdateItem (request-limit counters, usage
+    # aggregates) and PutItem (raw usage entries), only on the partitions of
+    # LEADING_KEYS; GetSecretValue on the paying user secret (cache misses;
+    # KMS Decrypt via Secrets Manager) and on the team secrets, at cold start.
     "CompletionFunction": {
         "dynamodb:Query",
+        "dynamodb:UpdateItem",
+        "dynamodb:PutItem",
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
@@ -195,7 +198,17 @@ IGNORE_STAGE_ENV = "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"
 HTTP_ROUTES = {
     ("PUT", "/api/keys/{service}/pending"): "KeysFunction",
     ("DELETE", "/api/keys/{service}/pending"): "KeysFunction",
+    ("GET", "/api/usage"): "KeysFunction",
+    ("GET", "/api/admin/usage"): "KeysFunction",
 }
+
+# Functions whose DynamoDB writes are confined to some partitions: every
+# statement of theirs granting a write must carry ForAllValues:StringLike
+# on dynamodb:LeadingKeys with exactly these patterns (shared/src/store/
+# dynamo.rs: rate counters; shared/src/store/dynamo/usage.rs: the ledger).
+LEADING_KEYS = {"CompletionFunction": {"RATE#*", "USAGE#*", "USAGEDAY#*", "USAGEREQ#*"}}
+DYNAMODB_WRITES = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                   "dynamodb:BatchWriteItem", "dynamodb:TransactWriteItems"}
 
 # ------------------------------------------------------------ rotation ----
 #
@@ -476,6 +489,13 @@ class Checker:
                     for r in resources:
                         if not self.getatt_arn_of(r, "AWS::DynamoDB::Table"):
                             self.fail(sid, f"DynamoDB resource {show(r)} is not the table's ARN")
+                    if name in LEADING_KEYS and st_actions & DYNAMODB_WRITES:
+                        cond = st.get("Condition", {}).get("ForAllValues:StringLike", {})
+                        keys = set(as_list(cond.get("dynamodb:LeadingKeys", [])))
+                        if keys != LEADING_KEYS[name]:
+                            self.fail(sid, f"writes must be confined to the partitions "
+                                      f"{sorted(LEADING_KEYS[name])} (ForAllValues:StringLike "
+                                      f"dynamodb:LeadingKeys), found {sorted(keys)}")
 
                 unknown = services - {"dynamodb", "kms", "secretsmanager", "lambda", "events"}
                 if unknown:

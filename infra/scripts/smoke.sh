@@ -346,6 +346,19 @@ if [ -n "$STREAMING_API_URL" ] && [ -n "$SMOKE_COMPLETION_MODEL" ]; then
   fi
 fi
 
+# 7. The usage ledger: the caller's own report answers (any completion
+# above is in it), and the operator's report is refused to a non-admin.
+call GET "/api/usage?groupBy=path"
+if [ "$STATUS" = 200 ] && [ -n "$(json_get "$BODY" .totals.requests)" ]; then
+  pass "GET /api/usage ($(json_get "$BODY" .totals.requests) request(s) in the last 30 days)"
+else
+  fail "GET /api/usage" "expected 200 with totals, got $(got)"
+fi
+call GET "/api/usage?from=2026-02-30"
+expect_status "GET /api/usage with a bad day (400)" 400
+call GET "/api/admin/usage?groupBy=user"
+expect_status "GET /api/admin/usage (403 for a non-admin, 200 for an admin)" 403 200
+
 echo
 if [ "$FAILED" -gt 0 ]; then
   echo "smoke test FAILED: $FAILED step(s)"

@@ -759,6 +759,19 @@ async fn completion_function_streams_with_the_users_key() {
     assert_eq!(requests[0].model, "gpt-4o-mini");
     assert_eq!(requests[0].body["stream"], true);
 
+    // The attempt is in the usage ledger before the invocation ended: the
+    // `keys` function reads it from the shared store.
+    let usage = keys.call(event("get-usage.json")).await;
+    assert_json_reply(&usage, 200);
+    assert_eq!(
+        usage.json["usage"][0]["path"], "user-provider",
+        "{}",
+        usage.raw
+    );
+    assert_eq!(usage.json["usage"][0]["paidBy"], "user");
+    assert_eq!(usage.json["totals"]["requests"], 1);
+    assert_eq!(answer.header("x-byok-paid-by"), Some("user"));
+
     // Streamed, not buffered: the first content chunk reached the Runtime
     // API before the stand-in sent its last event.
     let arrivals = completion.runtime.stream_arrivals();

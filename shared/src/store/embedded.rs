@@ -34,9 +34,10 @@
 //! model, path and tenant; [`UsageStore::record_usage`] is one upsert that
 //! adds the entry's counters) and `usage_requests` (raw entries with an
 //! expiry, pruned at most once a minute by later writes). Ledger writes go
-//! through a second connection, so a completion's ledger write never holds
-//! the connection the next request's resolution reads through. See
-//! [`usage`].
+//! through a writer thread with a second connection that commits waiting
+//! entries together, so a completion's ledger write never holds the
+//! connection the next request's resolution reads through, and concurrent
+//! writes share one commit. See [`usage`].
 
 use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
 use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
@@ -251,10 +252,8 @@ pub struct EmbeddedStore {
 
 struct Inner {
     conn: Mutex<Connection>,
-    /// The usage ledger's writes (see the module doc).
-    usage_conn: Mutex<Connection>,
-    /// When expired raw usage entries were last pruned (epoch ms).
-    usage_pruned_ms: std::sync::atomic::AtomicI64,
+    /// The usage ledger's writer thread, on a connection of its own.
+    usage_writer: usage::UsageWriter,
     master: MasterKey,
     master_key_id: String,
 }
@@ -335,8 +334,7 @@ impl EmbeddedStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
-                usage_conn: Mutex::new(usage_conn),
-                usage_pruned_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+                usage_writer: usage::UsageWriter::start(usage_conn)?,
                 master,
                 master_key_id,
             }),

@@ -1,6 +1,13 @@
 //! The embedded store's usage ledger: day aggregates upserted in one
 //! statement per entry (counters add to what is there), raw entries with an
-//! expiry, both in one immediate transaction on the ledger's own connection.
+//! expiry.
+//!
+//! Writes go to one writer thread that owns the ledger's own connection and
+//! commits whatever entries are waiting in one immediate transaction (group
+//! commit): each caller still waits until its entry is durable, but under
+//! load many entries share one commit (one WAL sync) instead of queueing one
+//! sync each. If a batch fails, its entries are retried one by one, so each
+//! caller gets its own entry's outcome.
 
 use super::super::usage::{
     LedgerOutcome, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore, day_text, parse_day,
@@ -10,7 +17,6 @@ use crate::domain::{Service, UserId};
 use crate::resolve::ResolutionPath;
 use async_trait::async_trait;
 use rusqlite::{Row, TransactionBehavior, params};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use time::Date;
 
@@ -31,6 +37,184 @@ const COUNT_COLUMNS: [&str; 11] = [
 
 /// How often expired raw entries are pruned (at most).
 const PRUNE_EVERY_MS: i64 = 60_000;
+
+/// Most entries committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// One entry waiting for the writer, and where its outcome goes.
+struct Job {
+    entry: UsageEntry,
+    retention: Option<Duration>,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The handle of the ledger's writer thread; the thread ends when the
+/// handle (the store) is dropped.
+pub(super) struct UsageWriter {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl UsageWriter {
+    /// Starts the writer thread on `conn`.
+    pub(super) fn start(conn: rusqlite::Connection) -> Result<Self, StoreError> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("byok-usage-writer".to_owned())
+            .spawn(move || run_writer(conn, &queue))
+            .map_err(StoreError::backend)?;
+        Ok(Self {
+            jobs: std::sync::Mutex::new(jobs),
+        })
+    }
+
+    async fn write(
+        &self,
+        entry: UsageEntry,
+        retention: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::backend(std::io::Error::other("the usage writer has stopped"));
+        self.jobs
+            .lock()
+            .map_err(|_| gone())?
+            .send(Job {
+                entry,
+                retention,
+                done,
+            })
+            .map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())?
+    }
+}
+
+/// The writer thread: waits for an entry, takes every other one waiting,
+/// commits them together, answers each caller.
+fn run_writer(mut conn: rusqlite::Connection, queue: &std::sync::mpsc::Receiver<Job>) {
+    let mut last_prune_ms = i64::MIN;
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let now_ms = epoch_ms(crate::domain::now());
+        let prune = now_ms.saturating_sub(last_prune_ms) >= PRUNE_EVERY_MS;
+        let entries: Vec<(&UsageEntry, Option<Duration>)> =
+            batch.iter().map(|j| (&j.entry, j.retention)).collect();
+        match commit(&mut conn, &entries, prune.then_some(now_ms)) {
+            Ok(()) => {
+                if prune {
+                    last_prune_ms = now_ms;
+                }
+                for job in batch {
+                    let _ = job.done.send(Ok(()));
+                }
+            }
+            Err(err) if batch.len() == 1 => {
+                if let Some(job) = batch.pop() {
+                    let _ = job.done.send(Err(err));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, entries = batch.len(), "usage batch failed; writing its entries one by one");
+                for job in batch {
+                    let outcome = commit(&mut conn, &[(&job.entry, job.retention)], None);
+                    let _ = job.done.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+/// Writes `entries` in one immediate transaction; with `prune_at`, also
+/// removes raw entries expired by then.
+fn commit(
+    conn: &mut rusqlite::Connection,
+    entries: &[(&UsageEntry, Option<Duration>)],
+    prune_at: Option<i64>,
+) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(StoreError::backend)?;
+    for (entry, retention) in entries {
+        write_entry(&tx, entry, *retention)?;
+    }
+    if let Some(now_ms) = prune_at {
+        tx.execute(
+            "DELETE FROM usage_requests WHERE expires_ms <= ?1",
+            [now_ms],
+        )
+        .map_err(StoreError::backend)?;
+    }
+    tx.commit().map_err(StoreError::backend)
+}
+
+/// The aggregate upsert and (with `retention`) the raw row of one entry.
+fn write_entry(
+    tx: &rusqlite::Transaction<'_>,
+    entry: &UsageEntry,
+    retention: Option<Duration>,
+) -> Result<(), StoreError> {
+    let counts = entry.counts().values();
+    let tenant = entry.tenant.as_ref().map_or("", TenantId::as_str);
+    {
+        let mut stmt = tx
+            .prepare_cached(&upsert_sql())
+            .map_err(StoreError::backend)?;
+        let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
+            Box::new(entry.user.as_str().to_owned()),
+            Box::new(day_text(entry.day())),
+            Box::new(entry.service.as_str()),
+            Box::new(entry.model.clone()),
+            Box::new(entry.path.as_str()),
+            Box::new(tenant.to_owned()),
+        ];
+        values.extend(
+            counts
+                .iter()
+                .map(|v| Box::new(int(*v)) as Box<dyn rusqlite::ToSql>),
+        );
+        stmt.execute(rusqlite::params_from_iter(values.iter()))
+            .map_err(StoreError::backend)?;
+    }
+    let Some(retention) = retention else {
+        return Ok(());
+    };
+    let at_ms = epoch_ms(entry.at);
+    let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    tx.prepare_cached(&format!(
+        "INSERT INTO usage_requests ({REQUEST_COLUMNS}, expires_ms) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+         ON CONFLICT DO NOTHING"
+    ))
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            entry.user.as_str(),
+            at_ms,
+            entry.request_id,
+            i64::from(entry.attempt),
+            entry.tenant.as_ref().map(TenantId::as_str),
+            entry.service.as_str(),
+            entry.model,
+            entry.path.as_str(),
+            int(entry.prompt_tokens),
+            int(entry.completion_tokens),
+            entry.cost_nanos.map(int),
+            i64::from(entry.estimated),
+            entry.outcome.as_str(),
+            entry.error_code,
+            i64::from(entry.stream),
+            i64::from(entry.fallback),
+            entry.time_to_first_byte_ms.map(int),
+            int(entry.duration_ms),
+            at_ms.saturating_add(keep_ms),
+        ])
+    })
+    .map_err(StoreError::backend)?;
+    Ok(())
+}
 
 /// The upsert adding one entry to its aggregate row.
 fn upsert_sql() -> String {
@@ -146,74 +330,10 @@ impl UsageStore for EmbeddedStore {
         entry: &UsageEntry,
         retention: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let entry = entry.clone();
-        self.run(move |inner| {
-            let mut conn = inner.usage_conn.lock().map_err(|_| {
-                StoreError::Corrupt("the usage connection lock was poisoned by a panic".to_owned())
-            })?;
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(StoreError::backend)?;
-            let counts = entry.counts().values();
-            let day = day_text(entry.day());
-            let tenant = entry.tenant.as_ref().map_or("", TenantId::as_str);
-            {
-                let mut stmt = tx.prepare_cached(&upsert_sql()).map_err(StoreError::backend)?;
-                let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
-                    Box::new(entry.user.as_str().to_owned()),
-                    Box::new(day),
-                    Box::new(entry.service.as_str()),
-                    Box::new(entry.model.clone()),
-                    Box::new(entry.path.as_str()),
-                    Box::new(tenant.to_owned()),
-                ];
-                values.extend(counts.iter().map(|v| Box::new(int(*v)) as Box<dyn rusqlite::ToSql>));
-                stmt.execute(rusqlite::params_from_iter(values.iter()))
-                    .map_err(StoreError::backend)?;
-            }
-            let now_ms = epoch_ms(crate::domain::now());
-            if let Some(retention) = retention {
-                let at_ms = epoch_ms(entry.at);
-                let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-                tx.prepare_cached(&format!(
-                    "INSERT INTO usage_requests ({REQUEST_COLUMNS}, expires_ms) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
-                     ON CONFLICT DO NOTHING"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        entry.user.as_str(),
-                        at_ms,
-                        entry.request_id,
-                        i64::from(entry.attempt),
-                        entry.tenant.as_ref().map(TenantId::as_str),
-                        entry.service.as_str(),
-                        entry.model,
-                        entry.path.as_str(),
-                        int(entry.prompt_tokens),
-                        int(entry.completion_tokens),
-                        entry.cost_nanos.map(int),
-                        i64::from(entry.estimated),
-                        entry.outcome.as_str(),
-                        entry.error_code,
-                        i64::from(entry.stream),
-                        i64::from(entry.fallback),
-                        entry.time_to_first_byte_ms.map(int),
-                        int(entry.duration_ms),
-                        at_ms.saturating_add(keep_ms),
-                    ])
-                })
-                .map_err(StoreError::backend)?;
-            }
-            let last = inner.usage_pruned_ms.load(Ordering::Relaxed);
-            if now_ms.saturating_sub(last) >= PRUNE_EVERY_MS {
-                tx.execute("DELETE FROM usage_requests WHERE expires_ms <= ?1", [now_ms])
-                    .map_err(StoreError::backend)?;
-                inner.usage_pruned_ms.store(now_ms, Ordering::Relaxed);
-            }
-            tx.commit().map_err(StoreError::backend)
-        })
-        .await
+        self.inner
+            .usage_writer
+            .write(entry.clone(), retention)
+            .await
     }
 
     async fn user_usage(
