@@ -48,6 +48,9 @@ usage: cargo run --release -p byok-bench -- [options]
   --byok-local PATH   use this byok-local binary instead of building one with
                       `cargo build --release -p byok-local`
   --direct-only       measure the direct path only (no byok-local)
+  --baseline PATH     also run this other byok-local build (e.g. an earlier
+                      commit's) and compare it with this one at concurrency 1,
+                      both in the same run, taking turns request by request
 
 Exit status: 0, or 1 with --strict and a missed target, or 2 on an error.";
 
@@ -62,6 +65,7 @@ struct Options {
     strict: bool,
     byok_local: Option<PathBuf>,
     direct_only: bool,
+    baseline: Option<PathBuf>,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, BoxError> {
@@ -75,6 +79,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         strict: false,
         byok_local: None,
         direct_only: false,
+        baseline: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -113,6 +118,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
             "--strict" => opts.strict = true,
             "--byok-local" => opts.byok_local = Some(value("--byok-local")?.into()),
             "--direct-only" => opts.direct_only = true,
+            "--baseline" => opts.baseline = Some(value("--baseline")?.into()),
             "-h" | "--help" | "help" => return Ok(None),
             other => return Err(format!("unknown option: {other}\n\n{USAGE}").into()),
         }
@@ -206,6 +212,12 @@ async fn run() -> Result<ExitCode, BoxError> {
     }
     let mut report = result?;
     report.byok_local = bin.map(|b| b.display().to_string());
+    let baseline = match (&opts.baseline, &gw) {
+        (Some(path), Some((g, target))) => {
+            Some(compare_baseline(&opts, &client, &standin, &bodies, target, g.pid, path).await?)
+        }
+        _ => None,
+    };
     if let Some((mut g, _)) = gw {
         if !g.alive() {
             report
@@ -248,8 +260,15 @@ async fn run() -> Result<ExitCode, BoxError> {
     }
 
     print!("{}", report.table());
+    let mut json = report.json();
+    if let Some(baseline) = &baseline {
+        print!("{}", baseline.table());
+        if let Value::Object(map) = &mut json {
+            map.insert("baseline".to_owned(), baseline.json());
+        }
+    }
     if let Some(path) = &opts.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report.json())? + "\n")?;
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
         progress(&format!("wrote {}", path.display()));
     }
     let missed = report.checks().iter().any(|c| !c.pass);
@@ -257,6 +276,135 @@ async fn run() -> Result<ExitCode, BoxError> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// This build against another byok-local build, at concurrency 1.
+struct BaselineRun {
+    path: String,
+    /// Non-streaming latency: this build, the baseline.
+    plain: [Summary; 2],
+    /// Streaming time to first byte: this build, the baseline.
+    ttfb: [Summary; 2],
+    /// Streaming total time: this build, the baseline.
+    stream_total: [Summary; 2],
+    /// At `concurrency`, non-streaming: (requests/s, byok-local CPU µs per
+    /// request) of this build and the baseline.
+    load: [(f64, Option<f64>); 2],
+    concurrency: usize,
+}
+
+impl BaselineRun {
+    fn table(&self) -> String {
+        let us = |ns: u64| ns as f64 / 1e3;
+        let mut out = format!(
+            "\n5. this build vs the baseline build ({}), concurrency 1, taking turns\n   \
+             {:<22} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            self.path, "figure", "this p50", "base p50", "this p99", "base p99", "Δ p50"
+        );
+        for (name, pair) in [
+            ("latency, non-streaming", &self.plain),
+            ("TTFB, streaming", &self.ttfb),
+            ("total, streaming", &self.stream_total),
+        ] {
+            out.push_str(&format!(
+                "   {:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>+9.1}\n",
+                name,
+                us(pair[0].p50),
+                us(pair[1].p50),
+                us(pair[0].p99),
+                us(pair[1].p99),
+                us(pair[0].p50) - us(pair[1].p50),
+            ));
+        }
+        let cpu = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
+        out.push_str(&format!(
+            "   c={} non-streaming: this {:.0} req/s ({} µs CPU/request), baseline {:.0} req/s ({} µs CPU/request)\n",
+            self.concurrency,
+            self.load[0].0,
+            cpu(self.load[0].1),
+            self.load[1].0,
+            cpu(self.load[1].1),
+        ));
+        out
+    }
+
+    fn json(&self) -> Value {
+        let pair = |p: &[Summary; 2]| {
+            serde_json::json!({
+                "this": {"p50_us": p[0].p50 as f64 / 1e3, "p99_us": p[0].p99 as f64 / 1e3},
+                "baseline": {"p50_us": p[1].p50 as f64 / 1e3, "p99_us": p[1].p99 as f64 / 1e3},
+            })
+        };
+        serde_json::json!({
+            "byok_local": self.path,
+            "plain": pair(&self.plain),
+            "ttfb": pair(&self.ttfb),
+            "stream_total": pair(&self.stream_total),
+            "load": {
+                "concurrency": self.concurrency,
+                "this": {"per_second": self.load[0].0, "cpu_us_per_request": self.load[0].1},
+                "baseline": {"per_second": self.load[1].0, "cpu_us_per_request": self.load[1].1},
+            },
+        })
+    }
+}
+
+/// Starts the baseline byok-local and measures it against `this` (the
+/// current build's gateway) at concurrency 1, taking turns.
+async fn compare_baseline(
+    opts: &Options,
+    client: &reqwest::Client,
+    standin: &StandIn,
+    bodies: &Bodies,
+    this: &Arc<Target>,
+    this_pid: u32,
+    path: &std::path::Path,
+) -> Result<BaselineRun, BoxError> {
+    let base_url = standin.base_url();
+    let bin = path.to_owned();
+    let g = tokio::task::spawn_blocking(move || Gateway::start(&bin, &base_url)).await??;
+    progress(&format!(
+        "baseline byok-local (pid {}) listening on {}",
+        g.pid, g.base
+    ));
+    g.store_key(client).await?;
+    let baseline = Target::new(
+        "baseline",
+        format!("{}/v1/chat/completions", g.base),
+        &g.token,
+    )?;
+    probe(client, &baseline, bodies).await?;
+    let (n, warmup) = (opts.requests, opts.warmup);
+    progress(&format!(
+        "this build vs the baseline: {warmup} warm-up + {n} requests per build and kind"
+    ));
+    let targets: [&Target; 2] = [this.as_ref(), &baseline];
+    let plain = measure::latency(client, &targets, &bodies.plain, Kind::Plain, warmup, n).await?;
+    let stream =
+        measure::latency(client, &targets, &bodies.stream, Kind::Stream, warmup, n).await?;
+    let both = |s: &[measure::Samples], pick: fn(&measure::Samples) -> &[u64]| {
+        [
+            Summary::of(s.first().map(pick).unwrap_or_default()),
+            Summary::of(s.get(1).map(pick).unwrap_or_default()),
+        ]
+    };
+    let baseline = Arc::new(baseline);
+    let paths = [(this, Some(this_pid)), (&baseline, Some(g.pid))];
+    let runs = load_runs(opts, client, standin, &paths, &bodies.plain, Kind::Plain).await?;
+    let load_of = |r: Option<&PathRun>| {
+        r.map_or((0.0, None), |r| {
+            (Load::of(&r.run).per_second, r.gateway_us())
+        })
+    };
+    drop(g);
+    Ok(BaselineRun {
+        path: path.display().to_string(),
+        plain: both(&plain, |s| &s.total),
+        ttfb: both(&stream, |s| &s.first_byte),
+        stream_total: both(&stream, |s| &s.total),
+        load: [load_of(runs.first()), load_of(runs.get(1))],
+        concurrency: opts.concurrency,
     })
 }
 

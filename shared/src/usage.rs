@@ -362,6 +362,117 @@ mod tests {
         }
     }
 
+    /// Keeps what the ledger writes.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<Vec<(UsageEntry, Option<Duration>)>>);
+
+    #[async_trait]
+    impl UsageStore for Kept {
+        async fn record_usage(
+            &self,
+            entry: &UsageEntry,
+            retention: Option<Duration>,
+        ) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push((entry.clone(), retention));
+            Ok(())
+        }
+        async fn user_usage(
+            &self,
+            _: &UserId,
+            _: Date,
+            _: Date,
+        ) -> Result<Vec<UsageRow>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn all_usage(&self, _: Date, _: Date) -> Result<Vec<UsageRow>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn recent_usage(&self, _: &UserId, _: usize) -> Result<Vec<UsageEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn record(model: &str, outcome: Outcome, tokens: Option<(u64, u64)>) -> UsageRecord {
+        UsageRecord {
+            user: UserId::new("u1").unwrap(),
+            tenant: TenantId::new("acme"),
+            request_id: "req-1".into(),
+            attempt: 1,
+            provider: Service::Gateway,
+            path: ResolutionPath::TeamGateway,
+            model: model.into(),
+            fallback: true,
+            stream: true,
+            outcome,
+            prompt_tokens: tokens.map(|t| t.0),
+            completion_tokens: tokens.map(|t| t.1),
+            estimated: false,
+            time_to_first_byte: Some(Duration::from_micros(1_500)),
+            duration: Duration::from_millis(40),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ledger_prices_records_and_maps_outcomes() {
+        let store = Arc::new(Kept::default());
+        let catalog = Arc::new(Catalog::builtin().unwrap());
+        let keep = Some(Duration::from_secs(86_400));
+        let ledger = UsageLedger::new(store.clone(), catalog.clone(), keep);
+        ledger
+            .record(record(
+                "openai/gpt-4o-mini",
+                Outcome::Completed,
+                Some((1_000_000, 500_000)),
+            ))
+            .await;
+        ledger
+            .record(record(
+                "nobody/unpriced",
+                Outcome::Failed("upstream_timeout"),
+                None,
+            ))
+            .await;
+        ledger
+            .record(record("openai/gpt-4o-mini", Outcome::Limited, None))
+            .await;
+        ledger
+            .record(record(
+                "openai/gpt-4o-mini",
+                Outcome::Cancelled,
+                Some((3, 1)),
+            ))
+            .await;
+        let kept = store.0.lock().unwrap().clone();
+        assert_eq!(kept.len(), 4);
+        assert!(kept.iter().all(|(_, r)| *r == keep));
+        let (ok, _) = &kept[0];
+        let expected = catalog
+            .price("openai/gpt-4o-mini", 1_000_000, 500_000)
+            .unwrap();
+        assert_eq!(ok.cost_nanos, usd_to_nanos(expected));
+        assert_eq!(ok.outcome, LedgerOutcome::Ok);
+        assert_eq!(
+            (ok.prompt_tokens, ok.completion_tokens),
+            (1_000_000, 500_000)
+        );
+        assert_eq!(ok.tenant.as_ref().map(TenantId::as_str), Some("acme"));
+        assert_eq!(
+            (ok.attempt, ok.fallback, ok.request_id.as_str()),
+            (1, true, "req-1")
+        );
+        assert_eq!((ok.time_to_first_byte_ms, ok.duration_ms), (Some(1), 40));
+        assert_eq!(ok.paid_by(), PaidBy::Team);
+        let (failed, _) = &kept[1];
+        assert_eq!(failed.cost_nanos, None, "no price, no cost");
+        assert_eq!(failed.outcome, LedgerOutcome::UpstreamError);
+        assert_eq!(failed.error_code.as_deref(), Some("upstream_timeout"));
+        assert_eq!((failed.prompt_tokens, failed.completion_tokens), (0, 0));
+        let (limited, _) = &kept[2];
+        assert_eq!(limited.outcome, LedgerOutcome::Limited);
+        assert_eq!(limited.cost_nanos, Some(0));
+        assert_eq!(kept[3].0.outcome, LedgerOutcome::Cancelled);
+    }
+
     #[test]
     fn groups_split_by_payer_and_total_costs() {
         let rows = [
