@@ -30,14 +30,11 @@
 //! upgraded in place when opened.
 //!
 //! # Usage ledger
-//! Schema version 4 adds `usage_daily` (one row per user, UTC day, service,
-//! model, path and tenant; [`UsageStore::record_usage`] is one upsert that
-//! adds the entry's counters) and `usage_requests` (raw entries with an
-//! expiry, pruned at most once a minute by later writes). Ledger writes go
-//! through a writer thread with a second connection that commits waiting
-//! entries together, so a completion's ledger write never holds the
-//! connection the next request's resolution reads through, and concurrent
-//! writes share one commit. See [`usage`].
+//! The ledger lives in a file of its own, `usage.db` beside `byok.db`
+//! (see [`usage`]): it has nothing to commit together with keys, and a
+//! ledger write to `byok.db` would invalidate the page cache that the next
+//! request's resolution reads from (SQLite drops a connection's cached pages
+//! whenever another connection has committed to the same file).
 
 use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
 use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
@@ -67,7 +64,7 @@ mod usage;
 pub const DB_FILE: &str = "byok.db";
 
 /// The schema this build writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 3;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -186,57 +183,6 @@ CREATE UNIQUE INDEX secrets_one_pending ON secrets (secret_id) WHERE stage = 'pe
 CREATE UNIQUE INDEX secrets_one_staged ON secrets (secret_id) WHERE stage = 'staged';
 ";
 
-/// Schema version 4: the usage ledger (see [`usage`]). Day aggregates are
-/// keyed by user first (a user's month is one index range) and indexed by
-/// day (the operator's view reads a range of days); raw entries expire.
-const SCHEMA_V4: &str = "
-CREATE TABLE usage_daily (
-    user_id            TEXT    NOT NULL,
-    day                TEXT    NOT NULL,
-    service            TEXT    NOT NULL,
-    model              TEXT    NOT NULL,
-    path               TEXT    NOT NULL,
-    tenant             TEXT    NOT NULL,
-    requests           INTEGER NOT NULL,
-    prompt_tokens      INTEGER NOT NULL,
-    completion_tokens  INTEGER NOT NULL,
-    cost_nanos         INTEGER NOT NULL,
-    priced_requests    INTEGER NOT NULL,
-    estimated_requests INTEGER NOT NULL,
-    failed_requests    INTEGER NOT NULL,
-    cancelled_requests INTEGER NOT NULL,
-    limited_requests   INTEGER NOT NULL,
-    ttfb_ms_sum        INTEGER NOT NULL,
-    duration_ms_sum    INTEGER NOT NULL,
-    PRIMARY KEY (user_id, day, service, model, path, tenant)
-) STRICT, WITHOUT ROWID;
-CREATE INDEX usage_daily_by_day ON usage_daily (day);
-
-CREATE TABLE usage_requests (
-    user_id           TEXT    NOT NULL,
-    at_ms             INTEGER NOT NULL,
-    request_id        TEXT    NOT NULL,
-    attempt           INTEGER NOT NULL,
-    tenant            TEXT,
-    service           TEXT    NOT NULL,
-    model             TEXT    NOT NULL,
-    path              TEXT    NOT NULL,
-    prompt_tokens     INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cost_nanos        INTEGER,
-    estimated         INTEGER NOT NULL,
-    outcome           TEXT    NOT NULL,
-    error_code        TEXT,
-    stream            INTEGER NOT NULL,
-    fallback          INTEGER NOT NULL,
-    ttfb_ms           INTEGER,
-    duration_ms       INTEGER NOT NULL,
-    expires_ms        INTEGER NOT NULL,
-    PRIMARY KEY (user_id, at_ms, request_id, attempt)
-) STRICT, WITHOUT ROWID;
-CREATE INDEX usage_requests_expiry ON usage_requests (expires_ms);
-";
-
 const KEY_COLUMNS: &str = "user_id, service, label, masked_key, enabled, base_url, created_at, \
      updated_at, last_validated_at, last_validation, secret_id, secret_version, revision, \
      rotated_at, pending_version, pending_masked_key, pending_staged_at, pending_token, \
@@ -252,7 +198,9 @@ pub struct EmbeddedStore {
 
 struct Inner {
     conn: Mutex<Connection>,
-    /// The usage ledger's writer thread, on a connection of its own.
+    /// The usage ledger's file: a connection for reports, and the writer
+    /// thread with a connection of its own.
+    usage_reads: Mutex<Connection>,
     usage_writer: usage::UsageWriter,
     master: MasterKey,
     master_key_id: String,
@@ -310,13 +258,7 @@ impl EmbeddedStore {
         conn.pragma_update(None, "secure_delete", true)
             .map_err(StoreError::backend)?;
         migrate(&mut conn)?;
-        let usage_conn = Connection::open(&db_path).map_err(StoreError::backend)?;
-        usage_conn
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(StoreError::backend)?;
-        usage_conn
-            .pragma_update(None, "secure_delete", true)
-            .map_err(StoreError::backend)?;
+        let (usage_reads, usage_writer) = usage::open(data_dir)?;
 
         let master_key_id = master.key_id();
         // Refuse a master key that opens none of the stored secrets: starting
@@ -334,7 +276,8 @@ impl EmbeddedStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
-                usage_writer: usage::UsageWriter::start(usage_conn)?,
+                usage_reads: Mutex::new(usage_reads),
+                usage_writer,
                 master,
                 master_key_id,
             }),
@@ -377,11 +320,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(StoreError::backend)?;
     match version {
-        3 => {
-            tx.execute_batch(SCHEMA_V4).map_err(StoreError::backend)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(StoreError::backend)?;
-        }
         0..=2 => {
             if version == 0 {
                 tx.execute_batch(SCHEMA_V1).map_err(StoreError::backend)?;
@@ -390,7 +328,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
                 tx.execute_batch(SCHEMA_V2).map_err(StoreError::backend)?;
             }
             tx.execute_batch(SCHEMA_V3).map_err(StoreError::backend)?;
-            tx.execute_batch(SCHEMA_V4).map_err(StoreError::backend)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(StoreError::backend)?;
         }

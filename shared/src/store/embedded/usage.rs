@@ -1,6 +1,8 @@
-//! The embedded store's usage ledger: day aggregates upserted in one
-//! statement per entry (counters add to what is there), raw entries with an
-//! expiry.
+//! The embedded store's usage ledger, in `usage.db` beside `byok.db` (0600,
+//! WAL): `usage_daily` holds one row per user, UTC day, service, model, path
+//! and tenant, upserted in one statement per entry (counters add to what is
+//! there; indexed by day for the operator's view); `usage_requests` holds
+//! raw entries with an expiry, pruned at most once a minute by later writes.
 //!
 //! Writes go to one writer thread that owns the ledger's own connection and
 //! commits whatever entries are waiting in one immediate transaction (group
@@ -12,11 +14,14 @@
 use super::super::usage::{
     LedgerOutcome, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore, day_text, parse_day,
 };
-use super::{EmbeddedStore, StoreError, bool_from_int, col, corrupt};
+use super::{BUSY_TIMEOUT, EmbeddedStore, StoreError, bool_from_int, col, corrupt};
 use crate::domain::{Service, UserId};
 use crate::resolve::ResolutionPath;
 use async_trait::async_trait;
-use rusqlite::{Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, TransactionBehavior, params};
+use std::fs::{OpenOptions, Permissions};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
 use std::time::Duration;
 use time::Date;
 
@@ -34,6 +39,117 @@ const COUNT_COLUMNS: [&str; 11] = [
     "ttfb_ms_sum",
     "duration_ms_sum",
 ];
+
+/// File name of the ledger's database inside the data directory.
+pub const USAGE_DB_FILE: &str = "usage.db";
+
+/// The ledger's schema, kept in `PRAGMA user_version`.
+const USAGE_SCHEMA_VERSION: i64 = 1;
+
+/// Schema version 1. Day aggregates are keyed by user first (a user's month
+/// is one index range) and indexed by day (the operator's view reads a range
+/// of days); raw entries expire.
+const USAGE_SCHEMA_V1: &str = "
+CREATE TABLE usage_daily (
+    user_id            TEXT    NOT NULL,
+    day                TEXT    NOT NULL,
+    service            TEXT    NOT NULL,
+    model              TEXT    NOT NULL,
+    path               TEXT    NOT NULL,
+    tenant             TEXT    NOT NULL,
+    requests           INTEGER NOT NULL,
+    prompt_tokens      INTEGER NOT NULL,
+    completion_tokens  INTEGER NOT NULL,
+    cost_nanos         INTEGER NOT NULL,
+    priced_requests    INTEGER NOT NULL,
+    estimated_requests INTEGER NOT NULL,
+    failed_requests    INTEGER NOT NULL,
+    cancelled_requests INTEGER NOT NULL,
+    limited_requests   INTEGER NOT NULL,
+    ttfb_ms_sum        INTEGER NOT NULL,
+    duration_ms_sum    INTEGER NOT NULL,
+    PRIMARY KEY (user_id, day, service, model, path, tenant)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX usage_daily_by_day ON usage_daily (day);
+
+CREATE TABLE usage_requests (
+    user_id           TEXT    NOT NULL,
+    at_ms             INTEGER NOT NULL,
+    request_id        TEXT    NOT NULL,
+    attempt           INTEGER NOT NULL,
+    tenant            TEXT,
+    service           TEXT    NOT NULL,
+    model             TEXT    NOT NULL,
+    path              TEXT    NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_nanos        INTEGER,
+    estimated         INTEGER NOT NULL,
+    outcome           TEXT    NOT NULL,
+    error_code        TEXT,
+    stream            INTEGER NOT NULL,
+    fallback          INTEGER NOT NULL,
+    ttfb_ms           INTEGER,
+    duration_ms       INTEGER NOT NULL,
+    expires_ms        INTEGER NOT NULL,
+    PRIMARY KEY (user_id, at_ms, request_id, attempt)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX usage_requests_expiry ON usage_requests (expires_ms);
+";
+
+/// Opens (or creates) `data_dir/usage.db` private to the owner, in WAL mode,
+/// with its schema: a connection for reports, and the writer thread.
+pub(super) fn open(data_dir: &Path) -> Result<(Connection, UsageWriter), StoreError> {
+    let path = data_dir.join(USAGE_DB_FILE);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(StoreError::backend)?;
+    std::fs::set_permissions(&path, Permissions::from_mode(0o600)).map_err(StoreError::backend)?;
+    let connect = || -> Result<Connection, StoreError> {
+        let conn = Connection::open(&path).map_err(StoreError::backend)?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(StoreError::backend)?;
+        Ok(conn)
+    };
+    let mut reads = connect()?;
+    let journal: String = reads
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(StoreError::backend)?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::backend(std::io::Error::other(
+            "SQLite refused the WAL journal mode for usage.db",
+        )));
+    }
+    let tx = reads
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(StoreError::backend)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(StoreError::backend)?;
+    match version {
+        0 => {
+            tx.execute_batch(USAGE_SCHEMA_V1)
+                .map_err(StoreError::backend)?;
+            tx.pragma_update(None, "user_version", USAGE_SCHEMA_VERSION)
+                .map_err(StoreError::backend)?;
+        }
+        USAGE_SCHEMA_VERSION => {}
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "usage.db schema version {other} is not supported by this build \
+                 (it knows version {USAGE_SCHEMA_VERSION})"
+            )));
+        }
+    }
+    tx.commit().map_err(StoreError::backend)?;
+    let writer = UsageWriter::start(connect()?)?;
+    Ok((reads, writer))
+}
 
 /// How often expired raw entries are pruned (at most).
 const PRUNE_EVERY_MS: i64 = 60_000;
@@ -157,66 +273,76 @@ fn write_entry(
     entry: &UsageEntry,
     retention: Option<Duration>,
 ) -> Result<(), StoreError> {
-    let counts = entry.counts().values();
+    let c = entry.counts().values().map(int);
     let tenant = entry.tenant.as_ref().map_or("", TenantId::as_str);
-    {
-        let mut stmt = tx
-            .prepare_cached(&upsert_sql())
-            .map_err(StoreError::backend)?;
-        let mut values: Vec<Box<dyn rusqlite::ToSql>> = vec![
-            Box::new(entry.user.as_str().to_owned()),
-            Box::new(day_text(entry.day())),
-            Box::new(entry.service.as_str()),
-            Box::new(entry.model.clone()),
-            Box::new(entry.path.as_str()),
-            Box::new(tenant.to_owned()),
-        ];
-        values.extend(
-            counts
-                .iter()
-                .map(|v| Box::new(int(*v)) as Box<dyn rusqlite::ToSql>),
-        );
-        stmt.execute(rusqlite::params_from_iter(values.iter()))
-            .map_err(StoreError::backend)?;
-    }
+    tx.prepare_cached(&UPSERT_SQL)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                entry.user.as_str(),
+                day_text(entry.day()),
+                entry.service.as_str(),
+                entry.model,
+                entry.path.as_str(),
+                tenant,
+                c[0],
+                c[1],
+                c[2],
+                c[3],
+                c[4],
+                c[5],
+                c[6],
+                c[7],
+                c[8],
+                c[9],
+                c[10],
+            ])
+        })
+        .map_err(StoreError::backend)?;
     let Some(retention) = retention else {
         return Ok(());
     };
     let at_ms = epoch_ms(entry.at);
     let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    tx.prepare_cached(&format!(
-        "INSERT INTO usage_requests ({REQUEST_COLUMNS}, expires_ms) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
-         ON CONFLICT DO NOTHING"
-    ))
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            entry.user.as_str(),
-            at_ms,
-            entry.request_id,
-            i64::from(entry.attempt),
-            entry.tenant.as_ref().map(TenantId::as_str),
-            entry.service.as_str(),
-            entry.model,
-            entry.path.as_str(),
-            int(entry.prompt_tokens),
-            int(entry.completion_tokens),
-            entry.cost_nanos.map(int),
-            i64::from(entry.estimated),
-            entry.outcome.as_str(),
-            entry.error_code,
-            i64::from(entry.stream),
-            i64::from(entry.fallback),
-            entry.time_to_first_byte_ms.map(int),
-            int(entry.duration_ms),
-            at_ms.saturating_add(keep_ms),
-        ])
-    })
-    .map_err(StoreError::backend)?;
+    tx.prepare_cached(&INSERT_REQUEST_SQL)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                entry.user.as_str(),
+                at_ms,
+                entry.request_id,
+                i64::from(entry.attempt),
+                entry.tenant.as_ref().map(TenantId::as_str),
+                entry.service.as_str(),
+                entry.model,
+                entry.path.as_str(),
+                int(entry.prompt_tokens),
+                int(entry.completion_tokens),
+                entry.cost_nanos.map(int),
+                i64::from(entry.estimated),
+                entry.outcome.as_str(),
+                entry.error_code,
+                i64::from(entry.stream),
+                i64::from(entry.fallback),
+                entry.time_to_first_byte_ms.map(int),
+                int(entry.duration_ms),
+                at_ms.saturating_add(keep_ms),
+            ])
+        })
+        .map_err(StoreError::backend)?;
     Ok(())
 }
 
-/// The upsert adding one entry to its aggregate row.
+/// The upsert adding one entry to its aggregate row (built once).
+static UPSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(upsert_sql);
+
+/// The insert of one raw entry (built once).
+static INSERT_REQUEST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO usage_requests ({REQUEST_COLUMNS}, expires_ms) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+         ON CONFLICT DO NOTHING"
+    )
+});
+
 fn upsert_sql() -> String {
     let columns = COUNT_COLUMNS.join(", ");
     let values: Vec<String> = (7..7 + COUNT_COLUMNS.len())
@@ -351,7 +477,7 @@ impl UsageStore for EmbeddedStore {
             sums.join(", ")
         );
         self.run(move |inner| {
-            let conn = inner.conn()?;
+            let conn = inner.usage_reads()?;
             let mut stmt = conn.prepare_cached(&sql).map_err(StoreError::backend)?;
             let mut rows = stmt
                 .query(params![user.as_str(), day_text(from), day_text(to)])
@@ -372,7 +498,7 @@ impl UsageStore for EmbeddedStore {
             COUNT_COLUMNS.join(", ")
         );
         self.run(move |inner| {
-            let conn = inner.conn()?;
+            let conn = inner.usage_reads()?;
             let mut stmt = conn.prepare_cached(&sql).map_err(StoreError::backend)?;
             let mut rows = stmt
                 .query(params![day_text(from), day_text(to)])
@@ -394,7 +520,7 @@ impl UsageStore for EmbeddedStore {
         let user = user.clone();
         let now_ms = epoch_ms(crate::domain::now());
         self.run(move |inner| {
-            let conn = inner.conn()?;
+            let conn = inner.usage_reads()?;
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {REQUEST_COLUMNS} FROM usage_requests \
@@ -416,5 +542,13 @@ impl UsageStore for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+}
+
+impl super::Inner {
+    fn usage_reads(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.usage_reads.lock().map_err(|_| {
+            StoreError::Corrupt("the usage connection lock was poisoned by a panic".to_owned())
+        })
     }
 }
