@@ -29,12 +29,15 @@
 //! user and time-ordered id, listed newest first). A version 1 file is
 //! upgraded in place when opened.
 //!
-//! # Usage ledger
-//! The ledger lives in a file of its own, `usage.db` beside `byok.db`
-//! (see [`usage`]): it has nothing to commit together with keys, and a
-//! ledger write to `byok.db` would invalidate the page cache that the next
+//! # Usage ledger and rate counters
+//! Metering data lives in a file of its own, `usage.db` beside `byok.db`
+//! (see [`usage`]): the usage ledger and, since the ledger came, the rate
+//! counters (the `rate_counters` table of `byok.db` is no longer written).
+//! Neither has anything to commit together with keys; a write to `byok.db`
+//! from another connection would invalidate the page cache that the next
 //! request's resolution reads from (SQLite drops a connection's cached pages
-//! whenever another connection has committed to the same file).
+//! whenever another connection has committed to the same file); and
+//! metering commits need not wait for the disk as key writes do.
 
 use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
 use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
@@ -202,6 +205,8 @@ struct Inner {
     /// thread with a connection of its own.
     usage_reads: Mutex<Connection>,
     usage_writer: usage::UsageWriter,
+    /// Request-rate counters (in usage.db too).
+    counters: Mutex<Connection>,
     master: MasterKey,
     master_key_id: String,
 }
@@ -258,7 +263,7 @@ impl EmbeddedStore {
         conn.pragma_update(None, "secure_delete", true)
             .map_err(StoreError::backend)?;
         migrate(&mut conn)?;
-        let (usage_reads, usage_writer) = usage::open(data_dir)?;
+        let (usage_reads, counters, usage_writer) = usage::open(data_dir)?;
 
         let master_key_id = master.key_id();
         // Refuse a master key that opens none of the stored secrets: starting
@@ -278,6 +283,7 @@ impl EmbeddedStore {
                 conn: Mutex::new(conn),
                 usage_reads: Mutex::new(usage_reads),
                 usage_writer,
+                counters: Mutex::new(counters),
                 master,
                 master_key_id,
             }),
@@ -304,6 +310,12 @@ impl EmbeddedStore {
 }
 
 impl Inner {
+    fn counters(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.counters.lock().map_err(|_| {
+            StoreError::Corrupt("the counters connection lock was poisoned by a panic".to_owned())
+        })
+    }
+
     fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| {
             StoreError::Corrupt("the database connection lock was poisoned by a panic".to_owned())
@@ -1185,7 +1197,9 @@ impl RateLimitStore for EmbeddedStore {
         }
         let user = user.clone();
         self.run(move |inner| {
-            let mut conn = inner.conn()?;
+            // Counters live in usage.db (metering data, synced lazily: see
+            // [`usage`]), so a hit never waits on a sync of the keys' file.
+            let mut conn = inner.counters()?;
             // The connection mutex serialises callers of this process; the
             // immediate transaction serialises other processes on the file.
             let tx = conn
@@ -1471,7 +1485,8 @@ mod tests {
         let t0 = Timestamp::from_unix_timestamp(1_900_000_020).unwrap();
         let minute = Duration::from_secs(60);
         let count = || -> i64 {
-            raw(&store)
+            Connection::open(tmp.path().join(usage::USAGE_DB_FILE))
+                .unwrap()
                 .query_row("SELECT count(*) FROM rate_counters", [], |r| r.get(0))
                 .unwrap()
         };

@@ -1,5 +1,11 @@
-//! The embedded store's usage ledger, in `usage.db` beside `byok.db` (0600,
-//! WAL): `usage_daily` holds one row per user, UTC day, service, model, path
+//! The embedded store's metering file, `usage.db` beside `byok.db` (0600,
+//! WAL): the usage ledger and the rate counters. Its connections run with
+//! `synchronous=NORMAL`: a commit is atomic and survives a crash of the
+//! process, but is synced to disk with the next checkpoint rather than at
+//! once (a power loss can lose the last moments of metering, never a key:
+//! `byok.db` syncs every commit). That keeps a disk sync off every
+//! completion. `rate_counters` is the table `byok.db` had (see
+//! [`super::super::ratelimit`]). `usage_daily` holds one row per user, UTC day, service, model, path
 //! and tenant, upserted in one statement per entry (counters add to what is
 //! there; indexed by day for the operator's view); `usage_requests` holds
 //! raw entries with an expiry, pruned at most once a minute by later writes.
@@ -95,11 +101,23 @@ CREATE TABLE usage_requests (
     PRIMARY KEY (user_id, at_ms, request_id, attempt)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX usage_requests_expiry ON usage_requests (expires_ms);
+
+CREATE TABLE rate_counters (
+    user_id         TEXT    NOT NULL,
+    action          TEXT    NOT NULL,
+    window_ms       INTEGER NOT NULL CHECK (window_ms > 0),
+    window_start_ms INTEGER NOT NULL,
+    count           INTEGER NOT NULL CHECK (count >= 0),
+    expires_ms      INTEGER NOT NULL,
+    PRIMARY KEY (user_id, action, window_ms, window_start_ms)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX rate_counters_expiry ON rate_counters (expires_ms);
 ";
 
 /// Opens (or creates) `data_dir/usage.db` private to the owner, in WAL mode,
-/// with its schema: a connection for reports, and the writer thread.
-pub(super) fn open(data_dir: &Path) -> Result<(Connection, UsageWriter), StoreError> {
+/// with its schema: a connection for reports, one for rate counters, and
+/// the ledger's writer thread.
+pub(super) fn open(data_dir: &Path) -> Result<(Connection, Connection, UsageWriter), StoreError> {
     let path = data_dir.join(USAGE_DB_FILE);
     OpenOptions::new()
         .read(true)
@@ -148,7 +166,7 @@ pub(super) fn open(data_dir: &Path) -> Result<(Connection, UsageWriter), StoreEr
     }
     tx.commit().map_err(StoreError::backend)?;
     let writer = UsageWriter::start(connect()?)?;
-    Ok((reads, writer))
+    Ok((reads, connect()?, writer))
 }
 
 /// How often expired raw entries are pruned (at most).
