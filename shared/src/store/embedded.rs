@@ -1514,6 +1514,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metering_syncs_lazily_and_keys_sync_every_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path());
+        let sync = |conn: &Connection| -> i64 {
+            conn.pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(sync(&store.inner.conn().unwrap()), 2, "byok.db: FULL");
+        assert_eq!(sync(&store.inner.counters().unwrap()), 1, "usage.db: NORMAL");
+        assert_eq!(sync(&store.inner.usage_reads.lock().unwrap()), 1);
+        let mode = std::fs::metadata(tmp.path().join(usage::USAGE_DB_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
     async fn refuses_unknown_schema_version() {
         let tmp = tempfile::tempdir().unwrap();
         let store = open(tmp.path());

@@ -132,6 +132,8 @@ pub(super) fn open(data_dir: &Path) -> Result<(Connection, Connection, UsageWrit
         let conn = Connection::open(&path).map_err(StoreError::backend)?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(StoreError::backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(StoreError::backend)?;
         Ok(conn)
     };
     let mut reads = connect()?;
