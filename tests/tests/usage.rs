@@ -503,8 +503,16 @@ async fn the_operator_sees_every_user_and_tenant(mode: Mode) {
     }
 
     let admin = Api::new(&s.server.base, Some(&s.server.token("root", true)));
-    let by_user = admin.get("/api/admin/usage?groupBy=user").await;
-    assert_eq!(by_user.status, StatusCode::OK, "{}", by_user.text);
+    // A non-streamed answer's record lands as its response ends.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let by_user = loop {
+        let answer = admin.get("/api/admin/usage?groupBy=user").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        if answer.json["totals"]["requests"] == 6 || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let users: Vec<(String, u64, u64)> = by_user.json["usage"]
         .as_array()
         .unwrap()

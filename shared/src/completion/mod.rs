@@ -59,8 +59,14 @@ pub struct Route {
 
 /// The answer's body.
 pub enum CompletionBody {
-    /// A `chat.completion` JSON document.
-    Json(Bytes),
+    /// A `chat.completion` JSON document, and the write of its usage record,
+    /// already running: send the document, then await `recorded` before
+    /// ending the response (so on Lambda it completes inside the invocation,
+    /// while the client already has the whole document).
+    Json {
+        json: Bytes,
+        recorded: tokio::task::JoinHandle<()>,
+    },
     /// `text/event-stream` bytes, ending with `data: [DONE]`.
     Stream(BoxStream<'static, Bytes>),
 }
@@ -497,8 +503,10 @@ impl CompletionService {
                 if usage.is_none() {
                     text.feed(&json);
                 }
-                meter.finish(Outcome::Completed, usage, &text, None).await;
-                Ok(CompletionBody::Json(json))
+                let recorded = tokio::spawn(async move {
+                    meter.finish(Outcome::Completed, usage, &text, None).await;
+                });
+                Ok(CompletionBody::Json { json, recorded })
             }
         }
     }

@@ -54,8 +54,25 @@ pub(super) async fn complete(
     match state.completions.complete(&ctx, &body).await {
         Ok(completion) => {
             let mut response = match completion.body {
-                CompletionBody::Json(json) => {
-                    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+                CompletionBody::Json { json, recorded } => {
+                    // The whole document goes out at once (its length is
+                    // known); the response ends once its usage is recorded.
+                    let length = json.len();
+                    let ledger = futures_util::stream::once(async move {
+                        if let Err(err) = recorded.await {
+                            tracing::error!(error = %err, "usage recording task failed");
+                        }
+                    })
+                    .filter_map(|()| std::future::ready(None::<Bytes>));
+                    let body = futures_util::stream::once(std::future::ready(json)).chain(ledger);
+                    (
+                        [
+                            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                            (header::CONTENT_LENGTH, HeaderValue::from(length)),
+                        ],
+                        Body::from_stream(body.map(Ok::<_, Infallible>)),
+                    )
+                        .into_response()
                 }
                 CompletionBody::Stream(stream) => {
                     let body = Body::from_stream(stream.map(Ok::<_, Infallible>));
