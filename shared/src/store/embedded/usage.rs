@@ -274,8 +274,27 @@ fn commit(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(StoreError::backend)?;
+    // Entries of one aggregate row are added up first: one upsert per row.
+    let mut rows: Vec<(&UsageEntry, UsageCounts)> = Vec::new();
     for (entry, retention) in entries {
-        write_entry(&tx, entry, *retention)?;
+        let same_row = |(e, _): &&mut (&UsageEntry, UsageCounts)| {
+            e.user == entry.user
+                && e.day() == entry.day()
+                && e.service == entry.service
+                && e.model == entry.model
+                && e.path == entry.path
+                && e.tenant == entry.tenant
+        };
+        match rows.iter_mut().find(same_row) {
+            Some((_, counts)) => counts.add(&entry.counts()),
+            None => rows.push((entry, entry.counts())),
+        }
+        if let Some(retention) = retention {
+            insert_raw(&tx, entry, *retention)?;
+        }
+    }
+    for (entry, counts) in rows {
+        upsert_row(&tx, entry, &counts)?;
     }
     if let Some(now_ms) = prune_at {
         tx.execute(
@@ -287,13 +306,13 @@ fn commit(
     tx.commit().map_err(StoreError::backend)
 }
 
-/// The aggregate upsert and (with `retention`) the raw row of one entry.
-fn write_entry(
+/// Adds `counts` to the aggregate row of `entry`.
+fn upsert_row(
     tx: &rusqlite::Transaction<'_>,
     entry: &UsageEntry,
-    retention: Option<Duration>,
+    counts: &UsageCounts,
 ) -> Result<(), StoreError> {
-    let c = entry.counts().values().map(int);
+    let c = counts.values().map(int);
     let tenant = entry.tenant.as_ref().map_or("", TenantId::as_str);
     tx.prepare_cached(&UPSERT_SQL)
         .and_then(|mut stmt| {
@@ -318,9 +337,15 @@ fn write_entry(
             ])
         })
         .map_err(StoreError::backend)?;
-    let Some(retention) = retention else {
-        return Ok(());
-    };
+    Ok(())
+}
+
+/// The raw row of one entry, kept for `retention`.
+fn insert_raw(
+    tx: &rusqlite::Transaction<'_>,
+    entry: &UsageEntry,
+    retention: Duration,
+) -> Result<(), StoreError> {
     let at_ms = epoch_ms(entry.at);
     let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     tx.prepare_cached(&INSERT_REQUEST_SQL)
