@@ -67,7 +67,10 @@ pub(super) async fn complete(
                     let body = futures_util::stream::once(std::future::ready(json)).chain(ledger);
                     (
                         [
-                            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                            (
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/json"),
+                            ),
                             (header::CONTENT_LENGTH, HeaderValue::from(length)),
                         ],
                         Body::from_stream(body.map(Ok::<_, Infallible>)),

@@ -234,17 +234,7 @@ impl EmbeddedStore {
                 .map_err(StoreError::backend)?;
         }
         let db_path = data_dir.join(DB_FILE);
-        // Create the file private before SQLite opens it, so it is never readable by others.
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&db_path)
-            .map_err(StoreError::backend)?;
-        std::fs::set_permissions(&db_path, Permissions::from_mode(0o600))
-            .map_err(StoreError::backend)?;
+        create_private(&db_path)?;
 
         let mut conn = Connection::open(&db_path).map_err(StoreError::backend)?;
         conn.busy_timeout(BUSY_TIMEOUT)
@@ -321,6 +311,20 @@ impl Inner {
             StoreError::Corrupt("the database connection lock was poisoned by a panic".to_owned())
         })
     }
+}
+
+/// Creates `path` (if missing) readable by its owner only, before SQLite
+/// opens it, so a database file is never readable by others.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(StoreError::backend)?;
+    std::fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(StoreError::backend)
 }
 
 /// Creates the schema in a new database, or checks an existing one's version.
@@ -1522,7 +1526,11 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(sync(&store.inner.conn().unwrap()), 2, "byok.db: FULL");
-        assert_eq!(sync(&store.inner.counters().unwrap()), 1, "usage.db: NORMAL");
+        assert_eq!(
+            sync(&store.inner.counters().unwrap()),
+            1,
+            "usage.db: NORMAL"
+        );
         assert_eq!(sync(&store.inner.usage_reads.lock().unwrap()), 1);
         let mode = std::fs::metadata(tmp.path().join(usage::USAGE_DB_FILE))
             .unwrap()

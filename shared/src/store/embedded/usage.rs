@@ -25,8 +25,6 @@ use crate::domain::{Service, UserId};
 use crate::resolve::ResolutionPath;
 use async_trait::async_trait;
 use rusqlite::{Connection, Row, TransactionBehavior, params};
-use std::fs::{OpenOptions, Permissions};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::time::Duration;
 use time::Date;
@@ -119,15 +117,7 @@ CREATE INDEX rate_counters_expiry ON rate_counters (expires_ms);
 /// the ledger's writer thread.
 pub(super) fn open(data_dir: &Path) -> Result<(Connection, Connection, UsageWriter), StoreError> {
     let path = data_dir.join(USAGE_DB_FILE);
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(StoreError::backend)?;
-    std::fs::set_permissions(&path, Permissions::from_mode(0o600)).map_err(StoreError::backend)?;
+    super::create_private(&path)?;
     let connect = || -> Result<Connection, StoreError> {
         let conn = Connection::open(&path).map_err(StoreError::backend)?;
         conn.busy_timeout(BUSY_TIMEOUT)
