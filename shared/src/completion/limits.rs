@@ -109,6 +109,36 @@ impl RequestLimits {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn both_limits_count_separately_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::embedded::EmbeddedStore::open(
+            dir.path(),
+            crate::crypto::MasterKey::generate(),
+        )
+        .unwrap();
+        let limits = RequestLimits::new(Arc::new(store), Some(2), Some(1));
+        let user = UserId::new("limited").unwrap();
+        let other = UserId::new("other").unwrap();
+        let first = limits.admit(&user, false).await.unwrap().unwrap().unwrap();
+        assert_eq!((first.limit, first.remaining), (2, 1));
+        assert!(limits.admit(&user, true).await.unwrap().is_ok());
+        assert!(limits.admit(&user, false).await.unwrap().is_ok());
+        let refused = limits.admit(&user, false).await.unwrap().unwrap_err();
+        assert_eq!(refused.status.remaining, 0);
+        assert!((1..=60).contains(&refused.retry_after_secs));
+        assert!(
+            limits.admit(&user, true).await.unwrap().is_err(),
+            "team limit 1"
+        );
+        assert!(
+            limits.admit(&other, false).await.unwrap().is_ok(),
+            "per user"
+        );
+        let none = RequestLimits::none();
+        assert_eq!(none.admit(&user, true).await.unwrap().unwrap(), None);
+    }
+
     #[test]
     fn the_tighter_status_has_fewer_left() {
         let s = |remaining| RateStatus {
