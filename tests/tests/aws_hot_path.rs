@@ -3,7 +3,8 @@
 //! Secrets Manager calls for a warm secret, no stale key after replacement,
 //! and team keys read from Secrets Manager ARNs at start. The same holds for
 //! whole completions through the completion service, against the provider
-//! stand-in.
+//! stand-in. The usage ledger is read without a Scan: a user's month is one
+//! Query, the operator's view a Query per day and shard.
 
 use byok::completion::{
     CompletionBody, CompletionService, Outcome, RequestContext, UpstreamClient, UsageRecord,
@@ -271,4 +272,81 @@ async fn warm_completions_make_one_query_and_no_secret_calls() {
     }
     writer.delete(&user, Service::OpenAi, "test").await.unwrap();
     stand_in.shutdown().await;
+}
+
+/// A ledger entry for `user` today.
+fn ledger_entry(user: &UserId, request: u32) -> byok::store::UsageEntry {
+    byok::store::UsageEntry {
+        user: user.clone(),
+        tenant: None,
+        at: byok::domain::now(),
+        request_id: format!("req-{request}"),
+        attempt: 0,
+        service: Service::Gateway,
+        model: "openai/gpt-4o-mini".to_owned(),
+        path: byok::resolve::ResolutionPath::TeamGateway,
+        prompt_tokens: 10,
+        completion_tokens: 2,
+        cost_nanos: Some(3),
+        estimated: false,
+        outcome: byok::store::LedgerOutcome::Ok,
+        error_code: None,
+        stream: true,
+        fallback: false,
+        time_to_first_byte_ms: Some(5),
+        duration_ms: 20,
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_is_read_by_query_never_scan() {
+    use byok::store::UsageStore;
+    let table = unique_name("ledger-calls");
+    ensure_table(&dynamo_client(None), &table).await.unwrap();
+    let calls = CallCounter::default();
+    let store = DynamoMetadataStore::new(dynamo_client(Some(calls.clone())), table);
+    let users: Vec<UserId> = (0..5)
+        .map(|i| UserId::new(unique_name(&format!("ledger-user-{i}"))).unwrap())
+        .collect();
+    for (i, user) in users.iter().enumerate() {
+        let request = u32::try_from(i).unwrap();
+        store
+            .record_usage(
+                &ledger_entry(user, request),
+                Some(Duration::from_secs(86_400)),
+            )
+            .await
+            .unwrap();
+    }
+    // Each entry: two aggregate updates and one raw entry.
+    assert_eq!(calls.count("UpdateItem"), 2 * users.len());
+    assert_eq!(calls.count("PutItem"), users.len());
+    calls.reset();
+
+    let today = byok::domain::now().to_offset(time::UtcOffset::UTC).date();
+    let month_ago = today - time::Duration::days(29);
+    let mine = store.user_usage(&users[0], month_ago, today).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        calls.snapshot(),
+        [("Query".to_owned(), 1)].into(),
+        "a month: one Query"
+    );
+    calls.reset();
+
+    let all = store.all_usage(month_ago, today).await.unwrap();
+    for user in &users {
+        assert!(
+            all.iter().any(|r| &r.user == user),
+            "{user} in the operator view"
+        );
+    }
+    let days = 30;
+    assert_eq!(calls.count("Scan"), 0, "never a Scan");
+    assert_eq!(
+        calls.count("Query"),
+        days * usize::try_from(byok::store::dynamo::DAY_SHARDS).unwrap(),
+        "one Query per day and shard"
+    );
+    assert_eq!(calls.total(), calls.count("Query"));
 }

@@ -119,6 +119,7 @@ const ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
 type Item = HashMap<String, AttributeValue>;
 
 mod usage;
+pub use usage::DAY_SHARDS;
 
 /// Settings and key records in one DynamoDB table (layout in the module doc).
 /// Cloning is cheap and shares the client.
