@@ -41,6 +41,9 @@ usage:
 configuration comes from the environment: BYOK_LISTEN, BYOK_DATA_DIR, BYOK_MASTER_KEY,
 BYOK_JWT_SECRET, BYOK_STORE, BYOK_CATALOG_FILE, AI_GATEWAY_API_KEY, AI_GATEWAY_URL, OPENAI_API_KEY, ...";
 
+/// How long a stopping byok-local waits for usage writes nothing awaits.
+const USAGE_SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Default lifetime of printed tokens.
 pub const DEFAULT_TOKEN_TTL_SECS: u64 = 12 * 3600;
 /// The user the start banner prints a token for.
@@ -456,9 +459,14 @@ async fn serve(config: Config, out: &mut dyn Write) -> Result<(), LocalError> {
             tracing::debug!(error = %err, "TCP_NODELAY not set");
         }
     });
+    let completions = state.completions.clone();
     axum::serve(listener, crate::http::local_router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    // Usage of clients that went away is still being written: finish it.
+    if !completions.settle_usage(USAGE_SETTLE_LIMIT).await {
+        tracing::warn!("some usage records were still being written at exit");
+    }
     tracing::info!("byok-local stopped");
     Ok(())
 }

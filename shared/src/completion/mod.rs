@@ -21,8 +21,8 @@ pub(crate) use upstream::check_key;
 pub use upstream::{
     NoPublicAddress, PublicOnlyResolver, UpstreamClient, UpstreamError, UpstreamErrorKind,
 };
-use usage::UsageMeter;
 pub use usage::{LogUsageSink, Outcome, RequestContext, UsageRecord, UsageSink, log_record};
+use usage::{PendingWrites, UsageMeter};
 
 use crate::config::UpstreamTimeouts;
 use crate::domain::{ApiKey, ModelId, Service, WireApi};
@@ -62,10 +62,11 @@ pub enum CompletionBody {
     /// A `chat.completion` JSON document, and the write of its usage record,
     /// already running: send the document, then await `recorded` before
     /// ending the response (so on Lambda it completes inside the invocation,
-    /// while the client already has the whole document).
+    /// while the client already has the whole document). `None` only
+    /// outside a Tokio runtime (the record then goes to the log alone).
     Json {
         json: Bytes,
-        recorded: tokio::task::JoinHandle<()>,
+        recorded: Option<tokio::task::JoinHandle<()>>,
     },
     /// `text/event-stream` bytes, ending with `data: [DONE]`.
     Stream(BoxStream<'static, Bytes>),
@@ -139,6 +140,8 @@ pub struct CompletionService {
     usage: Arc<dyn UsageSink>,
     timeouts: UpstreamTimeouts,
     limits: RequestLimits,
+    /// Usage writes no request awaits any more.
+    pending: PendingWrites,
 }
 
 /// The parts of a chat request the gateway reads; the rest passes through.
@@ -169,7 +172,15 @@ impl CompletionService {
             usage,
             timeouts,
             limits: RequestLimits::none(),
+            pending: PendingWrites::default(),
         }
+    }
+
+    /// Waits (at most `limit`) for usage writes that no request awaits any
+    /// more (of clients that went away): call before the process exits.
+    /// True when none is left.
+    pub async fn settle_usage(&self, limit: Duration) -> bool {
+        self.pending.settle(limit).await
     }
 
     /// Per-user request limits (none by default).
@@ -190,6 +201,7 @@ impl CompletionService {
     ) -> UsageMeter {
         UsageMeter::new(
             self.usage.clone(),
+            self.pending.clone(),
             started,
             request.prompt_estimate,
             UsageRecord {
@@ -503,9 +515,7 @@ impl CompletionService {
                 if usage.is_none() {
                     text.feed(&json);
                 }
-                let recorded = tokio::spawn(async move {
-                    meter.finish(Outcome::Completed, usage, &text, None).await;
-                });
+                let recorded = meter.finish_spawned(Outcome::Completed, usage, text);
                 Ok(CompletionBody::Json { json, recorded })
             }
         }

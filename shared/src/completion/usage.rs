@@ -128,10 +128,59 @@ pub fn log_record(r: &UsageRecord) {
     );
 }
 
+/// Usage writes that run as tasks of their own (a client went away, so
+/// nothing awaits them), counted so a shutdown can wait for them.
+#[derive(Clone, Default)]
+pub(crate) struct PendingWrites(Arc<PendingInner>);
+
+#[derive(Default)]
+struct PendingInner {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl PendingWrites {
+    /// Runs `write` as a task, counted until it ends. Without a runtime
+    /// (a process shutting down) the record still reaches the log.
+    pub(crate) fn spawn(
+        &self,
+        write: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        use std::sync::atomic::Ordering;
+        self.0.count.fetch_add(1, Ordering::SeqCst);
+        let pending = self.clone();
+        Some(runtime.spawn(async move {
+            write.await;
+            if pending.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                pending.0.idle.notify_waiters();
+            }
+        }))
+    }
+
+    /// Waits until no write is running, at most `limit`; true if none is.
+    pub(crate) async fn settle(&self, limit: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let wait = async {
+            loop {
+                let idle = self.0.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.0.count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
 /// Follows one attempt and hands its record to the sink when it ends. A
 /// meter dropped unfinished (the client went away) records a cancellation.
 pub(crate) struct UsageMeter {
     sink: Arc<dyn UsageSink>,
+    pending: PendingWrites,
     pub(crate) started: Instant,
     pub(crate) first_byte: Option<Duration>,
     /// The request's estimated prompt tokens, for answers without usage.
@@ -142,12 +191,14 @@ pub(crate) struct UsageMeter {
 impl UsageMeter {
     pub(crate) fn new(
         sink: Arc<dyn UsageSink>,
+        pending: PendingWrites,
         started: Instant,
         prompt_estimate: u64,
         record: UsageRecord,
     ) -> Self {
         Self {
             sink,
+            pending,
             started,
             first_byte: None,
             prompt_estimate,
@@ -213,17 +264,33 @@ impl UsageMeter {
         known_prompt: Option<u64>,
     ) {
         if let Some(record) = self.take_record(outcome, usage, streamed, known_prompt) {
-            spawn_record(self.sink.clone(), record);
+            self.spawn_record(record);
         }
     }
-}
 
-fn spawn_record(sink: Arc<dyn UsageSink>, record: UsageRecord) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(async move { sink.record(record).await });
+    /// Writes `record` from a task of its own (counted in `pending`).
+    fn spawn_record(&self, record: UsageRecord) {
+        let sink = self.sink.clone();
+        let fallback = record.clone();
+        if self
+            .pending
+            .spawn(async move { sink.record(record).await })
+            .is_none()
+        {
+            log_record(&fallback);
         }
-        Err(_) => log_record(&record),
+    }
+
+    /// Finishes the attempt in a counted task of its own; the handle ends
+    /// when the record is written.
+    pub(crate) fn finish_spawned(
+        self,
+        outcome: Outcome,
+        usage: Option<Usage>,
+        streamed: StreamedText,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let pending = self.pending.clone();
+        pending.spawn(async move { self.finish(outcome, usage, &streamed, None).await })
     }
 }
 
@@ -234,8 +301,34 @@ impl Drop for UsageMeter {
         if self.record.is_some() {
             let streamed = StreamedText::default();
             if let Some(record) = self.take_record(Outcome::Cancelled, None, &streamed, None) {
-                spawn_record(self.sink.clone(), record);
+                self.spawn_record(record);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn settle_waits_for_running_writes() {
+        let pending = PendingWrites::default();
+        assert!(
+            pending.settle(Duration::from_millis(10)).await,
+            "nothing running"
+        );
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        pending.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        assert!(
+            !pending.settle(Duration::from_millis(5)).await,
+            "still running"
+        );
+        assert!(pending.settle(Duration::from_secs(5)).await);
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

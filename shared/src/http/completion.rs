@@ -59,7 +59,10 @@ pub(super) async fn complete(
                     // known); the response ends once its usage is recorded.
                     let length = json.len();
                     let ledger = futures_util::stream::once(async move {
-                        if let Err(err) = recorded.await {
+                        if let Some(Err(err)) = match recorded {
+                            Some(task) => Some(task.await),
+                            None => None,
+                        } {
                             tracing::error!(error = %err, "usage recording task failed");
                         }
                     })
