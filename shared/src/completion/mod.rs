@@ -292,7 +292,10 @@ impl CompletionService {
                 match self.limits.admit(user, false).await {
                     Ok(Ok(status)) => rate = RateStatus::tighter(rate, status),
                     Ok(Err(refused)) => return Err(self.refuse(meter, route, refused).await),
-                    Err(err) => return Err(CompletionError::Limiter(err).into()),
+                    Err(err) => {
+                        meter.abandon();
+                        return Err(CompletionError::Limiter(err).into());
+                    }
                 }
             }
             if route.path.is_team() && !team_counted {
@@ -308,7 +311,10 @@ impl CompletionService {
                         first_failure.get_or_insert(failure);
                         continue;
                     }
-                    Err(err) => return Err(CompletionError::Limiter(err).into()),
+                    Err(err) => {
+                        meter.abandon();
+                        return Err(CompletionError::Limiter(err).into());
+                    }
                 }
             }
             match self
