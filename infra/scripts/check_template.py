@@ -199,6 +199,7 @@ HTTP_ROUTES = {
     ("PUT", "/api/keys/{service}/pending"): "KeysFunction",
     ("DELETE", "/api/keys/{service}/pending"): "KeysFunction",
     ("GET", "/api/usage"): "KeysFunction",
+    ("GET", "/api/usage/requests"): "KeysFunction",
     ("GET", "/api/admin/usage"): "KeysFunction",
 }
 

@@ -29,6 +29,10 @@ pub const MAX_DAYS: i64 = 366;
 /// The span of a report when `from` is not given.
 pub const DEFAULT_DAYS: i64 = 30;
 
+/// Most raw attempts `GET /api/usage/requests` lists, and its default.
+pub const MAX_RECENT: usize = 100;
+pub const DEFAULT_RECENT: usize = 20;
+
 /// Writes completion records to the ledger, priced from the catalog.
 pub struct UsageLedger {
     store: Arc<dyn UsageStore>,
@@ -248,6 +252,28 @@ impl UsageReports {
     pub async fn all(&self, query: UsageQuery) -> Result<Report, UsageError> {
         let rows = self.store.all_usage(query.from, query.to).await?;
         Ok(build(query, &rows, false))
+    }
+
+    /// `user`'s most recent attempts still retained (`BYOK_USAGE_RETENTION_DAYS`),
+    /// newest first; `limit` is 1 to [`MAX_RECENT`] (default [`DEFAULT_RECENT`]).
+    pub async fn recent(
+        &self,
+        user: &UserId,
+        limit: Option<&str>,
+    ) -> Result<Vec<UsageEntry>, UsageError> {
+        let limit = match limit {
+            None => DEFAULT_RECENT,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_RECENT).contains(n))
+                .ok_or_else(|| {
+                    UsageError::BadQuery(format!(
+                        "limit must be a whole number from 1 to {MAX_RECENT}"
+                    ))
+                })?,
+        };
+        Ok(self.store.recent_usage(user, limit).await?)
     }
 }
 

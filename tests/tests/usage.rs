@@ -307,6 +307,48 @@ async fn streams_are_counted_exactly_and_split_by_payer(mode: Mode) {
         .collect();
     assert_eq!(models, [TEAM_MODEL, BYOK_MODEL]);
 
+    // The raw entries: one per attempt, newest first, the cut ones flagged.
+    let recent = api.get("/api/usage/requests?limit=100").await;
+    assert_eq!(recent.status, StatusCode::OK, "{}", recent.text);
+    let entries = recent.json["requests"].as_array().unwrap();
+    assert_eq!(entries.len(), 28);
+    let cut: Vec<&Value> = entries.iter().filter(|e| e["estimated"] == true).collect();
+    assert_eq!(cut.len(), 5);
+    assert!(
+        cut.iter()
+            .all(|e| e["outcome"] == "cancelled" && e["paidBy"] == "team")
+    );
+    assert!(cut.iter().all(|e| n(&e["completionTokens"]) >= 1));
+    let exact = entries.iter().filter(|e| e["outcome"] == "ok").count();
+    assert_eq!(exact, 23);
+    let times: Vec<time::OffsetDateTime> = entries
+        .iter()
+        .map(|e| {
+            let at = e["at"].as_str().unwrap();
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).unwrap()
+        })
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["requestId"].as_str().is_some_and(|id| !id.is_empty()))
+    );
+    assert_eq!(
+        api.get("/api/usage/requests?limit=2").await.json["requests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    for bad in ["0", "101", "many"] {
+        let answer = api.get(&format!("/api/usage/requests?limit={bad}")).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "limit={bad}");
+    }
+
     // Another user sees nothing of it.
     let other = Api::new(&s.server.base, Some(&s.server.token("otto", false)));
     let theirs = other.get("/api/usage").await;
@@ -325,7 +367,7 @@ async fn streams_are_counted_exactly_and_split_by_payer(mode: Mode) {
         assert_eq!(answer.code(), "invalid_request", "{bad}");
     }
     // The canary: no key in any report.
-    let everything = format!("{}{}{}", by_path, by_day.text, by_model.text);
+    let everything = format!("{}{}{}{}", by_path, by_day.text, by_model.text, recent.text);
     assert!(!everything.contains(OPENAI_KEY) && !everything.contains(TEAM_GATEWAY_KEY));
     s.server.stop();
     s.stand_in.shutdown().await;

@@ -46,6 +46,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/keys/validate"),
     ("GET", "/api/audit"),
     ("GET", "/api/usage"),
+    ("GET", "/api/usage/requests"),
     ("GET", "/api/admin/usage"),
     ("GET", "/v1/models"),
     ("POST", "/v1/chat/completions"),
@@ -84,7 +85,7 @@ pub struct AppState {
 
 /// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`,
 /// `PUT/DELETE /api/keys/{service}/pending`, `GET /api/providers`, `GET /api/audit`,
-/// `GET /api/usage`, `GET /api/admin/usage`.
+/// `GET /api/usage`, `GET /api/usage/requests`, `GET /api/admin/usage`.
 pub fn keys_router(state: AppState) -> Router {
     finish(keys_routes(state))
 }
@@ -135,6 +136,7 @@ fn keys_routes(state: AppState) -> Router {
         )
         .route("/api/audit", get(keys::audit))
         .route("/api/usage", get(usage::mine))
+        .route("/api/usage/requests", get(usage::recent))
         .route("/api/admin/usage", get(usage::all))
         .with_state(state)
 }

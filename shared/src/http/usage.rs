@@ -1,9 +1,11 @@
-//! Handlers of `GET /api/usage` (the caller's own usage) and
+//! Handlers of `GET /api/usage` (the caller's own usage),
+//! `GET /api/usage/requests` (the caller's recent attempts) and
 //! `GET /api/admin/usage` (every user's, admin group only): query strings in,
 //! [`crate::usage`] reports out as JSON.
 
 use super::extract::Caller;
 use super::{ApiError, AppState, ErrorCode};
+use crate::store::UsageEntry;
 use crate::store::usage::{day_text, nanos_to_usd};
 use crate::usage::{GroupBy, Report, ReportRow, UsageQuery};
 use axum::Json;
@@ -155,4 +157,82 @@ pub(super) async fn all(
     let query = query(raw, &GroupBy::FOR_ADMIN)?;
     let report = state.usage.all(query).await?;
     Ok(Json(ReportView::of(&report)))
+}
+
+/// One attempt, as `GET /api/usage/requests` shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AttemptView {
+    at: String,
+    request_id: String,
+    attempt: u32,
+    service: &'static str,
+    model: String,
+    path: &'static str,
+    paid_by: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_usd: Option<f64>,
+    estimated: bool,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<String>,
+    stream: bool,
+    fallback: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_to_first_byte_ms: Option<u64>,
+    duration_ms: u64,
+}
+
+impl AttemptView {
+    fn of(e: UsageEntry) -> Self {
+        Self {
+            at: e
+                .at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            paid_by: e.paid_by().as_str(),
+            request_id: e.request_id,
+            attempt: e.attempt,
+            service: e.service.as_str(),
+            model: e.model,
+            path: e.path.as_str(),
+            tenant: e.tenant.map(|t| t.to_string()),
+            prompt_tokens: e.prompt_tokens,
+            completion_tokens: e.completion_tokens,
+            cost_usd: e.cost_nanos.map(nanos_to_usd),
+            estimated: e.estimated,
+            outcome: e.outcome.as_str(),
+            error_code: e.error_code,
+            stream: e.stream,
+            fallback: e.fallback,
+            time_to_first_byte_ms: e.time_to_first_byte_ms,
+            duration_ms: e.duration_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct AttemptsView {
+    requests: Vec<AttemptView>,
+}
+
+/// `GET /api/usage/requests?limit=`: the caller's most recent attempts.
+pub(super) async fn recent(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<AttemptsView>, ApiError> {
+    let mut limit = None;
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if k == "limit" {
+            limit = Some(v.into_owned());
+        }
+    }
+    let entries = state.usage.recent(&caller.user, limit.as_deref()).await?;
+    Ok(Json(AttemptsView {
+        requests: entries.into_iter().map(AttemptView::of).collect(),
+    }))
 }
