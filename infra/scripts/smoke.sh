@@ -356,6 +356,8 @@ else
 fi
 call GET "/api/usage?from=2026-02-30"
 expect_status "GET /api/usage with a bad day (400)" 400
+call GET "/api/usage/requests?limit=5"
+expect_status "GET /api/usage/requests (the caller's recent attempts)" 200
 call GET "/api/admin/usage?groupBy=user"
 expect_status "GET /api/admin/usage (403 for a non-admin, 200 for an admin)" 403 200
 
