@@ -204,17 +204,14 @@ pub fn state(
         config.team_requests_per_minute,
     ));
     let validation = Arc::new(validation);
-    let rotation = Arc::new(
-        RotationService::new(
-            stores.meta.clone(),
-            stores.secrets.clone(),
-            stores.rotation,
-            validation.clone(),
-            audit.clone(),
-            stores.events,
-        )
-        .with_check_limit(stores.rate_limits, config.validate_per_minute),
-    );
+    let rotation = Arc::new(RotationService::new(
+        stores.meta.clone(),
+        stores.secrets.clone(),
+        stores.rotation,
+        validation.clone(),
+        audit.clone(),
+        stores.events,
+    ));
     let rotation_trigger: Arc<dyn RotationTrigger> =
         match (&config.rotation.function_arn, stores.secrets_manager) {
             (Some(arn), Some(client)) => Arc::new(SecretsManagerTrigger::new(client, arn.clone())),

@@ -51,10 +51,7 @@ use crate::domain::{
     Service, Timestamp, UserId, ValidationResult, mask_key, now,
 };
 use crate::events::{EventSink, KeyEvent, KeyEventKind};
-use crate::store::{
-    AuditAction, Expected, MetadataStore, RateAction, RateLimitStore, RotationStore, SecretStore,
-    StoreError,
-};
+use crate::store::{AuditAction, Expected, MetadataStore, RotationStore, SecretStore, StoreError};
 use crate::validate::ValidationService;
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
@@ -188,8 +185,6 @@ pub struct RotationService {
     validation: Arc<ValidationService>,
     audit: AuditLog,
     events: Arc<dyn EventSink>,
-    /// Staging counts against the per-user key-check limit (limit per minute).
-    check_limit: Option<(Arc<dyn RateLimitStore>, u32)>,
 }
 
 impl RotationService {
@@ -208,40 +203,7 @@ impl RotationService {
             validation,
             audit,
             events,
-            check_limit: None,
         }
-    }
-
-    /// Counts each staging against the per-user key-check limit shared with
-    /// validation (`per_minute` hits per user per minute).
-    #[must_use]
-    pub fn with_check_limit(mut self, limits: Arc<dyn RateLimitStore>, per_minute: u32) -> Self {
-        self.check_limit = Some((limits, per_minute));
-        self
-    }
-
-    /// One hit of the key-check limiter for `user`.
-    async fn take_check(&self, user: &UserId) -> Result<(), RotationError> {
-        let Some((limits, per_minute)) = &self.check_limit else {
-            return Ok(());
-        };
-        let decision = limits
-            .hit(
-                user,
-                RateAction::Validate,
-                *per_minute,
-                std::time::Duration::from_secs(60),
-                now(),
-            )
-            .await?;
-        if decision.allowed {
-            return Ok(());
-        }
-        let secs = decision.retry_after.as_millis().div_ceil(1000);
-        tracing::info!("staging rate limited");
-        Err(RotationError::RateLimited {
-            retry_after_secs: u64::try_from(secs).unwrap_or(u64::MAX).max(1),
-        })
     }
 
     async fn record_of(&self, user: &UserId, service: Service) -> Result<KeyRecord, RotationError> {
@@ -314,8 +276,12 @@ impl RotationService {
             return Err(RotationError::AlreadyPending);
         }
         // The staged key will be checked with its provider: that check counts
-        // (requests refused above, for our own reasons, do not).
-        self.take_check(user).await?;
+        // against the key-check limit (requests refused above, for our own
+        // reasons, do not).
+        if let Some(retry_after_secs) = self.validation.hit(user).await? {
+            tracing::info!("staging rate limited");
+            return Err(RotationError::RateLimited { retry_after_secs });
+        }
         let staged = self
             .store
             .stage(user, service, key)

@@ -322,17 +322,15 @@ impl ValidationService {
         })
     }
 
-    /// One hit of the limiter: `Ok(None)` if allowed, else the seconds to wait.
-    async fn hit(&self, user: &UserId) -> Result<Option<u64>, StoreError> {
+    /// One hit of the per-user key-check limiter (validations, and the
+    /// staging of a rotation key, which is checked too): `Ok(None)` if
+    /// allowed, else the seconds to wait.
+    pub(crate) async fn hit(&self, user: &UserId) -> Result<Option<u64>, StoreError> {
         let decision = self
             .limits
             .hit(user, RateAction::Validate, self.per_minute, WINDOW, now())
             .await?;
-        if decision.allowed {
-            return Ok(None);
-        }
-        let secs = decision.retry_after.as_millis().div_ceil(1000);
-        Ok(Some(u64::try_from(secs).unwrap_or(u64::MAX).max(1)))
+        Ok((!decision.allowed).then(|| decision.retry_after_secs()))
     }
 
     async fn take_hit(&self, user: &UserId) -> Result<(), ValidateError> {

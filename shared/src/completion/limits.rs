@@ -96,11 +96,10 @@ impl RequestLimits {
         if decision.allowed {
             return Ok(Ok(Some(status)));
         }
-        let secs = decision.retry_after.as_millis().div_ceil(1000);
         tracing::info!(action = action.as_str(), limit, "completion rate limited");
         Ok(Err(Refused {
             status,
-            retry_after_secs: u64::try_from(secs).unwrap_or(u64::MAX).max(1),
+            retry_after_secs: decision.retry_after_secs(),
         }))
     }
 }

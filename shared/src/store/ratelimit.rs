@@ -59,6 +59,15 @@ pub struct RateDecision {
     pub reset_after: Duration,
 }
 
+impl RateDecision {
+    /// [`Self::retry_after`] in whole seconds, rounded up, at least 1: the
+    /// `Retry-After` of a refused hit.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_millis().div_ceil(1000);
+        u64::try_from(secs).unwrap_or(u64::MAX).max(1)
+    }
+}
+
 /// Fixed-window counters shared by every instance using the store.
 #[async_trait]
 pub trait RateLimitStore: Send + Sync {
