@@ -174,19 +174,8 @@ async fn run() -> Result<ExitCode, BoxError> {
 
     let mut gw = None;
     if let Some(bin) = &bin {
-        let base_url = standin.base_url();
-        let bin2 = bin.clone();
-        let g = tokio::task::spawn_blocking(move || Gateway::start(&bin2, &base_url)).await??;
-        progress(&format!(
-            "byok-local (pid {}) listening on {}",
-            g.pid, g.base
-        ));
-        g.store_key(&client).await?;
-        let target = Arc::new(Target::new(
-            "gateway",
-            format!("{}/v1/chat/completions", g.base),
-            &g.token,
-        )?);
+        let (g, target) = start_gateway(bin, "gateway", &standin, &client).await?;
+        let target = Arc::new(target);
         if let Err(err) = probe(&client, &target, &bodies).await {
             return Err(format!(
                 "the gateway's POST /v1/chat/completions does not work yet: {err}\nbyok-local stderr:\n{}",
@@ -279,6 +268,26 @@ async fn run() -> Result<ExitCode, BoxError> {
     })
 }
 
+/// Starts `bin` in front of the stand-in, stores the user's key, and
+/// returns it with the target its completions are sent to, named `name`.
+async fn start_gateway(
+    bin: &std::path::Path,
+    name: &'static str,
+    standin: &StandIn,
+    client: &reqwest::Client,
+) -> Result<(Gateway, Target), BoxError> {
+    let base_url = standin.base_url();
+    let bin = bin.to_owned();
+    let g = tokio::task::spawn_blocking(move || Gateway::start(&bin, &base_url)).await??;
+    progress(&format!(
+        "{name}: byok-local (pid {}) listening on {}",
+        g.pid, g.base
+    ));
+    g.store_key(client).await?;
+    let target = Target::new(name, format!("{}/v1/chat/completions", g.base), &g.token)?;
+    Ok((g, target))
+}
+
 /// This build against another byok-local build, at concurrency 1.
 struct BaselineRun {
     path: String,
@@ -361,19 +370,7 @@ async fn compare_baseline(
     this_pid: u32,
     path: &std::path::Path,
 ) -> Result<BaselineRun, BoxError> {
-    let base_url = standin.base_url();
-    let bin = path.to_owned();
-    let g = tokio::task::spawn_blocking(move || Gateway::start(&bin, &base_url)).await??;
-    progress(&format!(
-        "baseline byok-local (pid {}) listening on {}",
-        g.pid, g.base
-    ));
-    g.store_key(client).await?;
-    let baseline = Target::new(
-        "baseline",
-        format!("{}/v1/chat/completions", g.base),
-        &g.token,
-    )?;
+    let (g, baseline) = start_gateway(path, "baseline", standin, client).await?;
     probe(client, &baseline, bodies).await?;
     let (n, warmup) = (opts.requests, opts.warmup);
     progress(&format!(

@@ -94,7 +94,10 @@ pub enum CompletionError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// A per-user request limit is used up for this window.
-    #[error("too many requests: the limit of {limit} completions per minute is used up")]
+    #[error(
+        "too many completion requests: the limit of {limit} a minute is used up; \
+         try again in {retry_after_secs} s"
+    )]
     RateLimited { limit: u32, retry_after_secs: u64 },
     /// The request limiter's store could not be reached.
     #[error("the request limiter failed")]
@@ -521,7 +524,7 @@ impl CompletionService {
                 if usage.is_none() {
                     text.feed(&json);
                 }
-                let recorded = meter.finish_spawned(Outcome::Completed, usage, text);
+                let recorded = meter.finish_spawned(Outcome::Completed, usage, text, None);
                 Ok(CompletionBody::Json { json, recorded })
             }
         }

@@ -340,10 +340,11 @@ impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(meter) = self.meter.take() {
             let known = self.decoder.known_prompt_tokens();
-            meter.finish_detached(
+            // Nothing awaits the write: the task is counted for shutdown.
+            let _ = meter.finish_spawned(
                 Outcome::Cancelled,
                 self.decoder.usage(),
-                &self.streamed,
+                self.streamed,
                 known,
             );
         }

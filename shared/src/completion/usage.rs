@@ -254,43 +254,31 @@ impl UsageMeter {
         self.record = None;
     }
 
-    /// Ends the attempt from a destructor: the record is written by a task
-    /// of its own (nothing can be awaited here).
-    pub(crate) fn finish_detached(
-        mut self,
-        outcome: Outcome,
-        usage: Option<Usage>,
-        streamed: &StreamedText,
-        known_prompt: Option<u64>,
-    ) {
-        if let Some(record) = self.take_record(outcome, usage, streamed, known_prompt) {
-            self.spawn_record(record);
-        }
-    }
-
-    /// Writes `record` from a task of its own (counted in `pending`).
+    /// Writes `record` from a task of its own (counted in `pending`);
+    /// outside a runtime (a process shutting down) it reaches the log alone.
     fn spawn_record(&self, record: UsageRecord) {
-        let sink = self.sink.clone();
-        let fallback = record.clone();
-        if self
-            .pending
-            .spawn(async move { sink.record(record).await })
-            .is_none()
-        {
-            log_record(&fallback);
+        if tokio::runtime::Handle::try_current().is_err() {
+            log_record(&record);
+            return;
         }
+        let sink = self.sink.clone();
+        self.pending.spawn(async move { sink.record(record).await });
     }
 
-    /// Finishes the attempt in a counted task of its own; the handle ends
-    /// when the record is written.
+    /// Finishes the attempt in a counted task of its own, for callers that
+    /// cannot await it here (a destructor) or want to send first; the handle
+    /// ends when the record is written.
     pub(crate) fn finish_spawned(
         self,
         outcome: Outcome,
         usage: Option<Usage>,
         streamed: StreamedText,
+        known_prompt: Option<u64>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let pending = self.pending.clone();
-        pending.spawn(async move { self.finish(outcome, usage, &streamed, None).await })
+        pending.spawn(async move {
+            self.finish(outcome, usage, &streamed, known_prompt).await;
+        })
     }
 }
 

@@ -151,7 +151,7 @@ impl From<CompletionError> for ApiError {
             }
             CompletionError::RateLimited {
                 retry_after_secs, ..
-            } => ApiError::new(ErrorCode::RateLimited, err_message_rate(retry_after_secs))
+            } => ApiError::new(ErrorCode::RateLimited, err.to_string())
                 .with_retry_after(retry_after_secs),
             CompletionError::Upstream(err) => {
                 let code = match err.kind {
@@ -176,8 +176,4 @@ impl From<CompletionError> for ApiError {
             }
         }
     }
-}
-
-fn err_message_rate(retry_after_secs: u64) -> String {
-    format!("too many completion requests; try again in {retry_after_secs} s")
 }

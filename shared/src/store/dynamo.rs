@@ -48,7 +48,7 @@
 //! counter cannot vanish while its window is live. An expired item that
 //! DynamoDB has not yet deleted is harmless: no later hit maps to its window.
 //!
-//! Hits on one (user, action) from one process are also serialised by an
+//! Hits on one counter item from one process are also serialised by an
 //! in-process lock. DynamoDB does not need it (a conditional `UpdateItem` on
 //! one item is atomic, which is what holds the limit across instances; one
 //! Lambda instance serves one request at a time anyway), but the local
@@ -127,26 +127,21 @@ pub use usage::DAY_SHARDS;
 pub struct DynamoMetadataStore {
     client: Client,
     table: String,
-    /// Serialise this process's hits on one counter (sharded by user and
-    /// action); see "Rate counters" in the module doc.
-    hit_locks: Arc<[tokio::sync::Mutex<()>]>,
-    /// Serialise this process's updates of one usage aggregate (sharded by
-    /// item key); see [`usage`].
+    /// Serialise this process's updates of one counter item (rate counters,
+    /// usage aggregates), sharded by item key; see "Rate counters" in the
+    /// module doc and [`usage`].
     item_locks: Arc<[tokio::sync::Mutex<()>]>,
 }
 
-/// Shards of [`DynamoMetadataStore::hit_locks`].
-const HIT_LOCK_SHARDS: usize = 32;
+/// Shards of [`DynamoMetadataStore::item_locks`].
+const ITEM_LOCK_SHARDS: usize = 64;
 
 impl DynamoMetadataStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
-            hit_locks: (0..HIT_LOCK_SHARDS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-            item_locks: (0..HIT_LOCK_SHARDS)
+            item_locks: (0..ITEM_LOCK_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         }
@@ -156,16 +151,8 @@ impl DynamoMetadataStore {
     fn item_lock(&self, pk: &str, sk: &str) -> &tokio::sync::Mutex<()> {
         let mut hasher = std::hash::DefaultHasher::new();
         (pk, sk).hash(&mut hasher);
-        let shard = usize::try_from(hasher.finish() % HIT_LOCK_SHARDS as u64).unwrap_or(0);
+        let shard = usize::try_from(hasher.finish() % ITEM_LOCK_SHARDS as u64).unwrap_or(0);
         &self.item_locks[shard % self.item_locks.len()]
-    }
-
-    /// The lock serialising this process's hits on (user, action).
-    fn hit_lock(&self, user: &UserId, action: RateAction) -> &tokio::sync::Mutex<()> {
-        let mut hasher = std::hash::DefaultHasher::new();
-        (user, action).hash(&mut hasher);
-        let shard = usize::try_from(hasher.finish() % HIT_LOCK_SHARDS as u64).unwrap_or(0);
-        &self.hit_locks[shard % self.hit_locks.len()]
     }
 
     /// The table this store reads and writes.
@@ -606,8 +593,9 @@ impl RateLimitStore for DynamoMetadataStore {
         if limit == 0 {
             return Ok(w.decision(limit, None));
         }
+        let pk = rate_pk(user);
         let sk = format!("{action}#{}#{}", w.len_ms, w.start_ms);
-        let _serialised = self.hit_lock(user, action).lock().await;
+        let _serialised = self.item_lock(&pk, &sk).lock().await;
         let ttl = w
             .end_ms
             .div_euclid(1000)
@@ -617,7 +605,7 @@ impl RateLimitStore for DynamoMetadataStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, s(rate_pk(user)))
+            .key(PK, s(pk))
             .key(SK, s(sk))
             .update_expression("SET #ttl = :ttl ADD #count :one")
             .condition_expression("attribute_not_exists(#count) OR #count < :limit")

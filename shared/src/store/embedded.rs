@@ -300,17 +300,29 @@ impl EmbeddedStore {
 }
 
 impl Inner {
-    fn counters(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.counters.lock().map_err(|_| {
-            StoreError::Corrupt("the counters connection lock was poisoned by a panic".to_owned())
-        })
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        lock(&self.conn, "database")
     }
 
-    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.conn.lock().map_err(|_| {
-            StoreError::Corrupt("the database connection lock was poisoned by a panic".to_owned())
-        })
+    fn counters(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        lock(&self.counters, "counters")
     }
+
+    fn usage_reads(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        lock(&self.usage_reads, "usage")
+    }
+}
+
+/// Locks one of the store's connections; a poisoned lock is an error, not a panic.
+fn lock<'a>(
+    conn: &'a Mutex<Connection>,
+    which: &str,
+) -> Result<MutexGuard<'a, Connection>, StoreError> {
+    conn.lock().map_err(|_| {
+        StoreError::Corrupt(format!(
+            "the {which} connection lock was poisoned by a panic"
+        ))
+    })
 }
 
 /// Creates `path` (if missing) readable by its owner only, before SQLite

@@ -267,6 +267,11 @@ pub trait UsageStore: Send + Sync {
     ) -> Result<Vec<UsageEntry>, StoreError>;
 }
 
+/// An instant as Unix epoch milliseconds, as raw entries are keyed and kept.
+pub(crate) fn epoch_ms(t: Timestamp) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
+}
+
 /// `YYYY-MM-DD`, the day as every backend stores it.
 pub fn day_text(day: Date) -> String {
     format!(

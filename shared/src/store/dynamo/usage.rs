@@ -24,12 +24,13 @@
 //! the local emulator loses concurrent updates of one item without it.
 
 use super::super::usage::{
-    LedgerOutcome, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore, day_text, parse_day,
+    LedgerOutcome, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore, day_text, epoch_ms,
+    parse_day,
 };
 use super::{
     Attrs, DynamoMetadataStore, Item, PK, SK, StoreError, TTL_ATTRIBUTE, backend, corrupt, s,
 };
-use crate::domain::{Service, Timestamp, UserId};
+use crate::domain::{Service, UserId};
 use crate::resolve::ResolutionPath;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -65,10 +66,6 @@ fn shard_of(user: &UserId) -> u64 {
 
 fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
-}
-
-fn epoch_ms(t: Timestamp) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
 }
 
 impl DynamoMetadataStore {

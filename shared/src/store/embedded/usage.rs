@@ -18,7 +18,8 @@
 //! caller gets its own entry's outcome.
 
 use super::super::usage::{
-    LedgerOutcome, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore, day_text, parse_day,
+    LedgerOutcome, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore, day_text, epoch_ms,
+    parse_day,
 };
 use super::{BUSY_TIMEOUT, EmbeddedStore, StoreError, bool_from_int, col, corrupt};
 use crate::domain::{Service, UserId};
@@ -177,7 +178,7 @@ struct Job {
 /// The handle of the ledger's writer thread; the thread ends when the
 /// handle (the store) is dropped.
 pub(super) struct UsageWriter {
-    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl UsageWriter {
@@ -188,9 +189,7 @@ impl UsageWriter {
             .name("byok-usage-writer".to_owned())
             .spawn(move || run_writer(conn, &queue))
             .map_err(StoreError::backend)?;
-        Ok(Self {
-            jobs: std::sync::Mutex::new(jobs),
-        })
+        Ok(Self { jobs })
     }
 
     async fn write(
@@ -201,8 +200,6 @@ impl UsageWriter {
         let (done, outcome) = tokio::sync::oneshot::channel();
         let gone = || StoreError::backend(std::io::Error::other("the usage writer has stopped"));
         self.jobs
-            .lock()
-            .map_err(|_| gone())?
             .send(Job {
                 entry,
                 retention,
@@ -406,10 +403,6 @@ fn uint(row: &Row<'_>, idx: usize, column: &str) -> Result<u64, StoreError> {
         .map_err(|_| corrupt(&format!("{column} is negative")))
 }
 
-fn epoch_ms(t: crate::domain::Timestamp) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
-}
-
 /// A row of (day, user, tenant, service, model, path, counters…).
 fn usage_row(row: &Row<'_>, with_tenant: bool) -> Result<UsageRow, StoreError> {
     let day = parse_day(&col::<String>(row, 0, "usage_daily.day")?)
@@ -577,13 +570,5 @@ impl UsageStore for EmbeddedStore {
             Ok(out)
         })
         .await
-    }
-}
-
-impl super::Inner {
-    fn usage_reads(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
-        self.usage_reads.lock().map_err(|_| {
-            StoreError::Corrupt("the usage connection lock was poisoned by a panic".to_owned())
-        })
     }
 }
