@@ -5,8 +5,9 @@
 //!
 //! The rule is cheap and conservative: about four characters per token, and
 //! at least one token per streamed piece of text (OpenAI-compatible streams
-//! send roughly one token per chunk). Prompts count the text of their
-//! messages plus a few tokens of framing per message.
+//! send roughly one token per chunk). Prompts count the UTF-8 bytes of their
+//! messages' text (no walk over the text itself on the request path) plus a
+//! few tokens of framing per message.
 
 use serde_json::{Map, Value};
 
@@ -26,11 +27,11 @@ pub(crate) fn prompt_tokens(body: &Map<String, Value>) -> u64 {
     chars.div_ceil(CHARS_PER_TOKEN).saturating_add(framing)
 }
 
-/// Characters of every string inside `value` (message text, content parts,
+/// UTF-8 bytes of every string inside `value` (message text, content parts,
 /// tool call arguments).
 fn text_chars(value: &Value) -> u64 {
     match value {
-        Value::String(s) => s.chars().count() as u64,
+        Value::String(s) => s.len() as u64,
         Value::Array(items) => items.iter().map(text_chars).sum(),
         Value::Object(map) => map.values().map(text_chars).sum(),
         _ => 0,
