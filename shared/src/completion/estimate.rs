@@ -51,10 +51,10 @@ pub(crate) struct StreamedText {
 impl StreamedText {
     /// Counts the text in `bytes` (whole SSE events or a whole JSON body).
     pub(crate) fn feed(&mut self, bytes: &[u8]) {
-        for field in [&b"\"content\""[..], &b"\"arguments\""[..]] {
+        for field in [&*CONTENT, &*ARGUMENTS] {
             let mut rest = bytes;
-            while let Some(at) = find(rest, field) {
-                rest = &rest[at + field.len()..];
+            while let Some(at) = field.find(rest) {
+                rest = &rest[at + field.needle().len()..];
                 let Some(start) = string_start(rest) else {
                     continue;
                 };
@@ -115,9 +115,11 @@ fn string_chars(s: &[u8]) -> (u64, usize) {
     (chars, s.len())
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
+/// The keys whose string values are streamed text, as prebuilt searchers.
+static CONTENT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"content\""));
+static ARGUMENTS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"arguments\""));
 
 #[cfg(test)]
 mod tests {
