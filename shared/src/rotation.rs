@@ -398,6 +398,15 @@ impl RotationService {
         let (user, service) = (versions.user, versions.service);
         let record = self.record_of(&user, service).await?;
         let Some(pending) = record.pending.clone() else {
+            if record
+                .last_rotation
+                .as_ref()
+                .is_some_and(|o| o.rejected == Some(RotationRejection::Cancelled))
+            {
+                // The staging this rotation was started for was cancelled
+                // before its first step ran: the cancel is the outcome.
+                return Err(RotationError::Superseded);
+            }
             self.fail(&record, token, RotationRejection::NothingStaged)
                 .await;
             return Err(RotationError::NothingStaged(service));

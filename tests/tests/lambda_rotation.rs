@@ -14,7 +14,8 @@
 //!   `finishSecret`), each delivered twice as Secrets Manager retries, promote
 //!   the staged key.
 //! - A key the provider refuses fails `testSecret` and is never promoted.
-//! - `createSecret` with nothing staged fails for good.
+//! - `createSecret` with nothing staged fails for good, and after a cancelled
+//!   staging leaves the cancel as the outcome.
 //! - The scheduled sweep answers its report and puts its events on the
 //!   EventBridge bus (read back through an SQS queue the bus's rule targets).
 //!
@@ -494,6 +495,23 @@ async fn a_create_step_without_a_staged_key_fails_for_good() {
     let shown = s.shown().await;
     assert_eq!(shown["maskedKey"], "sk-proj-…0001", "{shown}");
     assert_eq!(shown["lastRotation"]["reason"], "nothing_staged", "{shown}");
+    assert_eq!(s.completion_key().await, OLD_KEY);
+
+    // A staging cancelled before its rotation's first step ran: the step
+    // stops for good and the cancel stays the recorded outcome.
+    s.stage(NEW_KEY).await;
+    let cancelled = s.api.delete("/api/keys/openai/pending").await;
+    assert_eq!(cancelled.status.as_u16(), 200, "{}", cancelled.text);
+    let message = error_message(
+        function
+            .step("createSecret", &record.secret.id, &fresh_token())
+            .await,
+    );
+    assert!(message.contains("final"), "{message}");
+    let shown = s.shown().await;
+    assert_eq!(shown["maskedKey"], "sk-proj-…0001", "{shown}");
+    assert_eq!(shown["lastRotation"]["reason"], "cancelled", "{shown}");
+    assert!(shown.get("pending").is_none(), "{shown}");
     assert_eq!(s.completion_key().await, OLD_KEY);
 
     function.stop();
