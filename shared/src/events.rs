@@ -1,13 +1,15 @@
-//! Key-health events operators subscribe to: `key.invalid`,
-//! `key.rotation_due`, `key.rotated` and `key.rotation_failed`.
+//! Events operators subscribe to: key health (`key.invalid`,
+//! `key.rotation_due`, `key.rotated`, `key.rotation_failed`) and budget
+//! alerts (`budget.threshold`).
 //!
-//! Rotation and the sweep hand events to an [`EventSink`]: on AWS,
-//! [`EventBridgeSink`] puts them on the stack's event bus (source
-//! [`EVENT_SOURCE`], detail type the event name, detail the JSON of
-//! [`KeyEvent`]); locally [`JsonLinesSink`] appends them to a file, and
-//! [`LogSink`] writes them to the log. An event names the user, the service
-//! and the masked key, never the key. Publishing never fails the work that
-//! produced the event: a sink that cannot deliver logs the loss.
+//! Rotation, the sweep and the budgets hand events to an [`EventSink`]: on
+//! AWS, [`EventBridgeSink`] puts them on the stack's event bus (source
+//! [`EVENT_SOURCE`], detail type the event name, detail the event's JSON);
+//! locally [`JsonLinesSink`] appends them to a file, and [`LogSink`] writes
+//! them to the log. A key event names the user, the service and the masked
+//! key, never the key. Publishing never fails the work that produced the
+//! event: a sink that cannot deliver logs the loss. [`WebhookSink`] also
+//! POSTs budget alerts to the operator's URL, signed (see its doc).
 
 use crate::domain::{Service, Timestamp, UserId};
 use async_trait::async_trait;
@@ -100,11 +102,70 @@ impl KeyEvent {
     }
 }
 
+/// The name of a budget alert (EventBridge detail type, `event` field).
+pub const BUDGET_THRESHOLD: &str = "budget.threshold";
+
+/// A budget's usage crossed one of its alert thresholds: raised once per
+/// budget, period and threshold. Amounts are in the budget's unit (`type`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetEvent {
+    /// Always [`BUDGET_THRESHOLD`].
+    pub event: &'static str,
+    /// The budget's type: `tokens` or `usd`.
+    #[serde(rename = "type")]
+    pub unit: &'static str,
+    /// `user` or `tenant`.
+    pub scope: &'static str,
+    pub id: String,
+    /// `daily`, `weekly`, `monthly` or `total`.
+    pub period: &'static str,
+    /// The period's first day (UTC, `YYYY-MM-DD`); `null` for `total`.
+    pub period_start: Option<String>,
+    /// Percent of the limit.
+    pub threshold: u8,
+    pub used: serde_json::Number,
+    pub limit: serde_json::Number,
+    #[serde(serialize_with = "instant")]
+    pub at: Timestamp,
+}
+
+/// Any event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Key(KeyEvent),
+    Budget(BudgetEvent),
+}
+
+impl Event {
+    /// The event name (EventBridge detail type).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Key(e) => e.kind.as_str(),
+            Self::Budget(_) => BUDGET_THRESHOLD,
+        }
+    }
+
+    /// The event as one line of JSON.
+    pub fn to_json(&self) -> String {
+        match self {
+            Self::Key(e) => e.to_json(),
+            Self::Budget(e) => serde_json::to_string(e).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<KeyEvent> for Event {
+    fn from(e: KeyEvent) -> Self {
+        Self::Key(e)
+    }
+}
+
 /// Where events go.
 #[async_trait]
 pub trait EventSink: Send + Sync {
     /// Delivers `events`; failures are logged, never returned.
-    async fn publish(&self, events: &[KeyEvent]);
+    async fn publish(&self, events: &[Event]);
 }
 
 /// Writes events to the log only.
@@ -113,9 +174,9 @@ pub struct LogSink;
 
 #[async_trait]
 impl EventSink for LogSink {
-    async fn publish(&self, events: &[KeyEvent]) {
+    async fn publish(&self, events: &[Event]) {
         for event in events {
-            tracing::info!(event = event.kind.as_str(), detail = %event.to_json(), "key event");
+            tracing::info!(event = event.name(), detail = %event.to_json(), "event");
         }
     }
 }
@@ -135,7 +196,7 @@ impl JsonLinesSink {
         }
     }
 
-    fn append(&self, events: &[KeyEvent]) -> std::io::Result<()> {
+    fn append(&self, events: &[Event]) -> std::io::Result<()> {
         let _guard = self
             .lock
             .lock()
@@ -155,13 +216,13 @@ impl JsonLinesSink {
 
 #[async_trait]
 impl EventSink for JsonLinesSink {
-    async fn publish(&self, events: &[KeyEvent]) {
+    async fn publish(&self, events: &[Event]) {
         LogSink.publish(events).await;
         if events.is_empty() {
             return;
         }
         if let Err(err) = self.append(events) {
-            tracing::warn!(path = %self.path.display(), error = %err, "key events not written");
+            tracing::warn!(path = %self.path.display(), error = %err, "events not written");
         }
     }
 }
@@ -184,7 +245,7 @@ impl EventBridgeSink {
 
 #[async_trait]
 impl EventSink for EventBridgeSink {
-    async fn publish(&self, events: &[KeyEvent]) {
+    async fn publish(&self, events: &[Event]) {
         use aws_sdk_eventbridge::types::PutEventsRequestEntry;
         LogSink.publish(events).await;
         for batch in events.chunks(PUT_EVENTS_BATCH) {
@@ -192,7 +253,7 @@ impl EventSink for EventBridgeSink {
                 PutEventsRequestEntry::builder()
                     .event_bus_name(&self.bus)
                     .source(EVENT_SOURCE)
-                    .detail_type(event.kind.as_str())
+                    .detail_type(event.name())
                     .detail(event.to_json())
                     .build()
             });
@@ -206,11 +267,11 @@ impl EventSink for EventBridgeSink {
                 Ok(out) if out.failed_entry_count() == 0 => {}
                 Ok(out) => tracing::warn!(
                     failed = out.failed_entry_count(),
-                    "some key events were not accepted by EventBridge"
+                    "some events were not accepted by EventBridge"
                 ),
                 Err(err) => tracing::warn!(
                     error = %aws_sdk_eventbridge::error::DisplayErrorContext(&err),
-                    "key events not delivered to EventBridge"
+                    "events not delivered to EventBridge"
                 ),
             }
         }
@@ -220,4 +281,124 @@ impl EventSink for EventBridgeSink {
 /// RFC 3339 text of `t` (for reports).
 pub fn rfc3339(t: Timestamp) -> String {
     t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Budget alerts also POSTed to the operator's webhook
+/// (`BYOK_ALERT_WEBHOOK_URL`): the body is the event's JSON, signed in
+/// `x-byok-signature: t={unix seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}`
+/// with `BYOK_ALERT_WEBHOOK_SECRET` (receivers recompute it and refuse old
+/// `t`s). Each delivery runs as a task of its own, retried with backoff on
+/// a failed connection, a 429 or a 5xx, so it never holds up a completion.
+/// Every event still goes to the wrapped sink first.
+pub struct WebhookSink {
+    inner: std::sync::Arc<dyn EventSink>,
+    url: String,
+    secret: Option<WebhookSecret>,
+    client: reqwest::Client,
+}
+
+/// The webhook's signing secret; never printed.
+pub struct WebhookSecret(secrecy::SecretString);
+
+impl WebhookSecret {
+    pub fn new(secret: String) -> Self {
+        Self(secret.into())
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(…)")
+    }
+}
+
+/// Delivery attempts of one alert, and the wait before the second.
+const WEBHOOK_ATTEMPTS: u32 = 4;
+const WEBHOOK_FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+const WEBHOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl WebhookSink {
+    pub fn new(
+        inner: std::sync::Arc<dyn EventSink>,
+        url: String,
+        secret: Option<WebhookSecret>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(WEBHOOK_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            inner,
+            url,
+            secret,
+            client,
+        })
+    }
+
+    /// `x-byok-signature` of `body` at Unix second `t`.
+    pub fn signature(secret: &str, t: i64, body: &str) -> String {
+        use hmac::Mac as _;
+        let Ok(mut mac) =
+            <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(secret.as_bytes())
+        else {
+            return String::new();
+        };
+        mac.update(format!("{t}.{body}").as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("t={t},v1={hex}")
+    }
+
+    fn deliver(&self, event: &Event) {
+        let body = event.to_json();
+        let t = time::OffsetDateTime::now_utc().unix_timestamp();
+        let signature = self.secret.as_ref().map(|secret| {
+            Self::signature(secrecy::ExposeSecret::expose_secret(&secret.0), t, &body)
+        });
+        let (client, url, name) = (self.client.clone(), self.url.clone(), event.name());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(event = name, "alert webhook not called: no runtime");
+            return;
+        };
+        runtime.spawn(async move {
+            let mut wait = WEBHOOK_FIRST_RETRY;
+            for attempt in 1..=WEBHOOK_ATTEMPTS {
+                let mut request = client
+                    .post(&url)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                if let Some(signature) = &signature {
+                    request = request.header("x-byok-signature", signature);
+                }
+                let retry = match request.send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => {
+                        let status = r.status();
+                        tracing::warn!(event = name, attempt, status = status.as_u16(), "alert webhook refused the event");
+                        status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS
+                    }
+                    Err(err) => {
+                        tracing::warn!(event = name, attempt, error = %err, "alert webhook not reached");
+                        true
+                    }
+                };
+                if !retry || attempt == WEBHOOK_ATTEMPTS {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            tracing::error!(event = name, "alert webhook delivery given up");
+        });
+    }
+}
+
+#[async_trait]
+impl EventSink for WebhookSink {
+    async fn publish(&self, events: &[Event]) {
+        self.inner.publish(events).await;
+        for event in events.iter().filter(|e| matches!(e, Event::Budget(_))) {
+            self.deliver(event);
+        }
+    }
 }

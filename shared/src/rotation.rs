@@ -537,7 +537,7 @@ impl RotationService {
             reason: Some(reason.as_str()),
             keyed_at: None,
         };
-        self.events.publish(&[event]).await;
+        self.events.publish(&[event.into()]).await;
     }
 
     async fn finish(&self, secret_id: &str, token: &str) -> Result<(), RotationError> {
@@ -593,7 +593,7 @@ impl RotationService {
                 reason: None,
                 keyed_at: Some(at),
             };
-            self.events.publish(&[event]).await;
+            self.events.publish(&[event.into()]).await;
         }
         Ok(())
     }
@@ -666,7 +666,9 @@ impl RotationService {
             }
         }
         report.orphans_removed = self.remove_orphans(&referenced, started, policy).await?;
-        self.events.publish(&report.events).await;
+        let events: Vec<crate::events::Event> =
+            report.events.iter().cloned().map(Into::into).collect();
+        self.events.publish(&events).await;
         tracing::info!(
             keys = report.keys,
             checked = report.checked,

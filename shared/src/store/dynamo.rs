@@ -118,6 +118,7 @@ const ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Item = HashMap<String, AttributeValue>;
 
+mod budget;
 mod usage;
 pub use usage::DAY_SHARDS;
 

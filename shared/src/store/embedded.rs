@@ -61,6 +61,7 @@ use std::time::Duration;
 use time::UtcOffset;
 use time::format_description::well_known::Rfc3339;
 
+mod budget;
 mod usage;
 
 /// File name of the database inside the data directory.

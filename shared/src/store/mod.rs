@@ -18,6 +18,7 @@
 //! resolution.
 
 pub mod audit;
+pub mod budget;
 pub mod cache;
 pub mod dynamo;
 pub mod embedded;
@@ -28,6 +29,10 @@ pub mod secrets_manager;
 pub mod usage;
 
 pub use audit::{AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore, BadCursor};
+pub use budget::{
+    Amount, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore, BudgetTerms,
+    BudgetUnit, Hold,
+};
 pub use ratelimit::{RateAction, RateDecision, RateLimitStore};
 pub use rotation::{ListedSecret, RotationStore, SecretVersions};
 pub use usage::{LedgerOutcome, PaidBy, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore};

@@ -1,5 +1,6 @@
 //! The embedded store's metering file, `usage.db` beside `byok.db` (0600,
-//! WAL): the usage ledger and the rate counters. Its connections run with
+//! WAL): the usage ledger, the rate counters and (schema version 2) the
+//! budgets ([`super::budget`]). Its connections run with
 //! `synchronous=NORMAL`: a commit is atomic and survives a crash of the
 //! process, but is synced to disk with the next checkpoint rather than at
 //! once (a power loss can lose the last moments of metering, never a key:
@@ -49,7 +50,7 @@ const COUNT_COLUMNS: [&str; 11] = [
 pub const USAGE_DB_FILE: &str = "usage.db";
 
 /// The ledger's schema, kept in `PRAGMA user_version`.
-const USAGE_SCHEMA_VERSION: i64 = 1;
+const USAGE_SCHEMA_VERSION: i64 = 2;
 
 /// Schema version 1. Day aggregates are keyed by user first (a user's month
 /// is one index range) and indexed by day (the operator's view reads a range
@@ -143,8 +144,12 @@ pub(super) fn open(data_dir: &Path) -> Result<(Connection, Connection, UsageWrit
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(StoreError::backend)?;
     match version {
-        0 => {
-            tx.execute_batch(USAGE_SCHEMA_V1)
+        0 | 1 => {
+            if version == 0 {
+                tx.execute_batch(USAGE_SCHEMA_V1)
+                    .map_err(StoreError::backend)?;
+            }
+            tx.execute_batch(super::budget::SCHEMA_V2)
                 .map_err(StoreError::backend)?;
             tx.pragma_update(None, "user_version", USAGE_SCHEMA_VERSION)
                 .map_err(StoreError::backend)?;
