@@ -4,11 +4,14 @@
 
 use crate::audit::AuditLog;
 use crate::auth::{AuthError, Authenticator, JwtSecret, TokenVerifier};
+use crate::budget::BudgetService;
 use crate::catalog::{Catalog, CatalogError};
 use crate::completion::{CompletionService, RequestLimits, UpstreamClient};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::crypto::{CryptoError, MasterKey};
-use crate::events::{EventBridgeSink, EventSink, JsonLinesSink, LogSink};
+use crate::events::{
+    EventBridgeSink, EventSink, JsonLinesSink, LogSink, WebhookSecret, WebhookSink,
+};
 use crate::http::AppState;
 use crate::keys::KeyService;
 use crate::resolve::Resolver;
@@ -21,7 +24,8 @@ use crate::store::secrets_manager::{
     SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
 };
 use crate::store::{
-    AuditStore, MetadataStore, RateLimitStore, RotationStore, SecretStore, StoreError, UsageStore,
+    AuditStore, BudgetStore, MetadataStore, RateLimitStore, RotationStore, SecretStore, StoreError,
+    UsageStore,
 };
 use crate::usage::{UsageLedger, UsageReports};
 use crate::validate::ValidationService;
@@ -66,6 +70,8 @@ pub struct Stores {
     pub audit: Arc<dyn AuditStore>,
     /// The usage ledger (the metadata store's backend).
     pub usage: Arc<dyn UsageStore>,
+    /// Budgets (the metadata store's backend).
+    pub budgets: Arc<dyn BudgetStore>,
     /// Staging labels for rotation (the secret store's backend, uncached).
     pub rotation: Arc<dyn RotationStore>,
     /// Where key events go.
@@ -94,6 +100,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 rate_limits: store.clone(),
                 audit: store.clone(),
                 usage: store.clone(),
+                budgets: store.clone(),
                 rotation: store.clone(),
                 secrets: store,
                 events: Arc::new(LogSink),
@@ -140,6 +147,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 meta: meta.clone(),
                 rate_limits: meta.clone(),
                 usage: meta.clone(),
+                budgets: meta.clone(),
                 audit: meta,
                 rotation: secrets.clone(),
                 secrets,
@@ -151,6 +159,13 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
     };
     if let Some(path) = &config.rotation.events_file {
         stores.events = Arc::new(JsonLinesSink::new(path.clone()));
+    }
+    if let Some(url) = &config.alert_webhook_url {
+        let secret = config
+            .alert_webhook_secret
+            .as_ref()
+            .map(|s| WebhookSecret::new(s.expose_secret().to_owned()));
+        stores.events = Arc::new(WebhookSink::new(stores.events, url.clone(), secret)?);
     }
     stores.secrets = Arc::new(CachedSecretStore::new(
         stores.secrets,
@@ -185,11 +200,21 @@ pub fn state(
         config.validate_per_minute,
     );
     let catalog = Arc::new(catalog(config)?);
+    let budgets = Arc::new(
+        BudgetService::new(
+            stores.budgets,
+            catalog.clone(),
+            stores.events.clone(),
+            audit.clone(),
+        )
+        .with_reservations(config.default_reserve_tokens, config.reservation_ttl),
+    );
     let ledger = UsageLedger::new(
         stores.usage.clone(),
         catalog.clone(),
         config.usage_retention,
-    );
+    )
+    .with_budgets(budgets.clone());
     let completions = CompletionService::new(
         resolver.clone(),
         stores.secrets.clone(),
@@ -202,7 +227,8 @@ pub fn state(
         stores.rate_limits.clone(),
         config.requests_per_minute,
         config.team_requests_per_minute,
-    ));
+    ))
+    .with_budgets(budgets.clone());
     let validation = Arc::new(validation);
     let rotation = Arc::new(RotationService::new(
         stores.meta.clone(),
@@ -229,6 +255,7 @@ pub fn state(
         catalog,
         completions: Arc::new(completions),
         usage: Arc::new(UsageReports::new(stores.usage)),
+        budgets,
     })
 }
 

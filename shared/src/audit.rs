@@ -42,6 +42,31 @@ impl AuditLog {
         result: Option<&str>,
         request_id: &str,
     ) {
+        self.append(user, action, Some(service), result, request_id)
+            .await;
+    }
+
+    /// Records a budget change by `admin`; `budget` names the budget
+    /// (`user:{id}` or `tenant:{id}`) as the event's result.
+    pub async fn record_budget(
+        &self,
+        admin: &UserId,
+        action: AuditAction,
+        budget: &str,
+        request_id: &str,
+    ) {
+        self.append(admin, action, None, Some(budget), request_id)
+            .await;
+    }
+
+    async fn append(
+        &self,
+        user: &UserId,
+        action: AuditAction,
+        service: Option<Service>,
+        result: Option<&str>,
+        request_id: &str,
+    ) {
         let event = match AuditEvent::new(
             user.clone(),
             action,
@@ -51,12 +76,12 @@ impl AuditLog {
         ) {
             Ok(event) => event,
             Err(err) => {
-                tracing::error!(%action, %service, error = %err, "audit event not created");
+                tracing::error!(%action, service = service.map(Service::as_str), error = %err, "audit event not created");
                 return;
             }
         };
         if let Err(err) = self.store.append(&event).await {
-            tracing::error!(%action, %service, error = %err, "audit event not written");
+            tracing::error!(%action, service = service.map(Service::as_str), error = %err, "audit event not written");
         }
     }
 

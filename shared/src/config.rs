@@ -45,6 +45,16 @@ pub struct Config {
     pub usage_retention: Option<Duration>,
     /// The token claim naming the caller's tenant (`BYOK_TENANT_CLAIM`).
     pub tenant_claim: Option<String>,
+    /// Tokens a budget reserves for the answer of a request that names no
+    /// `max_tokens` (`BYOK_DEFAULT_RESERVE_TOKENS`, default 4096).
+    pub default_reserve_tokens: u64,
+    /// How long an unsettled budget reservation counts
+    /// (`BYOK_RESERVATION_TTL_SECS`, default 900).
+    pub reservation_ttl: Duration,
+    /// Where budget alerts are POSTed (`BYOK_ALERT_WEBHOOK_URL`), and the
+    /// secret that signs them (`BYOK_ALERT_WEBHOOK_SECRET`).
+    pub alert_webhook_url: Option<String>,
+    pub alert_webhook_secret: Option<SecretString>,
     /// How long a key check waits on its provider (`BYOK_VALIDATE_TIMEOUT_SECS`).
     pub validate_timeout: Duration,
     pub table_name: Option<String>,
@@ -205,6 +215,38 @@ impl Config {
         }
         let usage_retention =
             (retention_days > 0).then(|| Duration::from_secs(retention_days * 86_400));
+        let default_reserve_tokens = number(
+            "BYOK_DEFAULT_RESERVE_TOKENS",
+            crate::budget::DEFAULT_RESERVE_TOKENS,
+        )?;
+        if default_reserve_tokens > 10_000_000 {
+            return Err(ConfigError::Invalid {
+                name: "BYOK_DEFAULT_RESERVE_TOKENS",
+                expected: "a number of tokens from 0 to 10000000",
+            });
+        }
+        let reservation_ttl = Duration::from_secs(
+            Some(number(
+                "BYOK_RESERVATION_TTL_SECS",
+                crate::budget::DEFAULT_RESERVATION_TTL.as_secs(),
+            )?)
+            .filter(|s| (1..=86_400).contains(s))
+            .ok_or(ConfigError::Invalid {
+                name: "BYOK_RESERVATION_TTL_SECS",
+                expected: "a number of seconds from 1 to 86400",
+            })?,
+        );
+        let alert_webhook_url = get("BYOK_ALERT_WEBHOOK_URL").map(|u| u.trim().to_owned());
+        if let Some(url) = &alert_webhook_url {
+            let ok = url::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    name: "BYOK_ALERT_WEBHOOK_URL",
+                    expected: "an http(s) URL",
+                });
+            }
+        }
         let secret_recovery_days = u32::try_from(number(
             "BYOK_SECRET_RECOVERY_DAYS",
             DEFAULT_SECRET_RECOVERY_DAYS.into(),
@@ -343,6 +385,10 @@ impl Config {
             requests_per_minute,
             usage_retention,
             tenant_claim: get("BYOK_TENANT_CLAIM").map(|c| c.trim().to_owned()),
+            default_reserve_tokens,
+            reservation_ttl,
+            alert_webhook_url,
+            alert_webhook_secret: get("BYOK_ALERT_WEBHOOK_SECRET").map(SecretString::from),
             validate_timeout,
             table_name: get("BYOK_TABLE_NAME"),
             secret_prefix: get("BYOK_SECRET_PREFIX")
@@ -513,10 +559,24 @@ mod tests {
         assert_eq!(c.requests_per_minute, Some(100));
         assert_eq!(c.usage_retention, None);
         assert_eq!(c.tenant_claim.as_deref(), Some("custom:tenant_id"));
+        assert_eq!(c.default_reserve_tokens, 4_096);
+        assert_eq!(c.reservation_ttl, Duration::from_secs(900));
+        let c = config(&[
+            ("BYOK_DEFAULT_RESERVE_TOKENS", "512"),
+            ("BYOK_RESERVATION_TTL_SECS", "2"),
+            ("BYOK_ALERT_WEBHOOK_URL", "https://hooks.example.com/budget"),
+        ])
+        .unwrap();
+        assert_eq!(c.default_reserve_tokens, 512);
+        assert_eq!(c.reservation_ttl, Duration::from_secs(2));
+        assert!(c.alert_webhook_url.is_some());
         for (name, bad) in [
             ("BYOK_TEAM_REQUESTS_PER_MINUTE", "-1"),
             ("BYOK_REQUESTS_PER_MINUTE", "many"),
             ("BYOK_USAGE_RETENTION_DAYS", "99999"),
+            ("BYOK_RESERVATION_TTL_SECS", "0"),
+            ("BYOK_DEFAULT_RESERVE_TOKENS", "lots"),
+            ("BYOK_ALERT_WEBHOOK_URL", "ftp://x"),
         ] {
             assert!(config(&[(name, bad)]).is_err(), "{name}={bad}");
         }

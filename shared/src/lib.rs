@@ -38,6 +38,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod catalog;
 pub mod completion;
 pub mod config;

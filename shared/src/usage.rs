@@ -10,6 +10,7 @@
 //! models without a price has a `null` cost. `teamCostUsd` is what the
 //! operator's keys paid, `userCostUsd` what went on the users' own keys.
 
+use crate::budget::BudgetService;
 use crate::catalog::Catalog;
 use crate::completion::{Outcome, UsageRecord, UsageSink, log_record};
 use crate::domain::{TenantId, UserId, now};
@@ -39,6 +40,8 @@ pub struct UsageLedger {
     catalog: Arc<Catalog>,
     /// How long raw entries are kept (`BYOK_USAGE_RETENTION_DAYS`); `None`: not kept.
     retention: Option<Duration>,
+    /// Where team-path attempts settle their budget reservations.
+    budgets: Option<Arc<BudgetService>>,
 }
 
 impl UsageLedger {
@@ -51,7 +54,15 @@ impl UsageLedger {
             store,
             catalog,
             retention,
+            budgets: None,
         }
+    }
+
+    /// Settles budget reservations with each recorded attempt.
+    #[must_use]
+    pub fn with_budgets(mut self, budgets: Arc<BudgetService>) -> Self {
+        self.budgets = Some(budgets);
+        self
     }
 
     /// The ledger entry of a completion record.
@@ -67,6 +78,7 @@ impl UsageLedger {
             Outcome::Failed(code) => (LedgerOutcome::UpstreamError, Some(code.to_owned())),
             Outcome::Cancelled => (LedgerOutcome::Cancelled, None),
             Outcome::Limited => (LedgerOutcome::Limited, Some("rate_limited".to_owned())),
+            Outcome::OverBudget => (LedgerOutcome::Limited, Some("budget_exceeded".to_owned())),
         };
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         UsageEntry {
@@ -94,16 +106,31 @@ impl UsageLedger {
 
 #[async_trait]
 impl UsageSink for UsageLedger {
-    async fn record(&self, record: UsageRecord) {
+    async fn record(&self, mut record: UsageRecord) {
         log_record(&record);
+        let holds = std::mem::take(&mut record.budget_holds);
         let entry = self.entry(record);
-        if let Err(err) = self.store.record_usage(&entry, self.retention).await {
+        let settle = async {
+            if let (Some(budgets), false) = (&self.budgets, holds.is_empty()) {
+                let actual =
+                    budgets.actual(&entry.model, entry.prompt_tokens, entry.completion_tokens);
+                budgets.settle(&holds, actual).await;
+            }
+        };
+        let (written, ()) = tokio::join!(self.store.record_usage(&entry, self.retention), settle);
+        if let Err(err) = written {
             tracing::error!(
                 target: "byok::usage",
                 request_id = entry.request_id.as_str(),
                 error = %err,
                 "usage not recorded in the ledger"
             );
+        }
+    }
+
+    async fn release(&self, holds: Vec<crate::budget::HoldRef>) {
+        if let Some(budgets) = &self.budgets {
+            budgets.release(&holds).await;
         }
     }
 }
@@ -435,6 +462,7 @@ mod tests {
             estimated: false,
             time_to_first_byte: Some(Duration::from_micros(1_500)),
             duration: Duration::from_millis(40),
+            budget_holds: Vec::new(),
         }
     }
 

@@ -1028,7 +1028,9 @@ fn audit_event(user: &UserId, at: OffsetDateTime, action: AuditAction, n: usize)
         user: user.clone(),
         at,
         action,
-        service: Service::ALL[n % Service::ALL.len()],
+        // Budget changes name no key's service.
+        service: (!matches!(action, AuditAction::BudgetSet | AuditAction::BudgetDeleted))
+            .then(|| Service::ALL[n % Service::ALL.len()]),
         result: (action == AuditAction::Validated).then(|| "valid".to_owned()),
         request_id: format!("req-{n}"),
     }

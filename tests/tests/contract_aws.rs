@@ -196,7 +196,7 @@ async fn counters_and_audit_items_stay_out_of_the_user_partition() {
         HashMap::from([("UpdateItem".to_owned(), 3)])
     );
     for action in [AuditAction::Added, AuditAction::Validated] {
-        let event = AuditEvent::new(u.clone(), action, Service::OpenAi, None, "req").unwrap();
+        let event = AuditEvent::new(u.clone(), action, Some(Service::OpenAi), None, "req").unwrap();
         meta.append(&event).await.unwrap();
     }
     counter.reset();

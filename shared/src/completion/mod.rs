@@ -24,6 +24,7 @@ pub use upstream::{
 pub use usage::{LogUsageSink, Outcome, RequestContext, UsageRecord, UsageSink, log_record};
 use usage::{PendingWrites, UsageMeter};
 
+use crate::budget::{BudgetError, BudgetService, BudgetStatus};
 use crate::config::UpstreamTimeouts;
 use crate::domain::{ApiKey, ModelId, Service, WireApi};
 use crate::providers::{anthropic, openai};
@@ -78,6 +79,8 @@ pub struct Completion {
     pub route: Route,
     pub body: CompletionBody,
     pub rate: Option<RateStatus>,
+    /// The budget that binds first, on a team path with a budget.
+    pub budget: Option<BudgetStatus>,
 }
 
 /// Why a completion failed before its first byte.
@@ -102,6 +105,12 @@ pub enum CompletionError {
     /// The request limiter's store could not be reached.
     #[error("the request limiter failed")]
     Limiter(#[source] StoreError),
+    /// A paused budget would pass its limit (the message says which).
+    #[error("{0}")]
+    BudgetExceeded(String),
+    /// The budgets' store could not be reached.
+    #[error("the budget check failed")]
+    Budget(#[source] StoreError),
 }
 
 /// A failed completion, with the route it failed on when one was chosen.
@@ -143,6 +152,8 @@ pub struct CompletionService {
     usage: Arc<dyn UsageSink>,
     timeouts: UpstreamTimeouts,
     limits: RequestLimits,
+    /// Budgets on team paths; `None`: none are enforced.
+    budgets: Option<Arc<BudgetService>>,
     /// Usage writes no request awaits any more.
     pending: PendingWrites,
 }
@@ -156,6 +167,8 @@ struct ChatRequest {
     stream: bool,
     /// Estimated prompt tokens, for answers that come without usage.
     prompt_estimate: u64,
+    /// `max_completion_tokens` (or `max_tokens`), when the request names it.
+    max_output: Option<u64>,
 }
 
 impl CompletionService {
@@ -175,6 +188,7 @@ impl CompletionService {
             usage,
             timeouts,
             limits: RequestLimits::none(),
+            budgets: None,
             pending: PendingWrites::default(),
         }
     }
@@ -190,6 +204,13 @@ impl CompletionService {
     #[must_use]
     pub fn with_limits(mut self, limits: RequestLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Budgets checked on team paths (none by default).
+    #[must_use]
+    pub fn with_budgets(mut self, budgets: Arc<BudgetService>) -> Self {
+        self.budgets = Some(budgets);
         self
     }
 
@@ -223,8 +244,60 @@ impl CompletionService {
                 estimated: false,
                 time_to_first_byte: None,
                 duration: Duration::ZERO,
+                budget_holds: Vec::new(),
             },
         )
+    }
+
+    /// Reserves a team attempt's worst case on the caller's budgets (the
+    /// meter carries the holds to settle). `Err` with the meter recorded
+    /// when a budget refuses it.
+    async fn reserve(
+        &self,
+        ctx: &RequestContext,
+        request: &ChatRequest,
+        route: &Route,
+        meter: &mut Option<UsageMeter>,
+    ) -> Result<Option<BudgetStatus>, CompletionError> {
+        let Some(budgets) = &self.budgets else {
+            return Ok(None);
+        };
+        let ask = budgets.ask(&route.model, request.prompt_estimate, request.max_output);
+        match budgets.reserve(&ctx.user, ctx.tenant.as_ref(), ask).await {
+            Ok(reservation) => {
+                if let Some(meter) = meter.as_mut() {
+                    meter.hold(reservation.holds);
+                }
+                Ok(reservation.status)
+            }
+            Err(BudgetError::Exceeded(message)) => {
+                if let Some(meter) = meter.take() {
+                    meter
+                        .finish(
+                            Outcome::OverBudget,
+                            None,
+                            &estimate::StreamedText::default(),
+                            None,
+                        )
+                        .await;
+                }
+                Err(CompletionError::BudgetExceeded(message))
+            }
+            Err(BudgetError::Store(err)) => {
+                if let Some(meter) = meter.take() {
+                    meter.abandon();
+                }
+                Err(CompletionError::Budget(err))
+            }
+            Err(other) => {
+                if let Some(meter) = meter.take() {
+                    meter.abandon();
+                }
+                Err(CompletionError::Budget(StoreError::backend(
+                    std::io::Error::other(other.to_string()),
+                )))
+            }
+        }
     }
 
     /// Records a refused attempt and builds its failure.
@@ -278,6 +351,7 @@ impl CompletionService {
         // Every completion counts against the all-paths limit; a team path
         // also against the team limit, once per request (at its first team attempt).
         let mut rate = None;
+        let mut budget = None;
         let mut team_counted = false;
         let mut request = request;
         let mut first_failure: Option<CompletionFailure> = None;
@@ -320,11 +394,39 @@ impl CompletionService {
                     }
                 }
             }
+            let mut meter = Some(meter);
+            if route.path.is_team() {
+                match self.reserve(ctx, &request, &route, &mut meter).await {
+                    Ok(status) => budget = status.or(budget),
+                    Err(error) => {
+                        let over = matches!(error, CompletionError::BudgetExceeded(_));
+                        let failure = CompletionFailure {
+                            route: Some(route),
+                            error,
+                            rate,
+                        };
+                        if i == 0 || !over {
+                            return Err(first_failure.unwrap_or(failure));
+                        }
+                        // A fallback the budget cannot pay for is skipped.
+                        first_failure.get_or_insert(failure);
+                        continue;
+                    }
+                }
+            }
+            let Some(meter) = meter else { continue };
             match self
                 .attempt(&resolution, &mut request, i == last, meter)
                 .await
             {
-                Ok(body) => return Ok(Completion { route, body, rate }),
+                Ok(body) => {
+                    return Ok(Completion {
+                        route,
+                        body,
+                        rate,
+                        budget,
+                    });
+                }
                 Err((error, meter)) => {
                     let may_fall_back = match &error {
                         CompletionError::Upstream(e) => e.kind.may_fall_back(),
@@ -606,12 +708,16 @@ fn parse_request(body: &[u8]) -> Result<ChatRequest, CompletionError> {
     };
     let model = ModelId::parse(&requested).map_err(|e| CompletionError::Resolve(e.into()))?;
     let prompt_estimate = estimate::prompt_tokens(&body);
+    let max_output = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|field| body.get(*field).and_then(Value::as_u64));
     Ok(ChatRequest {
         body,
         model,
         requested,
         stream,
         prompt_estimate,
+        max_output,
     })
 }
 

@@ -6,6 +6,7 @@
 //! with estimated tokens ([`super::estimate`]), never at zero.
 
 use super::estimate::StreamedText;
+use crate::budget::HoldRef;
 use crate::domain::{Service, UserId};
 use crate::providers::Usage;
 use crate::resolve::ResolutionPath;
@@ -26,6 +27,8 @@ pub enum Outcome {
     Cancelled,
     /// A request limit refused it before any upstream call.
     Limited,
+    /// A budget refused it before any upstream call.
+    OverBudget,
 }
 
 impl Outcome {
@@ -35,6 +38,7 @@ impl Outcome {
             Outcome::Failed(code) => code,
             Outcome::Cancelled => "cancelled",
             Outcome::Limited => "limited",
+            Outcome::OverBudget => "budget_exceeded",
         }
     }
 }
@@ -84,13 +88,21 @@ pub struct UsageRecord {
     pub time_to_first_byte: Option<Duration>,
     /// From receiving the request to the end of the response.
     pub duration: Duration,
+    /// Budget reservations this attempt settles when it is recorded.
+    pub budget_holds: Vec<HoldRef>,
 }
 
 /// Where usage records go. Implementations must not fail the request: they
 /// log their own errors.
 #[async_trait]
 pub trait UsageSink: Send + Sync {
+    /// Records the attempt and settles its budget holds.
     async fn record(&self, record: UsageRecord);
+
+    /// Gives back the holds of an attempt that asked nothing of the upstream.
+    async fn release(&self, holds: Vec<HoldRef>) {
+        let _ = holds;
+    }
 }
 
 /// Writes each record as one structured log event (target `byok::usage`),
@@ -248,10 +260,24 @@ impl UsageMeter {
         Some(record)
     }
 
+    /// Budget reservations to settle with this attempt.
+    pub(crate) fn hold(&mut self, holds: Vec<HoldRef>) {
+        if let Some(record) = self.record.as_mut() {
+            record.budget_holds = holds;
+        }
+    }
+
     /// Drops the attempt without a record: nothing was asked of the upstream
-    /// (the request failed on our side first).
+    /// (the request failed on our side first). Its budget holds are given back.
     pub(crate) fn abandon(mut self) {
-        self.record = None;
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        if !record.budget_holds.is_empty() {
+            let sink = self.sink.clone();
+            self.pending
+                .spawn(async move { sink.release(record.budget_holds).await });
+        }
     }
 
     /// Writes `record` from a task of its own (counted in `pending`);

@@ -1,11 +1,13 @@
 //! Handler of `POST /v1/chat/completions`: reads the body (up to 20 MiB, any
 //! fields), runs [`crate::completion::CompletionService`], and answers JSON or
 //! `text/event-stream` with the `x-byok-path` / `x-byok-provider` /
-//! `x-byok-paid-by` headers and, where a request limit applies, OpenAI's
-//! `x-ratelimit-*-requests` headers.
+//! `x-byok-paid-by` headers, where a request limit applies OpenAI's
+//! `x-ratelimit-*-requests` headers, and on a team path with a budget
+//! `x-byok-budget-remaining` / `x-byok-budget-type`.
 
 use super::extract::{Caller, RequestId};
 use super::{ApiError, AppState, ErrorCode};
+use crate::budget::BudgetStatus;
 use crate::completion::{
     CompletionBody, CompletionError, RateStatus, RequestContext, Route, error_code,
 };
@@ -25,6 +27,8 @@ const PAID_BY_HEADER: HeaderName = HeaderName::from_static("x-byok-paid-by");
 const LIMIT_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
 const REMAINING_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const RESET_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const BUDGET_REMAINING_HEADER: HeaderName = HeaderName::from_static("x-byok-budget-remaining");
+const BUDGET_TYPE_HEADER: HeaderName = HeaderName::from_static("x-byok-budget-type");
 
 pub(super) async fn complete(
     State(state): State<AppState>,
@@ -95,6 +99,7 @@ pub(super) async fn complete(
             };
             route_headers(&mut response, &completion.route);
             rate_headers(&mut response, completion.rate);
+            budget_headers(&mut response, completion.budget);
             response
         }
         Err(failure) => {
@@ -106,6 +111,19 @@ pub(super) async fn complete(
             response
         }
     }
+}
+
+/// Where the budget that binds first stands, in its unit.
+fn budget_headers(response: &mut Response, budget: Option<BudgetStatus>) {
+    let Some(budget) = budget else { return };
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&budget.remaining_text()) {
+        headers.insert(BUDGET_REMAINING_HEADER, value);
+    }
+    headers.insert(
+        BUDGET_TYPE_HEADER,
+        HeaderValue::from_static(budget.unit.as_str()),
+    );
 }
 
 /// OpenAI's request-limit headers, for the limit that binds first.
@@ -146,8 +164,11 @@ impl From<CompletionError> for ApiError {
                 ApiError::new(ErrorCode::InvalidRequest, message)
             }
             CompletionError::Resolve(err) => err.into(),
-            CompletionError::Secret(err) | CompletionError::Limiter(err) => {
-                ApiError::internal(&err)
+            CompletionError::Secret(err)
+            | CompletionError::Limiter(err)
+            | CompletionError::Budget(err) => ApiError::internal(&err),
+            CompletionError::BudgetExceeded(message) => {
+                ApiError::new(ErrorCode::BudgetExceeded, message)
             }
             CompletionError::RateLimited {
                 retry_after_secs, ..

@@ -313,7 +313,9 @@ struct AuditEventView {
     id: String,
     at: String,
     action: &'static str,
-    service: &'static str,
+    /// Absent on events about no key (budget changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<String>,
     request_id: String,
@@ -352,7 +354,7 @@ pub(super) async fn audit(
                 id: e.id.to_string(),
                 at: rfc3339(e.at),
                 action: e.action.as_str(),
-                service: e.service.as_str(),
+                service: e.service.map(crate::domain::Service::as_str),
                 result: e.result,
                 request_id: e.request_id,
             })

@@ -2,6 +2,7 @@
 //! byok-local), the shared state they run on, and the error mapping.
 //! Handlers are thin adapters over [`crate::keys`] and [`crate::resolve`].
 
+mod budget;
 mod completion;
 mod error;
 mod extract;
@@ -48,6 +49,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/usage"),
     ("GET", "/api/usage/requests"),
     ("GET", "/api/admin/usage"),
+    ("GET", "/api/admin/budgets"),
+    ("PUT", "/api/admin/budgets/users/{userId}"),
+    ("GET", "/api/admin/budgets/users/{userId}"),
+    ("DELETE", "/api/admin/budgets/users/{userId}"),
+    ("PUT", "/api/admin/budgets/tenants/{tenantId}"),
+    ("GET", "/api/admin/budgets/tenants/{tenantId}"),
+    ("DELETE", "/api/admin/budgets/tenants/{tenantId}"),
+    ("GET", "/api/budget"),
     ("GET", "/v1/models"),
     ("POST", "/v1/chat/completions"),
 ];
@@ -81,11 +90,14 @@ pub struct AppState {
     pub rotation_age: std::time::Duration,
     /// Usage reports, for `GET /api/usage` and `GET /api/admin/usage`.
     pub usage: Arc<crate::usage::UsageReports>,
+    /// Budgets, for the budget routes.
+    pub budgets: Arc<crate::budget::BudgetService>,
 }
 
 /// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`,
 /// `PUT/DELETE /api/keys/{service}/pending`, `GET /api/providers`, `GET /api/audit`,
-/// `GET /api/usage`, `GET /api/usage/requests`, `GET /api/admin/usage`.
+/// `GET /api/usage`, `GET /api/usage/requests`, `GET /api/admin/usage`,
+/// the budget routes (`/api/admin/budgets…`, `GET /api/budget`).
 pub fn keys_router(state: AppState) -> Router {
     finish(keys_routes(state))
 }
@@ -138,6 +150,20 @@ fn keys_routes(state: AppState) -> Router {
         .route("/api/usage", get(usage::mine))
         .route("/api/usage/requests", get(usage::recent))
         .route("/api/admin/usage", get(usage::all))
+        .route("/api/admin/budgets", get(budget::list))
+        .route(
+            "/api/admin/budgets/users/{userId}",
+            axum::routing::put(budget::put_user)
+                .get(budget::get_user)
+                .delete(budget::delete_user),
+        )
+        .route(
+            "/api/admin/budgets/tenants/{tenantId}",
+            axum::routing::put(budget::put_tenant)
+                .get(budget::get_tenant)
+                .delete(budget::delete_tenant),
+        )
+        .route("/api/budget", get(budget::mine))
         .with_state(state)
 }
 

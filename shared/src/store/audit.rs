@@ -38,10 +38,14 @@ pub enum AuditAction {
     Deleted,
     Validated,
     Rotated,
+    /// An admin set a budget's terms (the budget in `result`).
+    BudgetSet,
+    /// An admin deleted a budget (the budget in `result`).
+    BudgetDeleted,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::Added,
         Self::Replaced,
         Self::Updated,
@@ -50,6 +54,8 @@ impl AuditAction {
         Self::Deleted,
         Self::Validated,
         Self::Rotated,
+        Self::BudgetSet,
+        Self::BudgetDeleted,
     ];
 
     /// The stored and wire name.
@@ -63,6 +69,8 @@ impl AuditAction {
             Self::Deleted => "deleted",
             Self::Validated => "validated",
             Self::Rotated => "rotated",
+            Self::BudgetSet => "budget_set",
+            Self::BudgetDeleted => "budget_deleted",
         }
     }
 
@@ -130,7 +138,8 @@ pub struct AuditEvent {
     /// When, to the millisecond.
     pub at: Timestamp,
     pub action: AuditAction,
-    pub service: Service,
+    /// The key's service; `None` for events about no key (budgets).
+    pub service: Option<Service>,
     /// A short status code (e.g. a validation result: `valid`, `invalid`),
     /// never free text from a provider and never key material.
     pub result: Option<String>,
@@ -143,7 +152,7 @@ impl AuditEvent {
     pub fn new(
         user: UserId,
         action: AuditAction,
-        service: Service,
+        service: Option<Service>,
         result: Option<String>,
         request_id: impl Into<String>,
     ) -> std::io::Result<Self> {

@@ -654,9 +654,12 @@ fn audit_from_item(user: &UserId, item: &Item) -> Result<AuditEvent, StoreError>
         action: AuditAction::parse(a.string("action")?)
             .ok_or_else(|| corrupt("audit item attribute action is not a known action"))?,
         service: a
-            .string("service")?
-            .parse::<Service>()
-            .map_err(|_| corrupt("audit item attribute service names no known service"))?,
+            .opt_string("service")?
+            .map(|text| {
+                text.parse::<Service>()
+                    .map_err(|_| corrupt("audit item attribute service names no known service"))
+            })
+            .transpose()?,
         result: a.opt_string("result")?.map(str::to_owned),
         request_id: a.string("requestId")?.to_owned(),
     })
@@ -670,9 +673,11 @@ impl AuditStore for DynamoMetadataStore {
             (SK.to_owned(), s(event.id.as_str())),
             ("at".to_owned(), s(ts_to_attr(event.at)?)),
             ("action".to_owned(), s(event.action.as_str())),
-            ("service".to_owned(), s(event.service.as_str())),
             ("requestId".to_owned(), s(&event.request_id)),
         ]);
+        if let Some(service) = event.service {
+            item.insert("service".to_owned(), s(service.as_str()));
+        }
         if let Some(result) = &event.result {
             item.insert("result".to_owned(), s(result));
         }

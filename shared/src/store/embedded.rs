@@ -1266,9 +1266,14 @@ fn audit_from_row(user: &UserId, row: &Row<'_>) -> Result<AuditEvent, StoreError
         .ok_or_else(|| corrupt("audit_events.id is not an audit id"))?;
     let action = AuditAction::parse(&col::<String>(row, 2, "audit_events.action")?)
         .ok_or_else(|| corrupt("audit_events.action is not a known action"))?;
-    let service = col::<String>(row, 3, "audit_events.service")?
-        .parse::<Service>()
-        .map_err(|_| corrupt("audit_events.service names no known service"))?;
+    // An empty service: an event about no key (budgets).
+    let service = match col::<String>(row, 3, "audit_events.service")? {
+        text if text.is_empty() => None,
+        text => Some(
+            text.parse::<Service>()
+                .map_err(|_| corrupt("audit_events.service names no known service"))?,
+        ),
+    };
     Ok(AuditEvent {
         id,
         user: user.clone(),
@@ -1301,7 +1306,7 @@ impl AuditStore for EmbeddedStore {
                         event.id.as_str(),
                         at,
                         event.action.as_str(),
-                        event.service.as_str(),
+                        event.service.map_or("", Service::as_str),
                         event.result,
                         event.request_id,
                     ],
