@@ -18,7 +18,8 @@
 use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId, ValidationResult};
 use byok::resolve::ResolutionPath;
 use byok::store::{
-    AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor, Expected, LedgerOutcome,
+    Amount, AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor, BudgetPeriod,
+    BudgetRecord, BudgetScope, BudgetStore, BudgetTerms, BudgetUnit, Expected, Hold, LedgerOutcome,
     MetadataStore, RateAction, RateLimitStore, RotationStore, SecretStore, StoreError, TenantId,
     UsageCounts, UsageEntry, UsageRow, UsageStore,
 };
@@ -38,6 +39,8 @@ pub struct Backend {
     pub rotation: Arc<dyn RotationStore>,
     /// The usage ledger (the same backend as `meta`).
     pub usage: Arc<dyn UsageStore>,
+    /// Budgets (the same backend as `meta`).
+    pub budgets: Arc<dyn BudgetStore>,
     pub _guard: Box<dyn Any + Send>,
 }
 
@@ -81,6 +84,10 @@ macro_rules! contract_suite {
             usage_concurrent_records_lose_nothing,
             usage_operator_view_has_every_user_and_tenant,
             usage_raw_entries_newest_first_until_they_expire,
+            budget_round_trips_with_revisions,
+            budget_list_pages_in_order,
+            budget_reservations_from_two_instances_never_pass_a_paused_limit,
+            budget_periods_roll_and_total_never_resets,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -1778,4 +1785,268 @@ pub async fn usage_raw_entries_newest_first_until_they_expire(b: &Backend) {
     assert_eq!(b.usage.recent_usage(&user, 1).await.unwrap(), vec![second]);
     let other = unique_user("usage-raw-other");
     assert!(b.usage.recent_usage(&other, 10).await.unwrap().is_empty());
+}
+
+fn budget(scope: BudgetScope, terms: BudgetTerms) -> BudgetRecord {
+    let now = byok::domain::now();
+    BudgetRecord {
+        scope,
+        period_key: terms.period.key(now),
+        terms,
+        updated_at: now,
+        updated_by: UserId::new("contract-admin").unwrap(),
+        used: Amount::ZERO,
+        holds: Vec::new(),
+        alerted: Vec::new(),
+        revision: 1,
+    }
+}
+
+fn token_terms(limit: u64, pause: bool) -> BudgetTerms {
+    BudgetTerms {
+        unit: BudgetUnit::Tokens,
+        period: BudgetPeriod::Daily,
+        limit,
+        pause_at_limit: pause,
+        alert_thresholds: vec![80, 90, 100],
+    }
+}
+
+/// A budget service over `b`'s stores, as one instance of the gateway runs it.
+fn budget_service(b: &Backend) -> byok::budget::BudgetService {
+    byok::budget::BudgetService::new(
+        b.budgets.clone(),
+        Arc::new(byok::catalog::Catalog::builtin().unwrap()),
+        Arc::new(byok::events::LogSink),
+        byok::audit::AuditLog::new(b.audit.clone()),
+    )
+}
+
+pub async fn budget_round_trips_with_revisions(b: &Backend) {
+    let user = unique_user("budget-rt");
+    let scope = BudgetScope::User(user.clone());
+    assert_eq!(b.budgets.get_budget(&scope).await.unwrap(), None);
+    let mut record = budget(scope.clone(), token_terms(1_000, true));
+    record.used = Amount {
+        tokens: 12,
+        nanos: 3_400,
+    };
+    record.holds = vec![Hold {
+        id: "h1".into(),
+        amount: Amount {
+            tokens: 100,
+            nanos: 7,
+        },
+        expires_ms: 1_900_000_000_000,
+    }];
+    record.alerted = vec![80];
+    b.budgets
+        .put_budget(&record, Expected::Absent)
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.budgets.put_budget(&record, Expected::Absent).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        b.budgets.get_budget(&scope).await.unwrap(),
+        Some(record.clone())
+    );
+
+    let mut next = record.clone();
+    next.revision = 2;
+    next.terms.unit = BudgetUnit::Usd;
+    next.terms.limit = 5_000_000_000;
+    assert!(matches!(
+        b.budgets.put_budget(&next, Expected::Revision(7)).await,
+        Err(StoreError::Conflict)
+    ));
+    b.budgets
+        .put_budget(&next, Expected::Revision(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.budgets.get_budget(&scope).await.unwrap(),
+        Some(next.clone())
+    );
+
+    // A tenant of the same id is another budget.
+    let tenant = BudgetScope::Tenant(TenantId::new(user.as_str()).unwrap());
+    assert_eq!(b.budgets.get_budget(&tenant).await.unwrap(), None);
+
+    assert_eq!(b.budgets.delete_budget(&scope).await.unwrap(), Some(next));
+    assert_eq!(b.budgets.delete_budget(&scope).await.unwrap(), None);
+    assert_eq!(b.budgets.get_budget(&scope).await.unwrap(), None);
+}
+
+pub async fn budget_list_pages_in_order(b: &Backend) {
+    let base = unique_user("budget-list");
+    let mine: Vec<BudgetScope> = ["a", "b", "c"]
+        .iter()
+        .map(|s| BudgetScope::User(UserId::new(format!("{base}-{s}")).unwrap()))
+        .collect();
+    for scope in &mine {
+        b.budgets
+            .put_budget(
+                &budget(scope.clone(), token_terms(10, false)),
+                Expected::Absent,
+            )
+            .await
+            .unwrap();
+    }
+    // Other cases may share the store: page through everything, keep ours.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut last_key = String::new();
+    loop {
+        let page = b.budgets.list_budgets(after.as_deref(), 2).await.unwrap();
+        assert!(page.budgets.len() <= 2);
+        for record in &page.budgets {
+            let key = record.scope.sort_key();
+            assert!(key > last_key, "sort key order: {key} after {last_key}");
+            last_key = key;
+            if mine.contains(&record.scope) {
+                seen.push(record.scope.clone());
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, mine);
+    b.budgets.delete_budget(&mine[1]).await.unwrap();
+    let mut left = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = b.budgets.list_budgets(after.as_deref(), 50).await.unwrap();
+        left.extend(
+            page.budgets
+                .into_iter()
+                .map(|r| r.scope)
+                .filter(|s| mine.contains(s)),
+        );
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(left, [mine[0].clone(), mine[2].clone()]);
+}
+
+pub async fn budget_reservations_from_two_instances_never_pass_a_paused_limit(b: &Backend) {
+    let user = unique_user("budget-race");
+    let scope = BudgetScope::User(user.clone());
+    b.budgets
+        .put_budget(
+            &budget(scope.clone(), token_terms(1_000, true)),
+            Expected::Absent,
+        )
+        .await
+        .unwrap();
+    // Two instances (each with its own in-process locks) on one store.
+    let first = Arc::new(budget_service(b));
+    let second = Arc::new(budget_service(b));
+    let ask = byok::budget::Ask {
+        tokens: 100,
+        nanos: Some(1),
+    };
+    let tries = (0..30).map(|i| {
+        let service = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        let user = user.clone();
+        async move { service.reserve(&user, None, ask).await }
+    });
+    let results = futures_util::future::join_all(tries).await;
+    let granted: Vec<&byok::budget::Reservation> =
+        results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(byok::budget::BudgetError::Exceeded(_))))
+        .count();
+    assert_eq!(granted.len(), 10, "exactly the limit is reserved");
+    assert_eq!(refused, 20);
+    let stored = b.budgets.get_budget(&scope).await.unwrap().unwrap();
+    assert_eq!(stored.reserved().tokens, 1_000);
+    assert_eq!(stored.remaining(), 0);
+
+    // Settling below the reservation frees the difference; alerts are claimed once.
+    let actual = Amount {
+        tokens: 80,
+        nanos: 0,
+    };
+    let settles = granted.iter().enumerate().map(|(i, r)| {
+        let service = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        async move { service.settle(&r.holds, actual).await }
+    });
+    futures_util::future::join_all(settles).await;
+    let stored = b.budgets.get_budget(&scope).await.unwrap().unwrap();
+    assert_eq!(stored.used.tokens, 800);
+    assert_eq!(stored.holds, Vec::new());
+    assert_eq!(stored.alerted, [80], "80 % crossed once");
+    assert_eq!(stored.remaining(), 200);
+}
+
+pub async fn budget_periods_roll_and_total_never_resets(b: &Backend) {
+    let service = budget_service(b);
+    let used = Amount {
+        tokens: 500,
+        nanos: 9,
+    };
+    // A daily budget last counted on another day starts the new day at zero.
+    let daily = BudgetScope::User(unique_user("budget-daily"));
+    let mut stale = budget(daily.clone(), token_terms(1_000, true));
+    stale.period_key = "daily:2020-01-01".into();
+    stale.used = used;
+    stale.alerted = vec![80];
+    stale.holds = vec![Hold {
+        id: "old".into(),
+        amount: Amount {
+            tokens: 300,
+            nanos: 0,
+        },
+        expires_ms: i64::MAX,
+    }];
+    b.budgets
+        .put_budget(&stale, Expected::Absent)
+        .await
+        .unwrap();
+    let now = service.get(&daily).await.unwrap();
+    assert_eq!(
+        (now.used, now.reserved(), now.alerted.len()),
+        (Amount::ZERO, Amount::ZERO, 0)
+    );
+    assert_eq!(now.period_key, BudgetPeriod::Daily.key(byok::domain::now()));
+
+    // A total budget keeps counting whatever the date.
+    let total = BudgetScope::User(unique_user("budget-total"));
+    let mut terms = token_terms(1_000, true);
+    terms.period = BudgetPeriod::Total;
+    let mut kept = budget(total.clone(), terms);
+    kept.used = used;
+    b.budgets.put_budget(&kept, Expected::Absent).await.unwrap();
+    let now = service.get(&total).await.unwrap();
+    assert_eq!(now.used, used);
+    assert_eq!(now.period_key, "total");
+
+    // An expired reservation no longer counts.
+    let expiring = BudgetScope::User(unique_user("budget-expiry"));
+    let mut held = budget(expiring.clone(), token_terms(1_000, true));
+    held.holds = vec![Hold {
+        id: "gone".into(),
+        amount: Amount {
+            tokens: 900,
+            nanos: 0,
+        },
+        expires_ms: 1,
+    }];
+    b.budgets.put_budget(&held, Expected::Absent).await.unwrap();
+    assert_eq!(service.get(&expiring).await.unwrap().remaining(), 1_000);
 }

@@ -70,6 +70,7 @@ async fn aws_backend() -> Backend {
         secrets: secrets.clone(),
         rate: meta.clone(),
         usage: meta.clone(),
+        budgets: meta.clone(),
         audit: meta,
         rotation: secrets,
         _guard: Box::new(()),

@@ -24,6 +24,7 @@ async fn embedded_backend() -> Backend {
         rate: store.clone(),
         audit: store.clone(),
         usage: store.clone(),
+        budgets: store.clone(),
         rotation: store,
         _guard: Box::new(dir),
     }
