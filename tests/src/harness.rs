@@ -208,6 +208,20 @@ impl LocalServer {
         (exit, self.output())
     }
 
+    /// Kills the process with SIGKILL by pid (a crash: nothing is settled
+    /// or flushed) and returns what it printed.
+    pub fn crash(mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL failed");
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.output()
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
