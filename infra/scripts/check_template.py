@@ -91,13 +91,17 @@ EXPECTED_ACTIONS = {
         "secretsmanager:GetSecretValue",
     },
     # Query (resolution); UpdateItem (request-limit counters, usage
-    # aggregates) and PutItem (raw usage entries), only on the partitions of
-    # LEADING_KEYS; GetSecretValue on the paying user secret (cache misses;
-    # KMS Decrypt via Secrets Manager) and on the team secrets, at cold start.
+    # aggregates), PutItem (raw usage entries, budgets) and GetItem
+    # (budgets), only on the partitions of LEADING_KEYS; PutEvents (budget
+    # alerts, on the stack's bus); GetSecretValue on the paying user secret
+    # (cache misses; KMS Decrypt via Secrets Manager), on the team secrets
+    # and on the alert webhook's secret, at cold start.
     "CompletionFunction": {
         "dynamodb:Query",
+        "dynamodb:GetItem",
         "dynamodb:UpdateItem",
         "dynamodb:PutItem",
+        "events:PutEvents",
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
@@ -133,7 +137,7 @@ EXPECTED_SECRET_SCOPES = {
     "SettingsFunction": set(),
     "ValidateFunction": {"user", "team"},
     "ModelsFunction": {"team"},
-    "CompletionFunction": {"user", "team"},
+    "CompletionFunction": {"user", "team", "alert"},
     "RotationFunction": {"user", "list"},
 }
 
@@ -178,6 +182,10 @@ TEAM_SECRET_PARAMS = {
     "BYOK_TEAM_GOOGLE_SECRET_ARN": "TeamGoogleKeySecretArn",
     "BYOK_TEAM_GROQ_SECRET_ARN": "TeamGroqKeySecretArn",
 }
+# The alert webhook's signing secret: variable -> parameter, and the one
+# function that reads it (at cold start) with its grant.
+ALERT_SECRET_PARAM = ("BYOK_ALERT_WEBHOOK_SECRET_ARN", "AlertWebhookSecretArn")
+ALERT_SECRET_READERS = {"CompletionFunction"}
 # Functions that resolve with team keys: they get every team variable.
 TEAM_SECRET_READERS = {"ValidateFunction", "ModelsFunction", "CompletionFunction"}
 
@@ -201,13 +209,24 @@ HTTP_ROUTES = {
     ("GET", "/api/usage"): "KeysFunction",
     ("GET", "/api/usage/requests"): "KeysFunction",
     ("GET", "/api/admin/usage"): "KeysFunction",
+    ("GET", "/api/admin/budgets"): "KeysFunction",
+    ("PUT", "/api/admin/budgets/users/{userId}"): "KeysFunction",
+    ("GET", "/api/admin/budgets/users/{userId}"): "KeysFunction",
+    ("DELETE", "/api/admin/budgets/users/{userId}"): "KeysFunction",
+    ("PUT", "/api/admin/budgets/tenants/{tenantId}"): "KeysFunction",
+    ("GET", "/api/admin/budgets/tenants/{tenantId}"): "KeysFunction",
+    ("DELETE", "/api/admin/budgets/tenants/{tenantId}"): "KeysFunction",
+    ("GET", "/api/budget"): "KeysFunction",
 }
 
 # Functions whose DynamoDB writes are confined to some partitions: every
 # statement of theirs granting a write must carry ForAllValues:StringLike
 # on dynamodb:LeadingKeys with exactly these patterns (shared/src/store/
-# dynamo.rs: rate counters; shared/src/store/dynamo/usage.rs: the ledger).
-LEADING_KEYS = {"CompletionFunction": {"RATE#*", "USAGE#*", "USAGEDAY#*", "USAGEREQ#*"}}
+# dynamo.rs: rate counters; shared/src/store/dynamo/usage.rs: the ledger;
+# shared/src/store/dynamo/budget.rs: budgets).
+LEADING_KEYS = {
+    "CompletionFunction": {"RATE#*", "USAGE#*", "USAGEDAY#*", "USAGEREQ#*", "BUDGET#*"}
+}
 DYNAMODB_WRITES = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
                    "dynamodb:BatchWriteItem", "dynamodb:TransactWriteItems"}
 
@@ -227,10 +246,12 @@ ROTATION_AGE_ENV = ("BYOK_ROTATION_AGE_DAYS", "RotationAgeDays")
 # Key events: the variable naming the bus; functions that publish (and so
 # must have it and events:PutEvents on that bus, nothing else).
 EVENT_BUS_ENV = "BYOK_EVENT_BUS_NAME"
-EVENT_PUBLISHERS = {ROTATION_FUNCTION}
+EVENT_PUBLISHERS = {ROTATION_FUNCTION, "CompletionFunction"}
 # shared/src/events.rs: EVENT_SOURCE and KeyEventKind::as_str.
 EVENT_SOURCE = "byok.keys"
-KEY_EVENT_TYPES = {"key.invalid", "key.rotation_due", "key.rotated", "key.rotation_failed"}
+# Budget alerts (shared/src/events.rs: BUDGET_THRESHOLD) share the bus and rule.
+KEY_EVENT_TYPES = {"key.invalid", "key.rotation_due", "key.rotated", "key.rotation_failed",
+                   "budget.threshold"}
 
 # The one managed policy a role may carry: SAM's own basic execution role
 # (CloudWatch Logs), the only place `*` is tolerated.
@@ -540,6 +561,10 @@ class Checker:
                         if param in TEAM_SECRET_PARAMS.values():
                             st_team.add(param)
                             scopes.add("team")
+                        elif param == ALERT_SECRET_PARAM[1]:
+                            scopes.add("alert")
+                            if st_actions != {"secretsmanager:GetSecretValue"}:
+                                self.fail(sid, "the alert webhook secret may only be read")
                         elif r == {"Fn::Sub": USER_SECRETS_ARN}:
                             scopes.add("user")
                         elif r == "*" and st_actions <= UNSCOPED_ACTIONS:
@@ -626,6 +651,16 @@ class Checker:
         if name in TEAM_SECRET_READERS:
             for var in sorted(set(TEAM_SECRET_PARAMS) - set(given)):
                 self.fail(name, f"resolves with team keys but lacks {var}")
+
+        # The alert webhook's secret: variable and grant go together.
+        alert_var, alert_param = ALERT_SECRET_PARAM
+        has_var = env.get(alert_var) is not None
+        if has_var and env.get(alert_var) != {"Ref": alert_param}:
+            self.fail(name, f"{alert_var} must be !Ref {alert_param}")
+        if has_var != ("alert" in scopes):
+            self.fail(name, f"{alert_var} and GetSecretValue on {alert_param} go together")
+        if has_var and name not in ALERT_SECRET_READERS:
+            self.fail(name, f"{alert_var} is only for {sorted(ALERT_SECRET_READERS)}")
 
     def check_never_empty(self, sid, st, wrap):
         """A statement whose Resource entries are all conditional must itself

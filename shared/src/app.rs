@@ -74,8 +74,10 @@ pub struct Stores {
     pub budgets: Arc<dyn BudgetStore>,
     /// Staging labels for rotation (the secret store's backend, uncached).
     pub rotation: Arc<dyn RotationStore>,
-    /// Where key events go.
+    /// Where key and budget events go.
     pub events: Arc<dyn EventSink>,
+    /// The alert webhook's signing secret read from Secrets Manager (AWS).
+    pub webhook_secret: Option<WebhookSecret>,
     /// Secrets Manager, to start rotations with `RotateSecret` (AWS only).
     pub secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     pub team: TeamCredentials,
@@ -104,6 +106,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 rotation: store.clone(),
                 secrets: store,
                 events: Arc::new(LogSink),
+                webhook_secret: None,
                 secrets_manager: None,
                 team: config.team.clone(),
             }
@@ -125,6 +128,10 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
             for (service, arn) in &config.team_secret_arns {
                 team.insert(*service, read_team_secret(&sm, arn).await?);
             }
+            let webhook_secret = match &config.alert_webhook_secret_arn {
+                Some(arn) => Some(read_team_secret(&sm, arn).await?),
+                None => None,
+            };
             let deletion = match config.secret_recovery_days {
                 0 => SecretDeletion::Force,
                 days => SecretDeletion::RecoveryWindowDays(i64::from(days)),
@@ -144,6 +151,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 None => Arc::new(LogSink),
             };
             Stores {
+                webhook_secret: webhook_secret.map(|s| WebhookSecret::new(s.expose().to_owned())),
                 meta: meta.clone(),
                 rate_limits: meta.clone(),
                 usage: meta.clone(),
@@ -161,10 +169,12 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
         stores.events = Arc::new(JsonLinesSink::new(path.clone()));
     }
     if let Some(url) = &config.alert_webhook_url {
-        let secret = config
-            .alert_webhook_secret
-            .as_ref()
-            .map(|s| WebhookSecret::new(s.expose_secret().to_owned()));
+        let secret = stores.webhook_secret.take().or_else(|| {
+            config
+                .alert_webhook_secret
+                .as_ref()
+                .map(|s| WebhookSecret::new(s.expose_secret().to_owned()))
+        });
         stores.events = Arc::new(WebhookSink::new(stores.events, url.clone(), secret)?);
     }
     stores.secrets = Arc::new(CachedSecretStore::new(

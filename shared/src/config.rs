@@ -55,6 +55,9 @@ pub struct Config {
     /// secret that signs them (`BYOK_ALERT_WEBHOOK_SECRET`).
     pub alert_webhook_url: Option<String>,
     pub alert_webhook_secret: Option<SecretString>,
+    /// On AWS, the Secrets Manager secret holding the webhook's signing
+    /// secret (`BYOK_ALERT_WEBHOOK_SECRET_ARN`), read at cold start.
+    pub alert_webhook_secret_arn: Option<String>,
     /// How long a key check waits on its provider (`BYOK_VALIDATE_TIMEOUT_SECS`).
     pub validate_timeout: Duration,
     pub table_name: Option<String>,
@@ -389,6 +392,8 @@ impl Config {
             reservation_ttl,
             alert_webhook_url,
             alert_webhook_secret: get("BYOK_ALERT_WEBHOOK_SECRET").map(SecretString::from),
+            alert_webhook_secret_arn: get("BYOK_ALERT_WEBHOOK_SECRET_ARN")
+                .map(|a| a.trim().to_owned()),
             validate_timeout,
             table_name: get("BYOK_TABLE_NAME"),
             secret_prefix: get("BYOK_SECRET_PREFIX")
