@@ -361,6 +361,17 @@ expect_status "GET /api/usage/requests (the caller's recent attempts)" 200
 call GET "/api/admin/usage?groupBy=user"
 expect_status "GET /api/admin/usage (403 for a non-admin, 200 for an admin)" 403 200
 
+# 8. Budgets: the caller's view answers (an empty list when none applies),
+# and the operator's list is refused to a non-admin.
+call GET "/api/budget"
+if [ "$STATUS" = 200 ] && [ -n "$(json_get "$BODY" .budgets)" ]; then
+  pass "GET /api/budget"
+else
+  fail "GET /api/budget" "expected 200 with budgets, got $(got)"
+fi
+call GET "/api/admin/budgets?limit=1"
+expect_status "GET /api/admin/budgets (403 for a non-admin, 200 for an admin)" 403 200
+
 echo
 if [ "$FAILED" -gt 0 ]; then
   echo "smoke test FAILED: $FAILED step(s)"
