@@ -845,6 +845,90 @@ async fn completion_function_streams_with_the_users_key() {
 
 /// An event that is not an HTTP event at all is an invocation error, and
 /// the function keeps serving.
+/// `put-budget.json` (an admin setting the sample user's budget) with
+/// `method` and, for a `PUT`, `body`.
+fn budget_event(method: &str, body: Option<&Value>) -> Value {
+    let mut event = event("put-budget.json");
+    event["requestContext"]["http"]["method"] = json!(method);
+    let route = format!("{method} /api/admin/budgets/users/{{userId}}");
+    event["routeKey"] = json!(route);
+    event["requestContext"]["routeKey"] = json!(route);
+    match body {
+        Some(body) => with_body(event, body),
+        None => {
+            event.as_object_mut().expect("event").remove("body");
+            headers_mut(&mut event).retain(|name, _| !name.starts_with("content-"));
+            event
+        }
+    }
+}
+
+/// A team-path completion on Lambda under a paused budget: refused with 402
+/// before any upstream call while the budget cannot hold it; once raised,
+/// served with the budget headers, and settled before the invocation ended
+/// (the `keys` function reads the budget's `used` from the shared store).
+#[tokio::test]
+async fn completion_function_holds_a_team_budget_within_the_invocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = StandIn::start().await;
+    standin.set_usage(Some((12, 20)));
+    let keys = Function::start("keys", dir.path(), &[]);
+    let set = keys.call(event("put-budget.json")).await;
+    assert_json_reply(&set, 200);
+    assert_eq!(set.json["limit"], 10, "{}", set.raw);
+
+    let gateway = standin.gateway_base();
+    let env = [
+        ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true"),
+        ("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY),
+        ("AI_GATEWAY_URL", gateway.as_str()),
+    ];
+    let completion = Function::start("completion", dir.path(), &env);
+    let refused = streamed(completion.invoke(event("post-chat-completions.json")).await);
+    assert_eq!(refused.status, 402, "{refused:?}");
+    assert_eq!(refused.json()["error"]["code"], "budget_exceeded");
+    assert_eq!(refused.header("x-byok-paid-by"), Some("team"));
+    assert!(standin.requests().is_empty(), "no upstream call");
+
+    let raised = json!({"type": "tokens", "period": "daily", "limit": 1000, "pauseAtLimit": true});
+    assert_json_reply(&keys.call(budget_event("PUT", Some(&raised))).await, 200);
+    let answer = streamed(completion.invoke(event("post-chat-completions.json")).await);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("x-byok-path"), Some("team-gateway"));
+    assert_eq!(answer.header("x-byok-budget-type"), Some("tokens"));
+    let remaining: u64 = answer
+        .header("x-byok-budget-remaining")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{answer:?}"));
+    assert!(
+        remaining < 1000 - 32,
+        "the reservation counted: {remaining}"
+    );
+    assert!(
+        answer.body.ends_with("data: [DONE]\n\n"),
+        "{:?}",
+        answer.body
+    );
+
+    let budget = keys.call(budget_event("GET", None)).await;
+    assert_json_reply(&budget, 200);
+    assert_eq!(
+        budget.json["used"], 32,
+        "settled in the invocation: {}",
+        budget.raw
+    );
+    assert_eq!(budget.json["reserved"], 0, "{}", budget.raw);
+    assert_eq!(budget.json["remaining"], 1000 - 32);
+
+    // A non-admin may not touch budgets.
+    let forbidden = keys
+        .call(with_groups(budget_event("GET", None), None))
+        .await;
+    assert_error(&forbidden, 403, "forbidden");
+    let deleted = keys.call(budget_event("DELETE", None)).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.raw);
+}
+
 #[tokio::test]
 async fn an_event_of_the_wrong_shape_is_an_invocation_error() {
     let dir = tempfile::tempdir().unwrap();
