@@ -21,6 +21,10 @@ type BoxError = Box<dyn Error + Send + Sync>;
 pub const BENCH_USER: &str = "bench-user";
 /// A fake OpenAI key of a valid shape (`sk-proj-` and 40 characters).
 pub const FAKE_OPENAI_KEY: &str = "sk-proj-bench00000000000000000000000000000000000";
+/// The operator's (fake) OpenAI key: it serves users without a key of their own.
+const FAKE_TEAM_KEY: &str = "sk-proj-benchteam000000000000000000000000000000";
+/// The user on the team path in `--budget` runs.
+pub const BUDGET_USER: &str = "bench-team-user";
 /// How long byok-local may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The line byok-local prints when it listens.
@@ -76,6 +80,8 @@ pub struct Gateway {
     pub base: String,
     /// A user token for [`BENCH_USER`].
     pub token: String,
+    /// Tokens of [`BUDGET_USER`] and of an admin, for `--budget` runs.
+    budget_tokens: Option<(String, String)>,
     /// Process id, for the report (and for `perf record -p`).
     pub pid: u32,
     stderr_path: PathBuf,
@@ -101,6 +107,10 @@ impl Gateway {
             ("BYOK_STORE", "embedded".to_owned()),
             ("BYOK_DATA_DIR", data_dir.display().to_string()),
             ("BYOK_OPENAI_BASE_URL", openai_base_url.to_owned()),
+            // A team key for `--budget` runs (users with a key of their own
+            // never use it), with no team request limit in the way.
+            ("OPENAI_API_KEY", FAKE_TEAM_KEY.to_owned()),
+            ("BYOK_TEAM_REQUESTS_PER_MINUTE", "0".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ];
         // A clean environment: no operator keys, secrets or overrides from the caller's shell.
@@ -124,27 +134,69 @@ impl Gateway {
             child,
             base: String::new(),
             token: String::new(),
+            budget_tokens: None,
             stderr_path,
             _dir: dir,
         };
         gateway.base = gateway.wait_ready()?;
-        let out = command(&["token", "--sub", BENCH_USER])
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()?;
-        if !out.status.success() {
+        let token = |args: &[&str]| -> Result<String, BoxError> {
+            let out = command(args)
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()?;
+            if !out.status.success() {
+                return Err(format!(
+                    "byok-local token failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+                .into());
+            }
+            let token = String::from_utf8(out.stdout)?.trim().to_owned();
+            if token.is_empty() {
+                return Err("byok-local token printed nothing".into());
+            }
+            Ok(token)
+        };
+        gateway.token = token(&["token", "--sub", BENCH_USER])?;
+        gateway.budget_tokens = Some((
+            token(&["token", "--sub", BUDGET_USER])?,
+            token(&["token", "--sub", "bench-admin", "--admin"])?,
+        ));
+        Ok(gateway)
+    }
+
+    /// A target for [`BUDGET_USER`] (no key of their own: the team key
+    /// pays) after an admin gave them a paused budget far above what the
+    /// run uses, so every request reserves and settles and none is refused.
+    pub async fn budget_target(
+        &self,
+        client: &reqwest::Client,
+    ) -> Result<crate::measure::Target, BoxError> {
+        let (user, admin) = self
+            .budget_tokens
+            .as_ref()
+            .ok_or("no budget tokens were issued")?;
+        let body = json!({"type": "tokens", "period": "monthly", "limit": 1_000_000_000_000u64, "pauseAtLimit": true});
+        let resp = client
+            .put(format!(
+                "{}/api/admin/budgets/users/{BUDGET_USER}",
+                self.base
+            ))
+            .bearer_auth(admin)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
             return Err(format!(
-                "byok-local token failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                "PUT /api/admin/budgets/users/{BUDGET_USER} answered {status}: {text}"
             )
             .into());
         }
-        gateway.token = String::from_utf8(out.stdout)?.trim().to_owned();
-        if gateway.token.is_empty() {
-            return Err("byok-local token printed nothing".into());
-        }
-        Ok(gateway)
+        crate::measure::Target::new("budget", format!("{}/v1/chat/completions", self.base), user)
     }
 
     /// Reads stdout until the ready line; keeps draining it afterwards.

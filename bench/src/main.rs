@@ -51,6 +51,10 @@ usage: cargo run --release -p byok-bench -- [options]
   --baseline PATH     also run this other byok-local build (e.g. an earlier
                       commit's) and compare it with this one at concurrency 1,
                       both in the same run, taking turns request by request
+  --budget            also compare, on the same byok-local, a user on the
+                      team path under a paused budget (reserve and settle on
+                      every request) with the user on their own key, taking
+                      turns request by request
 
 Exit status: 0, or 1 with --strict and a missed target, or 2 on an error.";
 
@@ -66,6 +70,7 @@ struct Options {
     byok_local: Option<PathBuf>,
     direct_only: bool,
     baseline: Option<PathBuf>,
+    budget: bool,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, BoxError> {
@@ -80,6 +85,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         byok_local: None,
         direct_only: false,
         baseline: None,
+        budget: false,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -119,6 +125,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
             "--byok-local" => opts.byok_local = Some(value("--byok-local")?.into()),
             "--direct-only" => opts.direct_only = true,
             "--baseline" => opts.baseline = Some(value("--baseline")?.into()),
+            "--budget" => opts.budget = true,
             "-h" | "--help" | "help" => return Ok(None),
             other => return Err(format!("unknown option: {other}\n\n{USAGE}").into()),
         }
@@ -207,6 +214,12 @@ async fn run() -> Result<ExitCode, BoxError> {
         }
         _ => None,
     };
+    let budget = match (opts.budget, &gw) {
+        (true, Some((g, target))) => {
+            Some(compare_budget(&opts, &client, &standin, &bodies, target, g).await?)
+        }
+        _ => None,
+    };
     if let Some((mut g, _)) = gw {
         if !g.alive() {
             report
@@ -256,6 +269,12 @@ async fn run() -> Result<ExitCode, BoxError> {
             map.insert("baseline".to_owned(), baseline.json());
         }
     }
+    if let Some(budget) = &budget {
+        print!("{}", budget.table());
+        if let Value::Object(map) = &mut json {
+            map.insert("budget".to_owned(), budget.json());
+        }
+    }
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
         progress(&format!("wrote {}", path.display()));
@@ -288,8 +307,13 @@ async fn start_gateway(
     Ok((g, target))
 }
 
-/// This build against another byok-local build, at concurrency 1.
+/// Two targets side by side (this build against another build, or the
+/// team path under a budget against the user's own key), at concurrency 1.
 struct BaselineRun {
+    /// The section's heading.
+    title: String,
+    /// Short names of the two, for the columns and the JSON.
+    names: [&'static str; 2],
     path: String,
     /// Non-streaming latency: this build, the baseline.
     plain: [Summary; 2],
@@ -306,10 +330,16 @@ struct BaselineRun {
 impl BaselineRun {
     fn table(&self) -> String {
         let us = |ns: u64| ns as f64 / 1e3;
+        let [a, b] = self.names;
         let mut out = format!(
-            "\n5. this build vs the baseline build ({}), concurrency 1, taking turns\n   \
-             {:<22} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-            self.path, "figure", "this p50", "base p50", "this p99", "base p99", "Δ p50"
+            "\n{}\n   {:<22} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            self.title,
+            "figure",
+            format!("{a} p50"),
+            format!("{b} p50"),
+            format!("{a} p99"),
+            format!("{b} p99"),
+            "Δ p50"
         );
         for (name, pair) in [
             ("latency, non-streaming", &self.plain),
@@ -328,7 +358,7 @@ impl BaselineRun {
         }
         let cpu = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
         out.push_str(&format!(
-            "   c={} non-streaming: this {:.0} req/s ({} µs CPU/request), baseline {:.0} req/s ({} µs CPU/request)\n",
+            "   c={} non-streaming: {a} {:.0} req/s ({} µs CPU/request), {b} {:.0} req/s ({} µs CPU/request)\n",
             self.concurrency,
             self.load[0].0,
             cpu(self.load[0].1),
@@ -339,10 +369,11 @@ impl BaselineRun {
     }
 
     fn json(&self) -> Value {
+        let [a, b] = self.names;
         let pair = |p: &[Summary; 2]| {
             serde_json::json!({
-                "this": {"p50_us": p[0].p50 as f64 / 1e3, "p99_us": p[0].p99 as f64 / 1e3},
-                "baseline": {"p50_us": p[1].p50 as f64 / 1e3, "p99_us": p[1].p99 as f64 / 1e3},
+                a: {"p50_us": p[0].p50 as f64 / 1e3, "p99_us": p[0].p99 as f64 / 1e3},
+                b: {"p50_us": p[1].p50 as f64 / 1e3, "p99_us": p[1].p99 as f64 / 1e3},
             })
         };
         serde_json::json!({
@@ -352,11 +383,110 @@ impl BaselineRun {
             "stream_total": pair(&self.stream_total),
             "load": {
                 "concurrency": self.concurrency,
-                "this": {"per_second": self.load[0].0, "cpu_us_per_request": self.load[0].1},
-                "baseline": {"per_second": self.load[1].0, "cpu_us_per_request": self.load[1].1},
+                a: {"per_second": self.load[0].0, "cpu_us_per_request": self.load[0].1},
+                b: {"per_second": self.load[1].0, "cpu_us_per_request": self.load[1].1},
             },
         })
     }
+}
+
+/// Measures `targets` (two, on the gateways of `pids`) at concurrency 1,
+/// taking turns, then each at `opts.concurrency`.
+async fn compare(
+    opts: &Options,
+    client: &reqwest::Client,
+    standin: &StandIn,
+    bodies: &Bodies,
+    targets: [(&Arc<Target>, u32); 2],
+) -> Result<
+    (
+        [Summary; 2],
+        [Summary; 2],
+        [Summary; 2],
+        [(f64, Option<f64>); 2],
+    ),
+    BoxError,
+> {
+    let plain_targets: [&Target; 2] = [targets[0].0.as_ref(), targets[1].0.as_ref()];
+    let (n, warmup) = (opts.requests, opts.warmup);
+    let plain = measure::latency(
+        client,
+        &plain_targets,
+        &bodies.plain,
+        Kind::Plain,
+        warmup,
+        n,
+    )
+    .await?;
+    let stream = measure::latency(
+        client,
+        &plain_targets,
+        &bodies.stream,
+        Kind::Stream,
+        warmup,
+        n,
+    )
+    .await?;
+    let both = |s: &[measure::Samples], pick: fn(&measure::Samples) -> &[u64]| {
+        [
+            Summary::of(s.first().map(pick).unwrap_or_default()),
+            Summary::of(s.get(1).map(pick).unwrap_or_default()),
+        ]
+    };
+    let paths = [
+        (targets[0].0, Some(targets[0].1)),
+        (targets[1].0, Some(targets[1].1)),
+    ];
+    let runs = load_runs(opts, client, standin, &paths, &bodies.plain, Kind::Plain).await?;
+    let load_of = |r: Option<&PathRun>| {
+        r.map_or((0.0, None), |r| {
+            (Load::of(&r.run).per_second, r.gateway_us())
+        })
+    };
+    Ok((
+        both(&plain, |s| &s.total),
+        both(&stream, |s| &s.first_byte),
+        both(&stream, |s| &s.total),
+        [load_of(runs.first()), load_of(runs.get(1))],
+    ))
+}
+
+/// The same gateway's team path under a paused budget (a reservation and a
+/// settlement on every request) against the user's own key.
+async fn compare_budget(
+    opts: &Options,
+    client: &reqwest::Client,
+    standin: &StandIn,
+    bodies: &Bodies,
+    own_key: &Arc<Target>,
+    gateway: &Gateway,
+) -> Result<BaselineRun, BoxError> {
+    let team = Arc::new(gateway.budget_target(client).await?);
+    probe(client, &team, bodies).await?;
+    progress(&format!(
+        "team path under a budget vs own key: {} warm-up + {} requests per path and kind",
+        opts.warmup, opts.requests
+    ));
+    let (plain, ttfb, stream_total, load) = compare(
+        opts,
+        client,
+        standin,
+        bodies,
+        [(&team, gateway.pid), (own_key, gateway.pid)],
+    )
+    .await?;
+    Ok(BaselineRun {
+        title: "6. team path under a paused budget vs the user's own key, same byok-local, \
+                concurrency 1, taking turns"
+            .to_owned(),
+        names: ["budget", "own"],
+        path: "this build".to_owned(),
+        plain,
+        ttfb,
+        stream_total,
+        load,
+        concurrency: opts.concurrency,
+    })
 }
 
 /// Starts the baseline byok-local and measures it against `this` (the
@@ -372,35 +502,31 @@ async fn compare_baseline(
 ) -> Result<BaselineRun, BoxError> {
     let (g, baseline) = start_gateway(path, "baseline", standin, client).await?;
     probe(client, &baseline, bodies).await?;
-    let (n, warmup) = (opts.requests, opts.warmup);
     progress(&format!(
-        "this build vs the baseline: {warmup} warm-up + {n} requests per build and kind"
+        "this build vs the baseline: {} warm-up + {} requests per build and kind",
+        opts.warmup, opts.requests
     ));
-    let targets: [&Target; 2] = [this.as_ref(), &baseline];
-    let plain = measure::latency(client, &targets, &bodies.plain, Kind::Plain, warmup, n).await?;
-    let stream =
-        measure::latency(client, &targets, &bodies.stream, Kind::Stream, warmup, n).await?;
-    let both = |s: &[measure::Samples], pick: fn(&measure::Samples) -> &[u64]| {
-        [
-            Summary::of(s.first().map(pick).unwrap_or_default()),
-            Summary::of(s.get(1).map(pick).unwrap_or_default()),
-        ]
-    };
     let baseline = Arc::new(baseline);
-    let paths = [(this, Some(this_pid)), (&baseline, Some(g.pid))];
-    let runs = load_runs(opts, client, standin, &paths, &bodies.plain, Kind::Plain).await?;
-    let load_of = |r: Option<&PathRun>| {
-        r.map_or((0.0, None), |r| {
-            (Load::of(&r.run).per_second, r.gateway_us())
-        })
-    };
+    let (plain, ttfb, stream_total, load) = compare(
+        opts,
+        client,
+        standin,
+        bodies,
+        [(this, this_pid), (&baseline, g.pid)],
+    )
+    .await?;
     drop(g);
     Ok(BaselineRun {
+        title: format!(
+            "5. this build vs the baseline build ({}), concurrency 1, taking turns",
+            path.display()
+        ),
+        names: ["this", "baseline"],
         path: path.display().to_string(),
-        plain: both(&plain, |s| &s.total),
-        ttfb: both(&stream, |s| &s.first_byte),
-        stream_total: both(&stream, |s| &s.total),
-        load: [load_of(runs.first()), load_of(runs.get(1))],
+        plain,
+        ttfb,
+        stream_total,
+        load,
         concurrency: opts.concurrency,
     })
 }

@@ -16,6 +16,11 @@
 //!   operation; pages are checked before the store is asked).
 //! - [`usage`]: the usage ledger (completion records priced and written to
 //!   the store) and the usage reports of `/api/usage` and `/api/admin/usage`.
+//! - [`budget`]: budgets on the team path: reserve a request's worst case
+//!   before the upstream call, settle to its real usage, alerts once per
+//!   threshold and period, the admin's and the user's budget views.
+//! - [`events`]: key and budget events to EventBridge, a file, the log, and
+//!   the operator's signed alert webhook.
 //! - [`keys`]: key management and settings: the operations behind the keys and
 //!   settings routes, over the store traits.
 //! - [`store`]: storage traits and backends ([`store::embedded`]: SQLite file
