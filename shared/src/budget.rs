@@ -12,24 +12,21 @@
 //! catalog's list prices; a model without a price costs nothing in USD, and
 //! a paused USD budget refuses it (it could not be held to its limit).
 //!
-//! Every change of a budget is read, computed ([`BudgetRecord`]'s methods)
-//! and written conditionally on its revision; changes of one budget from
-//! this process also queue on an in-process lock, so they do not race each
-//! other into retries.
+//! Every change of a budget is computed by [`BudgetRecord`]'s methods and
+//! applied atomically by the store ([`BudgetStore::update_budget`]).
 
 use crate::audit::AuditLog;
 use crate::catalog::Catalog;
 use crate::domain::{TenantId, UserId, now};
 use crate::events::{BUDGET_THRESHOLD, BudgetEvent, Event, EventSink};
-use crate::store::budget::{Reserve, utc_day};
+use crate::store::budget::utc_day;
 use crate::store::usage::{day_text, epoch_ms, nanos_to_usd, usd_to_nanos};
 use crate::store::{
-    Amount, AuditAction, BudgetPage, BudgetRecord, BudgetScope, BudgetStore, BudgetTerms,
-    BudgetUnit, Expected, Hold, StoreError,
+    Amount, AuditAction, BudgetChange, BudgetPage, BudgetRecord, BudgetScope, BudgetStore,
+    BudgetTerms, BudgetUnit, Expected, Hold, StoreError,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,11 +40,9 @@ pub const MAX_PAGE: usize = 200;
 /// Alert thresholds when a budget names none.
 pub const DEFAULT_THRESHOLDS: [u8; 3] = [80, 90, 100];
 
-/// Conditional writes tried before a change gives up (other instances
-/// changing the same budget all along).
+/// Conditional writes an admin's change tries before giving up (the
+/// budget changing under it all along).
 const WRITE_ATTEMPTS: u32 = 40;
-/// Shards of the in-process locks.
-const LOCK_SHARDS: usize = 64;
 
 /// Why a budget operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +149,6 @@ pub struct BudgetService {
     audit: AuditLog,
     default_reserve_tokens: u64,
     reservation_ttl: Duration,
-    locks: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 impl BudgetService {
@@ -171,9 +165,6 @@ impl BudgetService {
             audit,
             default_reserve_tokens: DEFAULT_RESERVE_TOKENS,
             reservation_ttl: DEFAULT_RESERVATION_TTL,
-            locks: (0..LOCK_SHARDS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
         }
     }
 
@@ -185,48 +176,31 @@ impl BudgetService {
         self
     }
 
-    fn lock(&self, scope: &BudgetScope) -> &tokio::sync::Mutex<()> {
-        let mut hasher = std::hash::DefaultHasher::new();
-        scope.hash(&mut hasher);
-        let shard = usize::try_from(hasher.finish() % LOCK_SHARDS as u64).unwrap_or(0);
-        &self.locks[shard % self.locks.len()]
-    }
-
-    /// Applies `change` to the stored budget of `scope` (after rolling it to
-    /// the current period and expiring dead reservations) and writes it back
-    /// if `change` says so. `None`: no such budget.
-    async fn change<T>(
+    /// Applies `change` to the stored budget of `scope`, after rolling it to
+    /// the current period and expiring dead reservations, atomically in the
+    /// store. `None`: no such budget; else the record before (rolled the
+    /// same way) and after.
+    async fn change(
         &self,
         scope: &BudgetScope,
-        mut change: impl FnMut(&mut BudgetRecord) -> (T, bool),
-    ) -> Result<Option<(T, BudgetRecord)>, StoreError> {
-        let _serialised = self.lock(scope).lock().await;
-        for attempt in 1..=WRITE_ATTEMPTS {
-            let Some(mut record) = self.store.get_budget(scope).await? else {
-                return Ok(None);
-            };
-            let expected = Expected::Revision(record.revision);
+        change: impl Fn(&mut BudgetRecord) + Send + Sync + 'static,
+    ) -> Result<Option<(BudgetRecord, BudgetRecord)>, StoreError> {
+        let current = |record: &mut BudgetRecord| {
             let at = now();
             record.roll(at);
             record.expire(epoch_ms(at));
-            let (out, write) = change(&mut record);
-            if !write {
-                return Ok(Some((out, record)));
+        };
+        let full: BudgetChange = Arc::new(move |record: &mut BudgetRecord| {
+            current(record);
+            change(record);
+        });
+        let updated = self.store.update_budget(scope, full).await?;
+        Ok(updated.map(|(mut before, after)| {
+            if before.period_key != after.period_key {
+                before.roll(now());
             }
-            record.revision += 1;
-            match self.store.put_budget(&record, expected).await {
-                Ok(()) => return Ok(Some((out, record))),
-                Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => {
-                    // Another instance changed it: read again after a short,
-                    // growing, jittered pause.
-                    let jitter = u64::from(at.nanosecond() % 5_000);
-                    let pause = u64::from(attempt.min(10)) * 2_000 + jitter;
-                    tokio::time::sleep(Duration::from_micros(pause)).await;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Err(StoreError::Conflict)
+            (before, after)
+        }))
     }
 
     /// Sets the terms of `scope`'s budget. A change of limit or type keeps
@@ -238,7 +212,6 @@ impl BudgetService {
         terms: BudgetTerms,
         request_id: &str,
     ) -> Result<BudgetRecord, BudgetError> {
-        let _serialised = self.lock(scope).lock().await;
         let mut attempt = 0;
         let record = loop {
             attempt += 1;
@@ -315,7 +288,6 @@ impl BudgetService {
         scope: &BudgetScope,
         request_id: &str,
     ) -> Result<(), BudgetError> {
-        let _serialised = self.lock(scope).lock().await;
         self.store
             .delete_budget(scope)
             .await?
@@ -442,63 +414,69 @@ impl BudgetService {
         let id = crate::crypto::random_hex::<12>().map_err(StoreError::backend)?;
         let expires_ms = epoch_ms(now())
             .saturating_add(i64::try_from(self.reservation_ttl.as_millis()).unwrap_or(i64::MAX));
-        let changed = self
-            .change(scope, |record| {
+        let hold = Hold {
+            id: id.clone(),
+            amount: Amount {
+                tokens: ask.tokens,
+                nanos: ask.nanos.unwrap_or(0),
+            },
+            expires_ms,
+        };
+        let updated = self
+            .change(scope, move |record| {
                 let unpriced = record.terms.unit == BudgetUnit::Usd && ask.nanos.is_none();
-                if unpriced && record.terms.pause_at_limit {
-                    return (Err(Refusal::Unpriced), false);
-                }
-                let hold = Hold {
-                    id: id.clone(),
-                    amount: Amount {
-                        tokens: ask.tokens,
-                        nanos: ask.nanos.unwrap_or(0),
-                    },
-                    expires_ms,
-                };
-                match record.reserve(hold) {
-                    Reserve::Granted => (Ok(()), true),
-                    Reserve::Refused => (Err(Refusal::OverLimit), false),
+                if !(unpriced && record.terms.pause_at_limit) {
+                    // Refused or not, the record says: the hold is there or not.
+                    let _ = record.reserve(hold.clone());
                 }
             })
             .await?;
-        let Some((outcome, record)) = changed else {
+        let Some((_, record)) = updated else {
             return Ok(None);
         };
         let status = BudgetStatus::of(&record);
-        match outcome {
-            Ok(()) => Ok(Some((
+        if record.holds.iter().any(|h| h.id == id) {
+            return Ok(Some((
                 HoldRef {
                     scope: scope.clone(),
                     id,
                 },
                 status,
-            ))),
-            Err(refusal) => {
-                tracing::info!(budget = %scope, "completion refused by a budget");
-                Err(BudgetError::Exceeded(refusal.message(scope, &record)))
-            }
+            )));
         }
+        let unpriced = record.terms.unit == BudgetUnit::Usd && ask.nanos.is_none();
+        let refusal = if unpriced {
+            Refusal::Unpriced
+        } else {
+            Refusal::OverLimit
+        };
+        tracing::info!(budget = %scope, "completion refused by a budget");
+        Err(BudgetError::Exceeded(refusal.message(scope, &record)))
     }
 
     /// Replaces each hold by `actual` usage and raises the alerts this
     /// crossed. Never fails: a failure is logged (the hold then expires).
     pub async fn settle(&self, holds: &[HoldRef], actual: Amount) {
         for hold in holds {
+            let id = hold.id.clone();
             let settled = self
-                .change(&hold.scope, |record| {
-                    (record.settle(Some(&hold.id), actual), true)
+                .change(&hold.scope, move |record| {
+                    record.settle(Some(&id), actual);
                 })
                 .await;
             match settled {
-                Ok(Some((crossed, record))) if !crossed.is_empty() => {
-                    let events: Vec<Event> = crossed
-                        .into_iter()
-                        .map(|threshold| Event::Budget(threshold_event(&record, threshold)))
+                Ok(Some((before, after))) => {
+                    let events: Vec<Event> = after
+                        .alerted
+                        .iter()
+                        .filter(|t| !before.alerted.contains(t))
+                        .map(|threshold| Event::Budget(threshold_event(&after, *threshold)))
                         .collect();
-                    self.events.publish(&events).await;
+                    if !events.is_empty() {
+                        self.events.publish(&events).await;
+                    }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(err) => tracing::error!(
                     budget = %hold.scope,
                     error = %err,

@@ -177,14 +177,18 @@ impl Setup {
         }
     }
 
-    /// The `budget.threshold` events written so far, as (id, threshold).
+    /// The `budget.threshold` events written so far, as (id, threshold), sorted.
     fn threshold_events(&self) -> Vec<(String, u64)> {
         let text = std::fs::read_to_string(&self.events_file).unwrap_or_default();
-        text.lines()
+        let mut events: Vec<(String, u64)> = text
+            .lines()
             .map(|line| serde_json::from_str::<Value>(line).unwrap())
             .filter(|e| e["event"] == "budget.threshold")
             .map(|e| (e["id"].as_str().unwrap().to_owned(), n(&e["threshold"])))
-            .collect()
+            .collect();
+        // Concurrent settlements publish in any order.
+        events.sort();
+        events
     }
 
     async fn stop(self) {

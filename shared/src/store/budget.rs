@@ -3,9 +3,10 @@
 //! terms, its current period's settled usage, the live reservations and the
 //! alert thresholds already crossed this period.
 //!
-//! Every change is a read, a change computed here, and a write conditional
-//! on the record's `revision` (DynamoDB: a conditional write of one item;
-//! SQLite: one transaction): concurrent changes from any number of instances
+//! Every change is applied atomically to the record as stored
+//! ([`BudgetStore::update_budget`]): on DynamoDB a read and a write
+//! conditional on the record's `revision` (retried on a conflict), in SQLite
+//! one transaction. Concurrent changes from any number of instances
 //! serialise on that one record, so a reservation can never be granted
 //! against a count another instance has already changed. The arithmetic of a
 //! change (period roll-over, expiry of reservations, the limit check,
@@ -330,10 +331,23 @@ pub struct BudgetPage {
     pub next: Option<String>,
 }
 
+/// A change of a stored budget, applied to the record as stored at the
+/// moment of the write (and again if a concurrent write came first).
+pub type BudgetChange = std::sync::Arc<dyn Fn(&mut BudgetRecord) + Send + Sync>;
+
 /// Where budgets live. Outside what resolution reads.
 #[async_trait]
 pub trait BudgetStore: Send + Sync {
     async fn get_budget(&self, scope: &BudgetScope) -> Result<Option<BudgetRecord>, StoreError>;
+
+    /// Applies `change` to the stored budget atomically and returns the
+    /// record before and after it (`None`: no such budget). A change that
+    /// changes nothing writes nothing; otherwise the revision goes up by one.
+    async fn update_budget(
+        &self,
+        scope: &BudgetScope,
+        change: BudgetChange,
+    ) -> Result<Option<(BudgetRecord, BudgetRecord)>, StoreError>;
 
     /// Writes `record` (its `revision` already the new one) if the stored one
     /// matches `expected`; else [`StoreError::Conflict`] and nothing changes.
@@ -349,6 +363,45 @@ pub trait BudgetStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<BudgetPage, StoreError>;
+}
+
+/// Conditional writes tried before an update gives up (other instances
+/// changing the same budget all along).
+const WRITE_ATTEMPTS: u32 = 40;
+
+/// [`BudgetStore::update_budget`] for stores whose only atomic primitive is
+/// a write conditional on the revision: read, change, write if the revision
+/// is still the one read; on a conflict, read again after a short, growing,
+/// jittered pause.
+pub(crate) async fn update_by_revision<S: BudgetStore + ?Sized>(
+    store: &S,
+    scope: &BudgetScope,
+    change: &BudgetChange,
+) -> Result<Option<(BudgetRecord, BudgetRecord)>, StoreError> {
+    for attempt in 1..=WRITE_ATTEMPTS {
+        let Some(before) = store.get_budget(scope).await? else {
+            return Ok(None);
+        };
+        let mut after = before.clone();
+        change(&mut after);
+        if after == before {
+            return Ok(Some((before, after)));
+        }
+        after.revision = before.revision + 1;
+        match store
+            .put_budget(&after, Expected::Revision(before.revision))
+            .await
+        {
+            Ok(()) => return Ok(Some((before, after))),
+            Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => {
+                let jitter = u64::from(crate::domain::now().nanosecond() % 5_000);
+                let pause = u64::from(attempt.min(10)) * 2_000 + jitter;
+                tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(StoreError::Conflict)
 }
 
 /// The stored text of a record's holds.

@@ -30,8 +30,8 @@ pub mod usage;
 
 pub use audit::{AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore, BadCursor};
 pub use budget::{
-    Amount, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore, BudgetTerms,
-    BudgetUnit, Hold,
+    Amount, BudgetChange, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore,
+    BudgetTerms, BudgetUnit, Hold,
 };
 pub use ratelimit::{RateAction, RateDecision, RateLimitStore};
 pub use rotation::{ListedSecret, RotationStore, SecretVersions};

@@ -10,14 +10,17 @@
 //!
 //! A write is a `PutItem` conditional on the item's `revision` (or on its
 //! absence), so concurrent changes from any number of instances serialise
-//! on the one item. A new budget's list entry is written after the budget;
+//! on the one item; an update reads, changes and writes, and reads again
+//! on a conflict. This process's updates of one item also queue on an
+//! in-process lock (as counters do), so they do not conflict with each other. A new budget's list entry is written after the budget;
 //! a deleted budget's after it is removed (a list skips entries whose budget
 //! is gone).
 
 use super::super::Expected;
 use super::super::budget::{
-    Amount, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore, BudgetTerms,
-    BudgetUnit, holds_text, parse_holds, parse_percents, percents_text,
+    Amount, BudgetChange, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore,
+    BudgetTerms, BudgetUnit, holds_text, parse_holds, parse_percents, percents_text,
+    update_by_revision,
 };
 use super::{
     Attrs, DynamoMetadataStore, Item, PK, SK, StoreError, backend, conditional_put, corrupt, s,
@@ -122,6 +125,18 @@ impl BudgetStore for DynamoMetadataStore {
             .await
             .map_err(|e| backend("GetItem", e))?;
         out.item.as_ref().map(record_of).transpose()
+    }
+
+    async fn update_budget(
+        &self,
+        scope: &BudgetScope,
+        change: BudgetChange,
+    ) -> Result<Option<(BudgetRecord, BudgetRecord)>, StoreError> {
+        // This process's updates of one budget queue here rather than race
+        // each other into conflicts; other instances' are caught by the revision.
+        let pk = format!("BUDGET#{}", scope.sort_key());
+        let _serialised = self.item_lock(&pk, BUDGET_SK).lock().await;
+        update_by_revision(self, scope, &change).await
     }
 
     async fn put_budget(

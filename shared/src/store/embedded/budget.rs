@@ -1,12 +1,14 @@
 //! Budgets in the embedded store: one `budgets` row per budget in
-//! `usage.db` (schema version 2), written on the counters' connection. A
-//! conditional write is one immediate transaction that checks the row's
-//! revision and writes the whole record.
+//! `usage.db` (schema version 2). Updates (reservations, settlements) run
+//! on the ledger's writer thread, each inside its next transaction with
+//! whatever else waits there, so they never contend with ledger writes for
+//! the file and many share one commit; the admin's conditional writes are
+//! one immediate transaction of their own that checks the row's revision.
 
 use super::super::Expected;
 use super::super::budget::{
-    Amount, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore, BudgetTerms,
-    BudgetUnit, holds_text, parse_holds, parse_percents, percents_text,
+    Amount, BudgetChange, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore,
+    BudgetTerms, BudgetUnit, holds_text, parse_holds, parse_percents, percents_text,
 };
 use super::{EmbeddedStore, StoreError, col, corrupt, ts_from_text, ts_to_text};
 use crate::domain::UserId;
@@ -78,24 +80,83 @@ fn record_from_row(row: &Row<'_>) -> Result<BudgetRecord, StoreError> {
     })
 }
 
+/// The row of `key` as a record, if any.
+fn read_row(conn: &rusqlite::Connection, key: &str) -> Result<Option<BudgetRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM budgets WHERE scope_key = ?1"
+        ))
+        .map_err(StoreError::backend)?;
+    let mut rows = stmt.query([key]).map_err(StoreError::backend)?;
+    match rows.next().map_err(StoreError::backend)? {
+        Some(row) => Ok(Some(record_from_row(row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes `r` as its row, whatever was there.
+fn write_row(conn: &rusqlite::Connection, r: &BudgetRecord) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "INSERT OR REPLACE INTO budgets ({COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ))
+        .map_err(StoreError::backend)?;
+    stmt.execute(params![
+        r.scope.sort_key(),
+        r.terms.unit.as_str(),
+        r.terms.period.as_str(),
+        int(r.terms.limit),
+        i64::from(r.terms.pause_at_limit),
+        percents_text(&r.terms.alert_thresholds),
+        ts_to_text(r.updated_at)?,
+        r.updated_by.as_str(),
+        r.period_key,
+        int(r.used.tokens),
+        int(r.used.nanos),
+        holds_text(&r.holds),
+        percents_text(&r.alerted),
+        int(r.revision),
+    ])
+    .map_err(StoreError::backend)?;
+    Ok(())
+}
+
+/// [`BudgetStore::update_budget`] inside the writer's transaction `tx`.
+pub(super) fn update_in(
+    tx: &rusqlite::Transaction<'_>,
+    scope: &BudgetScope,
+    change: &BudgetChange,
+) -> Result<Option<(BudgetRecord, BudgetRecord)>, StoreError> {
+    let Some(before) = read_row(tx, &scope.sort_key())? else {
+        return Ok(None);
+    };
+    let mut after = before.clone();
+    change(&mut after);
+    if after != before {
+        after.revision = before.revision + 1;
+        write_row(tx, &after)?;
+    }
+    Ok(Some((before, after)))
+}
+
 #[async_trait]
 impl BudgetStore for EmbeddedStore {
+    async fn update_budget(
+        &self,
+        scope: &BudgetScope,
+        change: BudgetChange,
+    ) -> Result<Option<(BudgetRecord, BudgetRecord)>, StoreError> {
+        self.inner
+            .usage_writer
+            .update_budget(scope.clone(), change)
+            .await
+    }
+
     async fn get_budget(&self, scope: &BudgetScope) -> Result<Option<BudgetRecord>, StoreError> {
         let key = scope.sort_key();
-        self.run(move |inner| {
-            let conn = inner.counters()?;
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM budgets WHERE scope_key = ?1"
-                ))
-                .map_err(StoreError::backend)?;
-            let mut rows = stmt.query([&key]).map_err(StoreError::backend)?;
-            match rows.next().map_err(StoreError::backend)? {
-                Some(row) => Ok(Some(record_from_row(row)?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        self.run(move |inner| read_row(&*inner.usage_reads()?, &key))
+            .await
     }
 
     async fn put_budget(
@@ -104,17 +165,15 @@ impl BudgetStore for EmbeddedStore {
         expected: Expected,
     ) -> Result<(), StoreError> {
         let r = record.clone();
-        let updated_at = ts_to_text(r.updated_at)?;
         self.run(move |inner| {
             let mut conn = inner.counters()?;
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::backend)?;
-            let key = r.scope.sort_key();
             let stored: Option<i64> = tx
                 .query_row(
                     "SELECT revision FROM budgets WHERE scope_key = ?1",
-                    [&key],
+                    [r.scope.sort_key()],
                     |row| row.get(0),
                 )
                 .optional()
@@ -127,29 +186,7 @@ impl BudgetStore for EmbeddedStore {
             if !matches {
                 return Err(StoreError::Conflict);
             }
-            tx.execute(
-                &format!(
-                    "INSERT OR REPLACE INTO budgets ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-                ),
-                params![
-                    key,
-                    r.terms.unit.as_str(),
-                    r.terms.period.as_str(),
-                    int(r.terms.limit),
-                    i64::from(r.terms.pause_at_limit),
-                    percents_text(&r.terms.alert_thresholds),
-                    updated_at,
-                    r.updated_by.as_str(),
-                    r.period_key,
-                    int(r.used.tokens),
-                    int(r.used.nanos),
-                    holds_text(&r.holds),
-                    percents_text(&r.alerted),
-                    int(r.revision),
-                ],
-            )
-            .map_err(StoreError::backend)?;
+            write_row(&tx, &r)?;
             tx.commit().map_err(StoreError::backend)
         })
         .await

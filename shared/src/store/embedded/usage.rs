@@ -18,6 +18,7 @@
 //! sync each. If a batch fails, its entries are retried one by one, so each
 //! caller gets its own entry's outcome.
 
+use super::super::budget::{BudgetChange, BudgetRecord, BudgetScope};
 use super::super::usage::{
     LedgerOutcome, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore, day_text, epoch_ms,
     parse_day,
@@ -173,11 +174,37 @@ const PRUNE_EVERY_MS: i64 = 60_000;
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// One entry waiting for the writer, and where its outcome goes.
-struct Job {
-    entry: UsageEntry,
-    retention: Option<Duration>,
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+/// The outcome of a budget update: the record before and after it.
+type BudgetUpdate = Option<(BudgetRecord, BudgetRecord)>;
+
+/// One write waiting for the writer, and where its outcome goes.
+enum Job {
+    /// A ledger entry.
+    Entry {
+        entry: UsageEntry,
+        retention: Option<Duration>,
+        done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// A budget change (see [`super::budget`]).
+    Budget {
+        scope: BudgetScope,
+        change: BudgetChange,
+        done: tokio::sync::oneshot::Sender<Result<BudgetUpdate, StoreError>>,
+    },
+}
+
+impl Job {
+    /// Answers the caller with `outcome` (a budget job with its own result).
+    fn answer(self, outcome: Result<Option<BudgetUpdate>, StoreError>) {
+        match self {
+            Job::Entry { done, .. } => {
+                let _ = done.send(outcome.map(|_| ()));
+            }
+            Job::Budget { done, .. } => {
+                let _ = done.send(outcome.map(Option::flatten));
+            }
+        }
+    }
 }
 
 /// The handle of the ledger's writer thread; the thread ends when the
@@ -203,16 +230,37 @@ impl UsageWriter {
         retention: Option<Duration>,
     ) -> Result<(), StoreError> {
         let (done, outcome) = tokio::sync::oneshot::channel();
-        let gone = || StoreError::backend(std::io::Error::other("the usage writer has stopped"));
         self.jobs
-            .send(Job {
+            .send(Job::Entry {
                 entry,
                 retention,
                 done,
             })
-            .map_err(|_| gone())?;
-        outcome.await.map_err(|_| gone())?
+            .map_err(|_| writer_gone())?;
+        outcome.await.map_err(|_| writer_gone())?
     }
+
+    /// Applies `change` to the budget of `scope` in the writer's next
+    /// transaction (with whatever else is waiting).
+    pub(super) async fn update_budget(
+        &self,
+        scope: BudgetScope,
+        change: BudgetChange,
+    ) -> Result<BudgetUpdate, StoreError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job::Budget {
+                scope,
+                change,
+                done,
+            })
+            .map_err(|_| writer_gone())?;
+        outcome.await.map_err(|_| writer_gone())?
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::backend(std::io::Error::other("the usage writer has stopped"))
 }
 
 /// The writer thread: waits for an entry, takes every other one waiting,
@@ -229,43 +277,59 @@ fn run_writer(mut conn: rusqlite::Connection, queue: &std::sync::mpsc::Receiver<
         }
         let now_ms = epoch_ms(crate::domain::now());
         let prune = now_ms.saturating_sub(last_prune_ms) >= PRUNE_EVERY_MS;
-        let entries: Vec<(&UsageEntry, Option<Duration>)> =
-            batch.iter().map(|j| (&j.entry, j.retention)).collect();
-        match commit(&mut conn, &entries, prune.then_some(now_ms)) {
-            Ok(()) => {
+        match commit(&mut conn, &batch, prune.then_some(now_ms)) {
+            Ok(outcomes) => {
                 if prune {
                     last_prune_ms = now_ms;
                 }
-                for job in batch {
-                    let _ = job.done.send(Ok(()));
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    job.answer(Ok(outcome));
                 }
             }
             Err(err) if batch.len() == 1 => {
                 if let Some(job) = batch.pop() {
-                    let _ = job.done.send(Err(err));
+                    job.answer(Err(err));
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, entries = batch.len(), "usage batch failed; writing its entries one by one");
+                tracing::warn!(error = %err, jobs = batch.len(), "usage batch failed; writing its jobs one by one");
                 for job in batch {
-                    let outcome = commit(&mut conn, &[(&job.entry, job.retention)], None);
-                    let _ = job.done.send(outcome);
+                    let outcome = commit(&mut conn, std::slice::from_ref(&job), None)
+                        .map(|mut one| one.pop().flatten());
+                    job.answer(outcome);
                 }
             }
         }
     }
 }
 
-/// Writes `entries` in one immediate transaction; with `prune_at`, also
-/// removes raw entries expired by then.
+/// Writes `jobs` in one immediate transaction (budget changes in their
+/// order, each on the budget as the ones before it left it); with
+/// `prune_at`, also removes raw entries expired by then. One outcome per
+/// job: a budget job's update, `None` for an entry.
 fn commit(
     conn: &mut rusqlite::Connection,
-    entries: &[(&UsageEntry, Option<Duration>)],
+    jobs: &[Job],
     prune_at: Option<i64>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Option<BudgetUpdate>>, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(StoreError::backend)?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut entries = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Entry {
+                entry, retention, ..
+            } => {
+                entries.push((entry, *retention));
+                outcomes.push(None);
+            }
+            Job::Budget { scope, change, .. } => {
+                outcomes.push(Some(super::budget::update_in(&tx, scope, change)?));
+            }
+        }
+    }
     // Entries of one aggregate row are added up first: one upsert per row.
     let mut rows: Vec<(&UsageEntry, UsageCounts)> = Vec::new();
     for (entry, retention) in entries {
@@ -282,7 +346,7 @@ fn commit(
             None => rows.push((entry, entry.counts())),
         }
         if let Some(retention) = retention {
-            insert_raw(&tx, entry, *retention)?;
+            insert_raw(&tx, entry, retention)?;
         }
     }
     for (entry, counts) in rows {
@@ -295,7 +359,8 @@ fn commit(
         )
         .map_err(StoreError::backend)?;
     }
-    tx.commit().map_err(StoreError::backend)
+    tx.commit().map_err(StoreError::backend)?;
+    Ok(outcomes)
 }
 
 /// Adds `counts` to the aggregate row of `entry`.
