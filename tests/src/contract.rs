@@ -41,6 +41,9 @@ pub struct Backend {
     pub usage: Arc<dyn UsageStore>,
     /// Budgets (the same backend as `meta`).
     pub budgets: Arc<dyn BudgetStore>,
+    /// The same budgets through a second, independent instance of the
+    /// backend (another process's view of the same data).
+    pub budgets_elsewhere: Arc<dyn BudgetStore>,
     pub _guard: Box<dyn Any + Send>,
 }
 
@@ -1944,9 +1947,14 @@ pub async fn budget_reservations_from_two_instances_never_pass_a_paused_limit(b:
         )
         .await
         .unwrap();
-    // Two instances (each with its own in-process locks) on one store.
+    // Two instances of the gateway, each on its own instance of the store.
     let first = Arc::new(budget_service(b));
-    let second = Arc::new(budget_service(b));
+    let second = Arc::new(byok::budget::BudgetService::new(
+        b.budgets_elsewhere.clone(),
+        Arc::new(byok::catalog::Catalog::builtin().unwrap()),
+        Arc::new(byok::events::LogSink),
+        byok::audit::AuditLog::new(b.audit.clone()),
+    ));
     let ask = byok::budget::Ask {
         tokens: 100,
         nanos: Some(1),
