@@ -402,3 +402,133 @@ impl EventSink for WebhookSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn budget_event() -> Event {
+        Event::Budget(BudgetEvent {
+            event: BUDGET_THRESHOLD,
+            unit: "tokens",
+            scope: "user",
+            id: "alice".into(),
+            period: "daily",
+            period_start: Some("2026-12-02".into()),
+            threshold: 80,
+            used: 800.into(),
+            limit: 1000.into(),
+            at: crate::domain::now(),
+        })
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_t_dot_body() {
+        // Computed independently (Python's hmac module).
+        assert_eq!(
+            WebhookSink::signature("Jefe", 1_700_000_000, "what do ya want for nothing?"),
+            "t=1700000000,v1=1cdd0650c8be1cb0974b1788d458b1e781206cfef59b85faafc582d2e182c57e"
+        );
+    }
+
+    /// A receiver that refuses the first `failures` deliveries with `refusal`.
+    async fn receiver(
+        failures: usize,
+        refusal: http::StatusCode,
+    ) -> (
+        String,
+        Arc<AtomicUsize>,
+        Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, s) = (calls.clone(), seen.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: http::HeaderMap, body: String| {
+                let (c, s) = (c.clone(), s.clone());
+                async move {
+                    let n = c.fetch_add(1, Ordering::SeqCst);
+                    let signature = headers
+                        .get("x-byok-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Ok(mut seen) = s.lock() {
+                        seen.push((signature, body));
+                    }
+                    if n < failures {
+                        refusal
+                    } else {
+                        http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (url, calls, seen)
+    }
+
+    #[tokio::test]
+    async fn alerts_are_retried_until_delivered_and_signed() {
+        let (url, calls, seen) = receiver(2, http::StatusCode::SERVICE_UNAVAILABLE).await;
+        let sink = WebhookSink::new(
+            Arc::new(LogSink),
+            url,
+            Some(WebhookSecret::new("whsec-test".into())),
+        )
+        .unwrap();
+        let key_event = Event::Key(KeyEvent {
+            kind: KeyEventKind::Rotated,
+            user: UserId::new("alice").unwrap(),
+            service: Service::OpenAi,
+            masked_key: "sk-…0001".into(),
+            at: crate::domain::now(),
+            reason: None,
+            keyed_at: None,
+        });
+        sink.publish(&[key_event, budget_event()]).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "two 503s, then delivered, then no more"
+        );
+        let seen = seen.lock().unwrap().clone();
+        for (signature, body) in &seen {
+            let t: i64 = signature
+                .strip_prefix("t=")
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|t| t.parse().ok())
+                .unwrap();
+            assert_eq!(signature, &WebhookSink::signature("whsec-test", t, body));
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(
+                json["event"], "budget.threshold",
+                "only budget alerts: {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_retried() {
+        // A 4xx other than 429: the receiver will not take it; no retry.
+        let (url, calls, seen) = receiver(usize::MAX, http::StatusCode::BAD_REQUEST).await;
+        let sink = WebhookSink::new(Arc::new(LogSink), url, None).unwrap();
+        sink.publish(&[budget_event()]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one attempt");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen[0].0, "", "no secret, no signature header");
+    }
+}
