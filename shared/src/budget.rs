@@ -30,10 +30,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Tokens reserved for the answer when a request names no `max_tokens`.
-pub const DEFAULT_RESERVE_TOKENS: u64 = 4_096;
-/// How long an unsettled reservation counts.
-pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(900);
+pub use crate::config::{DEFAULT_RESERVATION_TTL, DEFAULT_RESERVE_TOKENS};
 /// Budgets per page of the operator's list, by default and at most.
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 200;

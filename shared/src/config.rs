@@ -4,7 +4,7 @@
 
 use crate::domain::{ApiKey, ModelId, Service};
 use crate::resolve::{TeamCredentials, Upstreams};
-use crate::rotation::SweepPolicy;
+pub use crate::upstream::UpstreamTimeouts;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -100,24 +100,26 @@ pub struct RotationConfig {
     pub sweep: SweepPolicy,
 }
 
-/// How long the completion path waits on an upstream.
+/// What the sweep checks and how old is too old.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UpstreamTimeouts {
-    /// TCP (and TLS) connection (`BYOK_UPSTREAM_CONNECT_TIMEOUT_SECS`).
-    pub connect: Duration,
-    /// From sending the request to the first byte of the body
-    /// (`BYOK_UPSTREAM_FIRST_BYTE_TIMEOUT_SECS`).
-    pub first_byte: Duration,
-    /// Between two chunks of a body (`BYOK_UPSTREAM_IDLE_TIMEOUT_SECS`).
-    pub idle: Duration,
+pub struct SweepPolicy {
+    /// Keys last validated longer ago than this (or never) are checked.
+    pub revalidate_after: Duration,
+    /// Keys whose material is older than this raise `key.rotation_due`.
+    pub rotation_age: Duration,
+    /// Unreferenced secrets unchanged for this long are removed.
+    pub orphan_grace: Duration,
+    /// Provider checks in flight at once.
+    pub concurrency: usize,
 }
 
-impl Default for UpstreamTimeouts {
+impl Default for SweepPolicy {
     fn default() -> Self {
         Self {
-            connect: Duration::from_secs(10),
-            first_byte: Duration::from_secs(120),
-            idle: Duration::from_secs(120),
+            revalidate_after: Duration::from_secs(24 * 3600),
+            rotation_age: Duration::from_secs(90 * 24 * 3600),
+            orphan_grace: Duration::from_secs(3600),
+            concurrency: 4,
         }
     }
 }
@@ -135,6 +137,10 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// Tokens a budget reserves for the answer when a request names no `max_tokens`.
+pub const DEFAULT_RESERVE_TOKENS: u64 = 4_096;
+/// How long an unsettled budget reservation counts.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(900);
 pub const DEFAULT_DATA_DIR: &str = ".byok";
 pub const DEFAULT_SECRET_PREFIX: &str = "byok/";
 pub const DEFAULT_VALIDATE_PER_MINUTE: u32 = 5;
@@ -218,10 +224,7 @@ impl Config {
         }
         let usage_retention =
             (retention_days > 0).then(|| Duration::from_secs(retention_days * 86_400));
-        let default_reserve_tokens = number(
-            "BYOK_DEFAULT_RESERVE_TOKENS",
-            crate::budget::DEFAULT_RESERVE_TOKENS,
-        )?;
+        let default_reserve_tokens = number("BYOK_DEFAULT_RESERVE_TOKENS", DEFAULT_RESERVE_TOKENS)?;
         if default_reserve_tokens > 10_000_000 {
             return Err(ConfigError::Invalid {
                 name: "BYOK_DEFAULT_RESERVE_TOKENS",
@@ -231,7 +234,7 @@ impl Config {
         let reservation_ttl = Duration::from_secs(
             Some(number(
                 "BYOK_RESERVATION_TTL_SECS",
-                crate::budget::DEFAULT_RESERVATION_TTL.as_secs(),
+                DEFAULT_RESERVATION_TTL.as_secs(),
             )?)
             .filter(|s| (1..=86_400).contains(s))
             .ok_or(ConfigError::Invalid {

@@ -5,6 +5,7 @@
 //! with the user's consent. Pure over one [`UserSnapshot`]; the credential
 //! itself is only named here, never read.
 
+pub use crate::domain::ResolutionPath;
 use crate::domain::base_url::url_host;
 use crate::domain::{ApiKey, ModelError, ModelId, SecretRef, Service, UserId};
 use crate::store::{MetadataStore, StoreError, UserSnapshot};
@@ -12,46 +13,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use tracing::field::Empty;
-
-/// Which rule of the contract chose the credential.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResolutionPath {
-    UserGateway,
-    UserProvider,
-    TeamGateway,
-    TeamProvider,
-}
-
-impl ResolutionPath {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ResolutionPath::UserGateway => "user-gateway",
-            ResolutionPath::UserProvider => "user-provider",
-            ResolutionPath::TeamGateway => "team-gateway",
-            ResolutionPath::TeamProvider => "team-provider",
-        }
-    }
-
-    pub const ALL: [Self; 4] = [
-        ResolutionPath::UserGateway,
-        ResolutionPath::UserProvider,
-        ResolutionPath::TeamGateway,
-        ResolutionPath::TeamProvider,
-    ];
-
-    /// The path named by [`Self::as_str`].
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == text)
-    }
-
-    /// Team paths are paid by the operator; BYOK paths by the user.
-    pub const fn is_team(self) -> bool {
-        matches!(
-            self,
-            ResolutionPath::TeamGateway | ResolutionPath::TeamProvider
-        )
-    }
-}
 
 /// Whose base URL the request goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

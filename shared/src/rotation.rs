@@ -45,6 +45,7 @@
 //! referenced secrets are never changed, beyond the validation time.
 
 use crate::audit::AuditLog;
+pub use crate::config::SweepPolicy;
 use crate::domain::key::check_key_format;
 use crate::domain::{
     ApiKey, KeyFormatError, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef,
@@ -52,7 +53,6 @@ use crate::domain::{
 };
 use crate::events::{EventSink, KeyEvent, KeyEventKind};
 use crate::store::{AuditAction, Expected, MetadataStore, RotationStore, SecretStore, StoreError};
-use crate::validate::ValidationService;
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use std::collections::HashSet;
@@ -131,34 +131,32 @@ impl RotationError {
     }
 }
 
+/// What rotation and the sweep need of key checking (implemented by
+/// [`crate::validate::ValidationService`]; rotation depends on this trait,
+/// never on the service).
+#[async_trait]
+pub trait KeyChecker: Send + Sync {
+    /// One hit of the per-user key-check limit: `Ok(None)` if allowed, else
+    /// the seconds to wait.
+    async fn hit(&self, user: &UserId) -> Result<Option<u64>, StoreError>;
+
+    /// Checks `key` for `service` against the provider (at the user's own
+    /// base URL if given), outside any limit.
+    async fn probe(
+        &self,
+        service: Service,
+        key: &ApiKey,
+        user_base_url: Option<&str>,
+    ) -> ValidationResult;
+
+    /// Writes a check's outcome onto `record` unless it changed meanwhile.
+    async fn mark(&self, record: &KeyRecord, result: ValidationResult) -> Option<KeyRecord>;
+}
+
 /// Starts a rotation of a key whose replacement was just staged.
 #[async_trait]
 pub trait RotationTrigger: Send + Sync {
     async fn start(&self, record: &KeyRecord) -> Result<(), RotationError>;
-}
-
-/// What the sweep checks and how old is too old.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SweepPolicy {
-    /// Keys last validated longer ago than this (or never) are checked.
-    pub revalidate_after: Duration,
-    /// Keys whose material is older than this raise `key.rotation_due`.
-    pub rotation_age: Duration,
-    /// Unreferenced secrets unchanged for this long are removed.
-    pub orphan_grace: Duration,
-    /// Provider checks in flight at once.
-    pub concurrency: usize,
-}
-
-impl Default for SweepPolicy {
-    fn default() -> Self {
-        Self {
-            revalidate_after: Duration::from_secs(24 * 3600),
-            rotation_age: Duration::from_secs(90 * 24 * 3600),
-            orphan_grace: Duration::from_secs(3600),
-            concurrency: 4,
-        }
-    }
 }
 
 /// What one sweep did.
@@ -182,7 +180,7 @@ pub struct RotationService {
     meta: Arc<dyn MetadataStore>,
     secrets: Arc<dyn SecretStore>,
     store: Arc<dyn RotationStore>,
-    validation: Arc<ValidationService>,
+    validation: Arc<dyn KeyChecker>,
     audit: AuditLog,
     events: Arc<dyn EventSink>,
 }
@@ -192,7 +190,7 @@ impl RotationService {
         meta: Arc<dyn MetadataStore>,
         secrets: Arc<dyn SecretStore>,
         store: Arc<dyn RotationStore>,
-        validation: Arc<ValidationService>,
+        validation: Arc<dyn KeyChecker>,
         audit: AuditLog,
         events: Arc<dyn EventSink>,
     ) -> Self {

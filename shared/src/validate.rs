@@ -14,7 +14,6 @@
 //! `unreachable`, never `invalid`: only 401/403 mean `invalid`.
 
 use crate::audit::AuditLog;
-use crate::completion::{UpstreamClient, UpstreamError, UpstreamErrorKind, check_key};
 use crate::domain::key::check_key_format;
 use crate::domain::{
     ApiKey, BaseUrlError, KeyFormatError, KeyRecord, ModelId, Service, Timestamp, UserBaseUrl,
@@ -24,6 +23,7 @@ use crate::resolve::{BaseUrlSource, CredentialSource, ResolutionPath, ResolveErr
 use crate::store::{
     AuditAction, Expected, MetadataStore, RateAction, RateLimitStore, SecretStore, StoreError,
 };
+use crate::upstream::{UpstreamClient, UpstreamError, UpstreamErrorKind, check_key};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -421,5 +421,25 @@ impl ValidationService {
                 None
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::rotation::KeyChecker for ValidationService {
+    async fn hit(&self, user: &UserId) -> Result<Option<u64>, StoreError> {
+        ValidationService::hit(self, user).await
+    }
+
+    async fn probe(
+        &self,
+        service: Service,
+        key: &ApiKey,
+        user_base_url: Option<&str>,
+    ) -> ValidationResult {
+        ValidationService::probe(self, service, key, user_base_url).await
+    }
+
+    async fn mark(&self, record: &KeyRecord, result: ValidationResult) -> Option<KeyRecord> {
+        ValidationService::mark(self, record, result).await
     }
 }

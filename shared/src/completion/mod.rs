@@ -11,27 +11,24 @@
 
 mod estimate;
 mod limits;
-mod redact;
 mod relay;
-mod upstream;
 mod usage;
 
-pub use limits::{RateStatus, RequestLimits};
-pub(crate) use upstream::check_key;
-pub use upstream::{
+pub use crate::upstream::{
     NoPublicAddress, PublicOnlyResolver, UpstreamClient, UpstreamError, UpstreamErrorKind,
 };
+pub use limits::{RateStatus, RequestLimits};
 pub use usage::{LogUsageSink, Outcome, RequestContext, UsageRecord, UsageSink, log_record};
 use usage::{PendingWrites, UsageMeter};
 
 use crate::budget::{BudgetError, BudgetService, BudgetStatus};
-use crate::config::UpstreamTimeouts;
 use crate::domain::{ApiKey, ModelId, Service, WireApi};
 use crate::providers::{anthropic, openai};
 use crate::resolve::{
     BaseUrlSource, CredentialSource, Resolution, ResolutionPath, ResolveError, Resolver, choose,
 };
 use crate::store::{SecretStore, StoreError, UserSnapshot};
+use crate::upstream::{self, UpstreamTimeouts};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
@@ -42,9 +39,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest request body accepted on `/v1/chat/completions`.
 pub const BODY_LIMIT: usize = 20 * 1024 * 1024;
-
-/// Largest upstream error body read for its message.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Which credential and upstream served (or failed) a request; the
 /// `x-byok-path` / `x-byok-provider` headers.
@@ -552,7 +546,7 @@ impl CompletionService {
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();
-            let body = read_limited(response, self.timeouts.idle).await;
+            let body = upstream::read_limited(response, self.timeouts.idle).await;
             return fail(
                 UpstreamError::from_status(service, status, &headers, &body),
                 meter,
@@ -762,20 +756,6 @@ async fn read_rest(
             Err(_) => return Err(ReadError::Idle(idle)),
         }
     }
-}
-
-/// An error body, up to [`ERROR_BODY_LIMIT`]; whatever arrived if reading fails.
-async fn read_limited(response: reqwest::Response, idle: Duration) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut body = response.bytes_stream();
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(idle, body.next()).await {
-        let room = ERROR_BODY_LIMIT.saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if out.len() >= ERROR_BODY_LIMIT {
-            break;
-        }
-    }
-    out
 }
 
 fn unix_now() -> i64 {

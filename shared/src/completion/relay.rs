@@ -6,13 +6,13 @@
 //! upstream response (cancelling the call) and records the cancellation.
 
 use super::estimate::StreamedText;
-use super::upstream::{UpstreamError, UpstreamErrorKind};
 use super::usage::{Outcome, UsageMeter};
 use crate::domain::Service;
 use crate::providers::Usage;
 use crate::providers::anthropic::{StreamTranslator, TranslateError};
 use crate::providers::openai::PassThrough;
 use crate::providers::sse::{EventSplitter, RawEvent};
+use crate::upstream::{UpstreamError, UpstreamErrorKind, redact};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
@@ -183,11 +183,7 @@ pub(crate) fn translate_error(err: &TranslateError) -> UpstreamError {
             };
             UpstreamError::new(
                 kind_of,
-                format!(
-                    "anthropic reported {}: {}",
-                    super::redact::redact(kind),
-                    super::redact::redact(message)
-                ),
+                format!("anthropic reported {}: {}", redact(kind), redact(message)),
             )
         }
         other => UpstreamError::new(

@@ -6,6 +6,7 @@ pub mod base_url;
 pub mod credential;
 pub mod key;
 pub mod model;
+pub mod path;
 pub mod service;
 pub mod settings;
 
@@ -16,6 +17,7 @@ pub use key::{
     ValidationResult, mask_key,
 };
 pub use model::{ModelError, ModelId};
+pub use path::ResolutionPath;
 pub use service::{Service, WireApi};
 pub use settings::Settings;
 

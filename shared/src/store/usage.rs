@@ -13,9 +13,9 @@
 //! [`super::embedded`] and [`super::dynamo`] implement [`UsageStore`].
 
 use super::StoreError;
+use crate::domain::ResolutionPath;
 pub use crate::domain::TenantId;
 use crate::domain::{Service, Timestamp, UserId};
-use crate::resolve::ResolutionPath;
 use async_trait::async_trait;
 use std::time::Duration;
 use time::Date;

@@ -30,8 +30,8 @@ use super::super::usage::{
 use super::{
     Attrs, DynamoMetadataStore, Item, PK, SK, StoreError, TTL_ATTRIBUTE, backend, corrupt, s,
 };
+use crate::domain::ResolutionPath;
 use crate::domain::{Service, UserId};
-use crate::resolve::ResolutionPath;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures_util::StreamExt as _;

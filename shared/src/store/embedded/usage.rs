@@ -24,8 +24,8 @@ use super::super::usage::{
     parse_day,
 };
 use super::{BUSY_TIMEOUT, EmbeddedStore, StoreError, bool_from_int, col, corrupt};
+use crate::domain::ResolutionPath;
 use crate::domain::{Service, UserId};
-use crate::resolve::ResolutionPath;
 use async_trait::async_trait;
 use rusqlite::{Connection, Row, TransactionBehavior, params};
 use std::path::Path;

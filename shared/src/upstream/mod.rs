@@ -1,16 +1,44 @@
-//! The outgoing side: HTTP clients built once per process, the DNS rule for
-//! user base URLs (only public addresses, checked when connecting), request
-//! building per wire API, and the classification of upstream failures.
+//! The outgoing side, shared by completions, key checks and rotation: HTTP
+//! clients built once per process with their timeouts, the DNS rule for user
+//! base URLs (only public addresses, checked when connecting), request
+//! building per wire API, and the classification (and redaction) of
+//! upstream failures. Depends on the domain only.
 
-use super::redact::redact;
-use crate::config::UpstreamTimeouts;
+mod redact;
+
 use crate::domain::{ApiKey, Service, WireApi};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+pub use redact::redact;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a caller waits on an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// TCP (and TLS) connection (`BYOK_UPSTREAM_CONNECT_TIMEOUT_SECS`).
+    pub connect: Duration,
+    /// From sending the request to the first byte of the body
+    /// (`BYOK_UPSTREAM_FIRST_BYTE_TIMEOUT_SECS`).
+    pub first_byte: Duration,
+    /// Between two chunks of a body (`BYOK_UPSTREAM_IDLE_TIMEOUT_SECS`).
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Largest upstream error body read for its message.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Anthropic API version sent with every Messages call.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -81,7 +109,7 @@ impl Resolve for PublicOnlyResolver {
 }
 
 /// The HTTP request for one upstream call.
-pub(crate) fn build_request(
+pub fn build_request(
     client: &reqwest::Client,
     service: Service,
     base_url: &str,
@@ -133,7 +161,7 @@ pub(crate) fn build_models_request(
 /// Checks `key` against its provider with [`build_models_request`], giving
 /// up after `timeout` (connection, answer and error body together). `Ok` on
 /// any 2xx; otherwise the classified, redacted failure.
-pub(crate) async fn check_key(
+pub async fn check_key(
     client: &reqwest::Client,
     service: Service,
     base_url: &str,
@@ -151,7 +179,7 @@ pub(crate) async fn check_key(
             return Ok(());
         }
         let headers = response.headers().clone();
-        let body = super::read_limited(response, timeout).await;
+        let body = read_limited(response, timeout).await;
         Err(UpstreamError::from_status(service, status, &headers, &body))
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -317,6 +345,21 @@ fn provider_message(body: &[u8]) -> Option<String> {
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     Some(value.parse::<u64>().unwrap_or(1))
+}
+
+/// An error body, up to [`ERROR_BODY_LIMIT`]; whatever arrived if reading fails.
+pub async fn read_limited(response: reqwest::Response, idle: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    use futures_util::StreamExt as _;
+    let mut body = response.bytes_stream();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(idle, body.next()).await {
+        let room = ERROR_BODY_LIMIT.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= ERROR_BODY_LIMIT {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

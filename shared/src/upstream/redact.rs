@@ -17,7 +17,7 @@ const KEY_PREFIXES: [&str; 8] = [
 /// [`MAX_MESSAGE_CHARS`]. A token is key-shaped if it starts with a known key
 /// prefix, or is 20+ characters of letters, digits, `-`/`_` mixing letters
 /// and digits (an opaque credential rather than a word).
-pub(crate) fn redact(text: &str) -> String {
+pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_CHARS + 16));
     let mut token = String::new();
     let flush = |token: &mut String, out: &mut String| {
