@@ -194,6 +194,10 @@ TEAM_SECRET_READERS = {"ValidateFunction", "ModelsFunction", "CompletionFunction
 # integration with responseTransferMode STREAM calling InvokeWithResponseStream,
 # behind a Cognito user pool authorizer, and on no HTTP API.
 STREAMING_ROUTES = {("POST", "/v1/chat/completions"): "CompletionFunction"}
+# CORS preflights on the REST API (browsers send them without a token): the
+# only REST methods without an authorizer, each a Lambda proxy to the
+# function of its streamed route, which answers it.
+PREFLIGHT_ROUTES = {("OPTIONS", "/v1/chat/completions"): "CompletionFunction"}
 # The REST API's Cognito authorizer takes its user pool from this parameter.
 USER_POOL_PARAM = "UserPoolArn"
 # API Gateway's limit on a streaming integration's timeout (15 minutes).
@@ -731,10 +735,17 @@ class Checker:
         found = set()
         for api, method, path, op, kinds in self.rest_methods():
             where = f"{api} {method} {path}"
-            if not kinds:
-                self.fail(where, "REST API method without an authorizer")
             integration = op.get("x-amazon-apigateway-integration", {})
             target, lambda_path = self.integration_target(integration)
+            preflight = PREFLIGHT_ROUTES.get((method, path))
+            if preflight is not None:
+                if kinds:
+                    self.fail(where, "a CORS preflight cannot carry a token: no authorizer")
+                if target != preflight or integration.get("type") != "aws_proxy":
+                    self.fail(where, f"preflight goes to {target!r}, expected a Lambda proxy to {preflight}")
+                continue
+            if not kinds:
+                self.fail(where, "REST API method without an authorizer")
             expected = STREAMING_ROUTES.get((method, path))
             if expected is None:
                 continue

@@ -266,6 +266,7 @@ pub fn state(
         completions: Arc::new(completions),
         usage: Arc::new(UsageReports::new(stores.usage)),
         budgets,
+        cors: config.cors.clone(),
     })
 }
 

@@ -45,6 +45,9 @@ pub struct Config {
     pub usage_retention: Option<Duration>,
     /// The token claim naming the caller's tenant (`BYOK_TENANT_CLAIM`).
     pub tenant_claim: Option<String>,
+    /// Browser origins allowed to call the API (`BYOK_CORS_ORIGINS`);
+    /// `None`: no CORS headers at all.
+    pub cors: Option<CorsPolicy>,
     /// Tokens a budget reserves for the answer of a request that names no
     /// `max_tokens` (`BYOK_DEFAULT_RESERVE_TOKENS`, default 4096).
     pub default_reserve_tokens: u64,
@@ -124,8 +127,65 @@ impl Default for SweepPolicy {
     }
 }
 
+/// Which browser origins may call the API (CORS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorsPolicy {
+    /// Normalised origins (`scheme://host[:port]`); empty: any origin (`*`).
+    pub origins: Vec<String>,
+    /// Browsers may send credentials (cookies) along (`BYOK_CORS_ALLOW_CREDENTIALS`).
+    pub allow_credentials: bool,
+}
+
+impl CorsPolicy {
+    /// Parses `BYOK_CORS_ORIGINS`: `*`, or a comma list of origins.
+    pub fn parse(list: &str, allow_credentials: bool) -> Result<Self, ConfigError> {
+        let invalid = ConfigError::Invalid {
+            name: "BYOK_CORS_ORIGINS",
+            expected: "`*` or a comma list of origins like https://app.example.com \
+                       (`*` is refused with BYOK_CORS_ALLOW_CREDENTIALS=true)",
+        };
+        let items: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items == ["*"] {
+            if allow_credentials {
+                return Err(invalid);
+            }
+            return Ok(Self {
+                origins: Vec::new(),
+                allow_credentials,
+            });
+        }
+        let mut origins = Vec::with_capacity(items.len());
+        for item in items {
+            let url = url::Url::parse(item).map_err(|_| invalid.clone())?;
+            let origin = url.origin();
+            let plain = matches!(url.scheme(), "http" | "https")
+                && origin.is_tuple()
+                && url.username().is_empty()
+                && url.password().is_none()
+                && matches!(url.path(), "" | "/")
+                && url.query().is_none()
+                && url.fragment().is_none();
+            if !plain {
+                return Err(invalid);
+            }
+            origins.push(origin.ascii_serialization());
+        }
+        if origins.is_empty() {
+            return Err(invalid);
+        }
+        Ok(Self {
+            origins,
+            allow_credentials,
+        })
+    }
+}
+
 /// A variable held a value that cannot be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{name} must be one of {expected}")]
     Invalid {
@@ -242,6 +302,19 @@ impl Config {
                 expected: "a number of seconds from 1 to 86400",
             })?,
         );
+        let allow_credentials = match get("BYOK_CORS_ALLOW_CREDENTIALS").as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "BYOK_CORS_ALLOW_CREDENTIALS",
+                    expected: "true or false",
+                });
+            }
+        };
+        let cors = get("BYOK_CORS_ORIGINS")
+            .map(|list| CorsPolicy::parse(&list, allow_credentials))
+            .transpose()?;
         let alert_webhook_url = get("BYOK_ALERT_WEBHOOK_URL").map(|u| u.trim().to_owned());
         if let Some(url) = &alert_webhook_url {
             let ok = url::Url::parse(url)
@@ -391,6 +464,7 @@ impl Config {
             requests_per_minute,
             usage_retention,
             tenant_claim: get("BYOK_TENANT_CLAIM").map(|c| c.trim().to_owned()),
+            cors,
             default_reserve_tokens,
             reservation_ttl,
             alert_webhook_url,
@@ -550,6 +624,37 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_are_origins() {
+        let c = config(&[(
+            "BYOK_CORS_ORIGINS",
+            "https://App.Example.com, http://localhost:5173/",
+        )])
+        .unwrap();
+        let cors = c.cors.unwrap();
+        assert_eq!(
+            cors.origins,
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        assert!(!cors.allow_credentials);
+        let any = config(&[("BYOK_CORS_ORIGINS", "*")]).unwrap().cors.unwrap();
+        assert!(any.origins.is_empty());
+        assert!(
+            config(&[
+                ("BYOK_CORS_ORIGINS", "*"),
+                ("BYOK_CORS_ALLOW_CREDENTIALS", "true")
+            ])
+            .is_err(),
+            "`*` with credentials"
+        );
+        let with = config(&[
+            ("BYOK_CORS_ORIGINS", "https://app.example.com"),
+            ("BYOK_CORS_ALLOW_CREDENTIALS", "true"),
+        ])
+        .unwrap();
+        assert!(with.cors.unwrap().allow_credentials);
+    }
+
+    #[test]
     fn usage_and_limit_settings() {
         let c = config(&[]).unwrap();
         assert_eq!(c.team_requests_per_minute, Some(60));
@@ -567,6 +672,7 @@ mod tests {
         assert_eq!(c.requests_per_minute, Some(100));
         assert_eq!(c.usage_retention, None);
         assert_eq!(c.tenant_claim.as_deref(), Some("custom:tenant_id"));
+        assert_eq!(c.cors, None);
         assert_eq!(c.default_reserve_tokens, 4_096);
         assert_eq!(c.reservation_ttl, Duration::from_secs(900));
         let c = config(&[
@@ -585,6 +691,10 @@ mod tests {
             ("BYOK_RESERVATION_TTL_SECS", "0"),
             ("BYOK_DEFAULT_RESERVE_TOKENS", "lots"),
             ("BYOK_ALERT_WEBHOOK_URL", "ftp://x"),
+            ("BYOK_CORS_ORIGINS", "https://app.example.com/path"),
+            ("BYOK_CORS_ORIGINS", "app.example.com"),
+            ("BYOK_CORS_ORIGINS", "ftp://files.example.com"),
+            ("BYOK_CORS_ALLOW_CREDENTIALS", "maybe"),
         ] {
             assert!(config(&[(name, bad)]).is_err(), "{name}={bad}");
         }

@@ -929,6 +929,60 @@ async fn completion_function_holds_a_team_budget_within_the_invocation() {
     assert_eq!(deleted.status, 204, "{}", deleted.raw);
 }
 
+/// The streaming REST API sends a browser's CORS preflight (no token) to
+/// the completion function, which answers it for an allowed origin only.
+#[tokio::test]
+async fn completion_function_answers_a_cors_preflight() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true"),
+        ("BYOK_CORS_ORIGINS", "https://app.example.com"),
+    ];
+    let completion = Function::start("completion", dir.path(), &env);
+    let preflight = |origin: &str| {
+        let mut event = without_auth(event("post-chat-completions.json"));
+        event["httpMethod"] = json!("OPTIONS");
+        event["requestContext"]["httpMethod"] = json!("OPTIONS");
+        event["body"] = Value::Null;
+        let headers = headers_mut(&mut event);
+        headers.retain(|name, _| !name.starts_with("content-"));
+        headers.insert("origin".to_owned(), json!(origin));
+        headers.insert("access-control-request-method".to_owned(), json!("POST"));
+        headers.insert(
+            "access-control-request-headers".to_owned(),
+            json!("authorization,content-type"),
+        );
+        if let Some(multi) = event
+            .get_mut("multiValueHeaders")
+            .and_then(Value::as_object_mut)
+        {
+            multi.clear();
+        }
+        event
+    };
+    let allowed = streamed(
+        completion
+            .invoke(preflight("https://app.example.com"))
+            .await,
+    );
+    assert!((200..300).contains(&allowed.status), "{allowed:?}");
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example.com"),
+        "{allowed:?}"
+    );
+    let other = streamed(
+        completion
+            .invoke(preflight("https://evil.example.com"))
+            .await,
+    );
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        None,
+        "{other:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_event_of_the_wrong_shape_is_an_invocation_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -92,6 +92,8 @@ pub struct AppState {
     pub usage: Arc<crate::usage::UsageReports>,
     /// Budgets, for the budget routes.
     pub budgets: Arc<crate::budget::BudgetService>,
+    /// Browser origins allowed to call (`BYOK_CORS_ORIGINS`); `None`: no CORS.
+    pub cors: Option<crate::config::CorsPolicy>,
 }
 
 /// `GET/POST /api/keys`, `PATCH/DELETE /api/keys/{service}`,
@@ -99,31 +101,37 @@ pub struct AppState {
 /// `GET /api/usage`, `GET /api/usage/requests`, `GET /api/admin/usage`,
 /// the budget routes (`/api/admin/budgets…`, `GET /api/budget`).
 pub fn keys_router(state: AppState) -> Router {
-    finish(keys_routes(state))
+    let cors = state.cors.clone();
+    with_cors(finish(keys_routes(state)), cors.as_ref())
 }
 
 /// `GET/POST /api/user-settings`.
 pub fn settings_router(state: AppState) -> Router {
-    finish(settings_routes(state))
+    let cors = state.cors.clone();
+    with_cors(finish(settings_routes(state)), cors.as_ref())
 }
 
 /// `GET /api/resolve`, `POST /api/keys/validate`.
 pub fn validate_router(state: AppState) -> Router {
-    finish(validate_routes(state))
+    let cors = state.cors.clone();
+    with_cors(finish(validate_routes(state)), cors.as_ref())
 }
 
 /// `GET /v1/models`.
 pub fn models_router(state: AppState) -> Router {
-    finish(models_routes(state))
+    let cors = state.cors.clone();
+    with_cors(finish(models_routes(state)), cors.as_ref())
 }
 
 /// `POST /v1/chat/completions` (streamed on Lambda).
 pub fn completion_router(state: AppState) -> Router {
-    finish(completion_routes(state))
+    let cors = state.cors.clone();
+    with_cors(finish(completion_routes(state)), cors.as_ref())
 }
 
 /// Every route in one router, plus `GET /healthz`: byok-local.
 pub fn local_router(state: AppState) -> Router {
+    let cors = state.cors.clone();
     let all = Router::new()
         .route("/healthz", get(healthz))
         .merge(keys_routes(state.clone()))
@@ -131,7 +139,61 @@ pub fn local_router(state: AppState) -> Router {
         .merge(validate_routes(state.clone()))
         .merge(models_routes(state.clone()))
         .merge(completion_routes(state));
-    finish(all)
+    with_cors(finish(all), cors.as_ref())
+}
+
+/// Response headers a browser front end may read: who paid and how, the
+/// request and budget limits, the request id.
+const EXPOSED_HEADERS: [&str; 12] = [
+    "x-byok-path",
+    "x-byok-provider",
+    "x-byok-model",
+    "x-byok-fallback",
+    "x-byok-paid-by",
+    "x-byok-budget-remaining",
+    "x-byok-budget-type",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "retry-after",
+    "x-request-id",
+];
+
+/// How long a browser may cache a preflight answer.
+const PREFLIGHT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The CORS layer, outermost, so preflights are answered before routing and
+/// authentication; without a policy, no CORS headers at all.
+fn with_cors(router: Router, policy: Option<&crate::config::CorsPolicy>) -> Router {
+    use http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let Some(policy) = policy else {
+        return router;
+    };
+    let origin = if policy.origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            policy
+                .origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .allow_credentials(policy.allow_credentials)
+        .max_age(PREFLIGHT_MAX_AGE);
+    router.layer(layer)
 }
 
 fn keys_routes(state: AppState) -> Router {
