@@ -76,11 +76,81 @@ pub struct Stores {
     pub rotation: Arc<dyn RotationStore>,
     /// Where key and budget events go.
     pub events: Arc<dyn EventSink>,
-    /// The alert webhook's signing secret read from Secrets Manager (AWS).
-    pub webhook_secret: Option<WebhookSecret>,
+    /// The alert webhook's signing secret read from Secrets Manager (AWS):
+    /// `Some(Err(()))` when it was named but could not be read.
+    pub webhook_secret: Option<Result<WebhookSecret, ()>>,
     /// Secrets Manager, to start rotations with `RotateSecret` (AWS only).
     pub secrets_manager: Option<aws_sdk_secretsmanager::Client>,
-    pub team: TeamCredentials,
+    /// Shared with whatever retries unreadable team secrets.
+    pub team: Arc<TeamCredentials>,
+}
+
+/// How long the first retry of an unreadable team secret waits; each next
+/// one waits twice as long, up to [`TEAM_SECRET_RETRY_MAX`].
+const TEAM_SECRET_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+const TEAM_SECRET_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Reads the team secrets at once (concurrently) into `team`. One that
+/// cannot be read (missing, deleted, access denied, unreachable) does not
+/// stop the process: it is logged with its variable and ARN, the process
+/// serves without that team key (requests it would pay for answer
+/// `no_credential`), and a background task retries it with backoff.
+async fn read_team_secrets(
+    client: &aws_sdk_secretsmanager::Client,
+    team: &Arc<TeamCredentials>,
+    arns: &std::collections::BTreeMap<crate::domain::Service, String>,
+) {
+    let reads = arns.iter().map(|(service, arn)| async move {
+        (*service, arn.clone(), read_team_secret(client, arn).await)
+    });
+    let mut missing = Vec::new();
+    for (service, arn, read) in futures_util::future::join_all(reads).await {
+        match read {
+            Ok(key) => team.insert(service, key),
+            Err(err) => {
+                tracing::error!(
+                    variable = crate::config::team_secret_env(service),
+                    arn = arn.as_str(),
+                    error = %err,
+                    "team secret not readable: serving without this team key, retrying in the background"
+                );
+                missing.push((service, arn));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return;
+    }
+    let (client, team) = (client.clone(), Arc::clone(team));
+    tokio::spawn(async move {
+        let mut wait = TEAM_SECRET_RETRY_FIRST;
+        while !missing.is_empty() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(TEAM_SECRET_RETRY_MAX);
+            let mut still = Vec::new();
+            for (service, arn) in missing {
+                match read_team_secret(&client, &arn).await {
+                    Ok(key) => {
+                        team.insert(service, key);
+                        tracing::info!(
+                            variable = crate::config::team_secret_env(service),
+                            "team secret read: this team key serves again"
+                        );
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            variable = crate::config::team_secret_env(service),
+                            arn = arn.as_str(),
+                            error = %err,
+                            "team secret still not readable"
+                        );
+                        still.push((service, arn));
+                    }
+                }
+            }
+            missing = still;
+        }
+    });
 }
 
 /// Opens the configured backend; secrets are read through the
@@ -108,7 +178,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 events: Arc::new(LogSink),
                 webhook_secret: None,
                 secrets_manager: None,
-                team: config.team.clone(),
+                team: Arc::new(config.team.clone()),
             }
         }
         StoreKind::Aws => {
@@ -124,12 +194,23 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 ensure_table(&dynamo, &table).await?;
             }
             let sm = aws_sdk_secretsmanager::Client::new(&sdk);
-            let mut team = config.team.clone();
-            for (service, arn) in &config.team_secret_arns {
-                team.insert(*service, read_team_secret(&sm, arn).await?);
-            }
+            let team = Arc::new(config.team.clone());
+            read_team_secrets(&sm, &team, &config.team_secret_arns).await;
+            // An unreadable webhook secret turns the webhook off (unsigned
+            // alerts would be refused by the receiver), never the function.
             let webhook_secret = match &config.alert_webhook_secret_arn {
-                Some(arn) => Some(read_team_secret(&sm, arn).await?),
+                Some(arn) => match read_team_secret(&sm, arn).await {
+                    Ok(secret) => Some(Ok(WebhookSecret::new(secret.expose().to_owned()))),
+                    Err(err) => {
+                        tracing::error!(
+                            variable = "BYOK_ALERT_WEBHOOK_SECRET_ARN",
+                            arn = arn.as_str(),
+                            error = %err,
+                            "alert webhook secret not readable: alerts go to the event bus only"
+                        );
+                        Some(Err(()))
+                    }
+                },
                 None => None,
             };
             let deletion = match config.secret_recovery_days {
@@ -151,7 +232,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 None => Arc::new(LogSink),
             };
             Stores {
-                webhook_secret: webhook_secret.map(|s| WebhookSecret::new(s.expose().to_owned())),
+                webhook_secret,
                 meta: meta.clone(),
                 rate_limits: meta.clone(),
                 usage: meta.clone(),
@@ -169,13 +250,17 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
         stores.events = Arc::new(JsonLinesSink::new(path.clone()));
     }
     if let Some(url) = &config.alert_webhook_url {
-        let secret = stores.webhook_secret.take().or_else(|| {
-            config
+        let secret = match stores.webhook_secret.take() {
+            Some(read) => read.ok(),
+            None => config
                 .alert_webhook_secret
                 .as_ref()
-                .map(|s| WebhookSecret::new(s.expose_secret().to_owned()))
-        });
-        stores.events = Arc::new(WebhookSink::new(stores.events, url.clone(), secret)?);
+                .map(|s| WebhookSecret::new(s.expose_secret().to_owned())),
+        };
+        let unreadable = config.alert_webhook_secret_arn.is_some() && secret.is_none();
+        if !unreadable {
+            stores.events = Arc::new(WebhookSink::new(stores.events, url.clone(), secret)?);
+        }
     }
     stores.secrets = Arc::new(CachedSecretStore::new(
         stores.secrets,
@@ -194,7 +279,7 @@ pub fn state(
 ) -> Result<AppState, InitError> {
     let resolver = Arc::new(Resolver::new(
         stores.meta.clone(),
-        Arc::new(stores.team),
+        stores.team,
         Arc::new(config.upstreams.clone()),
     ));
     let client = UpstreamClient::new(&config.upstream_timeouts)?;

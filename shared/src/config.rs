@@ -431,7 +431,7 @@ impl Config {
         };
 
         let mut upstreams = Upstreams::default();
-        let mut team = TeamCredentials::default();
+        let team = TeamCredentials::default();
         let mut team_secret_arns = BTreeMap::new();
         for service in Service::ALL {
             let var = service.base_url_env();

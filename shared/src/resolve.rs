@@ -94,28 +94,50 @@ impl Upstreams {
 }
 
 /// The operator's own keys: the team gateway key and server provider keys.
-#[derive(Clone, Default)]
+/// A key may arrive after start (a team secret that could not be read at
+/// cold start and is retried in the background), so the set is shared and
+/// changes behind a lock.
+#[derive(Default)]
 pub struct TeamCredentials {
-    keys: BTreeMap<Service, ApiKey>,
+    keys: std::sync::RwLock<BTreeMap<Service, ApiKey>>,
+}
+
+impl Clone for TeamCredentials {
+    fn clone(&self) -> Self {
+        Self {
+            keys: std::sync::RwLock::new(self.read().clone()),
+        }
+    }
 }
 
 impl TeamCredentials {
-    pub fn insert(&mut self, service: Service, key: ApiKey) {
-        self.keys.insert(service, key);
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Service, ApiKey>> {
+        // A panic while holding the lock cannot leave the map half-written:
+        // every write is one insert.
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn insert(&self, service: Service, key: ApiKey) {
+        self.keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(service, key);
     }
 
     pub fn has(&self, service: Service) -> bool {
-        self.keys.contains_key(&service)
+        self.read().contains_key(&service)
     }
 
-    pub fn get(&self, service: Service) -> Option<&ApiKey> {
-        self.keys.get(&service)
+    pub fn get(&self, service: Service) -> Option<ApiKey> {
+        self.read().get(&service).cloned()
     }
 }
 
 impl fmt::Debug for TeamCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.keys.keys()).finish()
+        f.debug_set().entries(self.read().keys()).finish()
     }
 }
 
@@ -309,7 +331,7 @@ mod tests {
     }
 
     fn team(services: &[Service]) -> TeamCredentials {
-        let mut team = TeamCredentials::default();
+        let team = TeamCredentials::default();
         for svc in services {
             team.insert(*svc, ApiKey::new(format!("team-key-for-{svc}-000000")));
         }

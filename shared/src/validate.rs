@@ -274,7 +274,6 @@ impl ValidationService {
                             .resolver
                             .team()
                             .get(*service)
-                            .cloned()
                             .ok_or(ResolveError::NoCredential)?;
                         (key, None)
                     }

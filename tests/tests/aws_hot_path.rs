@@ -152,7 +152,11 @@ async fn team_keys_come_from_secrets_manager_arns_at_start() {
     .unwrap();
     let stores = byok::app::open_stores(&config).await.unwrap();
     assert_eq!(
-        stores.team.get(Service::Gateway).map(ApiKey::expose),
+        stores
+            .team
+            .get(Service::Gateway)
+            .as_ref()
+            .map(ApiKey::expose),
         Some("vck_teamfromsecret000000000001")
     );
     let state = byok::app::state(&config, stores, None).unwrap();
@@ -161,6 +165,67 @@ async fn team_keys_come_from_secrets_manager_arns_at_start() {
     assert_eq!(r.path.as_str(), "team-gateway");
     sm.delete_secret()
         .secret_id(&arn)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A team secret that cannot be read at start does not stop the process:
+/// it serves without that team key (`no_credential`) and picks the key up
+/// once the secret can be read, retrying in the background.
+#[tokio::test]
+async fn an_unreadable_team_secret_is_retried_not_fatal() {
+    let sm = secrets_client(None);
+    let name = unique_name("team-later");
+    let table = unique_name("team-later");
+    let vars = [
+        ("BYOK_STORE", "aws"),
+        ("BYOK_TABLE_NAME", table.as_str()),
+        ("BYOK_CREATE_TABLE", "true"),
+        // Not there yet (a name: GetSecretValue takes names as well as ARNs).
+        ("BYOK_TEAM_GATEWAY_SECRET_ARN", name.as_str()),
+    ];
+    let config = Config::from_lookup(|var| {
+        vars.iter()
+            .find(|(k, _)| *k == var)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let stores = byok::app::open_stores(&config).await.unwrap();
+    assert!(stores.team.get(Service::Gateway).is_none());
+    let state = byok::app::state(&config, stores, None).unwrap();
+    let user = UserId::new("team-later-user").unwrap();
+    let refused = state.resolver.resolve(&user, "gpt-4o").await;
+    assert!(
+        matches!(refused, Err(byok::resolve::ResolveError::NoCredential)),
+        "{refused:?}"
+    );
+
+    sm.create_secret()
+        .name(&name)
+        .secret_string("vck_teamlater00000000000000000001")
+        .send()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let served = loop {
+        match state.resolver.resolve(&user, "gpt-4o").await {
+            Ok(r) => break r,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("the team key never arrived: {err}"),
+        }
+    };
+    assert_eq!(served.path.as_str(), "team-gateway");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "retried with backoff"
+    );
+    sm.delete_secret()
+        .secret_id(&name)
         .force_delete_without_recovery(true)
         .send()
         .await

@@ -258,7 +258,7 @@ fn key(service: Service, enabled: bool) -> KeyRecord {
 }
 
 fn team(services: &[Service]) -> TeamCredentials {
-    let mut team = TeamCredentials::default();
+    let team = TeamCredentials::default();
     for svc in services {
         team.insert(*svc, ApiKey::new(format!("team-key-for-{svc}-000000")));
     }

@@ -493,7 +493,6 @@ impl CompletionService {
                 .resolver
                 .team()
                 .get(*service)
-                .cloned()
                 .ok_or(CompletionError::Resolve(ResolveError::NoCredential)),
         }
     }
