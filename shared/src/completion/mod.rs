@@ -128,13 +128,7 @@ impl From<CompletionError> for CompletionFailure {
 
 /// The stable error code for an upstream failure (SPEC §5).
 pub const fn error_code(kind: UpstreamErrorKind) -> &'static str {
-    match kind {
-        UpstreamErrorKind::Auth => "upstream_auth",
-        UpstreamErrorKind::RateLimited => "upstream_rate_limited",
-        UpstreamErrorKind::Unavailable => "upstream_unavailable",
-        UpstreamErrorKind::Timeout => "upstream_timeout",
-        UpstreamErrorKind::Rejected(_) => "upstream_error",
-    }
+    kind.code()
 }
 
 /// Serves chat completions. Built once per process.

@@ -6,7 +6,7 @@
 use super::extract::{ApiJson, Caller, RequestId};
 use super::{ApiError, AppState, ErrorCode};
 use crate::auth::Principal;
-use crate::budget::{BudgetError, DEFAULT_THRESHOLDS, amount_number};
+use crate::budget::{DEFAULT_THRESHOLDS, amount_number};
 use crate::domain::{TenantId, UserId};
 use crate::events::rfc3339;
 use crate::store::budget::utc_day;
@@ -323,17 +323,4 @@ pub(super) async fn mine(
     Ok(Json(MyBudgetsView {
         budgets: budgets.iter().map(|b| BudgetView::of(b, false)).collect(),
     }))
-}
-
-impl From<BudgetError> for ApiError {
-    fn from(err: BudgetError) -> Self {
-        match err {
-            BudgetError::Store(store) => Self::internal(&store),
-            BudgetError::NotFound(_) => Self::new(ErrorCode::NotFound, err.to_string()),
-            BudgetError::Exceeded(message) => Self::new(ErrorCode::BudgetExceeded, message),
-            BudgetError::BadCursor | BudgetError::BadLimit => {
-                Self::new(ErrorCode::InvalidRequest, err.to_string())
-            }
-        }
-    }
 }

@@ -8,9 +8,7 @@
 use super::extract::{Caller, RequestId};
 use super::{ApiError, AppState, ErrorCode};
 use crate::budget::BudgetStatus;
-use crate::completion::{
-    CompletionBody, CompletionError, RateStatus, RequestContext, Route, error_code,
-};
+use crate::completion::{CompletionBody, RateStatus, RequestContext, Route};
 use crate::store::PaidBy;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
@@ -154,47 +152,5 @@ fn route_headers(response: &mut Response, route: &Route) {
     }
     if route.fallback {
         headers.insert(FALLBACK_HEADER, HeaderValue::from_static("true"));
-    }
-}
-
-impl From<CompletionError> for ApiError {
-    fn from(err: CompletionError) -> Self {
-        match err {
-            CompletionError::InvalidRequest(message) => {
-                ApiError::new(ErrorCode::InvalidRequest, message)
-            }
-            CompletionError::Resolve(err) => err.into(),
-            CompletionError::Secret(err)
-            | CompletionError::Limiter(err)
-            | CompletionError::Budget(err) => ApiError::internal(&err),
-            CompletionError::BudgetExceeded(message) => {
-                ApiError::new(ErrorCode::BudgetExceeded, message)
-            }
-            CompletionError::RateLimited {
-                retry_after_secs, ..
-            } => ApiError::new(ErrorCode::RateLimited, err.to_string())
-                .with_retry_after(retry_after_secs),
-            CompletionError::Upstream(err) => {
-                let code = match err.kind {
-                    crate::completion::UpstreamErrorKind::Auth => ErrorCode::UpstreamAuth,
-                    crate::completion::UpstreamErrorKind::RateLimited => {
-                        ErrorCode::UpstreamRateLimited
-                    }
-                    crate::completion::UpstreamErrorKind::Unavailable => {
-                        ErrorCode::UpstreamUnavailable
-                    }
-                    crate::completion::UpstreamErrorKind::Timeout => ErrorCode::UpstreamTimeout,
-                    crate::completion::UpstreamErrorKind::Rejected(status) => {
-                        return ApiError::upstream_error(status, err.message);
-                    }
-                };
-                debug_assert_eq!(code.as_str(), error_code(err.kind));
-                let api = ApiError::new(code, err.message);
-                match err.retry_after {
-                    Some(secs) => api.with_retry_after(secs),
-                    None => api,
-                }
-            }
-        }
     }
 }

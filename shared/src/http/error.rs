@@ -1,11 +1,15 @@
-//! The one error type of the HTTP layer and its one mapping to status codes
-//! and the `{"error":{"code","message"}}` body. Internal details go to the
-//! log, never to the client.
+//! The one error type of the HTTP layer and the one place every error of
+//! the services becomes a status, a stable code and the
+//! `{"error":{"code","message"}}` body: each `From` impl here matches its
+//! error exhaustively (no wildcard arm, so a new variant must be mapped),
+//! and [`ApiError::level`] decides how loudly a refusal is logged. Internal
+//! details go to the log, never to the client.
 
 use crate::auth::AuthError;
 use crate::keys::KeyError;
 use crate::resolve::ResolveError;
 use crate::store::StoreError;
+use crate::upstream::UpstreamErrorKind;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -90,6 +94,44 @@ impl ErrorCode {
         }
     }
 
+    /// The code of an upstream failure: [`UpstreamErrorKind::code`], the one
+    /// mapping of kinds to codes (completions also record it in the ledger).
+    pub fn of_upstream(kind: UpstreamErrorKind) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == kind.code())
+            .unwrap_or(Self::UpstreamError)
+    }
+
+    /// How loudly an answer with this code is logged: server faults as
+    /// errors, upstream failures as warnings, limits as info, the caller's
+    /// own mistakes at debug.
+    pub const fn level(self) -> tracing::Level {
+        match self {
+            ErrorCode::Internal => tracing::Level::ERROR,
+            ErrorCode::UpstreamAuth
+            | ErrorCode::UpstreamRateLimited
+            | ErrorCode::UpstreamUnavailable
+            | ErrorCode::UpstreamTimeout
+            | ErrorCode::UpstreamError => tracing::Level::WARN,
+            ErrorCode::RateLimited | ErrorCode::BudgetExceeded | ErrorCode::ConsentRequired => {
+                tracing::Level::INFO
+            }
+            ErrorCode::InvalidRequest
+            | ErrorCode::UnknownModel
+            | ErrorCode::Unauthorized
+            | ErrorCode::InvalidKey
+            | ErrorCode::Forbidden
+            | ErrorCode::NoCredential
+            | ErrorCode::NotFound
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::InvalidKeyFormat
+            | ErrorCode::InvalidBaseUrl
+            | ErrorCode::RotationPending => tracing::Level::DEBUG,
+        }
+    }
+
     pub const fn status(self) -> StatusCode {
         match self {
             ErrorCode::InvalidRequest | ErrorCode::UnknownModel => StatusCode::BAD_REQUEST,
@@ -160,10 +202,23 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         self.code
     }
+
+    /// The level this answer is logged at ([`ErrorCode::level`]).
+    pub fn level(&self) -> tracing::Level {
+        self.code.level()
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // An internal error's detail was logged where it was built.
+        let (code, message) = (self.code.as_str(), self.message.as_ref());
+        match self.level() {
+            tracing::Level::ERROR => {}
+            tracing::Level::WARN => tracing::warn!(code, message, "request failed"),
+            tracing::Level::INFO => tracing::info!(code, message, "request refused"),
+            _ => tracing::debug!(code, message, "request refused"),
+        }
         let body = serde_json::json!({
             "error": { "code": self.code.as_str(), "message": self.message }
         });
@@ -229,9 +284,85 @@ impl From<ResolveError> for ApiError {
 
 impl From<crate::audit::AuditError> for ApiError {
     fn from(err: crate::audit::AuditError) -> Self {
+        use crate::audit::AuditError as E;
         match err {
-            crate::audit::AuditError::Store(store) => Self::from_store(&store),
-            other => Self::new(ErrorCode::InvalidRequest, other.to_string()),
+            E::Store(store) => Self::from_store(&store),
+            E::BadCursor | E::BadLimit => Self::new(ErrorCode::InvalidRequest, err.to_string()),
+        }
+    }
+}
+
+impl From<crate::completion::CompletionError> for ApiError {
+    fn from(err: crate::completion::CompletionError) -> Self {
+        use crate::completion::CompletionError as E;
+        match err {
+            E::InvalidRequest(message) => Self::new(ErrorCode::InvalidRequest, message),
+            E::Resolve(err) => err.into(),
+            E::Secret(err) | E::Limiter(err) | E::Budget(err) => Self::internal(&err),
+            E::RateLimited {
+                retry_after_secs, ..
+            } => Self::new(ErrorCode::RateLimited, err.to_string())
+                .with_retry_after(retry_after_secs),
+            E::BudgetExceeded(message) => Self::new(ErrorCode::BudgetExceeded, message),
+            E::Upstream(err) => {
+                let code = ErrorCode::of_upstream(err.kind);
+                if let UpstreamErrorKind::Rejected(status) = err.kind {
+                    return Self::upstream_error(status, err.message);
+                }
+                let api = Self::new(code, err.message);
+                match err.retry_after {
+                    Some(secs) => api.with_retry_after(secs),
+                    None => api,
+                }
+            }
+        }
+    }
+}
+
+impl From<crate::budget::BudgetError> for ApiError {
+    fn from(err: crate::budget::BudgetError) -> Self {
+        use crate::budget::BudgetError as E;
+        match err {
+            E::Store(store) => Self::internal(&store),
+            E::NotFound(_) => Self::new(ErrorCode::NotFound, err.to_string()),
+            E::Exceeded(message) => Self::new(ErrorCode::BudgetExceeded, message),
+            E::BadCursor | E::BadLimit => Self::new(ErrorCode::InvalidRequest, err.to_string()),
+        }
+    }
+}
+
+impl From<crate::validate::ValidateError> for ApiError {
+    fn from(err: crate::validate::ValidateError) -> Self {
+        use crate::validate::ValidateError as E;
+        let message = err.to_string();
+        match err {
+            E::Resolve(inner) => inner.into(),
+            E::Secret(e) | E::Store(e) => Self::internal(&e),
+            E::RateLimited { retry_after_secs } => {
+                Self::new(ErrorCode::RateLimited, message).with_retry_after(retry_after_secs)
+            }
+            // Upstream messages are already redacted.
+            E::Upstream(e) => match e.kind {
+                UpstreamErrorKind::Auth => Self::new(ErrorCode::InvalidKey, e.message),
+                UpstreamErrorKind::RateLimited => {
+                    Self::new(ErrorCode::UpstreamRateLimited, e.message)
+                        .with_retry_after(e.retry_after.unwrap_or(1).max(1))
+                }
+                UpstreamErrorKind::Unavailable | UpstreamErrorKind::Timeout => {
+                    Self::new(ErrorCode::of_upstream(e.kind), e.message)
+                }
+                // Neither accepted nor refused (e.g. a 404 for /models): not an answer.
+                UpstreamErrorKind::Rejected(_) => {
+                    Self::upstream_error(StatusCode::BAD_GATEWAY, e.message)
+                }
+            },
+            E::KeyFormat(_) => Self::new(ErrorCode::InvalidKeyFormat, message),
+            E::BaseUrl(_) => Self::new(ErrorCode::InvalidBaseUrl, message),
+            E::NoStoredKey(_) => Self::new(ErrorCode::NoCredential, message),
+            E::NothingToValidate
+            | E::ServiceRequired
+            | E::BaseUrlWithoutKey
+            | E::BaseUrlNotAccepted(_) => Self::new(ErrorCode::InvalidRequest, message),
         }
     }
 }
@@ -278,6 +409,23 @@ impl std::fmt::Display for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_upstream_kind_has_its_code() {
+        for kind in [
+            UpstreamErrorKind::Auth,
+            UpstreamErrorKind::RateLimited,
+            UpstreamErrorKind::Unavailable,
+            UpstreamErrorKind::Timeout,
+            UpstreamErrorKind::Rejected(StatusCode::NOT_FOUND),
+        ] {
+            assert_eq!(
+                ErrorCode::of_upstream(kind).as_str(),
+                kind.code(),
+                "{kind:?}"
+            );
+        }
+    }
 
     #[test]
     fn codes_are_unique_snake_case_with_error_statuses() {

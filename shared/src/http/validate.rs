@@ -4,7 +4,7 @@
 
 use super::extract::{ApiJson, Caller, RequestId};
 use super::keys::parse_service;
-use super::{ApiError, AppState, ErrorCode};
+use super::{ApiError, AppState};
 use crate::domain::ApiKey;
 use crate::validate::{ValidateError, ValidateRequest};
 use axum::Json;
@@ -66,37 +66,4 @@ pub(super) async fn validate(
         base_url_host: v.base_url_host,
         checked_at: v.checked_at.format(&Rfc3339).unwrap_or_default(),
     }))
-}
-
-impl From<ValidateError> for ApiError {
-    fn from(err: ValidateError) -> Self {
-        use crate::completion::UpstreamErrorKind as Kind;
-        match err {
-            ValidateError::Resolve(inner) => inner.into(),
-            ValidateError::Secret(e) | ValidateError::Store(e) => Self::internal(&e),
-            ValidateError::RateLimited { retry_after_secs } => {
-                Self::new(ErrorCode::RateLimited, err.to_string())
-                    .with_retry_after(retry_after_secs)
-            }
-            // Upstream messages are already redacted.
-            ValidateError::Upstream(e) => match e.kind {
-                Kind::Auth => Self::new(ErrorCode::InvalidKey, e.message),
-                Kind::RateLimited => Self::new(ErrorCode::UpstreamRateLimited, e.message)
-                    .with_retry_after(e.retry_after.unwrap_or(1).max(1)),
-                Kind::Unavailable => Self::new(ErrorCode::UpstreamUnavailable, e.message),
-                Kind::Timeout => Self::new(ErrorCode::UpstreamTimeout, e.message),
-                // Neither accepted nor refused (e.g. a 404 for /models): not an answer.
-                Kind::Rejected(_) => Self::upstream_error(http::StatusCode::BAD_GATEWAY, e.message),
-            },
-            other => {
-                let code = match &other {
-                    ValidateError::KeyFormat(_) => ErrorCode::InvalidKeyFormat,
-                    ValidateError::BaseUrl(_) => ErrorCode::InvalidBaseUrl,
-                    ValidateError::NoStoredKey(_) => ErrorCode::NoCredential,
-                    _ => ErrorCode::InvalidRequest,
-                };
-                Self::new(code, other.to_string())
-            }
-        }
-    }
 }

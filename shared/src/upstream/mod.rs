@@ -235,6 +235,18 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
+    /// The stable error code clients see for this kind (SPEC §5), the one
+    /// mapping of upstream failures to codes.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Auth => "upstream_auth",
+            Self::RateLimited => "upstream_rate_limited",
+            Self::Unavailable => "upstream_unavailable",
+            Self::Timeout => "upstream_timeout",
+            Self::Rejected(_) => "upstream_error",
+        }
+    }
+
     /// Whether another model of the fallback chain may be tried.
     pub(crate) const fn may_fall_back(self) -> bool {
         !matches!(self, UpstreamErrorKind::Rejected(_))
