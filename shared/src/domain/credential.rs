@@ -26,10 +26,14 @@ impl fmt::Debug for ApiKey {
 }
 
 impl PartialEq for ApiKey {
-    /// Equality in constant time over the bytes, so comparisons leak no prefix.
+    /// Equality in constant time over the bytes (`subtle`), so comparisons
+    /// leak no prefix.
     fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.expose().as_bytes(), other.expose().as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        use subtle::ConstantTimeEq as _;
+        self.expose()
+            .as_bytes()
+            .ct_eq(other.expose().as_bytes())
+            .into()
     }
 }
 

@@ -45,24 +45,9 @@ impl RequestId {
         )
     }
 
-    /// A fresh random id shaped like a version-4 UUID.
+    /// A fresh random (version 4) UUID.
     pub fn generate() -> Self {
-        let hex = crate::crypto::random_hex::<16>().unwrap_or_else(|_| {
-            // No randomness: fall back on the clock (unique enough for correlation).
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            format!("{nanos:032x}")
-        });
-        let h = |r: std::ops::Range<usize>| hex.get(r).unwrap_or("0");
-        Self(format!(
-            "{}-{}-4{}-a{}-{}",
-            h(0..8),
-            h(8..12),
-            h(13..16),
-            h(17..20),
-            h(20..32)
-        ))
+        Self(uuid::Uuid::new_v4().hyphenated().to_string())
     }
 
     pub fn as_str(&self) -> &str {
