@@ -346,7 +346,11 @@ pub fn state(
         rotation_trigger,
         rotation_age: config.rotation.sweep.rotation_age,
         resolver,
-        auth: Arc::new(Authenticator::new(verifier).with_tenant_claim(config.tenant_claim.clone())),
+        auth: Arc::new(
+            Authenticator::new(verifier)
+                .with_tenant_claim(config.tenant_claim.clone())
+                .with_admin_claim(config.admin_claim.clone()),
+        ),
         catalog,
         completions: Arc::new(completions),
         usage: Arc::new(UsageReports::new(stores.usage)),
@@ -371,15 +375,34 @@ pub fn catalog(config: &Config) -> Result<Catalog, InitError> {
 
 /// A verifier for the configured JWT settings; `None` when only authorizer
 /// claims are trusted (a Lambda behind an API Gateway JWT authorizer).
-fn verifier(
+async fn verifier(
     config: &Config,
     secret: Option<JwtSecret>,
 ) -> Result<Option<TokenVerifier>, InitError> {
-    if config.jwks_url.is_some() {
-        return Err(InitError::Unsupported("BYOK_JWKS_URL"));
-    }
-    Ok(secret
-        .map(|s| TokenVerifier::new(s, config.jwt_issuer.clone(), config.jwt_audience.clone())))
+    let (issuer, audience) = (config.jwt_issuer.clone(), config.jwt_audience.clone());
+    let jwks = match &config.jwks_url {
+        Some(url) => {
+            let jwks = Arc::new(crate::auth::jwks::Jwks::new(url.clone())?);
+            // Fetched now; a failure is retried when the first token names a key.
+            if let Err(err) = jwks.refresh().await {
+                tracing::warn!(error = %err, "JWKS not loaded at start");
+            }
+            Some(jwks)
+        }
+        None => None,
+    };
+    let verifier = match (secret, jwks) {
+        (Some(secret), jwks) => {
+            let verifier = TokenVerifier::new(secret, issuer, audience);
+            Some(match jwks {
+                Some(jwks) => verifier.with_jwks(jwks),
+                None => verifier,
+            })
+        }
+        (None, Some(jwks)) => Some(TokenVerifier::for_jwks(jwks, issuer, audience)),
+        (None, None) => None,
+    };
+    Ok(verifier.map(|v| v.with_max_ttl(config.jwt_max_ttl_secs)))
 }
 
 /// The state of a Lambda function: tokens are verified only if
@@ -390,7 +413,7 @@ pub async fn lambda_state(config: &Config) -> Result<AppState, InitError> {
         .as_ref()
         .map(|s| JwtSecret::from_text(s.expose_secret()))
         .transpose()?;
-    let verifier = verifier(config, secret)?;
+    let verifier = verifier(config, secret).await?;
     state(config, open_stores(config).await?, verifier)
 }
 
@@ -405,6 +428,6 @@ pub fn local_jwt_secret(config: &Config) -> Result<JwtSecret, InitError> {
 
 /// The state of byok-local: embedded (or configured) store and HS256 tokens.
 pub async fn local_state(config: &Config, secret: JwtSecret) -> Result<AppState, InitError> {
-    let verifier = verifier(config, Some(secret))?;
+    let verifier = verifier(config, Some(secret)).await?;
     state(config, open_stores(config).await?, verifier)
 }

@@ -32,7 +32,15 @@ pub struct Config {
     pub jwt_secret: Option<SecretString>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
+    /// An identity provider's JWKS: RS256/ES256 tokens signed by its keys
+    /// are accepted (`BYOK_JWKS_URL`; https, or http on a loopback host).
     pub jwks_url: Option<String>,
+    /// Tokens expiring further away than this are refused (`BYOK_JWT_MAX_TTL_SECS`).
+    pub jwt_max_ttl_secs: Option<u64>,
+    /// The claim listing the caller's groups or roles, `admin` among them
+    /// granting admin (`BYOK_ADMIN_CLAIM`, a dotted path such as
+    /// `realm_access.roles`); unset: `cognito:groups` or `groups`.
+    pub admin_claim: Option<String>,
     pub validate_per_minute: u32,
     /// Completions per user per minute on team paths
     /// (`BYOK_TEAM_REQUESTS_PER_MINUTE`, default 60; `0`: no limit).
@@ -302,6 +310,35 @@ impl Config {
                 expected: "a number of seconds from 1 to 86400",
             })?,
         );
+        let jwks_url = get("BYOK_JWKS_URL").map(|u| u.trim().to_owned());
+        if let Some(url) = &jwks_url {
+            let ok = url::Url::parse(url).is_ok_and(|u| match u.scheme() {
+                "https" => u.host().is_some(),
+                // Plain http only to this machine (a local identity provider, tests).
+                "http" => matches!(
+                    u.host(),
+                    Some(url::Host::Domain("localhost"))
+                        | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+                        | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+                ),
+                _ => false,
+            });
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    name: "BYOK_JWKS_URL",
+                    expected: "an https URL (http only on localhost)",
+                });
+            }
+        }
+        let jwt_max_ttl_secs = match get("BYOK_JWT_MAX_TTL_SECS") {
+            None => None,
+            Some(v) => Some(v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or(
+                ConfigError::Invalid {
+                    name: "BYOK_JWT_MAX_TTL_SECS",
+                    expected: "a positive whole number of seconds",
+                },
+            )?),
+        };
         let allow_credentials = match get("BYOK_CORS_ALLOW_CREDENTIALS").as_deref() {
             None | Some("false" | "0") => false,
             Some("true" | "1") => true,
@@ -458,7 +495,9 @@ impl Config {
             jwt_secret: get("BYOK_JWT_SECRET").map(SecretString::from),
             jwt_issuer: get("BYOK_JWT_ISSUER"),
             jwt_audience: get("BYOK_JWT_AUDIENCE"),
-            jwks_url: get("BYOK_JWKS_URL"),
+            jwks_url,
+            jwt_max_ttl_secs,
+            admin_claim: get("BYOK_ADMIN_CLAIM").map(|c| c.trim().to_owned()),
             validate_per_minute,
             team_requests_per_minute,
             requests_per_minute,
@@ -695,6 +734,9 @@ mod tests {
             ("BYOK_CORS_ORIGINS", "app.example.com"),
             ("BYOK_CORS_ORIGINS", "ftp://files.example.com"),
             ("BYOK_CORS_ALLOW_CREDENTIALS", "maybe"),
+            ("BYOK_JWKS_URL", "http://idp.example.com/jwks.json"),
+            ("BYOK_JWKS_URL", "not a url"),
+            ("BYOK_JWT_MAX_TTL_SECS", "0"),
         ] {
             assert!(config(&[(name, bad)]).is_err(), "{name}={bad}");
         }

@@ -24,7 +24,12 @@ impl FromRequestParts<AppState> for Caller {
             Some(value) => Some(value.to_str().map_err(|_| AuthError::Malformed)?),
             None => None,
         };
-        Ok(Caller(state.auth.authenticate(claims, authorization)?))
+        Ok(Caller(
+            state
+                .auth
+                .authenticate_request(claims, authorization)
+                .await?,
+        ))
     }
 }
 

@@ -1,6 +1,7 @@
-//! Who is calling: HS256 bearer-token verification (local and self-hosted
-//! deployments) and the mapping of claims, from a verified token or from an
-//! API Gateway authorizer, to the caller's [`Principal`]. No HTTP framework
+//! Who is calling: bearer-token verification (HS256 with the gateway's own
+//! secret; RS256/ES256 with an identity provider's JWKS, [`jwks`]) and the
+//! mapping of claims, from a verified token or from an API Gateway
+//! authorizer, to the caller's [`Principal`]. No HTTP framework
 //! types live here, so every transport shares the same rules.
 
 use std::fmt;
@@ -14,15 +15,18 @@ use aes_gcm::aead::OsRng;
 use aes_gcm::aead::rand_core::RngCore as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::digest::{Key, KeyInit};
+#[cfg(test)]
 use hmac::{Hmac, Mac as _};
 use secrecy::{ExposeSecret as _, SecretSlice};
 use serde_json::{Map, Value};
-use sha2::{Digest as _, Sha256};
-use zeroize::Zeroize as _;
+#[cfg(test)]
+use sha2::Sha256;
 
 use crate::domain::{TenantId, UserId};
 
+pub mod jwks;
+
+#[cfg(test)]
 type HmacSha256 = Hmac<Sha256>;
 
 /// The group whose members may use admin routes.
@@ -47,8 +51,15 @@ pub enum AuthError {
     Malformed,
     #[error("the bearer token's signature does not match")]
     BadSignature,
-    #[error("the bearer token uses an unsupported signing algorithm; only HS256 is accepted")]
+    #[error(
+        "the bearer token uses a signing algorithm this gateway does not accept \
+         (HS256 with its secret, RS256/ES256 with its issuer's JWKS)"
+    )]
     UnsupportedAlgorithm,
+    #[error("the bearer token names a signing key the issuer does not publish")]
+    UnknownKey,
+    #[error("the bearer token lives longer than this gateway accepts")]
+    TooLongLived,
     #[error("the bearer token has expired")]
     Expired,
     #[error("the bearer token is not valid yet")]
@@ -185,23 +196,6 @@ impl JwtSecret {
     fn expose_bytes(&self) -> &[u8] {
         self.0.expose_secret()
     }
-
-    /// HMAC-SHA256 keyed with this secret. The key is reduced to one hash
-    /// block exactly as RFC 2104 prescribes (hash if longer, zero-pad), which
-    /// lets us use the infallible constructor.
-    fn mac(&self) -> HmacSha256 {
-        let key = self.expose_bytes();
-        let mut block = Key::<HmacSha256>::default();
-        if key.len() <= block.len() {
-            block[..key.len()].copy_from_slice(key);
-        } else {
-            let digest = Sha256::digest(key);
-            block[..digest.len()].copy_from_slice(&digest);
-        }
-        let mac = <HmacSha256 as KeyInit>::new(&block);
-        block.as_mut_slice().zeroize();
-        mac
-    }
 }
 
 /// Decides who the caller is: claims an API Gateway authorizer already
@@ -210,6 +204,9 @@ pub struct Authenticator {
     verifier: Option<TokenVerifier>,
     /// The claim naming the caller's tenant (`BYOK_TENANT_CLAIM`).
     tenant_claim: Option<String>,
+    /// The claim listing groups or roles (`BYOK_ADMIN_CLAIM`); `None`:
+    /// `cognito:groups` or `groups`.
+    admin_claim: Option<String>,
 }
 
 impl Authenticator {
@@ -217,6 +214,37 @@ impl Authenticator {
         Self {
             verifier,
             tenant_claim: None,
+            admin_claim: None,
+        }
+    }
+
+    /// Reads admin membership from the claim at `path` (dots go into
+    /// nested objects, e.g. Keycloak's `realm_access.roles`).
+    #[must_use]
+    pub fn with_admin_claim(mut self, path: Option<String>) -> Self {
+        self.admin_claim = path;
+        self
+    }
+
+    /// [`Self::authenticate`], and when a token names a key its issuer's
+    /// JWKS does not hold (yet), one refresh of the set (rate limited) and
+    /// a second try.
+    pub async fn authenticate_request(
+        &self,
+        claims: Option<&AuthorizerClaims>,
+        authorization: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        match self.authenticate(claims, authorization) {
+            Err(AuthError::UnknownKey) => {
+                let jwks = self.verifier.as_ref().and_then(TokenVerifier::jwks);
+                match jwks {
+                    Some(jwks) if jwks.refresh_for_unknown_key().await => {
+                        self.authenticate(claims, authorization)
+                    }
+                    _ => Err(AuthError::UnknownKey),
+                }
+            }
+            other => other,
         }
     }
 
@@ -245,11 +273,29 @@ impl Authenticator {
             }
         };
         let mut principal = principal_from_claims(claims)?;
+        if let Some(path) = &self.admin_claim {
+            principal.admin = claim_at(claims, path)
+                .is_some_and(|groups| group_names(groups).any(|g| g == ADMIN_GROUP));
+        }
         if let Some(name) = &self.tenant_claim {
             principal.tenant = tenant_from_claims(claims, name);
         }
         Ok(principal)
     }
+}
+
+/// The claim at a dotted `path` (a claim whose own name has dots, such as a
+/// namespaced Auth0 claim, wins over a nested lookup).
+fn claim_at<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(path) {
+        return Some(value);
+    }
+    let mut parts = path.split('.');
+    let mut value = claims.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_object()?.get(part)?;
+    }
+    Some(value)
 }
 
 /// The tenant in claim `name`: a string (or a number, as text) that is a
@@ -262,24 +308,68 @@ pub fn tenant_from_claims(claims: &Map<String, Value>, name: &str) -> Option<Ten
     }
 }
 
-/// Verifies HS256 bearer tokens signed with the configured secret.
+/// Verifies bearer tokens: HS256 signed with the configured secret, and
+/// RS256/ES256 (and their 384/512 and PSS forms) signed by a key of the
+/// issuer's JWKS. Signatures are checked by `jsonwebtoken`; the claims
+/// (`exp` required, `nbf`, `iss`, `aud`, the maximum lifetime) here, against
+/// the clock the caller gives.
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
-    secret: JwtSecret,
+    secret: Option<JwtSecret>,
+    jwks: Option<std::sync::Arc<jwks::Jwks>>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway_secs: u64,
+    /// Refuse tokens that expire further than this in the future.
+    max_ttl_secs: Option<u64>,
 }
 
 impl TokenVerifier {
     /// `issuer` / `audience`, when set, must match the token's `iss` / `aud`.
     pub fn new(secret: JwtSecret, issuer: Option<String>, audience: Option<String>) -> Self {
         Self {
-            secret,
+            secret: Some(secret),
+            jwks: None,
             issuer,
             audience,
             leeway_secs: DEFAULT_LEEWAY_SECS,
+            max_ttl_secs: None,
         }
+    }
+
+    /// A verifier of JWKS-signed tokens only (no HS256 secret).
+    pub fn for_jwks(
+        jwks: std::sync::Arc<jwks::Jwks>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Self {
+        Self {
+            secret: None,
+            jwks: Some(jwks),
+            issuer,
+            audience,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            max_ttl_secs: None,
+        }
+    }
+
+    /// Also accepts tokens signed by a key of `jwks`.
+    #[must_use]
+    pub fn with_jwks(mut self, jwks: std::sync::Arc<jwks::Jwks>) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// Refuses tokens whose `exp` is more than `secs` away (`BYOK_JWT_MAX_TTL_SECS`).
+    #[must_use]
+    pub fn with_max_ttl(mut self, secs: Option<u64>) -> Self {
+        self.max_ttl_secs = secs;
+        self
+    }
+
+    /// The issuer's key set, when tokens may be JWKS-signed.
+    pub fn jwks(&self) -> Option<&std::sync::Arc<jwks::Jwks>> {
+        self.jwks.as_ref()
     }
 
     /// Replaces the default clock-skew leeway of [`DEFAULT_LEEWAY_SECS`].
@@ -301,28 +391,49 @@ impl TokenVerifier {
         now_unix: i64,
     ) -> Result<Map<String, Value>, AuthError> {
         let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        let (Some(header_b64), Some(_), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed);
         };
-
-        let header = decode_object(header_b64)?;
-        if header.get("alg").and_then(Value::as_str) != Some("HS256") {
-            return Err(AuthError::UnsupportedAlgorithm);
+        if URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
+            return Err(AuthError::Malformed);
         }
+        let header = decode_object(header_b64)?;
+        let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+        let (key, algorithm) = match alg {
+            "HS256" => {
+                // Never a JWKS key: an HS256 token "signed" with a public key
+                // (algorithm confusion) finds no secret to match.
+                let secret = self
+                    .secret
+                    .as_ref()
+                    .ok_or(AuthError::UnsupportedAlgorithm)?;
+                (
+                    jsonwebtoken::DecodingKey::from_secret(secret.expose_bytes()),
+                    jsonwebtoken::Algorithm::HS256,
+                )
+            }
+            _ => {
+                let algorithm = jwks::asymmetric(alg).ok_or(AuthError::UnsupportedAlgorithm)?;
+                let jwks = self.jwks.as_ref().ok_or(AuthError::UnsupportedAlgorithm)?;
+                let kid = header.get("kid").and_then(Value::as_str);
+                (jwks.key(kid, algorithm)?, algorithm)
+            }
+        };
+        // Only the signature and algorithm here; the claims are checked
+        // below against the caller's clock.
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let verified =
+            jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| jwt_error(&e))?;
+        let Value::Object(claims) = verified.claims else {
+            return Err(AuthError::Malformed);
+        };
 
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| AuthError::Malformed)?;
-        let mut mac = self.secret.mac();
-        mac.update(header_b64.as_bytes());
-        mac.update(b".");
-        mac.update(payload_b64.as_bytes());
-        mac.verify_slice(&signature)
-            .map_err(|_| AuthError::BadSignature)?;
-
-        let claims = decode_object(payload_b64)?;
         let leeway = i64::try_from(self.leeway_secs).unwrap_or(i64::MAX);
 
         let exp = claims
@@ -331,6 +442,11 @@ impl TokenVerifier {
             .ok_or(AuthError::Malformed)?;
         if exp.saturating_add(leeway) < now_unix {
             return Err(AuthError::Expired);
+        }
+        if let Some(max) = self.max_ttl_secs
+            && exp.saturating_sub(now_unix) > i64::try_from(max).unwrap_or(i64::MAX)
+        {
+            return Err(AuthError::TooLongLived);
         }
         if let Some(nbf) = claims.get("nbf") {
             let nbf = numeric_date(nbf).ok_or(AuthError::Malformed)?;
@@ -354,6 +470,22 @@ impl TokenVerifier {
             }
         }
         Ok(claims)
+    }
+}
+
+/// An error of `jsonwebtoken` as ours.
+fn jwt_error(err: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match err.kind() {
+        K::InvalidSignature => AuthError::BadSignature,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm => {
+            AuthError::UnsupportedAlgorithm
+        }
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidIssuer => AuthError::WrongIssuer,
+        K::InvalidAudience => AuthError::WrongAudience,
+        _ => AuthError::Malformed,
     }
 }
 
@@ -467,9 +599,14 @@ fn sign(secret: &JwtSecret, header_json: &str, payload_json: &str) -> String {
         URL_SAFE_NO_PAD.encode(header_json),
         URL_SAFE_NO_PAD.encode(payload_json)
     );
-    let mut mac = secret.mac();
-    mac.update(signing_input.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.expose_bytes());
+    // HS256 signing cannot fail (any key length is an HMAC key).
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &key,
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .unwrap_or_default();
     format!("{signing_input}.{signature}")
 }
 
@@ -851,14 +988,18 @@ mod tests {
                 .map(|i| char::from(b'a' + (i % 26) as u8))
                 .collect();
             let secret = JwtSecret::from_text(&text).expect("valid");
-            let mut ours = secret.mac();
-            ours.update(b"message");
+            let ours = sign(&secret, "{}", "{}");
+            let signing_input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode("{}"),
+                URL_SAFE_NO_PAD.encode("{}")
+            );
             let mut reference =
                 <HmacSha256 as hmac::Mac>::new_from_slice(text.as_bytes()).expect("any length");
-            reference.update(b"message");
+            reference.update(signing_input.as_bytes());
             assert_eq!(
-                ours.finalize().into_bytes(),
-                reference.finalize().into_bytes(),
+                ours.rsplit_once('.').map(|(_, sig)| sig.to_owned()),
+                Some(URL_SAFE_NO_PAD.encode(reference.finalize().into_bytes())),
                 "{len}"
             );
         }
