@@ -8,7 +8,9 @@ use crate::budget::BudgetService;
 use crate::catalog::{Catalog, CatalogError};
 use crate::completion::{CompletionService, RequestLimits, UpstreamClient};
 use crate::config::{Config, ConfigError, StoreKind};
-use crate::crypto::{CryptoError, MasterKey};
+use crate::crypto::CryptoError;
+#[cfg(feature = "local")]
+use crate::crypto::MasterKey;
 use crate::events::{
     EventBridgeSink, EventSink, JsonLinesSink, LogSink, WebhookSecret, WebhookSink,
 };
@@ -19,6 +21,7 @@ use crate::resolve::TeamCredentials;
 use crate::rotation::{InProcessTrigger, RotationService, RotationTrigger, SecretsManagerTrigger};
 use crate::store::cache::CachedSecretStore;
 use crate::store::dynamo::{DynamoMetadataStore, ensure_table};
+#[cfg(feature = "local")]
 use crate::store::embedded::EmbeddedStore;
 use crate::store::secrets_manager::{
     SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
@@ -157,6 +160,9 @@ async fn read_team_secrets(
 /// version-aware cache either way.
 pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
     let mut stores = match config.store {
+        #[cfg(not(feature = "local"))]
+        StoreKind::Embedded => return Err(InitError::Unsupported("BYOK_STORE=embedded")),
+        #[cfg(feature = "local")]
         StoreKind::Embedded => {
             let master = match &config.master_key {
                 Some(b64) => MasterKey::from_base64(b64.expose_secret())?,

@@ -75,6 +75,7 @@ pub mod http;
 pub mod keys;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+#[cfg(feature = "local")]
 pub mod local;
 pub mod providers;
 pub mod resolve;

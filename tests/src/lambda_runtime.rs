@@ -458,8 +458,13 @@ impl FunctionProcess {
     /// `runtime`, plus `env` (applied last, so it may override). Nothing
     /// else from the caller's environment is passed but PATH and HOME.
     pub fn start(name: &str, runtime: &RuntimeApi, env: &[(&str, &str)]) -> Self {
+        Self::start_bin(&function_bin(name), name, runtime, env)
+    }
+
+    /// [`Self::start`] with the binary at `bin` (another build's, say).
+    pub fn start_bin(bin: &Path, name: &str, runtime: &RuntimeApi, env: &[(&str, &str)]) -> Self {
         let function_name = format!("byok-{name}");
-        let mut cmd = Command::new(function_bin(name));
+        let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", std::env::var_os("HOME").unwrap_or_default())

@@ -108,6 +108,7 @@ impl RequestLimits {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "local")]
     #[tokio::test]
     async fn both_limits_count_separately_in_the_store() {
         let dir = tempfile::tempdir().unwrap();

@@ -21,8 +21,10 @@ pub mod audit;
 pub mod budget;
 pub mod cache;
 pub mod dynamo;
+#[cfg(feature = "local")]
 pub mod embedded;
 pub mod ratelimit;
+#[cfg(feature = "local")]
 pub mod rekey;
 pub mod rotation;
 pub mod secrets_manager;
