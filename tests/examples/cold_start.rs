@@ -4,7 +4,7 @@
 //! binary's size. The functions run with `BYOK_STORE=aws` against the local
 //! AWS emulator (`AWS_ENDPOINT_URL`, as the test script starts it).
 //!
-//! `cargo run --release -p byok-tests --example cold_start -- keys get-keys.json \
+//! `cargo run -p byok-tests --example cold_start -- keys get-keys.json \
 //!     /tmp/before/keys target/release/keys`
 
 #![expect(
