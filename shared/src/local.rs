@@ -17,29 +17,119 @@ use secrecy::{ExposeSecret, SecretString};
 use std::io::Write;
 use std::net::SocketAddr;
 
-pub const USAGE: &str = "\
-usage:
-  byok-local [serve]                                 run every route on BYOK_LISTEN (default 127.0.0.1:8787)
-  byok-local token --sub NAME [--admin] [--tenant ID] [--ttl SECS]
-                                              print a signed user token (default ttl 12 h;
-                                              --tenant sets the claim BYOK_TENANT_CLAIM names)
-  byok-local catalog refresh [--from URL] [--out FILE]
-                                                     merge the gateway's public model list (default
-                                                     $AI_GATEWAY_URL/models) into FILE (default
-                                                     $BYOK_CATALOG_FILE), which BYOK_CATALOG_FILE serves
-  byok-local master-key rotate                       re-seal every stored key under a new master key
-                                                     (stop the server first): a new random key replaces
-                                                     $BYOK_DATA_DIR/master.key, or, when BYOK_MASTER_KEY
-                                                     is set, the key is BYOK_NEW_MASTER_KEY
-  byok-local rotate --user ID --service NAME         run the rotation of the key staged with
-                                                     PUT /api/keys/{service}/pending (create, set,
-                                                     test, finish) and print the key record
-  byok-local sweep                                   re-validate stale keys, flag keys due for rotation,
-                                                     remove orphaned secrets; print the report (JSON)
-  byok-local help                                    this text
+/// Where configuration comes from, appended to the help text.
+const CONFIGURATION: &str = "configuration comes from the environment: BYOK_LISTEN, BYOK_DATA_DIR, \
+BYOK_MASTER_KEY, BYOK_JWT_SECRET, BYOK_STORE, BYOK_CATALOG_FILE, AI_GATEWAY_API_KEY, \
+AI_GATEWAY_URL, OPENAI_API_KEY, ... (README, \"Configuration\")";
 
-configuration comes from the environment: BYOK_LISTEN, BYOK_DATA_DIR, BYOK_MASTER_KEY,
-BYOK_JWT_SECRET, BYOK_STORE, BYOK_CATALOG_FILE, AI_GATEWAY_API_KEY, AI_GATEWAY_URL, OPENAI_API_KEY, ...";
+/// The command line, as `clap` parses it (help text generated from it).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "byok-local",
+    about = "Every route of the BYOK gateway in one process, on an embedded encrypted store.",
+    after_help = CONFIGURATION,
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Run every route on BYOK_LISTEN (default 127.0.0.1:8787); the default.
+    Serve,
+    /// Print a signed user token.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long, value_parser = user_id)]
+        sub: String,
+        /// Put the user in the admin group.
+        #[arg(long)]
+        admin: bool,
+        /// The tenant, in the claim BYOK_TENANT_CLAIM names.
+        #[arg(long, value_parser = tenant_id)]
+        tenant: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = DEFAULT_TOKEN_TTL_SECS, value_parser = positive_secs)]
+        ttl: u64,
+    },
+    /// The model catalog file.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
+    /// The embedded store's master key.
+    MasterKey {
+        #[command(subcommand)]
+        action: MasterKeyAction,
+    },
+    /// Run the rotation of the key staged with PUT /api/keys/{service}/pending
+    /// (create, set, test, finish) and print the key record.
+    Rotate {
+        /// The key's owner.
+        #[arg(long, value_parser = user_id)]
+        user: String,
+        /// The key's service.
+        #[arg(long, value_parser = service_name)]
+        service: crate::domain::Service,
+    },
+    /// Re-validate stale keys, flag keys due for rotation, remove orphaned
+    /// secrets; print the report (JSON).
+    Sweep,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CatalogAction {
+    /// Merge the gateway's public model list into a catalog file, which
+    /// BYOK_CATALOG_FILE then serves.
+    Refresh {
+        /// The model list (default $AI_GATEWAY_URL/models).
+        #[arg(long)]
+        from: Option<String>,
+        /// The catalog file (default $BYOK_CATALOG_FILE).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum MasterKeyAction {
+    /// Re-seal every stored key under a new master key (stop the server
+    /// first): a new random key replaces $BYOK_DATA_DIR/master.key, or, when
+    /// BYOK_MASTER_KEY is set, the new key is BYOK_NEW_MASTER_KEY.
+    Rotate,
+}
+
+fn user_id(text: &str) -> Result<String, String> {
+    crate::domain::UserId::new(text)
+        .map(|_| text.to_owned())
+        .ok_or_else(|| "a non-empty user id without control characters".to_owned())
+}
+
+fn tenant_id(text: &str) -> Result<String, String> {
+    crate::domain::TenantId::new(text)
+        .map(|_| text.to_owned())
+        .ok_or_else(|| "a tenant id of 1 to 128 characters".to_owned())
+}
+
+fn positive_secs(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| "a positive number of seconds".to_owned())
+}
+
+fn service_name(text: &str) -> Result<crate::domain::Service, String> {
+    text.parse().map_err(|_| format!("unknown service: {text}"))
+}
+
+/// The help text.
+pub fn help() -> String {
+    <Cli as clap::CommandFactory>::command()
+        .render_long_help()
+        .to_string()
+}
 
 /// How long a stopping byok-local waits for usage writes nothing awaits.
 const USAGE_SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -73,13 +163,18 @@ pub enum Command {
     },
     /// Run the key-health sweep once.
     Sweep,
+    /// The whole help text.
     Help,
+    /// A subcommand's help text, as `clap` renders it.
+    HelpOf(String),
 }
 
 /// Why byok-local stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("{0}\n\n{USAGE}")]
+    /// A command line `clap` refused (its message names the problem and
+    /// how to get help).
+    #[error("{0}")]
     Usage(String),
     #[error(transparent)]
     Init(#[from] InitError),
@@ -103,110 +198,57 @@ pub enum LocalError {
 
 /// Parses the arguments after the program name.
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, LocalError> {
-    let mut args = args.into_iter();
-    let usage = |msg: &str| LocalError::Usage(msg.to_owned());
-    match args.next().as_deref() {
-        None | Some("serve") => match args.next() {
-            None => Ok(Command::Serve),
-            Some(extra) => Err(usage(&format!("unexpected argument: {extra}"))),
-        },
-        Some("help" | "--help" | "-h") => Ok(Command::Help),
-        Some("token") => {
-            let (mut sub, mut admin, mut ttl_secs) = (None, false, DEFAULT_TOKEN_TTL_SECS);
-            let mut tenant = None;
-            while let Some(arg) = args.next() {
-                match arg.as_str() {
-                    "--sub" => sub = Some(args.next().ok_or_else(|| usage("--sub needs a value"))?),
-                    "--admin" => admin = true,
-                    "--tenant" => {
-                        tenant = Some(
-                            args.next()
-                                .filter(|t| crate::domain::TenantId::new(t.as_str()).is_some())
-                                .ok_or_else(|| usage("--tenant needs a tenant id"))?,
-                        );
-                    }
-                    "--ttl" => {
-                        ttl_secs = args
-                            .next()
-                            .and_then(|v| v.parse().ok())
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| usage("--ttl needs a positive number of seconds"))?;
-                    }
-                    other => return Err(usage(&format!("unknown option: {other}"))),
-                }
-            }
-            let sub = sub
-                .filter(|s| crate::domain::UserId::new(s.as_str()).is_some())
-                .ok_or_else(|| usage("token needs --sub NAME (a non-empty user id)"))?;
-            Ok(Command::Token {
-                sub,
-                admin,
-                tenant,
-                ttl_secs,
-            })
+    use clap::Parser as _;
+    let args: Vec<String> = args.into_iter().collect();
+    let argv = std::iter::once("byok-local".to_owned()).chain(args.iter().cloned());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(err) if err.kind() == clap::error::ErrorKind::DisplayHelp => {
+            let whole = matches!(
+                args.iter().map(String::as_str).collect::<Vec<_>>()[..],
+                ["--help" | "-h" | "help"]
+            );
+            return Ok(if whole {
+                Command::Help
+            } else {
+                Command::HelpOf(err.render().to_string())
+            });
         }
-        Some("catalog") => {
-            if args.next().as_deref() != Some("refresh") {
-                return Err(usage("catalog needs a subcommand: refresh"));
-            }
-            let (mut from, mut out) = (None, None);
-            while let Some(arg) = args.next() {
-                match arg.as_str() {
-                    "--from" => {
-                        from = Some(args.next().ok_or_else(|| usage("--from needs a URL"))?)
-                    }
-                    "--out" => {
-                        out = Some(
-                            args.next()
-                                .ok_or_else(|| usage("--out needs a file"))?
-                                .into(),
-                        );
-                    }
-                    other => return Err(usage(&format!("unknown option: {other}"))),
-                }
-            }
-            Ok(Command::CatalogRefresh { from, out })
+        Err(err) => {
+            return Err(LocalError::Usage(
+                err.render().to_string().trim_end().to_owned(),
+            ));
         }
-        Some("rotate") => {
-            let (mut user, mut service) = (None, None);
-            while let Some(arg) = args.next() {
-                match arg.as_str() {
-                    "--user" => {
-                        user = Some(args.next().ok_or_else(|| usage("--user needs an id"))?)
-                    }
-                    "--service" => {
-                        let name = args.next().ok_or_else(|| usage("--service needs a name"))?;
-                        service = Some(
-                            name.parse()
-                                .map_err(|_| usage(&format!("unknown service: {name}")))?,
-                        );
-                    }
-                    other => return Err(usage(&format!("unknown option: {other}"))),
-                }
-            }
-            let user = user
-                .filter(|u| crate::domain::UserId::new(u.as_str()).is_some())
-                .ok_or_else(|| usage("rotate needs --user ID"))?;
-            let service = service.ok_or_else(|| usage("rotate needs --service NAME"))?;
-            Ok(Command::Rotate { user, service })
-        }
-        Some("sweep") => match args.next() {
-            None => Ok(Command::Sweep),
-            Some(extra) => Err(usage(&format!("unexpected argument: {extra}"))),
+    };
+    Ok(match cli.command {
+        None | Some(Sub::Serve) => Command::Serve,
+        Some(Sub::Token {
+            sub,
+            admin,
+            tenant,
+            ttl,
+        }) => Command::Token {
+            sub,
+            admin,
+            tenant,
+            ttl_secs: ttl,
         },
-        Some("master-key") => match (args.next().as_deref(), args.next()) {
-            (Some("rotate"), None) => Ok(Command::MasterKeyRotate),
-            (Some("rotate"), Some(extra)) => Err(usage(&format!("unexpected argument: {extra}"))),
-            _ => Err(usage("master-key needs a subcommand: rotate")),
-        },
-        Some(other) => Err(usage(&format!("unknown command: {other}"))),
-    }
+        Some(Sub::Catalog {
+            action: CatalogAction::Refresh { from, out },
+        }) => Command::CatalogRefresh { from, out },
+        Some(Sub::MasterKey {
+            action: MasterKeyAction::Rotate,
+        }) => Command::MasterKeyRotate,
+        Some(Sub::Rotate { user, service }) => Command::Rotate { user, service },
+        Some(Sub::Sweep) => Command::Sweep,
+    })
 }
 
 /// Runs `command`, writing what it prints to `out`.
 pub async fn run(command: Command, config: Config, out: &mut dyn Write) -> Result<(), LocalError> {
     match command {
-        Command::Help => Ok(writeln!(out, "{USAGE}")?),
+        Command::Help => Ok(writeln!(out, "{}", help())?),
+        Command::HelpOf(text) => Ok(write!(out, "{text}")?),
         Command::Token {
             sub,
             admin,
