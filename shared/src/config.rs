@@ -3,7 +3,7 @@
 //! `std::env`; everything else receives a `Config`.
 
 use crate::domain::{ApiKey, ModelId, Service};
-use crate::resolve::{TeamCredentials, Upstreams};
+use crate::domain::{TeamCredentials, Upstreams};
 pub use crate::upstream::UpstreamTimeouts;
 use secrecy::SecretString;
 use std::collections::BTreeMap;

@@ -12,7 +12,8 @@
 //!
 //! **Domain** (no I/O):
 //! - [`domain`]: services, credentials (secret types), key records, settings,
-//!   model ids, user base URLs, resolution paths.
+//!   model ids, user base URLs, resolution paths, the operator's team keys
+//!   and upstream base URLs.
 //! - [`crypto`]: the master key and authenticated encryption of secrets.
 //!
 //! **Stores, providers and the outgoing side**:
@@ -31,8 +32,7 @@
 //!
 //! **Configuration**:
 //! - [`resolve`]: the resolution contract (user gateway → user provider →
-//!   team gateway → team provider), pure over one [`store::UserSnapshot`],
-//!   with the team credentials and upstream base URLs it reads.
+//!   team gateway → team provider), pure over one [`store::UserSnapshot`].
 //! - [`config`]: configuration, read once from the environment.
 //!
 //! **Services** (no HTTP types):

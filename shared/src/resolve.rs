@@ -5,12 +5,10 @@
 //! with the user's consent. Pure over one [`UserSnapshot`]; the credential
 //! itself is only named here, never read.
 
-pub use crate::domain::ResolutionPath;
 use crate::domain::base_url::url_host;
-use crate::domain::{ApiKey, ModelError, ModelId, SecretRef, Service, UserId};
+use crate::domain::{ModelError, ModelId, SecretRef, Service, UserId};
+pub use crate::domain::{ResolutionPath, TeamCredentials, Upstreams};
 use crate::store::{MetadataStore, StoreError, UserSnapshot};
-use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 use tracing::field::Empty;
 
@@ -72,73 +70,6 @@ pub enum ResolveError {
     NoCredential,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The operator's upstream base URLs, one per service.
-#[derive(Clone, Debug, Default)]
-pub struct Upstreams {
-    overrides: BTreeMap<Service, String>,
-}
-
-impl Upstreams {
-    pub fn set(&mut self, service: Service, base_url: String) {
-        self.overrides.insert(service, base_url);
-    }
-
-    /// The operator's override, else the service's default.
-    pub fn base_url(&self, service: Service) -> &str {
-        self.overrides
-            .get(&service)
-            .map_or(service.default_base_url(), String::as_str)
-    }
-}
-
-/// The operator's own keys: the team gateway key and server provider keys.
-/// A key may arrive after start (a team secret that could not be read at
-/// cold start and is retried in the background), so the set is shared and
-/// changes behind a lock.
-#[derive(Default)]
-pub struct TeamCredentials {
-    keys: std::sync::RwLock<BTreeMap<Service, ApiKey>>,
-}
-
-impl Clone for TeamCredentials {
-    fn clone(&self) -> Self {
-        Self {
-            keys: std::sync::RwLock::new(self.read().clone()),
-        }
-    }
-}
-
-impl TeamCredentials {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Service, ApiKey>> {
-        // A panic while holding the lock cannot leave the map half-written:
-        // every write is one insert.
-        self.keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub fn insert(&self, service: Service, key: ApiKey) {
-        self.keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(service, key);
-    }
-
-    pub fn has(&self, service: Service) -> bool {
-        self.read().contains_key(&service)
-    }
-
-    pub fn get(&self, service: Service) -> Option<ApiKey> {
-        self.read().get(&service).cloned()
-    }
-}
-
-impl fmt::Debug for TeamCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.read().keys()).finish()
-    }
 }
 
 /// Applies the contract to one user's snapshot. Emits the
@@ -304,7 +235,8 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{KeyRecord, Settings, now};
+    use crate::domain::{ApiKey, KeyRecord, Settings, now};
+    use std::fmt;
 
     fn key(service: Service, enabled: bool, base_url: Option<&str>) -> KeyRecord {
         let t = now();

@@ -6,6 +6,7 @@ pub mod base_url;
 pub mod credential;
 pub mod key;
 pub mod model;
+pub mod operator;
 pub mod path;
 pub mod service;
 pub mod settings;
@@ -17,6 +18,7 @@ pub use key::{
     ValidationResult, mask_key,
 };
 pub use model::{ModelError, ModelId};
+pub use operator::{TeamCredentials, Upstreams};
 pub use path::ResolutionPath;
 pub use service::{Service, WireApi};
 pub use settings::Settings;
