@@ -1,0 +1,211 @@
+//! Verifying bearer tokens: the signature and algorithm with
+//! `jsonwebtoken` (HS256 with the gateway's secret, RS256/ES256 with the
+//! issuer's [`super::jwks`]), then the claims against the caller's clock.
+
+use super::*;
+
+/// Verifies bearer tokens: HS256 signed with the configured secret, and
+/// RS256/ES256 (and their 384/512 and PSS forms) signed by a key of the
+/// issuer's JWKS. Signatures are checked by `jsonwebtoken`; the claims
+/// (`exp` required, `nbf`, `iss`, `aud`, the maximum lifetime) here, against
+/// the clock the caller gives.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    secret: Option<JwtSecret>,
+    jwks: Option<std::sync::Arc<jwks::Jwks>>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_secs: u64,
+    /// Refuse tokens that expire further than this in the future.
+    max_ttl_secs: Option<u64>,
+}
+
+impl TokenVerifier {
+    /// `issuer` / `audience`, when set, must match the token's `iss` / `aud`.
+    pub fn new(secret: JwtSecret, issuer: Option<String>, audience: Option<String>) -> Self {
+        Self {
+            secret: Some(secret),
+            jwks: None,
+            issuer,
+            audience,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            max_ttl_secs: None,
+        }
+    }
+
+    /// A verifier of JWKS-signed tokens only (no HS256 secret).
+    pub fn for_jwks(
+        jwks: std::sync::Arc<jwks::Jwks>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Self {
+        Self {
+            secret: None,
+            jwks: Some(jwks),
+            issuer,
+            audience,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            max_ttl_secs: None,
+        }
+    }
+
+    /// Also accepts tokens signed by a key of `jwks`.
+    #[must_use]
+    pub fn with_jwks(mut self, jwks: std::sync::Arc<jwks::Jwks>) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// Refuses tokens whose `exp` is more than `secs` away (`BYOK_JWT_MAX_TTL_SECS`).
+    #[must_use]
+    pub fn with_max_ttl(mut self, secs: Option<u64>) -> Self {
+        self.max_ttl_secs = secs;
+        self
+    }
+
+    /// The issuer's key set, when tokens may be JWKS-signed.
+    pub fn jwks(&self) -> Option<&std::sync::Arc<jwks::Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// Replaces the default clock-skew leeway of [`DEFAULT_LEEWAY_SECS`].
+    pub fn with_leeway(mut self, leeway_secs: u64) -> Self {
+        self.leeway_secs = leeway_secs;
+        self
+    }
+
+    /// Checks signature, algorithm, `exp`, `nbf`, `iss` and `aud`, then maps
+    /// the claims to a [`Principal`].
+    pub fn verify(&self, token: &str, now_unix: i64) -> Result<Principal, AuthError> {
+        principal_from_claims(&self.verify_claims(token, now_unix)?)
+    }
+
+    /// [`Self::verify`]'s checks, returning the verified claims.
+    pub fn verify_claims(
+        &self,
+        token: &str,
+        now_unix: i64,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(_), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        if URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
+            return Err(AuthError::Malformed);
+        }
+        let header = decode_object(header_b64)?;
+        let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+        let (key, algorithm) = match alg {
+            "HS256" => {
+                // Never a JWKS key: an HS256 token "signed" with a public key
+                // (algorithm confusion) finds no secret to match.
+                let secret = self
+                    .secret
+                    .as_ref()
+                    .ok_or(AuthError::UnsupportedAlgorithm)?;
+                (
+                    jsonwebtoken::DecodingKey::from_secret(secret.expose_bytes()),
+                    jsonwebtoken::Algorithm::HS256,
+                )
+            }
+            _ => {
+                let algorithm = jwks::asymmetric(alg).ok_or(AuthError::UnsupportedAlgorithm)?;
+                let jwks = self.jwks.as_ref().ok_or(AuthError::UnsupportedAlgorithm)?;
+                let kid = header.get("kid").and_then(Value::as_str);
+                (jwks.key(kid, algorithm)?, algorithm)
+            }
+        };
+        // Only the signature and algorithm here; the claims are checked
+        // below against the caller's clock.
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let verified =
+            jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| jwt_error(&e))?;
+        let Value::Object(claims) = verified.claims else {
+            return Err(AuthError::Malformed);
+        };
+
+        let leeway = i64::try_from(self.leeway_secs).unwrap_or(i64::MAX);
+
+        let exp = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or(AuthError::Malformed)?;
+        if exp.saturating_add(leeway) < now_unix {
+            return Err(AuthError::Expired);
+        }
+        if let Some(max) = self.max_ttl_secs
+            && exp.saturating_sub(now_unix) > i64::try_from(max).unwrap_or(i64::MAX)
+        {
+            return Err(AuthError::TooLongLived);
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = numeric_date(nbf).ok_or(AuthError::Malformed)?;
+            if nbf.saturating_sub(leeway) > now_unix {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        if let Some(issuer) = &self.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
+        {
+            return Err(AuthError::WrongIssuer);
+        }
+        if let Some(audience) = &self.audience {
+            let matches = match claims.get("aud") {
+                Some(Value::String(aud)) => aud == audience,
+                Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+                _ => false,
+            };
+            if !matches {
+                return Err(AuthError::WrongAudience);
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// An error of `jsonwebtoken` as ours.
+fn jwt_error(err: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match err.kind() {
+        K::InvalidSignature => AuthError::BadSignature,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm => {
+            AuthError::UnsupportedAlgorithm
+        }
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidIssuer => AuthError::WrongIssuer,
+        K::InvalidAudience => AuthError::WrongAudience,
+        _ => AuthError::Malformed,
+    }
+}
+
+/// Decodes one base64url (no padding) segment holding a JSON object.
+fn decode_object(segment: &str) -> Result<Map<String, Value>, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthError::Malformed)?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AuthError::Malformed),
+    }
+}
+
+/// A JWT NumericDate: a JSON number, or a string of digits as API Gateway
+/// forwards it. Fractions are truncated.
+fn numeric_date(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite())
+                .map(|f| f.trunc() as i64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
