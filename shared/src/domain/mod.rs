@@ -8,6 +8,7 @@ pub mod key;
 pub mod model;
 pub mod operator;
 pub mod path;
+pub mod provider;
 pub mod service;
 pub mod settings;
 
@@ -20,6 +21,7 @@ pub use key::{
 pub use model::{ModelError, ModelId};
 pub use operator::{TeamCredentials, Upstreams};
 pub use path::ResolutionPath;
+pub use provider::Provider;
 pub use service::{Service, WireApi};
 pub use settings::Settings;
 

@@ -131,22 +131,14 @@ pub fn build_request(
         .body(body)
 }
 
-/// The cheapest authenticated call of every upstream: `GET {base}/models`
-/// with the service's auth headers. Used to check that a key works.
-/// The cheapest call that proves a key: the model list where it needs auth;
-/// OpenRouter's and the AI Gateway's model lists are public, so their key
-/// endpoints are used (`GET /key`: the key's own limits; `GET /credits`: the
-/// team's balance).
+/// The cheapest call that proves a key ([`crate::domain::Provider::key_check_path`]):
+/// the model list where it needs auth, a key endpoint where it is public.
 pub(crate) const fn key_check_path(service: Service) -> &'static str {
-    match service {
-        Service::OpenRouter => "/key",
-        Service::Gateway => "/credits",
-        Service::OpenAi | Service::Anthropic | Service::Xai | Service::Google | Service::Groq => {
-            "/models"
-        }
-    }
+    service.provider().key_check_path
 }
 
+/// The cheapest authenticated call of every upstream: `GET {base}{key check
+/// path}` with the service's auth headers. Used to check that a key works.
 pub(crate) fn build_models_request(
     client: &reqwest::Client,
     service: Service,
