@@ -32,7 +32,7 @@ from samtranslator.yaml_helper import yaml_parse  # noqa: E402
 # The IAM actions each function's role may grant, by logical id: exactly
 # these, no more, no fewer (the union over every Fn::If branch, i.e. with
 # every optional parameter set). THIS MUST MATCH THE SDK CALLS IN THE CODE
-# (shared/src/store/dynamo.rs, shared/src/store/secrets_manager.rs,
+# (shared/src/store/dynamo/, shared/src/store/secrets_manager.rs,
 # shared/src/app.rs): a new SDK call needs its action here and in
 # template.yaml, a removed call must leave both. KMS actions are those the
 # services make on the function's behalf (kms:ViaService is asserted).
@@ -226,7 +226,7 @@ HTTP_ROUTES = {
 # Functions whose DynamoDB writes are confined to some partitions: every
 # statement of theirs granting a write must carry ForAllValues:StringLike
 # on dynamodb:LeadingKeys with exactly these patterns (shared/src/store/
-# dynamo.rs: rate counters; shared/src/store/dynamo/usage.rs: the ledger;
+# dynamo/ratelimit.rs: rate counters; shared/src/store/dynamo/usage.rs: the ledger;
 # shared/src/store/dynamo/budget.rs: budgets).
 LEADING_KEYS = {
     "CompletionFunction": {"RATE#*", "USAGE#*", "USAGEDAY#*", "USAGEREQ#*", "BUDGET#*"}
