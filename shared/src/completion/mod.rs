@@ -104,7 +104,7 @@ pub enum CompletionError {
     BudgetExceeded(String),
     /// The budgets' store could not be reached.
     #[error("the budget check failed")]
-    Budget(#[source] StoreError),
+    Budget(#[source] BudgetError),
 }
 
 /// A failed completion, with the route it failed on when one was chosen.
@@ -124,11 +124,6 @@ impl From<CompletionError> for CompletionFailure {
             rate: None,
         }
     }
-}
-
-/// The stable error code for an upstream failure (SPEC §5).
-pub const fn error_code(kind: UpstreamErrorKind) -> &'static str {
-    kind.code()
 }
 
 /// Serves chat completions. Built once per process.
@@ -271,19 +266,11 @@ impl CompletionService {
                 }
                 Err(CompletionError::BudgetExceeded(message))
             }
-            Err(BudgetError::Store(err)) => {
+            Err(err) => {
                 if let Some(meter) = meter.take() {
                     meter.abandon();
                 }
                 Err(CompletionError::Budget(err))
-            }
-            Err(other) => {
-                if let Some(meter) = meter.take() {
-                    meter.abandon();
-                }
-                Err(CompletionError::Budget(StoreError::backend(
-                    std::io::Error::other(other.to_string()),
-                )))
             }
         }
     }
@@ -423,7 +410,7 @@ impl CompletionService {
                     if let (Some(meter), CompletionError::Upstream(e)) = (meter, &error) {
                         (*meter)
                             .finish(
-                                Outcome::Failed(error_code(e.kind)),
+                                Outcome::Failed(e.kind.code()),
                                 None,
                                 &estimate::StreamedText::default(),
                                 None,

@@ -315,7 +315,7 @@ impl Relay {
             ),
             Err(_) => UpstreamError::timed_out(self.service, self.idle),
         };
-        let code = super::error_code(failure.kind);
+        let code = failure.kind.code();
         tracing::warn!(provider = self.service.as_str(), code, error = %failure, "stream failed after the first byte");
         let event = error_event(code, &failure.message);
         self.queued = Some(match self.queued.take() {

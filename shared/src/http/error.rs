@@ -298,7 +298,8 @@ impl From<crate::completion::CompletionError> for ApiError {
         match err {
             E::InvalidRequest(message) => Self::new(ErrorCode::InvalidRequest, message),
             E::Resolve(err) => err.into(),
-            E::Secret(err) | E::Limiter(err) | E::Budget(err) => Self::internal(&err),
+            E::Secret(err) | E::Limiter(err) => Self::internal(&err),
+            E::Budget(err) => err.into(),
             E::RateLimited {
                 retry_after_secs, ..
             } => Self::new(ErrorCode::RateLimited, err.to_string())
