@@ -1880,6 +1880,10 @@ pub async fn budget_round_trips_with_revisions(b: &Backend) {
     assert_eq!(b.budgets.delete_budget(&scope).await.unwrap(), Some(next));
     assert_eq!(b.budgets.delete_budget(&scope).await.unwrap(), None);
     assert_eq!(b.budgets.get_budget(&scope).await.unwrap(), None);
+    // Updating a budget that does not exist changes nothing.
+    let change: byok::store::BudgetChange = Arc::new(|r: &mut BudgetRecord| r.used.tokens += 1);
+    assert_eq!(b.budgets.update_budget(&scope, change).await.unwrap(), None);
+    assert_eq!(b.budgets.get_budget(&scope).await.unwrap(), None);
 }
 
 pub async fn budget_list_pages_in_order(b: &Backend) {

@@ -1,6 +1,6 @@
 //! Budgets in the embedded store: one `budgets` row per budget in
-//! `usage.db` (schema version 2). Updates (reservations, settlements) run
-//! on the ledger's writer thread, each inside its next transaction with
+//! `usage.db` (schema version 2). Updates (reservations, settlements) of a
+//! budget that exists run on the ledger's writer thread, each inside its next transaction with
 //! whatever else waits there, so they never contend with ledger writes for
 //! the file and many share one commit; the admin's conditional writes are
 //! one immediate transaction of their own that checks the row's revision.
@@ -147,6 +147,21 @@ impl BudgetStore for EmbeddedStore {
         scope: &BudgetScope,
         change: BudgetChange,
     ) -> Result<Option<(BudgetRecord, BudgetRecord)>, StoreError> {
+        // Most team-path requests have no budget: one indexed read answers
+        // that, without a turn in the writer's next commit.
+        let key = scope.sort_key();
+        let exists = self
+            .run(move |inner| {
+                inner
+                    .usage_reads()?
+                    .prepare_cached("SELECT 1 FROM budgets WHERE scope_key = ?1")
+                    .and_then(|mut stmt| stmt.exists([&key]))
+                    .map_err(StoreError::backend)
+            })
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
         self.inner
             .usage_writer
             .update_budget(scope.clone(), change)
