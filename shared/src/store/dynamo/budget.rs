@@ -23,8 +23,7 @@ use super::super::budget::{
     update_by_revision,
 };
 use super::{
-    Attrs, DynamoMetadataStore, Item, PK, SK, StoreError, backend, conditional_put, corrupt, s,
-    ts_to_attr,
+    Attrs, DynamoMetadataStore, Item, PK, SK, StoreError, backend, corrupt, s, ts_to_attr,
 };
 use crate::domain::UserId;
 use async_trait::async_trait;
@@ -144,21 +143,7 @@ impl BudgetStore for DynamoMetadataStore {
         record: &BudgetRecord,
         expected: Expected,
     ) -> Result<(), StoreError> {
-        let request = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item_of(record)?));
-        let request = match expected {
-            Expected::Absent => request
-                .condition_expression("attribute_not_exists(#pk)")
-                .expression_attribute_names("#pk", PK),
-            Expected::Revision(revision) => request
-                .condition_expression("#rev = :rev")
-                .expression_attribute_names("#rev", "revision")
-                .expression_attribute_values(":rev", n(revision)),
-        };
-        conditional_put(request.send().await)?;
+        self.put_expecting(item_of(record)?, expected).await?;
         if expected == Expected::Absent {
             self.client
                 .put_item()

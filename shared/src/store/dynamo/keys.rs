@@ -232,21 +232,8 @@ impl MetadataStore for DynamoMetadataStore {
     }
 
     async fn put_key(&self, record: &KeyRecord, expected: Expected) -> Result<(), StoreError> {
-        let request = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item_from_record(record)?));
-        let request = match expected {
-            Expected::Absent => request
-                .condition_expression("attribute_not_exists(#pk)")
-                .expression_attribute_names("#pk", PK),
-            Expected::Revision(revision) => request
-                .condition_expression("#rev = :rev")
-                .expression_attribute_names("#rev", "revision")
-                .expression_attribute_values(":rev", AttributeValue::N(revision.to_string())),
-        };
-        conditional_put(request.send().await)
+        self.put_expecting(item_from_record(record)?, expected)
+            .await
     }
 
     async fn delete_key(

@@ -302,6 +302,28 @@ impl<'a> Attrs<'a> {
     }
 }
 
+impl DynamoMetadataStore {
+    /// Puts `item` if the stored item matches `expected`: absent, or with
+    /// that `revision`; else [`StoreError::Conflict`] and nothing changes.
+    async fn put_expecting(&self, item: Item, expected: Expected) -> Result<(), StoreError> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        let request = match expected {
+            Expected::Absent => request
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK),
+            Expected::Revision(revision) => request
+                .condition_expression("#rev = :rev")
+                .expression_attribute_names("#rev", "revision")
+                .expression_attribute_values(":rev", AttributeValue::N(revision.to_string())),
+        };
+        conditional_put(request.send().await)
+    }
+}
+
 /// A conditional `PutItem`'s outcome: a failed condition is a [`StoreError::Conflict`].
 fn conditional_put(
     sent: Result<
