@@ -287,14 +287,7 @@ pub(super) async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<BudgetPageView>, ApiError> {
     admin_only(&caller)?;
-    let (mut cursor, mut limit) = (None, None);
-    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
-            "cursor" if !v.is_empty() => cursor = Some(v.into_owned()),
-            "limit" if !v.is_empty() => limit = Some(v.into_owned()),
-            _ => {}
-        }
-    }
+    let (cursor, limit) = super::extract::page_query(query);
     let (budgets, next_cursor) = state
         .budgets
         .list(cursor.as_deref(), limit.as_deref())
