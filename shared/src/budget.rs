@@ -366,18 +366,6 @@ impl BudgetService {
         }
     }
 
-    /// What an attempt cost: its tokens, priced for `model` (0 without a price).
-    pub fn actual(&self, model: &str, prompt: u64, completion: u64) -> Amount {
-        Amount {
-            tokens: prompt.saturating_add(completion),
-            nanos: self
-                .catalog
-                .price(model, prompt, completion)
-                .and_then(usd_to_nanos)
-                .unwrap_or(0),
-        }
-    }
-
     /// Reserves `ask` on every budget of `user` (and their tenant); on a
     /// refusal, the holds already granted are released.
     pub async fn reserve(

@@ -112,8 +112,11 @@ impl UsageSink for UsageLedger {
         let entry = self.entry(record);
         let settle = async {
             if let (Some(budgets), false) = (&self.budgets, holds.is_empty()) {
-                let actual =
-                    budgets.actual(&entry.model, entry.prompt_tokens, entry.completion_tokens);
+                // The entry's own numbers, so the budget and the ledger agree.
+                let actual = crate::store::Amount {
+                    tokens: entry.prompt_tokens.saturating_add(entry.completion_tokens),
+                    nanos: entry.cost_nanos.unwrap_or(0),
+                };
                 budgets.settle(&holds, actual).await;
             }
         };
