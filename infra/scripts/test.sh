@@ -27,6 +27,9 @@ export BYOK_TEST_PYTHON="$PWD/$PY_ENV/bin/python" BYOK_TEST_NODE_CLIENT_DIR="$PW
 
 step "format"
 cargo fmt --all -- --check
+# Provider modules are declared by shared/build.rs, out of cargo fmt's sight.
+find shared/src/domain/provider -name '*.rs' ! -name mod.rs -print0 \
+  | xargs -0 rustfmt --edition 2024 --check
 
 step "lint"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings

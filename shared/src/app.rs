@@ -112,7 +112,7 @@ async fn read_team_secrets(
             Ok(key) => team.insert(service, key),
             Err(err) => {
                 tracing::error!(
-                    variable = crate::config::team_secret_env(service),
+                    variable = service.team_secret_env(),
                     arn = arn.as_str(),
                     error = %err,
                     "team secret not readable: serving without this team key, retrying in the background"
@@ -136,13 +136,13 @@ async fn read_team_secrets(
                     Ok(key) => {
                         team.insert(service, key);
                         tracing::info!(
-                            variable = crate::config::team_secret_env(service),
+                            variable = service.team_secret_env(),
                             "team secret read: this team key serves again"
                         );
                     }
                     Err(err) => {
                         tracing::warn!(
-                            variable = crate::config::team_secret_env(service),
+                            variable = service.team_secret_env(),
                             arn = arn.as_str(),
                             error = %err,
                             "team secret still not readable"

@@ -482,7 +482,7 @@ impl Config {
             if let Some(key) = get(service.team_key_env()) {
                 team.insert(service, ApiKey::new(key.trim()));
             }
-            if let Some(arn) = get(&team_secret_env(service)) {
+            if let Some(arn) = get(service.team_secret_env()) {
                 team_secret_arns.insert(service, arn.trim().to_owned());
             }
         }
@@ -528,15 +528,6 @@ impl Config {
             rotation,
         })
     }
-}
-
-/// `BYOK_TEAM_<SERVICE>_SECRET_ARN`: the Secrets Manager secret holding the
-/// operator's key for a service (on AWS, instead of a plain variable).
-pub fn team_secret_env(service: Service) -> String {
-    format!(
-        "BYOK_TEAM_{}_SECRET_ARN",
-        service.as_str().to_ascii_uppercase()
-    )
 }
 
 #[cfg(test)]

@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn every_branch_of_the_contract() {
-        use Service::*;
+        use crate::domain::service::named::*;
         let cases = vec![
             Case {
                 name: "user gateway key with own base URL wins over everything",

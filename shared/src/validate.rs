@@ -307,9 +307,10 @@ impl ValidationService {
                 false,
             ),
         };
-        let path = match record.service {
-            Service::Gateway => ResolutionPath::UserGateway,
-            _ => ResolutionPath::UserProvider,
+        let path = if record.service == Service::Gateway {
+            ResolutionPath::UserGateway
+        } else {
+            ResolutionPath::UserProvider
         };
         Ok(Target {
             service: record.service,

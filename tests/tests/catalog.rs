@@ -291,7 +291,7 @@ fn reach(user: &UserSnapshot, team: &TeamCredentials) -> Vec<(String, Option<Res
 #[test]
 fn accessibility_follows_the_resolution_contract() {
     use ResolutionPath::*;
-    use Service::*;
+    use byok::domain::service::named::*;
 
     // No keys: only a team key (with consent, the default) serves.
     let nobody = snapshot(vec![], true);

@@ -167,41 +167,36 @@ pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatE
             prefix,
         });
     }
-    // `sk-` is OpenAI's prefix, but also the start of Anthropic and OpenRouter keys.
-    if service == Service::OpenAi {
-        for other in [Service::Anthropic, Service::OpenRouter] {
-            if let Some(p) = other.key_prefix()
-                && key.starts_with(p)
-            {
-                return Err(KeyFormatError::WrongService {
-                    service: service.as_str(),
-                    other: other.as_str(),
-                });
-            }
+    // A longer prefix of another service wins: `sk-` is OpenAI's prefix,
+    // but also the start of Anthropic's `sk-ant-` and OpenRouter's `sk-or-`.
+    if let Some(own) = service.key_prefix() {
+        let longer = Service::ALL.into_iter().find(|other| {
+            other.key_prefix().is_some_and(|p| {
+                *other != service && p.len() > own.len() && p.starts_with(own) && key.starts_with(p)
+            })
+        });
+        if let Some(other) = longer {
+            return Err(KeyFormatError::WrongService {
+                service: service.as_str(),
+                other: other.as_str(),
+            });
         }
     }
     Ok(())
 }
 
-/// Prefixes shown in clear by [`mask_key`], longest first.
-const KNOWN_PREFIXES: [&str; 7] = [
-    "sk-or-v1-",
-    "sk-proj-",
-    "sk-ant-",
-    "xai-",
-    "AIza",
-    "gsk_",
-    "vck_",
-];
-
-/// `sk-proj-…1234`: the key's known prefix (else its first 3 characters),
-/// an ellipsis and its last 4 characters. Keys too short to mask safely show
-/// only the prefix.
+/// `sk-proj-…1234`: the longest prefix a provider shows in clear
+/// ([`crate::domain::Provider::prefixes_shown`]; else the first 3
+/// characters), an ellipsis and the last 4 characters. Keys too short to
+/// mask safely show only the prefix.
 pub fn mask_key(key: &ApiKey) -> String {
     let key = key.expose();
-    let prefix = KNOWN_PREFIXES
-        .into_iter()
-        .find(|p| key.starts_with(p))
+    let prefix = Service::ALL
+        .iter()
+        .flat_map(|svc| svc.provider().prefixes_shown)
+        .filter(|p| key.starts_with(*p))
+        .max_by_key(|p| p.len())
+        .copied()
         .unwrap_or_else(|| key.get(..3).unwrap_or(""));
     let rest = &key[prefix.len()..];
     if rest.len() < 8 || !key.is_ascii() {

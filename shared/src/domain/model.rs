@@ -1,6 +1,7 @@
 //! Model ids: `provider/model`, or a bare id mapped to its provider by prefix.
 
 use super::Service;
+use super::provider::ModelIds;
 
 /// A parsed model id: the provider namespace and the model name within it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,20 +20,6 @@ pub enum ModelError {
     #[error("no provider is known for a bare model id like this; use provider/model")]
     UnknownBareId,
 }
-
-/// Bare-id prefixes and the provider each maps to.
-const BARE_PREFIXES: [(&str, Service); 7] = [
-    ("gpt-", Service::OpenAi),
-    ("o1-", Service::OpenAi),
-    ("o3-", Service::OpenAi),
-    ("o4-", Service::OpenAi),
-    ("claude-", Service::Anthropic),
-    ("gemini-", Service::Google),
-    ("grok-", Service::Xai),
-];
-
-/// Bare ids that are whole model names of a prefix family (`o1`, `o3`).
-const BARE_EXACT: [(&str, Service); 2] = [("o1", Service::OpenAi), ("o3", Service::OpenAi)];
 
 const MAX_LEN: usize = 256;
 
@@ -58,12 +45,7 @@ impl ModelId {
                 name: name.to_owned(),
             });
         }
-        let service = BARE_EXACT
-            .into_iter()
-            .find(|(id, _)| *id == raw)
-            .or_else(|| BARE_PREFIXES.into_iter().find(|(p, _)| raw.starts_with(p)))
-            .map(|(_, svc)| svc)
-            .ok_or(ModelError::UnknownBareId)?;
+        let service = bare_id_owner(raw).ok_or(ModelError::UnknownBareId)?;
         Ok(Self {
             namespace: service.as_str().to_owned(),
             name: raw.to_owned(),
@@ -91,7 +73,7 @@ impl ModelId {
         self.namespace
             .parse::<Service>()
             .ok()
-            .filter(|svc| *svc != Service::Gateway)
+            .filter(|svc| svc.provider().hosts_models)
     }
 
     /// The id `service` receives upstream: `provider/model` for gateway and
@@ -100,14 +82,26 @@ impl ModelId {
     /// OpenRouter catalogues use dots (`claude-sonnet-4.5`), so a dot between
     /// two digits becomes a dash for direct Anthropic calls.
     pub fn upstream_for(&self, service: Service) -> String {
-        if service.takes_namespaced_model() {
-            self.canonical()
-        } else if service == Service::Anthropic {
-            dashed_version(&self.name)
-        } else {
-            self.name.clone()
+        match service.provider().model_ids {
+            ModelIds::Namespaced => self.canonical(),
+            ModelIds::BareDashedVersions => dashed_version(&self.name),
+            ModelIds::Bare => self.name.clone(),
         }
     }
+}
+
+/// The provider a bare id belongs to: one whose family it names whole
+/// (`o1`), else one whose prefix it starts with (`gpt-`).
+fn bare_id_owner(raw: &str) -> Option<Service> {
+    let owns = |svc: &&Service| svc.provider().bare_model_names.contains(&raw);
+    Service::ALL.iter().find(owns).copied().or_else(|| {
+        Service::ALL.into_iter().find(|svc| {
+            svc.provider()
+                .bare_model_prefixes
+                .iter()
+                .any(|prefix| raw.starts_with(prefix))
+        })
+    })
 }
 
 /// `claude-sonnet-4.5` → `claude-sonnet-4-5`; other dots are kept.

@@ -1,39 +1,65 @@
-//! The closed set of services a user can store a key for. Each service's
-//! facts live in its own module of [`super::provider`]; the methods here
-//! read them.
+//! The services a user can store a key for: one per provider module of
+//! [`super::provider`]. A `Service` is a handle on its provider's facts;
+//! the methods here read them.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
+use super::provider::{self, Provider};
+
 /// A service the gateway can hold a key for and call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Service {
-    OpenAi,
-    Anthropic,
-    Xai,
-    OpenRouter,
-    Google,
-    Groq,
-    Gateway,
+#[derive(Clone, Copy)]
+pub struct Service(&'static Provider);
+
+pub use super::provider::{ModelIds, WireApi};
+
+/// The services the code names itself: resolution's aggregators, the
+/// translated Anthropic API, and tests. A provider that needs no code of its
+/// own needs no name here. Named like the variants of the enum `Service`
+/// once was, so `Service::OpenAi` reads the same; `use named::*` brings them
+/// into scope unqualified.
+#[allow(non_upper_case_globals)]
+pub mod named {
+    use super::{Service, provider};
+
+    pub const OpenAi: Service = Service(&provider::openai::PROVIDER);
+    pub const Anthropic: Service = Service(&provider::anthropic::PROVIDER);
+    pub const Xai: Service = Service(&provider::xai::PROVIDER);
+    pub const OpenRouter: Service = Service(&provider::openrouter::PROVIDER);
+    pub const Google: Service = Service(&provider::google::PROVIDER);
+    pub const Groq: Service = Service(&provider::groq::PROVIDER);
+    pub const Gateway: Service = Service(&provider::gateway::PROVIDER);
 }
 
-pub use super::provider::WireApi;
+#[allow(non_upper_case_globals)]
+impl Service {
+    pub const OpenAi: Service = named::OpenAi;
+    pub const Anthropic: Service = named::Anthropic;
+    pub const Xai: Service = named::Xai;
+    pub const OpenRouter: Service = named::OpenRouter;
+    pub const Google: Service = named::Google;
+    pub const Groq: Service = named::Groq;
+    pub const Gateway: Service = named::Gateway;
+}
 
 impl Service {
-    /// All of this service's facts ([`super::provider`]).
-    pub const fn provider(self) -> &'static super::provider::Provider {
-        super::provider::provider(self)
-    }
+    /// Every service, in the order lists show them.
+    pub const ALL: [Service; provider::COUNT] = {
+        let mut all = [Service::OpenAi; provider::COUNT];
+        let mut i = 0;
+        while i < provider::COUNT {
+            all[i] = Service(provider::ALL[i]);
+            i += 1;
+        }
+        all
+    };
 
-    pub const ALL: [Service; 7] = [
-        Service::OpenAi,
-        Service::Anthropic,
-        Service::Xai,
-        Service::OpenRouter,
-        Service::Google,
-        Service::Groq,
-        Service::Gateway,
-    ];
+    /// All of this service's facts ([`super::provider`]).
+    pub const fn provider(self) -> &'static Provider {
+        self.0
+    }
 
     /// The wire name used in paths, JSON and storage.
     pub const fn as_str(self) -> &'static str {
@@ -75,7 +101,7 @@ impl Service {
 
     /// Gateway and OpenRouter receive `provider/model`; the others the bare name.
     pub const fn takes_namespaced_model(self) -> bool {
-        self.provider().takes_namespaced_model
+        matches!(self.provider().model_ids, ModelIds::Namespaced)
     }
 
     /// The variable naming the operator's override of this service's base URL.
@@ -86,6 +112,44 @@ impl Service {
     /// The variable naming the operator's own (team) key for this service.
     pub const fn team_key_env(self) -> &'static str {
         self.provider().team_key_env
+    }
+
+    /// On AWS, the variable naming the secret that holds the team key.
+    pub const fn team_secret_env(self) -> &'static str {
+        self.provider().team_secret_env
+    }
+}
+
+// One provider, one service: identity is the id, order is the listing.
+impl PartialEq for Service {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Service {}
+
+impl Hash for Service {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl PartialOrd for Service {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Service {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.0.listed, self.0.id).cmp(&(other.0.listed, other.0.id))
+    }
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Service({})", self.0.id)
     }
 }
 
@@ -122,5 +186,13 @@ mod tests {
         }
         assert_eq!("OpenAI".parse::<Service>(), Err(UnknownService));
         assert_eq!("mistral".parse::<Service>(), Err(UnknownService));
+    }
+
+    #[test]
+    fn ordered_as_listed_and_equal_by_id() {
+        assert!(Service::ALL.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Service::ALL[0], Service::OpenAi);
+        assert_eq!(Service::ALL[Service::ALL.len() - 1], Service::Gateway);
+        assert_ne!(Service::OpenAi, Service::OpenRouter);
     }
 }

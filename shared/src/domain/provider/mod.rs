@@ -1,22 +1,18 @@
 //! One module per provider, each holding all of that provider's facts in
 //! one [`Provider`]: its id and display name, key prefix and format hint,
 //! where users get a key, the default base URL and the operator's override
-//! variable, the team-key variable, the wire format (which decides the auth
-//! header and request translation) and the cheapest call that checks a key.
-//! Everything else reads these: [`super::Service`]'s methods, the upstream
-//! client, configuration and the `/api/providers` view. Adding an
-//! OpenAI-compatible provider is a new file here, its line in
-//! [`provider`], a [`super::Service`] variant, and a catalog entry.
+//! variable, the team-key and team-secret variables, the wire format (which
+//! decides the auth header and request translation), how it names models
+//! and the cheapest call that checks a key. Everything else reads these:
+//! [`super::Service`]'s methods, the upstream client, configuration, model
+//! ids, key checks and masks, and the `/api/providers` view.
+//!
+//! The build script registers every file in this folder, so adding an
+//! OpenAI-compatible provider is a new file here plus its models in the
+//! catalog.
 
-mod anthropic;
-mod gateway;
-mod google;
-mod groq;
-mod openai;
-mod openrouter;
-mod xai;
-
-use super::Service;
+// `mod` lines for every provider file, and `MODULES`: their facts.
+include!(concat!(env!("OUT_DIR"), "/providers.rs"));
 
 /// How a provider's API is spoken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +29,13 @@ pub struct Provider {
     /// The wire name (API paths, storage, model id prefixes).
     pub id: &'static str,
     pub display_name: &'static str,
+    /// Where the provider appears in lists (lower first); unique.
+    pub listed: u8,
     /// Every key of this provider starts with it, when there is one.
     pub key_prefix: Option<&'static str>,
+    /// Longer prefixes its keys start with, shown in clear by key masks
+    /// (`sk-proj-…1234`).
+    pub prefixes_shown: &'static [&'static str],
     pub key_format_hint: &'static str,
     /// Where a user gets a key.
     pub docs_url: &'static str,
@@ -43,27 +44,60 @@ pub struct Provider {
     pub base_url_env: &'static str,
     /// The operator's (team) key.
     pub team_key_env: &'static str,
+    /// On AWS, the variable naming the Secrets Manager secret that holds
+    /// the team key (`BYOK_TEAM_<ID>_SECRET_ARN`).
+    pub team_secret_env: &'static str,
     pub wire_api: WireApi,
     /// A user may store their own base URL with the key.
     pub accepts_base_url: bool,
-    /// Takes `provider/model` ids rather than bare model names.
-    pub takes_namespaced_model: bool,
+    /// How the provider's API names the models a request asks for.
+    pub model_ids: ModelIds,
+    /// Model ids may name it as their provider (`openai/gpt-4o`); the
+    /// gateway serves other providers' models, never its own.
+    pub hosts_models: bool,
+    /// Bare model ids (no `provider/`) starting with one of these are its
+    /// models: `gpt-4o` is `openai/gpt-4o`.
+    pub bare_model_prefixes: &'static [&'static str],
+    /// Bare model ids that are whole names of one of its families (`o1`).
+    pub bare_model_names: &'static [&'static str],
     /// The cheapest authenticated `GET` (below the base URL) that tells a
     /// valid key from a refused one.
     pub key_check_path: &'static str,
 }
 
-/// The facts of `service`.
-pub const fn provider(service: Service) -> &'static Provider {
-    match service {
-        Service::OpenAi => &openai::PROVIDER,
-        Service::Anthropic => &anthropic::PROVIDER,
-        Service::Xai => &xai::PROVIDER,
-        Service::OpenRouter => &openrouter::PROVIDER,
-        Service::Google => &google::PROVIDER,
-        Service::Groq => &groq::PROVIDER,
-        Service::Gateway => &gateway::PROVIDER,
+/// How a provider's API expects model names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelIds {
+    /// The model's own name: `gpt-4o-mini`.
+    Bare,
+    /// The own name, a dot between version digits written as a dash:
+    /// catalogues say `claude-sonnet-4.5`, Anthropic's API `claude-sonnet-4-5`.
+    BareDashedVersions,
+    /// `provider/model`, as the catalog names it (aggregators).
+    Namespaced,
+}
+
+/// How many providers there are.
+pub const COUNT: usize = MODULES.len();
+
+/// Every provider, in the order of [`Provider::listed`].
+pub const ALL: [&Provider; COUNT] = by_listing(MODULES);
+
+/// `providers` sorted by [`Provider::listed`] (an insertion sort the
+/// compiler runs).
+const fn by_listing(mut providers: [&'static Provider; COUNT]) -> [&'static Provider; COUNT] {
+    let mut i = 1;
+    while i < COUNT {
+        let mut j = i;
+        while j > 0 && providers[j - 1].listed > providers[j].listed {
+            let earlier = providers[j - 1];
+            providers[j - 1] = providers[j];
+            providers[j] = earlier;
+            j -= 1;
+        }
+        i += 1;
     }
+    providers
 }
 
 #[cfg(test)]
@@ -73,13 +107,31 @@ mod tests {
     #[test]
     fn every_provider_names_itself_and_its_own_variables() {
         let mut ids = std::collections::HashSet::new();
-        for service in Service::ALL {
-            let p = provider(service);
+        let mut places = std::collections::HashSet::new();
+        for p in ALL {
             assert!(ids.insert(p.id), "{} twice", p.id);
+            assert!(places.insert(p.listed), "{}: listed like another", p.id);
             assert!(p.default_base_url.starts_with("https://"), "{}", p.id);
             assert!(p.docs_url.starts_with("https://"), "{}", p.id);
             assert!(p.key_check_path.starts_with('/'), "{}", p.id);
             assert!(p.team_key_env.ends_with("_API_KEY"), "{}", p.id);
+            assert_eq!(
+                p.team_secret_env,
+                format!("BYOK_TEAM_{}_SECRET_ARN", p.id.to_ascii_uppercase())
+            );
+            for shown in p.prefixes_shown {
+                assert!(
+                    p.key_prefix.is_none_or(|prefix| shown.starts_with(prefix)),
+                    "{}: {shown} is not one of its keys' prefixes",
+                    p.id
+                );
+            }
         }
+    }
+
+    #[test]
+    fn listed_in_order() {
+        assert!(ALL.windows(2).all(|w| w[0].listed < w[1].listed));
+        assert_eq!(ALL.len(), MODULES.len());
     }
 }
