@@ -84,11 +84,11 @@ EXPECTED_ACTIONS = {
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
-    # Query (the caller's keys, for accessibility); team secrets at cold start.
+    # Query (the caller's keys, for accessibility). Which team keys exist
+    # comes from the variables; no secret is read.
     "ModelsFunction": {
         "dynamodb:Query",
         "kms:Decrypt",
-        "secretsmanager:GetSecretValue",
     },
     # Query (resolution); UpdateItem (request-limit counters, usage
     # aggregates), PutItem (raw usage entries, budgets) and GetItem
@@ -136,7 +136,7 @@ EXPECTED_SECRET_SCOPES = {
     "KeysFunction": {"user"},
     "SettingsFunction": set(),
     "ValidateFunction": {"user", "team"},
-    "ModelsFunction": {"team"},
+    "ModelsFunction": set(),
     "CompletionFunction": {"user", "team", "alert"},
     "RotationFunction": {"user", "list"},
 }
@@ -187,7 +187,10 @@ TEAM_SECRET_PARAMS = {
 ALERT_SECRET_PARAM = ("BYOK_ALERT_WEBHOOK_SECRET_ARN", "AlertWebhookSecretArn")
 ALERT_SECRET_READERS = {"CompletionFunction"}
 # Functions that resolve with team keys: they get every team variable.
-TEAM_SECRET_READERS = {"ValidateFunction", "ModelsFunction", "CompletionFunction"}
+TEAM_SECRET_RESOLVERS = {"ValidateFunction", "ModelsFunction", "CompletionFunction"}
+# Of those, the ones that read the secrets at cold start (the code's
+# `Function::team_keys`); the others only learn which team keys exist.
+TEAM_SECRET_READERS = {"ValidateFunction", "CompletionFunction"}
 
 # Routes that stream their response, (METHOD, path) -> function. Each must be
 # on a REST API (HTTP APIs buffer the whole response) as a Lambda proxy
@@ -636,8 +639,9 @@ class Checker:
             self.fail(name, f"publishes key events ({EVENT_BUS_ENV} or events:PutEvents) "
                       f"but is not in EVENT_PUBLISHERS {sorted(EVENT_PUBLISHERS)}")
 
-        # Team secrets: a function reads every BYOK_TEAM_*_SECRET_ARN it is
-        # given at cold start, so variable and grant go together.
+        # Team secrets: a reader reads every BYOK_TEAM_*_SECRET_ARN it is
+        # given at cold start, so variable and grant go together; a resolver
+        # that does not read them holds the variables and no grant.
         given = {}
         for var, value in env.items():
             if var.startswith("BYOK_TEAM_") and var.endswith("_SECRET_ARN"):
@@ -647,12 +651,15 @@ class Checker:
                     self.fail(name, f"{var} must be !Ref {TEAM_SECRET_PARAMS[var]}")
                 else:
                     given[var] = TEAM_SECRET_PARAMS[var]
+        reads = name in TEAM_SECRET_READERS
         for var, param in sorted(given.items()):
-            if param not in team_refs:
+            if reads and param not in team_refs:
                 self.fail(name, f"has {var} but no GetSecretValue on {param}: it would fail at cold start")
+        if not reads and team_refs:
+            self.fail(name, f"may read team secrets {sorted(team_refs)} but never does")
         for param in sorted(team_refs - set(given.values())):
             self.fail(name, f"may read team secret {param} but is not given its variable")
-        if name in TEAM_SECRET_READERS:
+        if name in TEAM_SECRET_RESOLVERS:
             for var in sorted(set(TEAM_SECRET_PARAMS) - set(given)):
                 self.fail(name, f"resolves with team keys but lacks {var}")
 

@@ -62,9 +62,74 @@ pub enum InitError {
     HttpClient(#[from] reqwest::Error),
 }
 
+/// The binary a state is built for. Each Lambda function builds only what
+/// its routes use: team secrets are read by the functions that call
+/// upstream with them, the alert webhook's secret by those that publish
+/// events, a token verifier by those that serve HTTP routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Function {
+    /// `/api/keys…`, `/api/providers`, `/api/audit`, usage, budgets.
+    Keys,
+    /// `/api/user-settings`.
+    Settings,
+    /// `/api/resolve`, `/api/keys/validate`.
+    Validate,
+    /// `/v1/models`.
+    Models,
+    /// `/v1/chat/completions`.
+    Completion,
+    /// Secrets Manager rotation steps and the scheduled sweep.
+    Rotation,
+    /// byok-local: every route in one process.
+    Local,
+}
+
+/// What a function does with the operator's team keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TeamKeyUse {
+    /// Calls upstream with them: reads every team secret at start.
+    Read,
+    /// Only tells which path would serve: knows which exist, reads none.
+    Declare,
+    /// Never looks at them.
+    Ignore,
+}
+
+impl Function {
+    fn team_keys(self) -> TeamKeyUse {
+        match self {
+            Self::Completion | Self::Validate | Self::Local => TeamKeyUse::Read,
+            Self::Models => TeamKeyUse::Declare,
+            Self::Keys | Self::Settings | Self::Rotation => TeamKeyUse::Ignore,
+        }
+    }
+
+    /// Publishes key or budget events (rotation outcomes, staged keys,
+    /// budget thresholds), so needs the alert webhook.
+    fn publishes_events(self) -> bool {
+        match self {
+            Self::Keys | Self::Completion | Self::Rotation | Self::Local => true,
+            Self::Settings | Self::Validate | Self::Models => false,
+        }
+    }
+
+    /// Serves HTTP routes, so verifies bearer tokens (when configured).
+    fn verifies_tokens(self) -> bool {
+        !matches!(self, Self::Rotation)
+    }
+
+    /// Every request calls upstream: the upstream client is built at start
+    /// rather than by the first request.
+    fn always_calls_upstream(self) -> bool {
+        matches!(self, Self::Completion)
+    }
+}
+
 /// The metadata and secret stores chosen by `BYOK_STORE`, and the team
 /// credentials (plain variables, or on AWS the operator's secrets).
 pub struct Stores {
+    /// What they were opened for.
+    pub function: Function,
     pub meta: Arc<dyn MetadataStore>,
     pub secrets: Arc<dyn SecretStore>,
     /// Validation rate counters (the metadata store's backend).
@@ -156,9 +221,14 @@ async fn read_team_secrets(
     });
 }
 
-/// Opens the configured backend; secrets are read through the
-/// version-aware cache either way.
+/// Opens the configured backend with every part (byok-local, tests).
 pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
+    open_stores_for(config, Function::Local).await
+}
+
+/// Opens the configured backend with the parts `function` uses; secrets are
+/// read through the version-aware cache either way.
+pub async fn open_stores_for(config: &Config, function: Function) -> Result<Stores, InitError> {
     let mut stores = match config.store {
         #[cfg(not(feature = "local"))]
         StoreKind::Embedded => return Err(InitError::Unsupported("BYOK_STORE=embedded")),
@@ -174,6 +244,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
             };
             let store = Arc::new(EmbeddedStore::open(&config.data_dir, master)?);
             Stores {
+                function,
                 meta: store.clone(),
                 rate_limits: store.clone(),
                 audit: store.clone(),
@@ -201,10 +272,19 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
             }
             let sm = aws_sdk_secretsmanager::Client::new(&sdk);
             let team = Arc::new(config.team.clone());
-            read_team_secrets(&sm, &team, &config.team_secret_arns).await;
+            match function.team_keys() {
+                TeamKeyUse::Read => read_team_secrets(&sm, &team, &config.team_secret_arns).await,
+                TeamKeyUse::Declare => {
+                    for service in config.team_secret_arns.keys() {
+                        team.declare(*service);
+                    }
+                }
+                TeamKeyUse::Ignore => {}
+            }
             // An unreadable webhook secret turns the webhook off (unsigned
             // alerts would be refused by the receiver), never the function.
             let webhook_secret = match &config.alert_webhook_secret_arn {
+                Some(_) if !function.publishes_events() => None,
                 Some(arn) => match read_team_secret(&sm, arn).await {
                     Ok(secret) => Some(Ok(WebhookSecret::new(secret.expose().to_owned()))),
                     Err(err) => {
@@ -238,6 +318,7 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
                 None => Arc::new(LogSink),
             };
             Stores {
+                function,
                 webhook_secret,
                 meta: meta.clone(),
                 rate_limits: meta.clone(),
@@ -255,7 +336,11 @@ pub async fn open_stores(config: &Config) -> Result<Stores, InitError> {
     if let Some(path) = &config.rotation.events_file {
         stores.events = Arc::new(JsonLinesSink::new(path.clone()));
     }
-    if let Some(url) = &config.alert_webhook_url {
+    if let Some(url) = config
+        .alert_webhook_url
+        .as_ref()
+        .filter(|_| function.publishes_events())
+    {
         let secret = match stores.webhook_secret.take() {
             Some(read) => read.ok(),
             None => config
@@ -288,7 +373,10 @@ pub fn state(
         stores.team,
         Arc::new(config.upstreams.clone()),
     ));
-    let client = UpstreamClient::new(&config.upstream_timeouts)?;
+    let client = UpstreamClient::deferred(&config.upstream_timeouts);
+    if stores.function.always_calls_upstream() {
+        client.warm()?;
+    }
     let audit = AuditLog::new(stores.audit);
     let validation = ValidationService::new(
         resolver.clone(),
@@ -411,16 +499,21 @@ async fn verifier(
     Ok(verifier.map(|v| v.with_max_ttl(config.jwt_max_ttl_secs)))
 }
 
-/// The state of a Lambda function: tokens are verified only if
-/// `BYOK_JWT_SECRET` is set; otherwise the authorizer's claims are required.
-pub async fn lambda_state(config: &Config) -> Result<AppState, InitError> {
-    let secret = config
-        .jwt_secret
-        .as_ref()
-        .map(|s| JwtSecret::from_text(s.expose_secret()))
-        .transpose()?;
-    let verifier = verifier(config, secret).await?;
-    state(config, open_stores(config).await?, verifier)
+/// The state of a Lambda function, with the parts `function` uses: tokens
+/// are verified only if `BYOK_JWT_SECRET` or `BYOK_JWKS_URL` is set;
+/// otherwise the authorizer's claims are required.
+pub async fn lambda_state(config: &Config, function: Function) -> Result<AppState, InitError> {
+    let verifier = if function.verifies_tokens() {
+        let secret = config
+            .jwt_secret
+            .as_ref()
+            .map(|s| JwtSecret::from_text(s.expose_secret()))
+            .transpose()?;
+        verifier(config, secret).await?
+    } else {
+        None
+    };
+    state(config, open_stores_for(config, function).await?, verifier)
 }
 
 /// The JWT secret byok-local signs and verifies with: `BYOK_JWT_SECRET`, else

@@ -15,7 +15,53 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Error, RequestExt as _};
 use serde_json::{Map, Value};
 
+use crate::app::{Function, InitError};
 use crate::auth::AuthorizerClaims;
+use crate::config::Config;
+use crate::http::AppState;
+
+/// A function's configuration and state, built once at cold start with the
+/// parts `function` uses. A failure is reported to the Runtime API's
+/// init-error endpoint, so Lambda shows why the function could not start
+/// (the message names the setting, never its value), and then returned.
+pub async fn init(function: Function) -> Result<(Config, AppState), Error> {
+    let started = async {
+        let config = Config::from_env()?;
+        let state = crate::app::lambda_state(&config, function).await?;
+        Ok::<_, InitError>((config, state))
+    }
+    .await;
+    match started {
+        Ok(started) => Ok(started),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            report_init_error(&err).await;
+            Err(err.into())
+        }
+    }
+}
+
+/// Posts `err` to `/runtime/init/error`; a failure to report is logged.
+async fn report_init_error(err: &InitError) {
+    if let Err(e) = post_init_error(err).await {
+        tracing::error!(error = %e, "could not report the failed start to the Runtime API");
+    }
+}
+
+async fn post_init_error(err: &InitError) -> Result<(), Error> {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "errorType": "byok.InitError",
+        "errorMessage": err.to_string(),
+    }))?;
+    let request = lambda_runtime_api_client::build_request()
+        .method(http::Method::POST)
+        .uri("/2018-06-01/runtime/init/error")
+        .header("lambda-runtime-function-error-type", "Runtime.InitError")
+        .body(lambda_runtime_api_client::body::Body::from(body))?;
+    let client = lambda_runtime_api_client::Client::builder().build()?;
+    client.call(request).await?;
+    Ok(())
+}
 
 /// The authorizer claims of a Lambda request, if API Gateway attached any:
 /// `authorizer.jwt.claims` for an HTTP API JWT authorizer (every value a

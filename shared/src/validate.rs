@@ -345,15 +345,19 @@ impl ValidationService {
 
     /// Calls the provider once.
     async fn check(&self, target: &Target) -> (Result<(), UpstreamError>, ValidationResult) {
-        let client = self.client.for_source(target.user_url);
-        let outcome = check_key(
-            client,
-            target.service,
-            &target.base_url,
-            &target.key,
-            self.timeout,
-        )
-        .await;
+        let outcome = match self.client.for_source(target.user_url) {
+            Ok(client) => {
+                check_key(
+                    client,
+                    target.service,
+                    &target.base_url,
+                    &target.key,
+                    self.timeout,
+                )
+                .await
+            }
+            Err(err) => Err(UpstreamError::from_transport(target.service, &err)),
+        };
         let result = match &outcome {
             Ok(()) => ValidationResult::Valid,
             Err(e) if e.kind == UpstreamErrorKind::Auth => ValidationResult::Invalid,

@@ -3,9 +3,12 @@
 //! N runs, for one or more builds side by side (taking turns), with each
 //! binary's size. The functions run with `BYOK_STORE=aws` against the local
 //! AWS emulator (`AWS_ENDPOINT_URL`, as the test script starts it).
+//! With `--team-secrets`, the operator has a team key in Secrets Manager
+//! for every provider (`BYOK_TEAM_<ID>_SECRET_ARN`), as a deployment with
+//! team keys does.
 //!
-//! `cargo run -p byok-tests --example cold_start -- keys get-keys.json \
-//!     /tmp/before/keys target/release/keys`
+//! `cargo run -p byok-tests --example cold_start -- [--team-secrets] keys \
+//!     get-keys.json /tmp/before/keys target/release/keys`
 
 #![expect(
     clippy::unwrap_used,
@@ -22,9 +25,13 @@ const RUNS: usize = 10;
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let team_secrets = args.first().is_some_and(|a| a == "--team-secrets");
+    if team_secrets {
+        args.remove(0);
+    }
     let [name, event_file, bins @ ..] = args.as_slice() else {
-        println!("usage: cold_start FUNCTION EVENT.json BINARY [BINARY…]");
+        println!("usage: cold_start [--team-secrets] FUNCTION EVENT.json BINARY [BINARY…]");
         return;
     };
     let event_path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,7 +42,12 @@ async fn main() {
     let endpoint =
         std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:45123".into());
     let table = format!("cold-start-{}", std::process::id());
-    let env = [
+    let team_arns = if team_secrets {
+        create_team_secrets(&endpoint, &table).await
+    } else {
+        Vec::new()
+    };
+    let mut env = vec![
         ("BYOK_STORE", "aws"),
         ("BYOK_TABLE_NAME", table.as_str()),
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
@@ -43,6 +55,7 @@ async fn main() {
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         ("RUST_LOG", "warn"),
     ];
+    env.extend(team_arns.iter().map(|(var, arn)| (*var, arn.as_str())));
     let bins: Vec<PathBuf> = bins.iter().map(PathBuf::from).collect();
     // Create the table once (not part of any measured start).
     {
@@ -64,7 +77,12 @@ async fn main() {
             process.stop();
         }
     }
-    println!("{name}: process start → first answered event ({event_file}), median of {RUNS}");
+    let with = if team_secrets {
+        format!(", {} team secrets", team_arns.len())
+    } else {
+        String::new()
+    };
+    println!("{name}: process start → first answered event ({event_file}{with}), median of {RUNS}");
     for (bin, mut t) in bins.iter().zip(times) {
         t.sort();
         let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
@@ -77,4 +95,33 @@ async fn main() {
             size as f64 / 1e6
         );
     }
+}
+
+/// One team secret per provider in the emulator; the variables naming them.
+async fn create_team_secrets(endpoint: &str, table: &str) -> Vec<(&'static str, String)> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "cold-start",
+        ))
+        .load()
+        .await;
+    let client = aws_sdk_secretsmanager::Client::new(&sdk);
+    let mut arns = Vec::new();
+    for service in byok::domain::Service::ALL {
+        let created = client
+            .create_secret()
+            .name(format!("{table}/team/{service}"))
+            .secret_string(format!("fake-team-key-{service}-0000000000000000"))
+            .send()
+            .await
+            .unwrap();
+        arns.push((service.team_secret_env(), created.arn().unwrap().to_owned()));
+    }
+    arns
 }

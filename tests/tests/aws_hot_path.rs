@@ -36,6 +36,61 @@ fn secrets_store(counter: Option<CallCounter>, prefix: &str) -> SecretsManagerSt
     )
 }
 
+/// A team gateway secret holding `value`, and a configuration naming it
+/// (AWS store on a new table); the secret's ARN, to delete it.
+#[expect(
+    clippy::unwrap_used,
+    reason = "test setup: a failed step stops the test"
+)]
+async fn team_gateway_secret(value: &str, label: &str) -> (Config, String) {
+    let arn = secrets_client(None)
+        .create_secret()
+        .name(unique_name(label))
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let table = unique_name(label);
+    let config = config_of(&[
+        ("BYOK_STORE", "aws"),
+        ("BYOK_TABLE_NAME", table.as_str()),
+        ("BYOK_CREATE_TABLE", "true"),
+        ("BYOK_TEAM_GATEWAY_SECRET_ARN", arn.as_str()),
+    ]);
+    (config, arn)
+}
+
+/// Deletes a secret at once (no recovery window).
+#[expect(
+    clippy::unwrap_used,
+    reason = "test cleanup: a failed step stops the test"
+)]
+async fn delete_secret(id: &str) {
+    secrets_client(None)
+        .delete_secret()
+        .secret_id(id)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The configuration these variables (and no others) give.
+#[expect(
+    clippy::unwrap_used,
+    reason = "test setup: a failed step stops the test"
+)]
+fn config_of(vars: &[(&str, &str)]) -> Config {
+    Config::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap()
+}
+
 fn upsert(service: Service, key: &str) -> KeyUpsert {
     KeyUpsert {
         service,
@@ -126,30 +181,8 @@ async fn warm_requests_make_one_query_and_no_secret_calls_and_never_serve_a_stal
 
 #[tokio::test]
 async fn team_keys_come_from_secrets_manager_arns_at_start() {
-    let sm = secrets_client(None);
-    let name = unique_name("team-gateway");
-    let arn = sm
-        .create_secret()
-        .name(&name)
-        .secret_string(r#"{"apiKey":"vck_teamfromsecret000000000001"}"#)
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
-    let table = unique_name("team");
-    let vars = [
-        ("BYOK_STORE", "aws"),
-        ("BYOK_TABLE_NAME", table.as_str()),
-        ("BYOK_CREATE_TABLE", "true"),
-        ("BYOK_TEAM_GATEWAY_SECRET_ARN", arn.as_str()),
-    ];
-    let config = Config::from_lookup(|name| {
-        vars.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    })
-    .unwrap();
+    let (config, arn) =
+        team_gateway_secret(r#"{"apiKey":"vck_teamfromsecret000000000001"}"#, "team").await;
     let stores = byok::app::open_stores(&config).await.unwrap();
     assert_eq!(
         stores
@@ -163,12 +196,43 @@ async fn team_keys_come_from_secrets_manager_arns_at_start() {
     let user = UserId::new("team-user").unwrap();
     let r = state.resolver.resolve(&user, "gpt-4o").await.unwrap();
     assert_eq!(r.path.as_str(), "team-gateway");
-    sm.delete_secret()
-        .secret_id(&arn)
-        .force_delete_without_recovery(true)
-        .send()
-        .await
-        .unwrap();
+    delete_secret(&arn).await;
+}
+
+/// Each Lambda function opens only what its routes use: the validate and
+/// completion functions read the team secrets, the models function only
+/// learns which team keys exist (no read), the keys, settings and rotation
+/// functions ignore them.
+#[tokio::test]
+async fn only_the_functions_that_call_upstream_with_team_keys_read_them() {
+    use byok::app::Function;
+    let (config, arn) =
+        team_gateway_secret("vck_teamperfunction0000000000001", "per-function").await;
+    let user = UserId::new("per-function-user").unwrap();
+    for (function, knows, reads) in [
+        (Function::Completion, true, true),
+        (Function::Validate, true, true),
+        (Function::Models, true, false),
+        (Function::Keys, false, false),
+        (Function::Settings, false, false),
+        (Function::Rotation, false, false),
+    ] {
+        let stores = byok::app::open_stores_for(&config, function).await.unwrap();
+        assert_eq!(stores.team.has(Service::Gateway), knows, "{function:?}");
+        assert_eq!(
+            stores.team.get(Service::Gateway).is_some(),
+            reads,
+            "{function:?}"
+        );
+        let state = byok::app::state(&config, stores, None).unwrap();
+        let resolved = state.resolver.resolve(&user, "gpt-4o").await;
+        assert_eq!(
+            resolved.map(|r| r.path.as_str()).ok(),
+            knows.then_some("team-gateway"),
+            "{function:?}"
+        );
+    }
+    delete_secret(&arn).await;
 }
 
 /// A team secret that cannot be read at start does not stop the process:
@@ -186,12 +250,7 @@ async fn an_unreadable_team_secret_is_retried_not_fatal() {
         // Not there yet (a name: GetSecretValue takes names as well as ARNs).
         ("BYOK_TEAM_GATEWAY_SECRET_ARN", name.as_str()),
     ];
-    let config = Config::from_lookup(|var| {
-        vars.iter()
-            .find(|(k, _)| *k == var)
-            .map(|(_, v)| (*v).to_owned())
-    })
-    .unwrap();
+    let config = config_of(&vars);
     let started = std::time::Instant::now();
     let stores = byok::app::open_stores(&config).await.unwrap();
     assert!(stores.team.get(Service::Gateway).is_none());
@@ -224,12 +283,7 @@ async fn an_unreadable_team_secret_is_retried_not_fatal() {
         started.elapsed() >= std::time::Duration::from_secs(4),
         "retried with backoff"
     );
-    sm.delete_secret()
-        .secret_id(&name)
-        .force_delete_without_recovery(true)
-        .send()
-        .await
-        .unwrap();
+    delete_secret(&name).await;
 }
 
 /// Keeps every usage record, for assertions.

@@ -1010,7 +1010,14 @@ async fn an_event_of_the_wrong_shape_is_an_invocation_error() {
 #[tokio::test]
 async fn misconfiguration_stops_the_function_at_init() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["keys", "settings", "validate", "completion"] {
+    for name in [
+        "keys",
+        "settings",
+        "validate",
+        "models",
+        "completion",
+        "rotation",
+    ] {
         let runtime = RuntimeApi::start();
         let data_dir = dir.path().to_str().unwrap();
         let process = FunctionProcess::start(
@@ -1025,6 +1032,10 @@ async fn misconfiguration_stops_the_function_at_init() {
         let output = process.output();
         assert!(!status.success(), "{name}: {status}");
         assert!(output.contains("BYOK_STORE"), "{name}: {output}");
+        assert!(
+            runtime.init_error().is_some(),
+            "{name} reports its failed start to /runtime/init/error"
+        );
         if let Some(init_error) = runtime.init_error() {
             assert!(
                 init_error.to_string().contains("BYOK_STORE"),

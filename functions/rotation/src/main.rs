@@ -5,7 +5,6 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     byok::telemetry::init(byok::telemetry::Runtime::Lambda);
-    let config = byok::config::Config::from_env()?;
-    let state = byok::app::lambda_state(&config).await?;
+    let (config, state) = byok::lambda::init(byok::app::Function::Rotation).await?;
     byok::lambda::run_rotation(state.rotation, config.rotation.sweep).await
 }

@@ -4,7 +4,6 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     byok::telemetry::init(byok::telemetry::Runtime::Lambda);
-    let config = byok::config::Config::from_env()?;
-    let state = byok::app::lambda_state(&config).await?;
+    let (_, state) = byok::lambda::init(byok::app::Function::Settings).await?;
     byok::lambda::run(byok::http::settings_router(state)).await
 }

@@ -503,16 +503,20 @@ impl CompletionService {
                 return Err((e, None));
             }
         };
-        let client = self
+        let fail =
+            |e: UpstreamError, meter| Err((CompletionError::Upstream(e), Some(Box::new(meter))));
+        let client = match self
             .client
-            .for_source(resolution.base_url_source == BaseUrlSource::User);
+            .for_source(resolution.base_url_source == BaseUrlSource::User)
+        {
+            Ok(client) => client,
+            Err(err) => return fail(UpstreamError::from_transport(service, &err), meter),
+        };
         let call =
             upstream::build_request(client, service, &resolution.base_url, &key, upstream_body);
         drop(key);
 
         let deadline = tokio::time::Instant::now() + self.timeouts.first_byte;
-        let fail =
-            |e: UpstreamError, meter| Err((CompletionError::Upstream(e), Some(Box::new(meter))));
         let response = match tokio::time::timeout_at(deadline, call.send()).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return fail(UpstreamError::from_transport(service, &err), meter),

@@ -68,9 +68,29 @@ impl Decoder {
     /// Feeds one upstream chunk. Bytes produced before a failure are kept
     /// in `Err`'s first field so the client still receives them.
     pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Decoded, (Bytes, UpstreamError)> {
+        let events = self
+            .splitter()
+            .push(chunk)
+            .map_err(|e| (Bytes::new(), broken(&e)))?;
+        self.decode(events)
+    }
+
+    /// The upstream closed its stream: decodes a last event that was
+    /// waiting only to see whether a `\n` followed its final `\r`.
+    pub(crate) fn finish(&mut self) -> Result<Decoded, (Bytes, UpstreamError)> {
+        let events = self.splitter().finish().into_iter().collect();
+        self.decode(events)
+    }
+
+    fn splitter(&mut self) -> &mut EventSplitter {
         match self {
-            Decoder::PassThrough { split, pass } => {
-                let events = split.push(chunk).map_err(|e| (Bytes::new(), broken(&e)))?;
+            Decoder::PassThrough { split, .. } | Decoder::Anthropic { split, .. } => split,
+        }
+    }
+
+    fn decode(&mut self, events: Vec<RawEvent>) -> Result<Decoded, (Bytes, UpstreamError)> {
+        match self {
+            Decoder::PassThrough { pass, .. } => {
                 // One event (the common case) is forwarded as its own buffer.
                 if events.len() == 1 {
                     let bytes = events
@@ -95,11 +115,8 @@ impl Decoder {
                 })
             }
             Decoder::Anthropic {
-                split,
-                translator,
-                done,
+                translator, done, ..
             } => {
-                let events = split.push(chunk).map_err(|e| (Bytes::new(), broken(&e)))?;
                 let mut out = BytesMut::new();
                 for event in events {
                     if event.is_comment_only() {
@@ -290,9 +307,23 @@ impl Relay {
 
     /// Reads one upstream chunk and queues what it produced.
     async fn pull(&mut self) {
-        let failure = match tokio::time::timeout(self.idle, self.upstream.next()).await {
-            Ok(Some(Ok(chunk))) => match self.decoder.feed(&chunk) {
-                Ok(decoded) => {
+        // `ended`: the upstream closed the stream (its last event may
+        // still complete then).
+        let (read, ended) = match tokio::time::timeout(self.idle, self.upstream.next()).await {
+            Ok(Some(Ok(chunk))) => (Ok(self.decoder.feed(&chunk)), false),
+            Ok(None) => (Ok(self.decoder.finish()), true),
+            Ok(Some(Err(err))) => (
+                Err(UpstreamError::from_transport(self.service, &err)),
+                false,
+            ),
+            Err(_) => (
+                Err(UpstreamError::timed_out(self.service, self.idle)),
+                false,
+            ),
+        };
+        let failure = match read {
+            Ok(decoded) => match decoded {
+                Ok(decoded) if decoded.done || !ended => {
                     if decoded.done {
                         self.phase = Phase::Draining;
                     }
@@ -301,6 +332,15 @@ impl Relay {
                     }
                     return;
                 }
+                Ok(decoded) => {
+                    if !decoded.bytes.is_empty() {
+                        self.queued = Some(decoded.bytes);
+                    }
+                    UpstreamError::new(
+                        UpstreamErrorKind::Unavailable,
+                        format!("{} ended the stream early", self.service.as_str()),
+                    )
+                }
                 Err((before, err)) => {
                     if !before.is_empty() {
                         self.queued = Some(before);
@@ -308,12 +348,7 @@ impl Relay {
                     err
                 }
             },
-            Ok(Some(Err(err))) => UpstreamError::from_transport(self.service, &err),
-            Ok(None) => UpstreamError::new(
-                UpstreamErrorKind::Unavailable,
-                format!("{} ended the stream early", self.service.as_str()),
-            ),
-            Err(_) => UpstreamError::timed_out(self.service, self.idle),
+            Err(err) => err,
         };
         let code = failure.kind.code();
         tracing::warn!(provider = self.service.as_str(), code, error = %failure, "stream failed after the first byte");

@@ -101,7 +101,7 @@ pub fn is_public_ip(ip: IpAddr) -> bool {
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     !(ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
@@ -111,20 +111,29 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // shared address space (RFC 6598)
-        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast (RFC 7526)
         || (a == 198 && (b == 18 || b == 19)) // benchmarking
         || a >= 240)
 }
 
+/// An allow list, not a deny list: public IPv6 unicast is global unicast
+/// (`2000::/3`) outside its special-purpose blocks (IANA's IPv6
+/// Special-Purpose Address Registry). Everything else is refused, which
+/// covers every form that embeds or maps an IPv4 address (`::a.b.c.d`,
+/// `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`), site-local
+/// `fec0::/10`, unique local, link-local, loopback and multicast. Inside
+/// `2000::/3`, 6to4 (`2002::/16`) and Teredo (`2001::/32`) also carry an IPv4
+/// address and are refused whole. (The standard library's `is_global` is
+/// not stable yet.)
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    !(ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local, incl. fd00:ec2::254 (metadata)
-        || (first & 0xffc0) == 0xfe80 // link-local
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
-        || (first == 0x64 && ip.segments()[1] == 0xff9b)) // NAT64 can reach private v4
+    let [first, second, ..] = ip.segments();
+    let global_unicast = (first & 0xe000) == 0x2000;
+    // 2001::/23: IETF protocol assignments (Teredo, benchmarking, ORCHID…).
+    let ietf = first == 0x2001 && second < 0x0200;
+    let documentation = (first == 0x2001 && second == 0x0db8) || (first & 0xfff0) == 0x3ff0;
+    let six_to_four = first == 0x2002;
+    global_unicast && !(ietf || documentation || six_to_four)
 }
 
 #[cfg(test)]
@@ -139,6 +148,10 @@ mod tests {
             ("https://gw.example.com:443/v1", "gw.example.com"),
             ("https://8.8.8.8/v1", "8.8.8.8"),
             ("https://[2606:4700::1111]/v1", "[2606:4700::1111]"),
+            (
+                "https://[2001:4860:4860::8888]/v1",
+                "[2001:4860:4860::8888]",
+            ),
         ];
         for (raw, host) in cases {
             let url = UserBaseUrl::parse(raw).expect(raw);
@@ -175,6 +188,21 @@ mod tests {
             ("https://[::ffff:127.0.0.1]/v1", E::NonPublicHost),
             ("https://[fd00:ec2::254]/v1", E::NonPublicHost),
             ("https://[fe80::1]/v1", E::NonPublicHost),
+            ("https://[::127.0.0.1]/v1", E::NonPublicHost),
+            ("https://[::ffff:0:127.0.0.1]/v1", E::NonPublicHost),
+            ("https://[2002:7f00:1::]/v1", E::NonPublicHost),
+            ("https://[fec0::1]/v1", E::NonPublicHost),
+            ("https://[64:ff9b::7f00:1]/v1", E::NonPublicHost),
+            ("https://[64:ff9b:1::a00:1]/v1", E::NonPublicHost),
+            (
+                "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/v1",
+                E::NonPublicHost,
+            ),
+            ("https://[2001:2::1]/v1", E::NonPublicHost),
+            ("https://[3fff::1]/v1", E::NonPublicHost),
+            ("https://[100::1]/v1", E::NonPublicHost),
+            ("https://[::]/v1", E::NonPublicHost),
+            ("https://192.88.99.1/v1", E::NonPublicHost),
         ];
         for (raw, want) in cases {
             assert_eq!(UserBaseUrl::parse(raw), Err(want), "{raw}");

@@ -28,10 +28,12 @@ impl Upstreams {
 /// The operator's own keys: the team gateway key and server provider keys.
 /// A key may arrive after start (a team secret that could not be read at
 /// cold start and is retried in the background), so the set is shared and
-/// changes behind a lock.
+/// changes behind a lock. A function that only tells which path would serve
+/// (model discovery) knows which team keys exist without reading them:
+/// those are declared, with no key.
 #[derive(Default)]
 pub struct TeamCredentials {
-    keys: std::sync::RwLock<BTreeMap<Service, ApiKey>>,
+    keys: std::sync::RwLock<BTreeMap<Service, Option<ApiKey>>>,
 }
 
 impl Clone for TeamCredentials {
@@ -43,7 +45,7 @@ impl Clone for TeamCredentials {
 }
 
 impl TeamCredentials {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Service, ApiKey>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Service, Option<ApiKey>>> {
         // A panic while holding the lock cannot leave the map half-written:
         // every write is one insert.
         self.keys
@@ -55,15 +57,26 @@ impl TeamCredentials {
         self.keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(service, key);
+            .insert(service, Some(key));
     }
 
+    /// The operator has a key for `service` that this process does not read.
+    pub fn declare(&self, service: Service) {
+        self.keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(service)
+            .or_insert(None);
+    }
+
+    /// The operator has a key for `service` (read or declared).
     pub fn has(&self, service: Service) -> bool {
         self.read().contains_key(&service)
     }
 
+    /// The key for `service`, if this process read it.
     pub fn get(&self, service: Service) -> Option<ApiKey> {
-        self.read().get(&service).cloned()
+        self.read().get(&service).cloned().flatten()
     }
 }
 

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 pub use redact::redact;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long a caller waits on an upstream.
@@ -49,34 +49,82 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// The two upstream clients: the operator's (any address: operators point
 /// base URLs at self-hosted servers and test stand-ins) and the one for user
 /// base URLs (HTTPS only, public addresses only, re-checked at every connect).
+///
+/// Building one loads and parses the system's root certificates (about 6 ms),
+/// so a client made with [`UpstreamClient::deferred`] builds each on its
+/// first use: a function whose requests never call upstream never pays.
+/// Clones share the clients.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    operator: reqwest::Client,
-    user: reqwest::Client,
+    clients: Arc<Clients>,
+}
+
+#[derive(Debug)]
+struct Clients {
+    connect_timeout: Duration,
+    operator: OnceLock<reqwest::Client>,
+    user: OnceLock<reqwest::Client>,
 }
 
 impl UpstreamClient {
+    /// Both clients, built now.
     pub fn new(timeouts: &UpstreamTimeouts) -> Result<Self, reqwest::Error> {
-        let base = || {
-            reqwest::Client::builder()
-                .connect_timeout(timeouts.connect)
-                .pool_idle_timeout(POOL_IDLE)
-                .tcp_nodelay(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("byok-gateway/", env!("CARGO_PKG_VERSION")))
-        };
-        Ok(Self {
-            operator: base().build()?,
-            user: base()
-                .https_only(true)
-                .dns_resolver(Arc::new(PublicOnlyResolver))
-                .build()?,
-        })
+        let client = Self::deferred(timeouts);
+        client.for_source(false)?;
+        client.for_source(true)?;
+        Ok(client)
+    }
+
+    /// Each client built when first used.
+    pub fn deferred(timeouts: &UpstreamTimeouts) -> Self {
+        Self {
+            clients: Arc::new(Clients {
+                connect_timeout: timeouts.connect,
+                operator: OnceLock::new(),
+                user: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Builds the operator's client now if it is not built yet: for a
+    /// function whose every request calls upstream.
+    pub fn warm(&self) -> Result<(), reqwest::Error> {
+        self.for_source(false).map(|_| ())
     }
 
     /// The client for a base URL the user chose (`true`) or the operator's.
-    pub(crate) fn for_source(&self, user_url: bool) -> &reqwest::Client {
-        if user_url { &self.user } else { &self.operator }
+    pub(crate) fn for_source(&self, user_url: bool) -> Result<&reqwest::Client, reqwest::Error> {
+        let cell = if user_url {
+            &self.clients.user
+        } else {
+            &self.clients.operator
+        };
+        if let Some(client) = cell.get() {
+            return Ok(client);
+        }
+        // Two first uses at once may both build; one is kept.
+        let built = self.build(user_url)?;
+        Ok(cell.get_or_init(|| built))
+    }
+
+    fn build(&self, user_url: bool) -> Result<reqwest::Client, reqwest::Error> {
+        let builder = reqwest::Client::builder()
+            .connect_timeout(self.clients.connect_timeout)
+            .pool_idle_timeout(POOL_IDLE)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("byok-gateway/", env!("CARGO_PKG_VERSION")));
+        if user_url {
+            // No proxy, even if HTTPS_PROXY is set: a proxy would resolve
+            // the host itself, past the public-address check.
+            builder
+                .no_proxy()
+                .https_only(true)
+                .dns_resolver(Arc::new(PublicOnlyResolver))
+                .build()
+        } else {
+            builder.build()
+        }
     }
 }
 
@@ -369,6 +417,18 @@ pub async fn read_limited(response: reqwest::Response, idle: Duration) -> Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deferred_client_builds_each_client_on_first_use_and_clones_share_them() {
+        let client = UpstreamClient::deferred(&UpstreamTimeouts::default());
+        assert!(client.clients.operator.get().is_none());
+        assert!(client.clients.user.get().is_none());
+        client.warm().unwrap();
+        assert!(client.clients.operator.get().is_some());
+        assert!(client.clients.user.get().is_none());
+        client.clone().for_source(true).unwrap();
+        assert!(client.clients.user.get().is_some());
+    }
 
     #[test]
     fn statuses_map_to_kinds_and_messages_are_redacted() {
