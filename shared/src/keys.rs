@@ -52,6 +52,10 @@ pub enum KeyError {
     BaseUrlNotAccepted(Service),
     #[error("label must be 1 to {LABEL_MAX_CHARS} characters with no control characters")]
     InvalidLabel,
+    #[error(
+        "label looks like a key; labels are stored and shown in clear, so name the key instead"
+    )]
+    LabelLooksLikeKey,
     #[error("nothing to change: give enabled or label")]
     EmptyPatch,
     #[error("no {0} key is stored")]
@@ -284,6 +288,9 @@ fn check_label(raw: &str) -> Result<String, KeyError> {
     if chars == 0 || chars > LABEL_MAX_CHARS || label.chars().any(char::is_control) {
         return Err(KeyError::InvalidLabel);
     }
+    if crate::domain::looks_like_a_key(label) {
+        return Err(KeyError::LabelLooksLikeKey);
+    }
     Ok(label.to_owned())
 }
 
@@ -298,6 +305,27 @@ mod tests {
         assert!(check_label("   ").is_err());
         assert!(check_label("a\nb").is_err());
         assert!(check_label(&"x".repeat(101)).is_err());
+        for key_shaped in [
+            "sk-proj-abcdefgh1234",
+            "my key gsk_abcdefghijk",
+            "AIzaSyA-canary-123456",
+            "backup 8f3a9c2e4b7d6f1a0c9e2b4d",
+            "vck_secretvalue",
+        ] {
+            assert!(
+                matches!(check_label(key_shaped), Err(KeyError::LabelLooksLikeKey)),
+                "{key_shaped}"
+            );
+        }
+        for name in [
+            "Work key",
+            "prod-openai-2024-backup-key1",
+            "sk-team",
+            "Team gateway (vck)",
+            "2024-11-30 rotation",
+        ] {
+            assert!(check_label(name).is_ok(), "{name}");
+        }
         assert!(check_label(&"é".repeat(100)).is_ok());
     }
 }

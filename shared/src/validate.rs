@@ -173,42 +173,53 @@ impl ValidationService {
         })
     }
 
-    /// Validates a key just saved (`POST /api/keys` with `validate: true`)
-    /// and returns the record with the outcome. Never fails: when the limit
-    /// is used up, or the secret or limiter cannot be read, the record comes
-    /// back unvalidated; a provider outage marks it `unreachable`.
-    pub async fn after_save(&self, record: KeyRecord, request_id: &str) -> KeyRecord {
-        let user = record.user.clone();
-        match self.hit(&user).await {
-            Ok(None) => {}
-            Ok(Some(_)) => {
-                tracing::info!(service = %record.service, "validation after save skipped: rate limited");
-                return record;
-            }
-            Err(err) => {
-                tracing::warn!(service = %record.service, error = %err, "validation after save skipped: limiter failed");
-                return record;
-            }
-        }
-        let target = match self.stored_target(record.clone()).await {
+    /// Checks a key about to be saved (`POST /api/keys` with `validate:
+    /// true`), counting toward the caller's limit and audited. `None` when
+    /// it was not checked: the limit is used up, the limiter cannot be read,
+    /// or the input is refused (the save then refuses it too). A provider
+    /// outage is `unreachable`, never `invalid`.
+    pub async fn check_before_save(
+        &self,
+        user: &UserId,
+        service: Service,
+        api_key: &ApiKey,
+        base_url: Option<String>,
+        request_id: &str,
+    ) -> Option<ValidationResult> {
+        let request = ValidateRequest::Key {
+            service,
+            api_key: api_key.clone(),
+            base_url,
+        };
+        let target = match self.target(user, request).await {
             Ok(target) => target,
             Err(err) => {
-                tracing::warn!(service = %record.service, error = %err, "validation after save skipped");
-                return record;
+                tracing::debug!(service = %service, error = %err, "check before save skipped");
+                return None;
             }
         };
+        match self.hit(user).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                tracing::info!(service = %service, "check before save skipped: rate limited");
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!(service = %service, error = %err, "check before save skipped: limiter failed");
+                return None;
+            }
+        }
         let (_, result) = self.check(&target).await;
-        let marked = self.mark(&record, result).await;
         self.audit
             .record(
-                &user,
+                user,
                 AuditAction::Validated,
-                record.service,
+                service,
                 Some(result.as_str()),
                 request_id,
             )
             .await;
-        marked.unwrap_or(record)
+        Some(result)
     }
 
     /// Checks the input and resolves what to call, before any limit is counted.

@@ -385,12 +385,45 @@ async fn validate_on_save(mode: Mode) {
     assert!(valid.json["lastValidatedAt"].is_string());
     assert_eq!(stored(&api, "groq").await["lastValidation"], "valid");
 
-    // Refused by the provider: saved anyway, marked invalid.
-    let invalid = save_validated("groq", "gsk_refused0bad000000000000000001").await;
+    // Refused by the provider: 422 invalid_key and nothing changes (the
+    // working key stays), unless the caller insists with saveInvalid.
+    let before = stored(&api, "groq").await;
+    let refused = save_validated("groq", "gsk_refused0bad000000000000000001").await;
+    assert_error(&refused, 422, "invalid_key");
+    assert_eq!(stored(&api, "groq").await, before);
+    let new_service = api
+        .post(
+            "/api/keys",
+            json!({"service": "xai", "apiKey": "xai-refused0bad00000000000000000001", "validate": true}),
+        )
+        .await;
+    assert_error(&new_service, 422, "invalid_key");
+    let listed = api.get("/api/keys").await;
+    assert!(
+        !listed.text.contains("\"xai\""),
+        "a refused key was stored: {}",
+        listed.text
+    );
+    let invalid = api
+        .post(
+            "/api/keys",
+            json!({"service": "groq", "apiKey": "gsk_refused0bad000000000000000001", "validate": true, "saveInvalid": true}),
+        )
+        .await;
     assert_eq!(invalid.status, StatusCode::OK, "{}", invalid.text);
     assert_eq!(invalid.json["lastValidation"], "invalid");
     assert_eq!(invalid.json["maskedKey"], "gsk_…0001");
     assert_eq!(stored(&api, "groq").await["lastValidation"], "invalid");
+
+    // A label shaped like a key is refused (labels are kept in clear).
+    let labelled = api
+        .post(
+            "/api/keys",
+            json!({"service": "groq", "apiKey": KEYS[5].1, "label": "backup gsk_labelcanary0000000001"}),
+        )
+        .await;
+    assert_error(&labelled, 422, "invalid_label");
+    assert!(!labelled.text.contains("labelcanary"), "{}", labelled.text);
 
     // Provider down or slow: the save still succeeds, marked unreachable.
     for failure in [Failure::Status(503, None), Failure::Hang] {

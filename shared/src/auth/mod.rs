@@ -304,6 +304,34 @@ mod tests {
                 Ok(user("u1", false)),
             ),
             (
+                "exp too far to be a date (1e300)",
+                hs256(&json!({"sub": "u1", "exp": 1e300})),
+                Err("Malformed"),
+            ),
+            (
+                "exp after the year 9999",
+                hs256(&json!({"sub": "u1", "exp": 253_402_300_800_i64})),
+                Err("Malformed"),
+            ),
+            (
+                "a claim given twice",
+                sign(
+                    &secret(),
+                    r#"{"alg":"HS256"}"#,
+                    &format!(r#"{{"sub":"u1","exp":{},"sub":"admin-user"}}"#, NOW + 100),
+                ),
+                Err("Malformed"),
+            ),
+            (
+                "a header field given twice",
+                sign(
+                    &secret(),
+                    r#"{"alg":"HS256","alg":"none"}"#,
+                    &format!(r#"{{"sub":"u1","exp":{}}}"#, NOW + 100),
+                ),
+                Err("Malformed"),
+            ),
+            (
                 "expired beyond leeway",
                 hs256(&json!({"sub": "u1", "exp": NOW - 61})),
                 Err("Expired"),

@@ -87,7 +87,7 @@ impl TokenVerifier {
         now_unix: i64,
     ) -> Result<Map<String, Value>, AuthError> {
         let mut parts = token.split('.');
-        let (Some(header_b64), Some(_), Some(signature_b64), None) =
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed);
@@ -96,6 +96,11 @@ impl TokenVerifier {
             return Err(AuthError::Malformed);
         }
         let header = decode_object(header_b64)?;
+        // serde_json keeps the last of two equal keys: a token saying `sub`
+        // twice means whatever its reader wants it to, so it is refused.
+        if has_duplicate_keys(header_b64) || has_duplicate_keys(payload_b64) {
+            return Err(AuthError::Malformed);
+        }
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         let (key, algorithm) = match alg {
             "HS256" => {
@@ -196,16 +201,52 @@ fn decode_object(segment: &str) -> Result<Map<String, Value>, AuthError> {
     }
 }
 
+/// The last second a NumericDate may name: 9999-12-31T23:59:59Z. Beyond it
+/// (`exp: 1e300`) a date is not a date, and a token with it never expires.
+const LAST_NUMERIC_DATE: i64 = 253_402_300_799;
+
 /// A JWT NumericDate: a JSON number, or a string of digits as API Gateway
-/// forwards it. Fractions are truncated.
+/// forwards it, between 1970 and 9999. Fractions are truncated.
 fn numeric_date(value: &Value) -> Option<i64> {
-    match value {
+    let date = match value {
         Value::Number(n) => n.as_i64().or_else(|| {
             n.as_f64()
-                .filter(|f| f.is_finite())
+                .filter(|f| f.is_finite() && f.abs() <= LAST_NUMERIC_DATE as f64)
                 .map(|f| f.trunc() as i64)
         }),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
+    }?;
+    (0..=LAST_NUMERIC_DATE).contains(&date).then_some(date)
+}
+
+/// True if the base64url JSON object in `segment` names a key twice at its
+/// top level (or cannot be read: decoding refuses it later anyway).
+fn has_duplicate_keys(segment: &str) -> bool {
+    struct UniqueKeys;
+    impl<'de> serde::Deserialize<'de> for UniqueKeys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(UniqueKeys)
+        }
     }
+    impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+        type Value = UniqueKeys;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key) {
+                    return Err(serde::de::Error::custom("a key is given twice"));
+                }
+            }
+            Ok(UniqueKeys)
+        }
+    }
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()
+        .is_none_or(|bytes| serde_json::from_slice::<UniqueKeys>(&bytes).is_err())
 }

@@ -185,6 +185,30 @@ pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatE
     Ok(())
 }
 
+/// Text that holds something shaped like a key of any service: a word
+/// starting with a provider's key prefix followed by 8 or more characters,
+/// or a run of 20 or more letters and digits mixing both (an opaque
+/// credential rather than a name or a date). For fields stored and shown
+/// in clear, such as labels.
+pub fn looks_like_a_key(text: &str) -> bool {
+    let words = text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')));
+    words.into_iter().any(|word| {
+        let prefixed = Service::ALL.iter().any(|svc| {
+            let p = svc.provider();
+            p.key_prefix
+                .into_iter()
+                .chain(p.prefixes_shown.iter().copied())
+                .any(|prefix| word.starts_with(prefix) && word.len() >= prefix.len() + 8)
+        });
+        prefixed
+            || word.split(|c: char| !c.is_ascii_alphanumeric()).any(|run| {
+                run.len() >= 20
+                    && run.bytes().any(|b| b.is_ascii_digit())
+                    && run.bytes().any(|b| b.is_ascii_alphabetic())
+            })
+    })
+}
+
 /// `sk-proj-…1234`: the longest prefix a provider shows in clear
 /// ([`crate::domain::Provider::prefixes_shown`]; else the first 3
 /// characters), an ellipsis and the last 4 characters. Keys too short to

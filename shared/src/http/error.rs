@@ -31,6 +31,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     InvalidKeyFormat,
     InvalidBaseUrl,
+    /// A label shaped like a key (stored in clear, so refused).
+    InvalidLabel,
     RateLimited,
     UpstreamAuth,
     UpstreamRateLimited,
@@ -44,7 +46,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
         ErrorCode::Unauthorized,
@@ -58,6 +60,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::InvalidKeyFormat,
         ErrorCode::InvalidBaseUrl,
+        ErrorCode::InvalidLabel,
         ErrorCode::RateLimited,
         ErrorCode::UpstreamAuth,
         ErrorCode::UpstreamRateLimited,
@@ -83,6 +86,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidKeyFormat => "invalid_key_format",
             ErrorCode::InvalidBaseUrl => "invalid_base_url",
+            ErrorCode::InvalidLabel => "invalid_label",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UpstreamAuth => "upstream_auth",
             ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
@@ -128,6 +132,7 @@ impl ErrorCode {
             | ErrorCode::PayloadTooLarge
             | ErrorCode::InvalidKeyFormat
             | ErrorCode::InvalidBaseUrl
+            | ErrorCode::InvalidLabel
             | ErrorCode::RotationPending => tracing::Level::DEBUG,
         }
     }
@@ -144,7 +149,7 @@ impl ErrorCode {
             ErrorCode::RotationPending => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::InvalidKeyFormat | ErrorCode::InvalidBaseUrl => {
+            ErrorCode::InvalidKeyFormat | ErrorCode::InvalidBaseUrl | ErrorCode::InvalidLabel => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ErrorCode::RateLimited | ErrorCode::UpstreamRateLimited => {
@@ -185,6 +190,21 @@ impl ApiError {
         if status.is_client_error() || status.is_server_error() {
             err.status = Some(status);
         }
+        err
+    }
+
+    /// `POST /api/keys` with `validate: true`: the provider refused the key,
+    /// so nothing was saved. 422, not the 401 of `POST /api/keys/validate`:
+    /// the request, not the caller's token, is what cannot be processed.
+    pub fn key_refused_not_saved(service: crate::domain::Service) -> Self {
+        let mut err = Self::new(
+            ErrorCode::InvalidKey,
+            format!(
+                "{} refused this key, so nothing was saved; send \"saveInvalid\": true to save it anyway",
+                service.display_name()
+            ),
+        );
+        err.status = Some(StatusCode::UNPROCESSABLE_ENTITY);
         err
     }
 
@@ -243,6 +263,7 @@ impl From<KeyError> for ApiError {
             KeyError::BaseUrlNotAccepted(_) | KeyError::InvalidLabel | KeyError::EmptyPatch => {
                 ErrorCode::InvalidRequest
             }
+            KeyError::LabelLooksLikeKey => ErrorCode::InvalidLabel,
             KeyError::NotFound(_) => ErrorCode::NotFound,
             KeyError::Store(store) => return Self::from_store(store),
         };

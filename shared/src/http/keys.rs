@@ -4,7 +4,7 @@
 
 use super::extract::{ApiJson, Caller, RequestId};
 use super::{ApiError, AppState, ErrorCode};
-use crate::domain::{ApiKey, KeyRecord, Service, UserBaseUrl};
+use crate::domain::{ApiKey, KeyRecord, Service, UserBaseUrl, ValidationResult};
 use crate::keys::{KeyPatch, KeyUpsert, Upserted};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
@@ -145,10 +145,14 @@ pub(super) struct KeyUpsertBody {
     #[serde(default, deserialize_with = "present")]
     base_url: Option<Option<String>>,
     label: Option<String>,
-    /// Check the saved key against its provider (counts toward the
-    /// validation limit; skipped when the limit is used up).
+    /// Check the key with its provider before saving it (counts toward
+    /// the validation limit; skipped when the limit is used up). A key the
+    /// provider refuses is not saved, unless `save_invalid`.
     #[serde(default)]
     validate: bool,
+    /// With `validate`: save a refused key anyway (marked `invalid`).
+    #[serde(default)]
+    save_invalid: bool,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -158,9 +162,10 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 
 pub(super) fn parse_service(raw: &str) -> Result<Service, ApiError> {
     raw.parse().map_err(|_| {
+        let names: Vec<&str> = Service::ALL.iter().map(|s| s.as_str()).collect();
         ApiError::new(
             ErrorCode::InvalidRequest,
-            "unknown service: use openai, anthropic, xai, openrouter, google, groq or gateway",
+            format!("unknown service: use one of {}", names.join(", ")),
         )
     })
 }
@@ -171,9 +176,38 @@ pub(super) async fn upsert(
     request_id: RequestId,
     ApiJson(body): ApiJson<KeyUpsertBody>,
 ) -> Result<Response, ApiError> {
-    let validate = body.validate;
+    let service = parse_service(&body.service)?;
+    let verdict = if body.validate {
+        let base_url = match &body.base_url {
+            Some(given) => given.clone(),
+            // A replaced key keeps its base URL: check against that one.
+            None if service.accepts_base_url() => state
+                .keys
+                .list(&caller.user)
+                .await?
+                .into_iter()
+                .find(|k| k.service == service)
+                .and_then(|k| k.base_url),
+            None => None,
+        };
+        state
+            .validation
+            .check_before_save(
+                &caller.user,
+                service,
+                &body.api_key,
+                base_url,
+                request_id.as_str(),
+            )
+            .await
+    } else {
+        None
+    };
+    if verdict == Some(ValidationResult::Invalid) && !body.save_invalid {
+        return Err(ApiError::key_refused_not_saved(service));
+    }
     let request = KeyUpsert {
-        service: parse_service(&body.service)?,
+        service,
         api_key: body.api_key,
         base_url: body.base_url,
         label: body.label,
@@ -186,11 +220,12 @@ pub(super) async fn upsert(
         Upserted::Created(r) => (StatusCode::CREATED, r),
         Upserted::Replaced(r) => (StatusCode::OK, r),
     };
-    if validate {
+    if let Some(result) = verdict {
         record = state
             .validation
-            .after_save(record, request_id.as_str())
-            .await;
+            .mark(&record, result)
+            .await
+            .unwrap_or(record);
     }
     Ok((
         status,
