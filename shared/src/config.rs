@@ -202,6 +202,8 @@ pub enum ConfigError {
     },
     #[error("{name} is not a valid absolute URL")]
     BadUrl { name: &'static str },
+    #[error("{name} does not look like a key: 8 to 1024 printable characters without spaces")]
+    BadTeamKey { name: &'static str },
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -480,7 +482,13 @@ impl Config {
                 upstreams.set(service, url);
             }
             if let Some(key) = get(service.team_key_env()) {
-                team.insert(service, ApiKey::new(key.trim()));
+                let key = ApiKey::new(key.trim());
+                if !crate::domain::is_plausible_team_key(&key) {
+                    return Err(ConfigError::BadTeamKey {
+                        name: service.team_key_env(),
+                    });
+                }
+                team.insert(service, key);
             }
             if let Some(arn) = get(service.team_secret_env()) {
                 team_secret_arns.insert(service, arn.trim().to_owned());
@@ -562,6 +570,22 @@ mod tests {
                 .store,
             StoreKind::Aws
         );
+    }
+
+    #[test]
+    fn a_team_key_that_cannot_be_a_key_is_refused_naming_only_the_variable() {
+        for bad in [
+            "short",
+            "team key with spaces",
+            "vck_tab\tinside0000",
+            "\u{e9}t\u{e9}0000000000",
+        ] {
+            let err = config(&[("AI_GATEWAY_API_KEY", bad)]).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("AI_GATEWAY_API_KEY"), "{text}");
+            assert!(!text.contains(bad.trim()), "{text}");
+        }
+        assert!(config(&[("AI_GATEWAY_API_KEY", "team:CANARY:gateway:secret")]).is_ok());
     }
 
     #[test]

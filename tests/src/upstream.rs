@@ -202,6 +202,7 @@ struct Script {
     tool_input: Value,
     usage: Option<(u64, u64)>,
     models: HashMap<Upstream, Vec<String>>,
+    echo_key: bool,
 }
 
 impl Default for Script {
@@ -216,12 +217,14 @@ impl Default for Script {
             tool_input: json!({"city": "Paris"}),
             usage: None,
             models: HashMap::new(),
+            echo_key: false,
         }
     }
 }
 
 /// What one request is served with, copied out of the script.
 struct Plan {
+    echo_key: bool,
     reply: String,
     chunks: usize,
     delay: Duration,
@@ -256,6 +259,7 @@ impl Shared {
         let mut script = lock(&self.script);
         let failure = script.queued.pop_front().or_else(|| script.always.clone());
         Plan {
+            echo_key: script.echo_key,
             reply: script.reply.clone(),
             chunks: script.chunks,
             delay: script.delay,
@@ -445,6 +449,13 @@ impl StandIn {
     pub fn set_models(&self, upstream: Upstream, ids: &[&str]) {
         let ids = ids.iter().map(|id| (*id).to_owned()).collect();
         lock(&self.shared.script).models.insert(upstream, ids);
+    }
+
+    /// Echo the presented key back, as a careless or hostile upstream
+    /// might: in every error message (instead of [`LEAK_CANARY`]) and at the
+    /// end of the reply (whole: set one chunk to keep it in one event).
+    pub fn echo_keys(&self, on: bool) {
+        lock(&self.shared.script).echo_key = on;
     }
 
     /// Accept exactly these keys from now on.
@@ -642,14 +653,20 @@ async fn serve(
     let Some((up, rest)) = routed else {
         return error_response(None, StatusCode::NOT_FOUND, "no such upstream prefix", None);
     };
-    let plan = shared.take_plan();
+    let mut plan = shared.take_plan();
+    // The text an error message quotes as "the key".
+    let quoted = if plan.echo_key {
+        plan.reply = format!("{} {key}", plan.reply);
+        key.clone()
+    } else {
+        LEAK_CANARY.to_owned()
+    };
     let mut drop_after = None;
     match plan.failure {
         Some(Failure::Status(code, retry_after)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let message = format!(
-                "stand-in scripted failure {code} for the request made with key {LEAK_CANARY}"
-            );
+            let message =
+                format!("stand-in scripted failure {code} for the request made with key {quoted}");
             return error_response(Some(up), status, &message, retry_after);
         }
         Some(Failure::Hang) => return std::future::pending().await,
@@ -660,15 +677,15 @@ async fn serve(
 
     if !key_in_right_header || !shared.accepts(&key) {
         let message = match (up, key_in_right_header) {
-            (Upstream::Anthropic, false) => format!("x-api-key header is required ({LEAK_CANARY})"),
-            (Upstream::Anthropic, true) => format!("invalid x-api-key: {LEAK_CANARY}"),
+            (Upstream::Anthropic, false) => format!("x-api-key header is required ({quoted})"),
+            (Upstream::Anthropic, true) => format!("invalid x-api-key: {quoted}"),
             (_, false) => format!(
                 "You didn't provide an API key. You need to provide your API key in an \
                  Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). \
-                 Example: {LEAK_CANARY}"
+                 Example: {quoted}"
             ),
             (_, true) => format!(
-                "Incorrect API key provided: {LEAK_CANARY}. You can find your API key at \
+                "Incorrect API key provided: {quoted}. You can find your API key at \
                  https://platform.openai.com/account/api-keys."
             ),
         };

@@ -514,6 +514,7 @@ impl CompletionService {
         };
         let call =
             upstream::build_request(client, service, &resolution.base_url, &key, upstream_body);
+        let scrubber = upstream::KeyScrubber::new([&key]);
         drop(key);
 
         let deadline = tokio::time::Instant::now() + self.timeouts.first_byte;
@@ -532,7 +533,7 @@ impl CompletionService {
             let headers = response.headers().clone();
             let body = upstream::read_limited(response, self.timeouts.idle).await;
             return fail(
-                UpstreamError::from_status(service, status, &headers, &body),
+                UpstreamError::from_status(service, status, &headers, &body, &scrubber),
                 meter,
             );
         }
@@ -563,11 +564,19 @@ impl CompletionService {
 
         match decoder {
             Some(mut decoder) => {
-                let decoded: Decoded = match decoder.feed(&first) {
+                let decoded: Decoded = match decoder.feed(&first, &scrubber) {
                     Ok(decoded) => decoded,
                     Err((_, e)) => return fail(e, meter),
                 };
-                let relay = Relay::new(body, decoder, decoded, service, self.timeouts.idle, meter);
+                let relay = Relay::new(
+                    body,
+                    decoder,
+                    decoded,
+                    service,
+                    self.timeouts.idle,
+                    meter,
+                    scrubber,
+                );
                 Ok(CompletionBody::Stream(relay.into_stream()))
             }
             None => {
@@ -601,6 +610,7 @@ impl CompletionService {
                         (Bytes::from(translated.to_string()), usage)
                     }
                 };
+                let json = scrubber.scrub_bytes(json);
                 if usage.is_none() {
                     text.feed(&json);
                 }

@@ -12,7 +12,7 @@ use crate::providers::Usage;
 use crate::providers::anthropic::{StreamTranslator, TranslateError};
 use crate::providers::openai::PassThrough;
 use crate::providers::sse::{EventSplitter, RawEvent};
-use crate::upstream::{UpstreamError, UpstreamErrorKind, redact};
+use crate::upstream::{KeyScrubber, UpstreamError, UpstreamErrorKind, redact_known};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
@@ -67,19 +67,26 @@ impl Decoder {
 
     /// Feeds one upstream chunk. Bytes produced before a failure are kept
     /// in `Err`'s first field so the client still receives them.
-    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Decoded, (Bytes, UpstreamError)> {
+    pub(crate) fn feed(
+        &mut self,
+        chunk: &[u8],
+        scrubber: &KeyScrubber,
+    ) -> Result<Decoded, (Bytes, UpstreamError)> {
         let events = self
             .splitter()
             .push(chunk)
             .map_err(|e| (Bytes::new(), broken(&e)))?;
-        self.decode(events)
+        self.decode(events, scrubber)
     }
 
     /// The upstream closed its stream: decodes a last event that was
     /// waiting only to see whether a `\n` followed its final `\r`.
-    pub(crate) fn finish(&mut self) -> Result<Decoded, (Bytes, UpstreamError)> {
+    pub(crate) fn finish(
+        &mut self,
+        scrubber: &KeyScrubber,
+    ) -> Result<Decoded, (Bytes, UpstreamError)> {
         let events = self.splitter().finish().into_iter().collect();
-        self.decode(events)
+        self.decode(events, scrubber)
     }
 
     fn splitter(&mut self) -> &mut EventSplitter {
@@ -88,7 +95,11 @@ impl Decoder {
         }
     }
 
-    fn decode(&mut self, events: Vec<RawEvent>) -> Result<Decoded, (Bytes, UpstreamError)> {
+    fn decode(
+        &mut self,
+        events: Vec<RawEvent>,
+        scrubber: &KeyScrubber,
+    ) -> Result<Decoded, (Bytes, UpstreamError)> {
         match self {
             Decoder::PassThrough { pass, .. } => {
                 // One event (the common case) is forwarded as its own buffer.
@@ -132,7 +143,7 @@ impl Decoder {
                                 out.extend_from_slice(b"\n\n");
                             }
                         }
-                        Err(err) => return Err((out.freeze(), translate_error(&err))),
+                        Err(err) => return Err((out.freeze(), translate_error(&err, scrubber))),
                     }
                     if finished {
                         out.extend_from_slice(DONE);
@@ -186,8 +197,9 @@ fn broken(err: &dyn std::error::Error) -> UpstreamError {
     )
 }
 
-/// An Anthropic stream error, in our terms (its message is redacted).
-pub(crate) fn translate_error(err: &TranslateError) -> UpstreamError {
+/// An Anthropic stream error, in our terms (its message without the call's
+/// credentials, and redacted).
+pub(crate) fn translate_error(err: &TranslateError, scrubber: &KeyScrubber) -> UpstreamError {
     match err {
         TranslateError::Upstream { kind, message } => {
             let kind_of = match kind.as_str() {
@@ -200,7 +212,11 @@ pub(crate) fn translate_error(err: &TranslateError) -> UpstreamError {
             };
             UpstreamError::new(
                 kind_of,
-                format!("anthropic reported {}: {}", redact(kind), redact(message)),
+                format!(
+                    "anthropic reported {}: {}",
+                    redact_known(kind, scrubber),
+                    redact_known(message, scrubber)
+                ),
             )
         }
         other => UpstreamError::new(
@@ -239,6 +255,8 @@ pub(crate) struct Relay {
     meter: Option<UsageMeter>,
     /// The text sent to the client so far (for estimates).
     streamed: StreamedText,
+    /// Removes the call's credentials from everything sent on.
+    scrubber: KeyScrubber,
 }
 
 impl Relay {
@@ -250,6 +268,7 @@ impl Relay {
         service: Service,
         idle: Duration,
         meter: UsageMeter,
+        scrubber: KeyScrubber,
     ) -> Self {
         let phase = if first.done {
             Phase::Draining
@@ -265,6 +284,7 @@ impl Relay {
             phase,
             meter: Some(meter),
             streamed: StreamedText::default(),
+            scrubber,
         }
     }
 
@@ -279,6 +299,9 @@ impl Relay {
     async fn next_bytes(&mut self) -> Option<Bytes> {
         loop {
             if let Some(bytes) = self.queued.take() {
+                // Whole events only: a key an upstream split across
+                // chunks is whole here.
+                let bytes = self.scrubber.scrub_bytes(bytes);
                 self.streamed.feed(&bytes);
                 return Some(bytes);
             }
@@ -310,8 +333,8 @@ impl Relay {
         // `ended`: the upstream closed the stream (its last event may
         // still complete then).
         let (read, ended) = match tokio::time::timeout(self.idle, self.upstream.next()).await {
-            Ok(Some(Ok(chunk))) => (Ok(self.decoder.feed(&chunk)), false),
-            Ok(None) => (Ok(self.decoder.finish()), true),
+            Ok(Some(Ok(chunk))) => (Ok(self.decoder.feed(&chunk, &self.scrubber)), false),
+            Ok(None) => (Ok(self.decoder.finish(&self.scrubber)), true),
             Ok(Some(Err(err))) => (
                 Err(UpstreamError::from_transport(self.service, &err)),
                 false,

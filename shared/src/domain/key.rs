@@ -185,6 +185,19 @@ pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatE
     Ok(())
 }
 
+/// Longest team key accepted (the longest provider keys are ~200 characters).
+const TEAM_KEY_MAX_LEN: usize = 1024;
+
+/// A team key the operator configured looks like a credential at all:
+/// 8 to 1024 printable ASCII characters, no spaces. Its value is redacted
+/// by value wherever upstream text goes, so its shape does not matter
+/// beyond this; a value that fails it (an empty file, a pasted JSON
+/// document, a newline in the middle) is a configuration mistake.
+pub fn is_plausible_team_key(key: &ApiKey) -> bool {
+    let key = key.expose();
+    (8..=TEAM_KEY_MAX_LEN).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Text that holds something shaped like a key of any service: a word
 /// starting with a provider's key prefix followed by 8 or more characters,
 /// or a run of 20 or more letters and digits mixing both (an opaque

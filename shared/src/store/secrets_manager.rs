@@ -408,7 +408,15 @@ pub async fn read_team_secret(client: &Client, arn: &str) -> Result<ApiKey, Stor
         .send()
         .await;
     match got {
-        Ok(out) => key_from_output(out),
+        Ok(out) => key_from_output(out).and_then(|key| {
+            if crate::domain::is_plausible_team_key(&key) {
+                Ok(key)
+            } else {
+                Err(StoreError::Backend(
+                    "the secret's value does not look like a key: 8 to 1024 printable characters without spaces".into(),
+                ))
+            }
+        }),
         Err(err) => match err.as_service_error() {
             Some(e) if e.is_resource_not_found_exception() => Err(StoreError::SecretNotFound),
             _ => Err(backend("GetSecretValue", err)),

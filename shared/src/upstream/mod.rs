@@ -9,7 +9,7 @@ mod redact;
 use crate::domain::{ApiKey, Service, WireApi};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-pub use redact::redact;
+pub use redact::{KeyScrubber, redact, redact_known};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -220,7 +220,10 @@ pub async fn check_key(
         }
         let headers = response.headers().clone();
         let body = read_limited(response, timeout).await;
-        Err(UpstreamError::from_status(service, status, &headers, &body))
+        let scrubber = KeyScrubber::new([key]);
+        Err(UpstreamError::from_status(
+            service, status, &headers, &body, &scrubber,
+        ))
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(outcome) => outcome,
@@ -314,11 +317,14 @@ impl UpstreamError {
 
     /// The error for a non-2xx answer, with the provider's own message
     /// (redacted) when its body has one.
+    /// The error for a non-2xx answer; the provider's message is passed on
+    /// without the call's credentials (`scrubber`) or anything key-shaped.
     pub(crate) fn from_status(
         service: Service,
         status: StatusCode,
         headers: &HeaderMap,
         body: &[u8],
+        scrubber: &KeyScrubber,
     ) -> Self {
         let kind = match status.as_u16() {
             401 | 403 => UpstreamErrorKind::Auth,
@@ -335,7 +341,7 @@ impl UpstreamError {
         let mut message = format!("{} {what} (HTTP {})", service.as_str(), status.as_u16());
         if let Some(detail) = provider_message(body) {
             message.push_str(": ");
-            message.push_str(&redact(&detail));
+            message.push_str(&redact_known(&detail, scrubber));
         }
         Self {
             kind,
@@ -431,6 +437,35 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_any_shape_is_removed_from_messages_by_value() {
+        let key = ApiKey::new("team:CANARY:gateway:secret");
+        let scrubber = KeyScrubber::new([&key]);
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key.expose());
+        for echoed in [
+            key.expose().to_owned(),
+            b64,
+            "team%3ACANARY%3Agateway%3Asecret".to_owned(),
+        ] {
+            let body = format!(r#"{{"error":{{"message":"bad key {echoed} given"}}}}"#);
+            let e = UpstreamError::from_status(
+                Service::Gateway,
+                StatusCode::UNAUTHORIZED,
+                &HeaderMap::new(),
+                body.as_bytes(),
+                &scrubber,
+            );
+            assert!(!e.message.contains("CANARY"), "{}", e.message);
+            assert!(!e.message.contains(&echoed), "{}", e.message);
+        }
+        let streamed = Bytes::from(format!("data: {{\"k\":\"{}\"}}\n\n", key.expose()));
+        let scrubbed = scrubber.scrub_bytes(streamed);
+        assert_eq!(&scrubbed[..], b"data: {\"k\":\"[redacted]\"}\n\n");
+        let clean = Bytes::from_static(b"data: {}\n\n");
+        assert_eq!(scrubber.scrub_bytes(clean.clone()).as_ptr(), clean.as_ptr());
+    }
+
+    #[test]
     fn statuses_map_to_kinds_and_messages_are_redacted() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnop1234","type":"invalid_request_error"}}"#;
         let e = UpstreamError::from_status(
@@ -438,6 +473,7 @@ mod tests {
             StatusCode::UNAUTHORIZED,
             &HeaderMap::new(),
             body,
+            &KeyScrubber::default(),
         );
         assert_eq!(e.kind, UpstreamErrorKind::Auth);
         assert!(!e.message.contains("abcdefghijklmnop"), "{}", e.message);
@@ -453,6 +489,7 @@ mod tests {
             StatusCode::TOO_MANY_REQUESTS,
             &headers,
             b"{}",
+            &KeyScrubber::default(),
         );
         assert_eq!(
             (e.kind, e.retry_after),
@@ -467,8 +504,13 @@ mod tests {
             (400, UpstreamErrorKind::Rejected(StatusCode::BAD_REQUEST)),
         ] {
             let status = StatusCode::from_u16(status).unwrap();
-            let e =
-                UpstreamError::from_status(Service::Groq, status, &HeaderMap::new(), b"not json");
+            let e = UpstreamError::from_status(
+                Service::Groq,
+                status,
+                &HeaderMap::new(),
+                b"not json",
+                &KeyScrubber::default(),
+            );
             assert_eq!(e.kind, kind, "{status}");
             assert_eq!(
                 e.kind.may_fall_back(),

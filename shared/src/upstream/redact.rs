@@ -1,6 +1,10 @@
-//! Redaction of upstream error messages: providers quote keys back ("Incorrect
-//! API key provided: sk-proj-…"), so anything key-shaped is replaced before
-//! a message reaches the client or the log.
+//! Redaction of upstream text: providers quote keys back ("Incorrect API
+//! key provided: sk-proj-…"). The exact credentials of the call are removed
+//! from everything an upstream sends (error messages, whole bodies, stream
+//! events: [`KeyScrubber`]); error messages also lose anything key-shaped
+//! ([`redact`]) before they reach the client or the log.
+
+use crate::domain::ApiKey;
 
 /// Longest upstream message passed on, in characters.
 pub(crate) const MAX_MESSAGE_CHARS: usize = 300;
@@ -12,6 +16,115 @@ pub(crate) const REDACTED: &str = "[redacted]";
 const KEY_PREFIXES: [&str; 8] = [
     "sk-", "sk_", "xai-", "AIza", "gsk_", "vck_", "Bearer", "eyJ",
 ];
+
+/// The exact credentials sent upstream for one call, in every form an
+/// upstream might echo them: as sent, base64 (standard and URL-safe, padded
+/// or not: some services decode and re-encode), percent-encoded and
+/// JSON-escaped. Whatever the key's shape, its value is known here, so
+/// nothing depends on it looking like a key. The forms are zeroized on drop.
+#[derive(Default)]
+pub struct KeyScrubber {
+    forms: Vec<zeroize::Zeroizing<Vec<u8>>>,
+}
+
+/// Shortest form searched for: a shorter "key" would match ordinary text.
+const MIN_SCRUBBED_LEN: usize = 8;
+
+impl KeyScrubber {
+    /// A scrubber for `keys` (the credentials of one upstream call).
+    pub fn new<'k>(keys: impl IntoIterator<Item = &'k ApiKey>) -> Self {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        let mut forms: Vec<zeroize::Zeroizing<Vec<u8>>> = Vec::new();
+        let mut add = |form: Vec<u8>| {
+            let form = zeroize::Zeroizing::new(form);
+            if form.len() >= MIN_SCRUBBED_LEN && !forms.contains(&form) {
+                forms.push(form);
+            }
+        };
+        for key in keys {
+            let raw = key.expose().as_bytes();
+            add(raw.to_vec());
+            for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                add(engine.encode(raw).into_bytes());
+            }
+            add(percent_encoded(raw));
+            if let Ok(json) = serde_json::to_string(key.expose()) {
+                add(json.as_bytes()[1..json.len() - 1].to_vec());
+            }
+        }
+        // Longest first: a form that contains another is replaced whole.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        Self { forms }
+    }
+
+    fn contains_any(&self, haystack: &[u8]) -> bool {
+        self.forms
+            .iter()
+            .any(|f| memchr::memmem::find(haystack, f.as_slice()).is_some())
+    }
+
+    /// `bytes` with every form replaced by [`REDACTED`]; the same buffer,
+    /// uncopied, when none occurs (the common case).
+    pub fn scrub_bytes(&self, bytes: bytes::Bytes) -> bytes::Bytes {
+        if !self.contains_any(&bytes) {
+            return bytes;
+        }
+        let mut out = bytes.to_vec();
+        for form in &self.forms {
+            out = replace_all(&out, form.as_slice());
+        }
+        bytes::Bytes::from(out)
+    }
+
+    /// `text` with every form replaced by [`REDACTED`].
+    pub fn scrub_text<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        if !self.contains_any(text.as_bytes()) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let scrubbed = self.scrub_bytes(bytes::Bytes::copy_from_slice(text.as_bytes()));
+        std::borrow::Cow::Owned(String::from_utf8_lossy(&scrubbed).into_owned())
+    }
+}
+
+impl std::fmt::Debug for KeyScrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyScrubber({} forms)", self.forms.len())
+    }
+}
+
+fn replace_all(haystack: &[u8], needle: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(at) = memchr::memmem::find(rest, needle) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        rest = &rest[at + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// Every byte but unreserved ASCII as `%XX` (RFC 3986).
+fn percent_encoded(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for &b in raw {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// [`redact`] after removing the exact credentials of `scrubber`, so a key
+/// of any shape is gone before the cut to [`MAX_MESSAGE_CHARS`].
+pub fn redact_known(text: &str, scrubber: &KeyScrubber) -> String {
+    redact(&scrubber.scrub_text(text))
+}
 
 /// `text` with every key-shaped token replaced by [`REDACTED`], cut to
 /// [`MAX_MESSAGE_CHARS`]. A token is key-shaped if it starts with a known key
