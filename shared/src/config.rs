@@ -28,6 +28,8 @@ pub struct Config {
     /// Base64 of the 32-byte master key; else one is generated into `data_dir`.
     pub master_key: Option<SecretString>,
     pub listen: SocketAddr,
+    /// How byok-local treats slow, idle and numerous clients.
+    pub connections: ConnectionLimits,
     /// HS256 secret that signs user tokens (byok-local: generated if unset).
     pub jwt_secret: Option<SecretString>,
     pub jwt_issuer: Option<String>,
@@ -207,6 +209,32 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// byok-local's bounds on clients, so slow or idle ones cannot hold the
+/// server: how long a request head may take (the same bound closes a
+/// kept-alive connection that sends no next request within it: the idle
+/// timeout), how long a whole request body may take, and how many
+/// connections are served at once (more wait in the listen backlog).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `BYOK_HEADER_TIMEOUT_SECS` (default 10): a request head, and the
+    /// wait for the next request on a kept-alive connection.
+    pub header_timeout: Duration,
+    /// `BYOK_BODY_TIMEOUT_SECS` (default 30).
+    pub body_timeout: Duration,
+    /// `BYOK_MAX_CONNECTIONS` (default 1024).
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
 /// Tokens a budget reserves for the answer when a request names no `max_tokens`.
 pub const DEFAULT_RESERVE_TOKENS: u64 = 4_096;
 /// How long an unsettled budget reservation counts.
@@ -269,6 +297,36 @@ impl Config {
                     expected: "a whole number",
                 }),
             }
+        };
+        let limits = ConnectionLimits::default();
+        let positive_secs =
+            |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+                match get(name) {
+                    None => Ok(default),
+                    Some(v) => v
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                        .map(Duration::from_secs_f64)
+                        .ok_or(ConfigError::Invalid {
+                            name,
+                            expected: "a number of seconds above 0, at most 86400",
+                        }),
+                }
+            };
+        let connections = ConnectionLimits {
+            header_timeout: positive_secs("BYOK_HEADER_TIMEOUT_SECS", limits.header_timeout)?,
+            body_timeout: positive_secs("BYOK_BODY_TIMEOUT_SECS", limits.body_timeout)?,
+            max_connections: match number("BYOK_MAX_CONNECTIONS", 1024)? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "BYOK_MAX_CONNECTIONS",
+                        expected: "a whole number above 0",
+                    });
+                }
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
         };
         let per_minute = |name: &'static str, default: u32| -> Result<Option<u32>, ConfigError> {
             let n = match get(name) {
@@ -500,6 +558,7 @@ impl Config {
             data_dir: get("BYOK_DATA_DIR").map_or_else(|| DEFAULT_DATA_DIR.into(), PathBuf::from),
             master_key: get("BYOK_MASTER_KEY").map(SecretString::from),
             listen,
+            connections,
             jwt_secret: get("BYOK_JWT_SECRET").map(SecretString::from),
             jwt_issuer: get("BYOK_JWT_ISSUER"),
             jwt_audience: get("BYOK_JWT_AUDIENCE"),

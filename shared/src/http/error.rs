@@ -29,6 +29,8 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    /// The request body did not arrive in time (byok-local).
+    RequestTimeout,
     InvalidKeyFormat,
     InvalidBaseUrl,
     /// A label shaped like a key (stored in clear, so refused).
@@ -46,7 +48,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
         ErrorCode::Unauthorized,
@@ -58,6 +60,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::InvalidKeyFormat,
         ErrorCode::InvalidBaseUrl,
         ErrorCode::InvalidLabel,
@@ -84,6 +87,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::InvalidKeyFormat => "invalid_key_format",
             ErrorCode::InvalidBaseUrl => "invalid_base_url",
             ErrorCode::InvalidLabel => "invalid_label",
@@ -130,6 +134,7 @@ impl ErrorCode {
             | ErrorCode::NotFound
             | ErrorCode::MethodNotAllowed
             | ErrorCode::PayloadTooLarge
+            | ErrorCode::RequestTimeout
             | ErrorCode::InvalidKeyFormat
             | ErrorCode::InvalidBaseUrl
             | ErrorCode::InvalidLabel
@@ -149,6 +154,7 @@ impl ErrorCode {
             ErrorCode::RotationPending => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::InvalidKeyFormat | ErrorCode::InvalidBaseUrl | ErrorCode::InvalidLabel => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

@@ -9,6 +9,7 @@
 
 mod catalog;
 mod cli;
+mod connections;
 mod master_key;
 mod serve;
 

@@ -15,17 +15,14 @@ pub(super) async fn serve(config: Config, out: &mut dyn Write) -> Result<(), Loc
     let addr = listener.local_addr()?;
     write_banner(out, &config, addr, &secret)?;
     tracing::info!(%addr, "byok-local listening");
-    // Small SSE events must leave at once: without TCP_NODELAY, Nagle's
-    // algorithm holds them until the client's delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "TCP_NODELAY not set");
-        }
-    });
     let completions = state.completions.clone();
-    axum::serve(listener, crate::http::local_router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    super::connections::serve(
+        listener,
+        crate::http::local_router(state),
+        config.connections,
+        shutdown_signal(),
+    )
+    .await;
     // Usage of clients that went away is still being written: finish it.
     if !completions.settle_usage(USAGE_SETTLE_LIMIT).await {
         tracing::warn!("some usage records were still being written at exit");
