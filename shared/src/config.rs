@@ -298,36 +298,6 @@ impl Config {
                 }),
             }
         };
-        let limits = ConnectionLimits::default();
-        let positive_secs =
-            |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-                match get(name) {
-                    None => Ok(default),
-                    Some(v) => v
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-                        .map(Duration::from_secs_f64)
-                        .ok_or(ConfigError::Invalid {
-                            name,
-                            expected: "a number of seconds above 0, at most 86400",
-                        }),
-                }
-            };
-        let connections = ConnectionLimits {
-            header_timeout: positive_secs("BYOK_HEADER_TIMEOUT_SECS", limits.header_timeout)?,
-            body_timeout: positive_secs("BYOK_BODY_TIMEOUT_SECS", limits.body_timeout)?,
-            max_connections: match number("BYOK_MAX_CONNECTIONS", 1024)? {
-                0 => {
-                    return Err(ConfigError::Invalid {
-                        name: "BYOK_MAX_CONNECTIONS",
-                        expected: "a whole number above 0",
-                    });
-                }
-                n => usize::try_from(n).unwrap_or(usize::MAX),
-            },
-        };
         let per_minute = |name: &'static str, default: u32| -> Result<Option<u32>, ConfigError> {
             let n = match get(name) {
                 None => default,
@@ -467,6 +437,20 @@ impl Config {
                         expected: "a number of seconds above 0 (fractions allowed)",
                     }),
             }
+        };
+        let limits = ConnectionLimits::default();
+        let connections = ConnectionLimits {
+            header_timeout: seconds("BYOK_HEADER_TIMEOUT_SECS", limits.header_timeout)?,
+            body_timeout: seconds("BYOK_BODY_TIMEOUT_SECS", limits.body_timeout)?,
+            max_connections: match number("BYOK_MAX_CONNECTIONS", 1024)? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "BYOK_MAX_CONNECTIONS",
+                        expected: "a whole number above 0",
+                    });
+                }
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
         };
         let validate_timeout = seconds("BYOK_VALIDATE_TIMEOUT_SECS", DEFAULT_VALIDATE_TIMEOUT)?;
         let defaults = UpstreamTimeouts::default();
