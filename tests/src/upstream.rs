@@ -313,6 +313,31 @@ impl Shared {
     }
 }
 
+/// Bodies above this are read field by field ([`shallow_json`]).
+const LARGE_BODY: usize = 4 * 1024 * 1024;
+
+/// A large JSON object with each top-level field above 1 MiB replaced by a
+/// note of its size: the stand-in answers from `model` and `messages`, and
+/// a tree of ten million padding values would cost it gigabytes.
+fn shallow_json(body: &[u8]) -> Value {
+    type Fields = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+    let Ok(fields) = serde_json::from_slice::<Fields>(body) else {
+        return Value::String(format!("<{} bytes, not a JSON object>", body.len()));
+    };
+    let map = fields
+        .into_iter()
+        .map(|(key, raw)| {
+            let value = if raw.get().len() > 1024 * 1024 {
+                Value::String(format!("<{} bytes>", raw.get().len()))
+            } else {
+                serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+            };
+            (key, value)
+        })
+        .collect();
+    Value::Object(map)
+}
+
 fn default_accepts(key: &str) -> bool {
     KNOWN_KEY_PREFIXES.iter().any(|p| key.starts_with(p)) && !key.contains("bad")
 }
@@ -338,8 +363,10 @@ impl StandIn {
             stop,
             seq: AtomicU64::new(0),
         });
+        // Providers take large requests (long contexts).
         let app = Router::new()
             .fallback(handle)
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(Arc::clone(&shared));
         let on_stop = Arc::clone(&shared);
         let server = tokio::spawn(async move {
@@ -630,6 +657,8 @@ async fn serve(
     let (key, key_in_right_header) = credential(upstream, headers);
     let json_body = if body.is_empty() {
         Value::Null
+    } else if body.len() > LARGE_BODY {
+        shallow_json(body)
     } else {
         serde_json::from_slice(body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))

@@ -9,33 +9,19 @@
 //! messages' text (no walk over the text itself on the request path) plus a
 //! few tokens of framing per message.
 
-use serde_json::{Map, Value};
-
 /// Characters per token assumed by the estimate.
 const CHARS_PER_TOKEN: u64 = 4;
 
 /// Framing tokens assumed per message (role, separators).
 const TOKENS_PER_MESSAGE: u64 = 3;
 
-/// The estimated prompt tokens of a chat request body.
-pub(crate) fn prompt_tokens(body: &Map<String, Value>) -> u64 {
-    let Some(Value::Array(messages)) = body.get("messages") else {
-        return 0;
-    };
-    let chars: u64 = messages.iter().map(text_chars).sum();
-    let framing = TOKENS_PER_MESSAGE.saturating_mul(messages.len() as u64);
-    chars.div_ceil(CHARS_PER_TOKEN).saturating_add(framing)
-}
-
-/// UTF-8 bytes of every string inside `value` (message text, content parts,
-/// tool call arguments).
-fn text_chars(value: &Value) -> u64 {
-    match value {
-        Value::String(s) => s.len() as u64,
-        Value::Array(items) => items.iter().map(text_chars).sum(),
-        Value::Object(map) => map.values().map(text_chars).sum(),
-        _ => 0,
-    }
+/// The estimated prompt tokens of a chat request whose `messages` hold
+/// `text_bytes` UTF-8 bytes of strings (message text, content parts, tool
+/// call arguments: [`crate::providers::raw_object::JsonStats`]) in
+/// `messages` messages.
+pub(crate) fn prompt_tokens(text_bytes: u64, messages: u64) -> u64 {
+    let framing = TOKENS_PER_MESSAGE.saturating_mul(messages);
+    text_bytes.div_ceil(CHARS_PER_TOKEN).saturating_add(framing)
 }
 
 /// Follows the OpenAI-shaped bytes sent to a client and counts the text of
@@ -157,15 +143,16 @@ mod tests {
 
     #[test]
     fn estimates_prompts_from_message_text() {
-        let body = json!({"messages": [
+        let messages = json!([
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": [{"type": "text", "text": "Say hello."}]}
-        ]});
-        let Value::Object(body) = body else {
-            unreachable!()
-        };
+        ]);
+        let stats = crate::providers::raw_object::JsonStats::of(&messages.to_string()).unwrap();
         // Strings: "system", "Be brief.", "user", "text", "Say hello." = 33 chars.
-        assert_eq!(prompt_tokens(&body), 33u64.div_ceil(4) + 6);
-        assert_eq!(prompt_tokens(&Map::new()), 0);
+        assert_eq!(
+            prompt_tokens(stats.string_bytes, stats.array_len.unwrap()),
+            33u64.div_ceil(4) + 6
+        );
+        assert_eq!(prompt_tokens(0, 0), 0);
     }
 }

@@ -23,6 +23,7 @@ use usage::{PendingWrites, UsageMeter};
 
 use crate::budget::{BudgetError, BudgetService, BudgetStatus};
 use crate::domain::{ApiKey, ModelId, Service, WireApi};
+use crate::providers::raw_object::{JsonStats, RawObject};
 use crate::providers::{anthropic, openai};
 use crate::resolve::{
     BaseUrlSource, CredentialSource, Resolution, ResolutionPath, ResolveError, Resolver, choose,
@@ -33,7 +34,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
 use relay::{Decoded, Decoder, Relay};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -143,7 +144,8 @@ pub struct CompletionService {
 
 /// The parts of a chat request the gateway reads; the rest passes through.
 struct ChatRequest {
-    body: Map<String, Value>,
+    /// The client's bytes, fields located but not parsed.
+    body: RawObject,
     model: ModelId,
     /// The model string as the client sent it (echoed in translated answers).
     requested: String,
@@ -306,6 +308,16 @@ impl CompletionService {
         ctx: &RequestContext,
         body: &[u8],
     ) -> Result<Completion, CompletionFailure> {
+        self.complete_bytes(ctx, Bytes::copy_from_slice(body)).await
+    }
+
+    /// [`Self::complete`] on a body the caller already owns (no copy: the
+    /// request is kept as these bytes, never as a JSON tree).
+    pub async fn complete_bytes(
+        &self,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<Completion, CompletionFailure> {
         let started = Instant::now();
         let user = &ctx.user;
         let request = parse_request(body)?;
@@ -328,7 +340,6 @@ impl CompletionService {
         let mut rate = None;
         let mut budget = None;
         let mut team_counted = false;
-        let mut request = request;
         let mut first_failure: Option<CompletionFailure> = None;
         let last = candidates.len() - 1;
         for (i, (resolution, fallback)) in candidates.into_iter().enumerate() {
@@ -390,10 +401,7 @@ impl CompletionService {
                 }
             }
             let Some(meter) = meter else { continue };
-            match self
-                .attempt(&resolution, &mut request, i == last, meter)
-                .await
-            {
+            match self.attempt(&resolution, &request, meter).await {
                 Ok(body) => {
                     return Ok(Completion {
                         route,
@@ -483,8 +491,7 @@ impl CompletionService {
     async fn attempt(
         &self,
         resolution: &Resolution,
-        request: &mut ChatRequest,
-        last: bool,
+        request: &ChatRequest,
         mut meter: UsageMeter,
     ) -> Result<CompletionBody, (CompletionError, Option<Box<UsageMeter>>)> {
         let service = resolution.provider;
@@ -496,7 +503,7 @@ impl CompletionService {
                 return Err((e, None));
             }
         };
-        let (upstream_body, decoder) = match upstream_request(request, resolution, last) {
+        let (upstream_body, decoder) = match upstream_request(request, resolution) {
             Ok(prepared) => prepared,
             Err(e) => {
                 meter.abandon();
@@ -623,39 +630,43 @@ impl CompletionService {
 
 /// The upstream body and, for streams, the decoder of its answer.
 fn upstream_request(
-    request: &mut ChatRequest,
+    request: &ChatRequest,
     resolution: &Resolution,
-    last: bool,
-) -> Result<(Bytes, Option<Decoder>), CompletionError> {
+) -> Result<(reqwest::Body, Option<Decoder>), CompletionError> {
     match resolution.provider.wire_api() {
         WireApi::OpenAiCompatible => {
-            // The last attempt may consume the body; earlier ones work on a copy.
-            let mut body = if last {
-                std::mem::take(&mut request.body)
-            } else {
-                request.body.clone()
-            };
+            // Each attempt rewrites its own copy of the field list; the
+            // bytes are shared.
+            let mut body = request.body.clone();
             let prepared =
                 openai::prepare_request(&mut body, &resolution.upstream_model, request.stream);
-            let bytes = serde_json::to_vec(&body).map_err(|_| {
-                CompletionError::InvalidRequest("the request could not be encoded".into())
-            })?;
+            let upstream_body =
+                reqwest::Body::wrap(upstream::PiecewiseBody::new(body.to_segments()));
             let decoder = request
                 .stream
                 .then(|| Decoder::pass_through(openai::PassThrough::new(prepared)));
-            Ok((Bytes::from(bytes), decoder))
+            Ok((upstream_body, decoder))
         }
         WireApi::AnthropicMessages => {
-            let openai_body = Value::Object(std::mem::take(&mut request.body));
+            // Translation needs a tree: bounded, so a body of many tiny
+            // values cannot cost twenty times its size.
+            let values = request.body.stats().map_or(u64::MAX, |s| s.values);
+            if values > MAX_TRANSLATED_VALUES {
+                return Err(CompletionError::InvalidRequest(format!(
+                    "the request holds {values} JSON values; at most {MAX_TRANSLATED_VALUES} are translated for {}",
+                    resolution.provider.display_name()
+                )));
+            }
+            let openai_body = request.body.to_value().map_err(|_| {
+                CompletionError::InvalidRequest("request body is not valid JSON".into())
+            })?;
             let translated = anthropic::to_messages_request(
                 &openai_body,
                 &resolution.upstream_model,
                 request.stream,
             );
             let include_usage = anthropic::stream_include_usage(&openai_body);
-            if let Value::Object(body) = openai_body {
-                request.body = body;
-            }
+            drop(openai_body);
             let translated =
                 translated.map_err(|e| CompletionError::InvalidRequest(e.to_string()))?;
             let decoder = request.stream.then(|| {
@@ -665,40 +676,46 @@ fn upstream_request(
                     include_usage,
                 ))
             });
-            Ok((Bytes::from(translated.to_string()), decoder))
+            Ok((reqwest::Body::from(translated.to_string()), decoder))
         }
     }
 }
 
+/// Most JSON values a request may hold when it must be translated (a tree
+/// is built): about 10–20 MB of tree at most.
+const MAX_TRANSLATED_VALUES: u64 = 200_000;
+
 /// Reads the request's JSON: an object with a string `model`, an array
-/// `messages` and an optional boolean `stream`; everything else passes.
-fn parse_request(body: &[u8]) -> Result<ChatRequest, CompletionError> {
+/// `messages` and an optional boolean `stream`; everything else passes,
+/// unparsed. No JSON tree is built.
+fn parse_request(body: Bytes) -> Result<ChatRequest, CompletionError> {
     let invalid = |m: &str| CompletionError::InvalidRequest(m.to_owned());
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(invalid("request body must be a JSON object"));
-    }
-    let body: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|_| invalid("request body is not valid JSON"))?;
-    let requested = match body.get("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+    let body =
+        RawObject::parse(body).map_err(|e| CompletionError::InvalidRequest(e.to_string()))?;
+    let requested = match body.get::<String>("model") {
+        Some(Ok(m)) if !m.trim().is_empty() => m,
         Some(_) => return Err(invalid("model must be a non-empty string")),
         None => return Err(invalid("model is required")),
     };
-    match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => {}
-        Some(_) => return Err(invalid("messages must be a non-empty array")),
-        None => return Err(invalid("messages is required")),
-    }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("stream must be a boolean")),
+    let messages = body
+        .raw("messages")
+        .ok_or_else(|| invalid("messages is required"))?;
+    let messages =
+        JsonStats::of(messages).map_err(|_| invalid("messages must be a non-empty array"))?;
+    let message_count = match messages.array_len {
+        Some(n) if n > 0 => n,
+        _ => return Err(invalid("messages must be a non-empty array")),
+    };
+    let stream = match body.get::<Option<bool>>("stream") {
+        None | Some(Ok(None)) => false,
+        Some(Ok(Some(b))) => b,
+        Some(Err(_)) => return Err(invalid("stream must be a boolean")),
     };
     let model = ModelId::parse(&requested).map_err(|e| CompletionError::Resolve(e.into()))?;
-    let prompt_estimate = estimate::prompt_tokens(&body);
+    let prompt_estimate = estimate::prompt_tokens(messages.string_bytes, message_count);
     let max_output = ["max_completion_tokens", "max_tokens"]
         .iter()
-        .find_map(|field| body.get(*field).and_then(Value::as_u64));
+        .find_map(|field| body.get::<u64>(field).and_then(Result::ok));
     Ok(ChatRequest {
         body,
         model,

@@ -11,10 +11,10 @@ use crate::budget::BudgetStatus;
 use crate::completion::{CompletionBody, RateStatus, RequestContext, Route};
 use crate::store::PaidBy;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, header};
 use std::convert::Infallible;
 
 const PATH_HEADER: HeaderName = HeaderName::from_static("x-byok-path");
@@ -28,22 +28,52 @@ const RESET_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-reset-requ
 const BUDGET_REMAINING_HEADER: HeaderName = HeaderName::from_static("x-byok-budget-remaining");
 const BUDGET_TYPE_HEADER: HeaderName = HeaderName::from_static("x-byok-budget-type");
 
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// The request body in one buffer sized from `Content-Length` up front:
+/// one copy of a large body, never the frames and their concatenation side
+/// by side (a 20 MiB body costs 20 MiB, not 40).
+async fn read_body(req: Request, limit: usize) -> Result<Bytes, BodyError> {
+    use futures_util::StreamExt as _;
+    let announced = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut buffer = bytes::BytesMut::with_capacity(announced.unwrap_or(0));
+    let mut frames = req.into_body().into_data_stream();
+    while let Some(frame) = frames.next().await {
+        let data = frame.map_err(|_| BodyError::Unreadable)?;
+        if buffer.len() + data.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(buffer.freeze())
+}
+
 pub(super) async fn complete(
     State(state): State<AppState>,
     Caller(caller): Caller,
     request_id: RequestId,
     req: Request,
 ) -> Response {
-    let body = match Bytes::from_request(req, &state).await {
+    let body = match read_body(req, crate::completion::BODY_LIMIT).await {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Err(BodyError::TooLarge) => {
             return ApiError::new(
                 ErrorCode::PayloadTooLarge,
                 "request body is larger than 20 MiB",
             )
             .into_response();
         }
-        Err(_) => {
+        Err(BodyError::Unreadable) => {
             return ApiError::new(ErrorCode::InvalidRequest, "request body could not be read")
                 .into_response();
         }
@@ -53,7 +83,7 @@ pub(super) async fn complete(
         tenant: caller.tenant,
         request_id: request_id.as_str().to_owned(),
     };
-    match state.completions.complete(&ctx, &body).await {
+    match state.completions.complete_bytes(&ctx, body).await {
         Ok(completion) => {
             let mut response = match completion.body {
                 CompletionBody::Json { json, recorded } => {

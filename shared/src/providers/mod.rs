@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod openai;
+pub mod raw_object;
 pub mod sse;
 
 /// Tokens an upstream reported for one request.

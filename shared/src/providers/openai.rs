@@ -5,9 +5,10 @@
 //! read and kept from a client that did not ask for it.
 
 use super::Usage;
+use super::raw_object::RawObject;
 use super::sse::RawEvent;
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// What the request rewrite decided, for the stream that answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,25 +20,22 @@ pub struct Prepared {
 /// Rewrites a client's chat request for the upstream: the model id it
 /// expects and, for streams, `stream_options.include_usage` so usage can be
 /// recorded. Every other field passes untouched.
-pub fn prepare_request(
-    body: &mut Map<String, Value>,
-    upstream_model: &str,
-    stream: bool,
-) -> Prepared {
-    body.insert("model".into(), Value::from(upstream_model));
-    let client_wants_usage = body
-        .get("stream_options")
+pub fn prepare_request(body: &mut RawObject, upstream_model: &str, stream: bool) -> Prepared {
+    body.set("model", Value::from(upstream_model).to_string());
+    // Its fields stay unparsed: only `include_usage` is read or added.
+    type Options = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+    let options: Option<Options> = body.get::<Options>("stream_options").and_then(Result::ok);
+    let client_wants_usage = options
+        .as_ref()
         .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+        .is_some_and(|v| v.get() == "true");
     if stream && !client_wants_usage {
-        let options = body
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(options) = options {
-            options.insert("include_usage".into(), Value::Bool(true));
-        } else {
-            *options = serde_json::json!({ "include_usage": true });
+        let mut options = options.unwrap_or_default();
+        if let Ok(yes) = serde_json::value::RawValue::from_string("true".to_owned()) {
+            options.insert("include_usage".into(), yes);
+        }
+        if let Ok(json) = serde_json::to_string(&options) {
+            body.set("stream_options", json);
         }
     }
     Prepared { client_wants_usage }
@@ -134,11 +132,12 @@ mod tests {
     use crate::providers::sse::EventSplitter;
     use serde_json::json;
 
-    fn object(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => unreachable!("an object"),
-        }
+    fn object(v: Value) -> RawObject {
+        RawObject::parse(Bytes::from(v.to_string())).expect("an object")
+    }
+
+    fn field(body: &RawObject, key: &str) -> Value {
+        body.get(key).map_or(Value::Null, |v| v.expect("JSON"))
     }
 
     #[test]
@@ -148,9 +147,12 @@ mod tests {
         );
         let p = prepare_request(&mut body, "openai/gpt-4o", true);
         assert!(!p.client_wants_usage);
-        assert_eq!(body["model"], "openai/gpt-4o");
-        assert_eq!(body["stream_options"], json!({"include_usage": true}));
-        assert_eq!(body["x_unknown"], json!({"a": 1}));
+        assert_eq!(field(&body, "model"), "openai/gpt-4o");
+        assert_eq!(
+            field(&body, "stream_options"),
+            json!({"include_usage": true})
+        );
+        assert_eq!(field(&body, "x_unknown"), json!({"a": 1}));
 
         let mut asked = object(
             json!({"model": "m", "stream": true, "stream_options": {"include_usage": true}}),
@@ -159,7 +161,7 @@ mod tests {
 
         let mut plain = object(json!({"model": "m"}));
         prepare_request(&mut plain, "m2", false);
-        assert!(plain.get("stream_options").is_none());
+        assert!(plain.raw("stream_options").is_none());
     }
 
     fn run(stream: &str, wants: bool) -> (String, Option<Usage>) {

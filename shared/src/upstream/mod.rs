@@ -156,13 +156,56 @@ impl Resolve for PublicOnlyResolver {
     }
 }
 
+/// A request body sent as its pieces, with its exact length (so it goes
+/// out with `Content-Length`, not chunked): a rewritten request shares the
+/// client's bytes instead of copying them.
+#[derive(Debug)]
+pub struct PiecewiseBody {
+    pieces: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl PiecewiseBody {
+    pub fn new(pieces: Vec<Bytes>) -> Self {
+        let remaining = pieces.iter().map(|p| p.len() as u64).sum();
+        Self {
+            pieces: pieces.into_iter().filter(|p| !p.is_empty()).collect(),
+            remaining,
+        }
+    }
+}
+
+impl http_body::Body for PiecewiseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.pieces.pop_front();
+        if let Some(piece) = &next {
+            self.remaining -= piece.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|piece| Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
 /// The HTTP request for one upstream call.
 pub fn build_request(
     client: &reqwest::Client,
     service: Service,
     base_url: &str,
     key: &ApiKey,
-    body: Bytes,
+    body: reqwest::Body,
 ) -> reqwest::RequestBuilder {
     let path = match service.wire_api() {
         WireApi::OpenAiCompatible => "/chat/completions",
