@@ -60,6 +60,8 @@
 //! - [`app`]: the composition root shared by every binary: config → stores → state.
 //! - [`local`]: the `byok-local` command line (serve, token, …).
 //! - `lambda` (feature `lambda`): running routers as Lambda functions.
+//! - `fuzz` (tests only): property tests over every reader of untrusted
+//!   input.
 
 pub mod app;
 pub mod audit;
@@ -71,6 +73,8 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod events;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod keys;
 #[cfg(feature = "lambda")]

@@ -104,23 +104,7 @@ impl RawObject {
     /// The object as JSON bytes: unchanged fields exactly as received, in
     /// their order, then fields added since.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + 64);
-        out.push(b'{');
-        for (i, field) in self.fields.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            // A String always serializes.
-            out.extend_from_slice(
-                serde_json::to_string(&field.key)
-                    .unwrap_or_default()
-                    .as_bytes(),
-            );
-            out.push(b':');
-            out.extend_from_slice(self.raw(&field.key).unwrap_or("null").as_bytes());
-        }
-        out.push(b'}');
-        out
+        self.to_segments().concat()
     }
 
     /// [`Self::to_bytes`] as pieces: unchanged values are slices of the
@@ -298,8 +282,10 @@ mod tests {
             String::from_utf8(obj.to_bytes()).unwrap(),
             r#"{"stream":true,"model":"openai/gpt-4o","x":{"a":[1, 2]},"mé":"é","stream_options":{"include_usage":true}}"#
         );
-        let joined: Vec<u8> = obj.to_segments().concat();
-        assert_eq!(joined, obj.to_bytes());
+        assert!(
+            obj.to_segments().len() > 1,
+            "unchanged values are shared slices"
+        );
         let value = obj.to_value().unwrap();
         assert_eq!(value["x"]["a"][1], 2);
     }

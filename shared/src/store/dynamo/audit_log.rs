@@ -4,7 +4,7 @@
 use super::*;
 
 /// An audit item of `user` as an event.
-fn audit_from_item(user: &UserId, item: &Item) -> Result<AuditEvent, StoreError> {
+pub(super) fn audit_from_item(user: &UserId, item: &Item) -> Result<AuditEvent, StoreError> {
     let a = Attrs {
         item,
         kind: "audit",

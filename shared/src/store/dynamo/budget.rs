@@ -77,7 +77,7 @@ fn item_of(r: &BudgetRecord) -> Result<Item, StoreError> {
     Ok(item)
 }
 
-fn record_of(item: &Item) -> Result<BudgetRecord, StoreError> {
+pub(super) fn record_of(item: &Item) -> Result<BudgetRecord, StoreError> {
     let a = Attrs {
         item,
         kind: "budget",

@@ -343,6 +343,20 @@ fn conditional_put(
         Err(err) => Err(backend("PutItem", err)),
     }
 }
+/// Runs every item decoder on `item`, for the property tests
+/// (`crate::fuzz`): any shape may fail to decode, none may panic.
+#[cfg(test)]
+pub(crate) fn decode_any(item: &Item) {
+    let user = UserId::new("fuzz").unwrap_or_else(|| unreachable!("a valid id"));
+    let _ = keys::record_from_item(&user, item);
+    let _ = keys::settings_from_item(item);
+    let _ = audit_log::audit_from_item(&user, item);
+    let _ = usage::row_from_item(item, Some(&user));
+    let _ = usage::row_from_item(item, None);
+    let _ = usage::entry_from_item(&user, item);
+    let _ = budget::record_of(item);
+}
+
 #[cfg(test)]
 mod tests {
     use super::keys::{item_from_record, record_from_item};

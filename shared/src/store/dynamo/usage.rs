@@ -145,7 +145,7 @@ impl DynamoMetadataStore {
 }
 
 /// An aggregate item as a row; `user` when the item does not name one.
-fn row_from_item(item: &Item, user: Option<&UserId>) -> Result<UsageRow, StoreError> {
+pub(super) fn row_from_item(item: &Item, user: Option<&UserId>) -> Result<UsageRow, StoreError> {
     let a = Attrs {
         item,
         kind: "usage",
@@ -176,7 +176,7 @@ fn row_from_item(item: &Item, user: Option<&UserId>) -> Result<UsageRow, StoreEr
 }
 
 /// A raw entry item as an entry.
-fn entry_from_item(user: &UserId, item: &Item) -> Result<UsageEntry, StoreError> {
+pub(super) fn entry_from_item(user: &UserId, item: &Item) -> Result<UsageEntry, StoreError> {
     let a = Attrs {
         item,
         kind: "usage request",
