@@ -32,6 +32,7 @@ pub(super) struct BudgetBody {
     limit: serde_json::Number,
     #[serde(default)]
     pause_at_limit: bool,
+    #[serde(default, deserialize_with = "super::extract::not_null")]
     alert_thresholds: Option<Vec<serde_json::Value>>,
 }
 

@@ -146,14 +146,25 @@ fn shape_message(serde_text: &str) -> String {
     "a field of the request body has the wrong type or value".to_owned()
 }
 
-/// The raw `cursor` and `limit` of a paged list's query string (empty
-/// values count as absent); the services check them.
+/// A body field that may be absent (`None`) but is never `null`
+/// (`#[serde(default, deserialize_with = "not_null")]`).
+pub(super) fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// The raw `cursor` and `limit` of a paged list's query string (an empty
+/// cursor counts as absent: the first page; an empty limit is a wrong
+/// limit); the services check them.
 pub(super) fn page_query(query: Option<String>) -> (Option<String>, Option<String>) {
     let (mut cursor, mut limit) = (None, None);
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "cursor" if !v.is_empty() => cursor = Some(v.into_owned()),
-            "limit" if !v.is_empty() => limit = Some(v.into_owned()),
+            "limit" => limit = Some(v.into_owned()),
             _ => {}
         }
     }

@@ -2,7 +2,7 @@
 //! Each extracts the caller and body, calls [`crate::keys::KeyService`] and
 //! shapes the answer; nothing else.
 
-use super::extract::{ApiJson, Caller, RequestId};
+use super::extract::{ApiJson, Caller, RequestId, not_null};
 use super::{ApiError, AppState, ErrorCode};
 use crate::domain::{ApiKey, KeyRecord, Service, UserBaseUrl, ValidationResult};
 use crate::keys::{KeyPatch, KeyUpsert, Upserted};
@@ -144,6 +144,7 @@ pub(super) struct KeyUpsertBody {
     api_key: ApiKey,
     #[serde(default, deserialize_with = "present")]
     base_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     label: Option<String>,
     /// Check the key with its provider before saving it (counts toward
     /// the validation limit; skipped when the limit is used up). A key the
@@ -249,7 +250,9 @@ pub(super) async fn list(
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct KeyPatchBody {
+    #[serde(default, deserialize_with = "not_null")]
     enabled: Option<bool>,
+    #[serde(default, deserialize_with = "not_null")]
     label: Option<String>,
 }
 

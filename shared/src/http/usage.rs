@@ -115,9 +115,10 @@ fn query(raw: Option<String>, allowed: &[GroupBy]) -> Result<UsageQuery, ApiErro
     let (mut from, mut to, mut group_by) = (None, None, None);
     for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
-            "from" if !v.is_empty() => from = Some(v.into_owned()),
-            "to" if !v.is_empty() => to = Some(v.into_owned()),
-            "groupBy" if !v.is_empty() => group_by = Some(v.into_owned()),
+            // Given empty is given wrong (a date or a grouping is required).
+            "from" => from = Some(v.into_owned()),
+            "to" => to = Some(v.into_owned()),
+            "groupBy" => group_by = Some(v.into_owned()),
             _ => {}
         }
     }
