@@ -78,11 +78,15 @@ pub fn url_host(raw: &str) -> Option<String> {
     })
 }
 
-/// Host names that never name a public host.
+/// Host names that never name a public host, and names with an empty label
+/// (`.example.com`, `a..b`), which name none at all.
 fn is_public_name(name: &str) -> bool {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     const PRIVATE_SUFFIXES: [&str; 5] = [".localhost", ".local", ".internal", ".lan", ".home.arpa"];
-    name.contains('.') && name != "localhost" && !PRIVATE_SUFFIXES.iter().any(|s| name.ends_with(s))
+    name.contains('.')
+        && name.split('.').all(|label| !label.is_empty())
+        && name != "localhost"
+        && !PRIVATE_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
 /// True for addresses on the public internet; false for loopback, private,
@@ -189,6 +193,8 @@ mod tests {
             ("https://[fd00:ec2::254]/v1", E::NonPublicHost),
             ("https://[fe80::1]/v1", E::NonPublicHost),
             ("https://[::127.0.0.1]/v1", E::NonPublicHost),
+            ("https://.a/@", E::NonPublicHost),
+            ("https://gw..example.com/v1", E::NonPublicHost),
             ("https://[::ffff:0:127.0.0.1]/v1", E::NonPublicHost),
             ("https://[2002:7f00:1::]/v1", E::NonPublicHost),
             ("https://[fec0::1]/v1", E::NonPublicHost),
