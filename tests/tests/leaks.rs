@@ -36,8 +36,11 @@ fn forms(key: &str) -> Vec<String> {
     vec![key.to_owned(), b64.encode(key), url.encode(key), percent]
 }
 
+/// A staged replacement, also odd-shaped.
+const NEXT_KEY: &str = "next:CANARY:odd+shape=key~0002";
+
 fn assert_clean(what: &str, text: &[u8]) {
-    for key in [TEAM_KEY, USER_KEY] {
+    for key in [TEAM_KEY, USER_KEY, NEXT_KEY] {
         for form in forms(key) {
             assert!(
                 !contains_bytes(text, form.as_bytes()),
@@ -79,6 +82,7 @@ async fn echoed_keys_of_any_shape_never_leak() {
         .await;
     assert!(consent.status.is_success(), "{}", consent.text);
 
+    stand_in.accept_keys([TEAM_KEY, USER_KEY, NEXT_KEY]);
     let mut answers: Vec<Answer> = vec![saved, consent];
     let chat = |stream: bool| {
         json!({
@@ -116,7 +120,7 @@ async fn echoed_keys_of_any_shape_never_leak() {
         own.post("/api/keys/validate", json!({"service": "gateway"}))
             .await,
     );
-    stand_in.accept_keys([TEAM_KEY]);
+    stand_in.accept_keys([TEAM_KEY, NEXT_KEY]);
     answers.push(
         own.post("/api/keys/validate", json!({"service": "gateway"}))
             .await,
@@ -129,11 +133,36 @@ async fn echoed_keys_of_any_shape_never_leak() {
         )
         .await,
     );
+    // Every other route a user calls, with the odd-shaped key stored.
+    for path in [
+        "/api/resolve?model=openai/gpt-4o-mini",
+        "/v1/models",
+        "/api/providers",
+        "/api/user-settings",
+        "/api/budget",
+        "/api/usage",
+    ] {
+        answers.push(own.get(path).await);
+        answers.push(team.get(path).await);
+    }
+    answers.push(
+        own.put("/api/keys/gateway/pending", json!({"apiKey": NEXT_KEY}))
+            .await,
+    );
+    answers.push(own.delete("/api/keys/gateway/pending").await);
+    answers.push(
+        own.patch("/api/keys/gateway", json!({"label": "renamed"}))
+            .await,
+    );
     answers.push(own.get("/api/keys").await);
     answers.push(own.get("/api/audit").await);
     answers.push(own.get("/api/usage/requests").await);
     answers.push(team.get("/api/usage/requests").await);
 
+    println!(
+        "leak canaries: 3 odd-shaped keys x 4 forms, {} responses (headers included), the trace log and the data directory: 0 found",
+        answers.len()
+    );
     for answer in &answers {
         assert_clean("a response", answer.text.as_bytes());
         for (name, value) in &answer.headers {
@@ -147,5 +176,159 @@ async fn echoed_keys_of_any_shape_never_leak() {
     for (path, bytes) in files_below(dir.path()) {
         assert_clean(&path.display().to_string(), &bytes);
     }
+    stand_in.shutdown().await;
+}
+
+/// Another user, with a valid token, tries every route against the first
+/// user's keys, usage and audit trail: nothing of theirs is ever listed,
+/// changed or used upstream, and admin routes stay closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_never_reaches_a_users_keys() {
+    const ALICE_KEYS: [(&str, &str); 3] = [
+        ("openai", "sk-proj-ALICEonly0000000000000000001"),
+        ("groq", "gsk_ALICEonly000000000000000000001"),
+        ("gateway", "alice:only:gateway:key:0001"),
+    ];
+    let stand_in = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        Mode::Embedded,
+        &stand_in,
+        dir.path(),
+        &[("BYOK_VALIDATE_PER_MINUTE", "1000")],
+    );
+    stand_in.accept_keys(ALICE_KEYS.map(|(_, key)| key));
+    let alice = Api::new(&server.base, Some(&server.token("alice", false)));
+    let mallory = Api::new(&server.base, Some(&server.token("mallory", false)));
+    for (service, key) in ALICE_KEYS {
+        let saved = alice
+            .post("/api/keys", json!({"service": service, "apiKey": key}))
+            .await;
+        assert_eq!(saved.status.as_u16(), 201, "{}", saved.text);
+    }
+    let chat =
+        json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        alice
+            .post("/v1/chat/completions", chat.clone())
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    let before = alice.get("/api/keys").await.json;
+    let upstream_before = stand_in.requests().len();
+
+    let mut attempts = 0;
+    let mut answers = Vec::new();
+    let services = [
+        "openai",
+        "groq",
+        "gateway",
+        "anthropic",
+        "alice",
+        "..%2Falice",
+        "openai%00",
+    ];
+    for service in services {
+        answers.push(
+            mallory
+                .patch(&format!("/api/keys/{service}"), json!({"enabled": false}))
+                .await,
+        );
+        answers.push(mallory.delete(&format!("/api/keys/{service}")).await);
+        answers.push(
+            mallory
+                .put(
+                    &format!("/api/keys/{service}/pending"),
+                    json!({"apiKey": "sk-proj-MALLORY000000000000000001"}),
+                )
+                .await,
+        );
+        answers.push(
+            mallory
+                .delete(&format!("/api/keys/{service}/pending"))
+                .await,
+        );
+        answers.push(
+            mallory
+                .post("/api/keys/validate", json!({"service": service}))
+                .await,
+        );
+        attempts += 5;
+    }
+    for model in [
+        "openai/gpt-4o-mini",
+        "groq/llama-3.1-8b-instant",
+        "gpt-4o",
+        "anthropic/claude-sonnet-4.5",
+    ] {
+        let chat = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        answers.push(mallory.post("/v1/chat/completions", chat).await);
+        answers.push(mallory.get(&format!("/api/resolve?model={model}")).await);
+        answers.push(
+            mallory
+                .post("/api/keys/validate", json!({"model": model}))
+                .await,
+        );
+        attempts += 3;
+    }
+    for path in [
+        "/api/keys",
+        "/api/audit",
+        "/api/usage",
+        "/api/usage/requests",
+        "/api/budget",
+        "/api/admin/usage",
+        "/api/admin/budgets",
+        "/api/admin/budgets/users/alice",
+        "/v1/models",
+    ] {
+        answers.push(mallory.get(path).await);
+        attempts += 1;
+    }
+    answers.push(
+        mallory
+            .put(
+                "/api/admin/budgets/users/alice",
+                json!({"type": "tokens", "period": "monthly", "limit": 1}),
+            )
+            .await,
+    );
+    answers.push(mallory.delete("/api/admin/budgets/users/alice").await);
+    attempts += 2;
+
+    for answer in &answers {
+        for (_, key) in ALICE_KEYS {
+            assert!(!answer.text.contains(key), "{}", answer.text);
+        }
+        assert!(!answer.text.contains("\"alice\""), "{}", answer.text);
+        assert!(answer.status.as_u16() != 500, "{}", answer.text);
+    }
+    assert_eq!(
+        mallory.get("/api/keys").await.json["keys"],
+        json!([]),
+        "mallory lists no keys"
+    );
+    let admin_only = answers.iter().filter(|a| a.status.as_u16() == 403).count();
+    assert!(admin_only >= 5, "admin routes closed");
+    // No upstream call used one of alice's keys for mallory.
+    let used: Vec<String> = stand_in.requests()[upstream_before..]
+        .iter()
+        .map(|r| r.key.clone())
+        .collect();
+    for (_, key) in ALICE_KEYS {
+        assert!(
+            !used.iter().any(|k| k == key),
+            "mallory's request went out with alice's key"
+        );
+    }
+    assert_eq!(
+        alice.get("/api/keys").await.json,
+        before,
+        "alice's keys unchanged"
+    );
+    println!("cross-user attempts: {attempts}, 0 reached alice's keys, usage or audit");
+    drop(server);
     stand_in.shutdown().await;
 }
