@@ -64,11 +64,19 @@ pub enum KeyError {
     Store(#[from] StoreError),
 }
 
+/// How many locks the writes of one process take turns on (keys hash to one).
+const WRITE_LOCKS: usize = 64;
+
 /// Key and settings operations for the signed-in user.
 pub struct KeyService {
     meta: Arc<dyn MetadataStore>,
     secrets: Arc<dyn SecretStore>,
     audit: Option<AuditLog>,
+    /// Writes of one key take turns within this process: a delete removes
+    /// the key's whole secret, so a create running beside it could write
+    /// its record over a secret the delete then removes. Conditional writes
+    /// settle every other race; this one needs the turns.
+    write_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl KeyService {
@@ -78,7 +86,19 @@ impl KeyService {
             meta,
             secrets,
             audit: None,
+            write_locks: (0..WRITE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The turn of `user`'s `service` key among this process's writes.
+    async fn write_turn(&self, user: &UserId, service: Service) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (user.as_str(), service.as_str()).hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % WRITE_LOCKS as u64).unwrap_or(0);
+        self.write_locks[stripe].lock().await
     }
 
     /// Records every change (added, replaced, enabled, disabled, updated,
@@ -114,6 +134,7 @@ impl KeyService {
         };
         let masked_key = mask_key(&req.api_key);
 
+        let _turn = self.write_turn(user, req.service).await;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -250,6 +271,7 @@ impl KeyService {
         service: Service,
         request_id: &str,
     ) -> Result<(), KeyError> {
+        let _turn = self.write_turn(user, service).await;
         self.meta
             .delete_key(user, service)
             .await?

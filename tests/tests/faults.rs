@@ -17,7 +17,11 @@ use byok::crypto::MasterKey;
 use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
 use byok::keys::{KeyPatch, KeyService, KeyUpsert};
 use byok::store::embedded::EmbeddedStore;
-use byok::store::{Expected, KeyPage, MetadataStore, SecretStore, StoreError, UserSnapshot};
+use byok::store::{
+    Amount, BudgetChange, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore,
+    BudgetTerms, BudgetUnit, Expected, KeyPage, MetadataStore, SecretStore, StoreError,
+    UserSnapshot,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -323,4 +327,122 @@ async fn fifty_concurrent_writes_to_one_key_end_in_a_serial_state() {
     }
     keys.upsert(&user, upsert(NEW_KEY), "after").await.unwrap();
     assert_eq!(stored_value(&store, &user).await.as_deref(), Some(NEW_KEY));
+}
+
+/// The embedded store's budgets, failing the `fail_at`-th budget call.
+struct FaultyBudgets {
+    inner: Arc<EmbeddedStore>,
+    calls: Faulty,
+}
+
+#[async_trait]
+impl BudgetStore for FaultyBudgets {
+    async fn get_budget(&self, scope: &BudgetScope) -> Result<Option<BudgetRecord>, StoreError> {
+        self.calls.step()?;
+        self.inner.get_budget(scope).await
+    }
+    async fn update_budget(
+        &self,
+        scope: &BudgetScope,
+        change: BudgetChange,
+    ) -> Result<Option<(BudgetRecord, BudgetRecord)>, StoreError> {
+        self.calls.step()?;
+        self.inner.update_budget(scope, change).await
+    }
+    async fn put_budget(
+        &self,
+        record: &BudgetRecord,
+        expected: Expected,
+    ) -> Result<(), StoreError> {
+        self.calls.step()?;
+        self.inner.put_budget(record, expected).await
+    }
+    async fn delete_budget(&self, scope: &BudgetScope) -> Result<Option<BudgetRecord>, StoreError> {
+        self.calls.step()?;
+        self.inner.delete_budget(scope).await
+    }
+    async fn list_budgets(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<BudgetPage, StoreError> {
+        self.calls.step()?;
+        self.inner.list_budgets(after, limit).await
+    }
+}
+
+/// Reserve, then settle, on a user's and a tenant's budget, with a failure
+/// at each budget call in turn: a failed reservation leaves no hold behind,
+/// a failed settlement leaves the hold to expire and charges nothing, and
+/// usage is never charged twice.
+#[tokio::test]
+async fn a_failure_at_any_budget_call_never_double_charges() {
+    use byok::budget::{Ask, BudgetService};
+    let user = UserId::new("budgeted").unwrap();
+    let tenant = byok::domain::TenantId::new("acme").unwrap();
+    let scopes = [
+        BudgetScope::User(user.clone()),
+        BudgetScope::Tenant(tenant.clone()),
+    ];
+    let ask = Ask {
+        tokens: 1_000,
+        nanos: Some(5_000),
+    };
+    let actual = Amount {
+        tokens: 300,
+        nanos: 1_500,
+    };
+    let terms = BudgetTerms {
+        unit: BudgetUnit::Tokens,
+        period: BudgetPeriod::Monthly,
+        limit: 100_000,
+        pause_at_limit: true,
+        alert_thresholds: vec![80],
+    };
+    let mut injected = 0;
+    // Calls of reserve (n in 1..=2) and of settle (n in 3..=4) when nothing fails.
+    for n in 1..=4 {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(EmbeddedStore::open(dir.path(), MasterKey::generate()).unwrap());
+        let store = Arc::new(FaultyBudgets {
+            inner: inner.clone(),
+            calls: Faulty::new(inner.clone()),
+        });
+        let budgets = BudgetService::new(
+            store.clone(),
+            Arc::new(byok::catalog::Catalog::builtin().unwrap()),
+            Arc::new(byok::events::LogSink),
+            byok::audit::AuditLog::new(inner.clone()),
+        );
+        for scope in &scopes {
+            budgets
+                .put(&user, scope, terms.clone(), "setup")
+                .await
+                .unwrap();
+        }
+        store.calls.arm(n);
+        injected += 1;
+        let reserved = budgets.reserve(&user, Some(&tenant), ask).await;
+        let holds = match reserved {
+            Ok(reservation) => reservation.holds,
+            Err(_) => Vec::new(),
+        };
+        budgets.settle(&holds, actual).await;
+        store.calls.arm(0);
+        for scope in &scopes {
+            let record = budgets.get(scope).await.unwrap();
+            let held: u64 = record.holds.iter().map(|h| h.amount.tokens).sum();
+            assert!(
+                record.used.tokens == 0 || record.used.tokens == actual.tokens,
+                "call {n} failing: {scope} used {} (charged twice?)",
+                record.used.tokens
+            );
+            assert!(
+                held == 0 || (held == ask.tokens && record.used.tokens == 0),
+                "call {n} failing: {scope} holds {held} with {} used",
+                record.used.tokens
+            );
+        }
+    }
+    println!("budget faults injected: {injected}");
 }
