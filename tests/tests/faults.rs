@@ -5,6 +5,8 @@
 //! record points at a missing secret, and the operation succeeds when tried
 //! again. Then 50 concurrent creates, replacements, toggles and deletes of
 //! one key end in a state some serial order of them could have produced.
+//! Budgets (reserve and settle) and every rotation step get the same
+//! treatment; a failed rotation step is retried, as Secrets Manager does.
 
 #![expect(
     clippy::unwrap_used,
@@ -13,15 +15,22 @@
 )]
 
 use async_trait::async_trait;
+use byok::completion::UpstreamClient;
+use byok::config::UpstreamTimeouts;
 use byok::crypto::MasterKey;
 use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
 use byok::keys::{KeyPatch, KeyService, KeyUpsert};
+use byok::resolve::{Resolver, TeamCredentials, Upstreams};
+use byok::rotation::{RotationService, Step};
 use byok::store::embedded::EmbeddedStore;
+use byok::store::rotation::{ListedSecret, RotationStore, SecretVersions};
 use byok::store::{
     Amount, BudgetChange, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore,
     BudgetTerms, BudgetUnit, Expected, KeyPage, MetadataStore, SecretStore, StoreError,
     UserSnapshot,
 };
+use byok::validate::ValidationService;
+use byok_tests::upstream::StandIn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -445,4 +454,190 @@ async fn a_failure_at_any_budget_call_never_double_charges() {
         }
     }
     println!("budget faults injected: {injected}");
+}
+
+/// The embedded store's staging labels, failing on the shared counter.
+struct FaultyRotation {
+    inner: Arc<EmbeddedStore>,
+    calls: Arc<Faulty>,
+}
+
+#[async_trait]
+impl RotationStore for FaultyRotation {
+    async fn stage(
+        &self,
+        user: &UserId,
+        service: Service,
+        key: &ApiKey,
+    ) -> Result<SecretRef, StoreError> {
+        self.calls.step()?;
+        self.inner.stage(user, service, key).await
+    }
+    async fn describe(&self, secret_id: &str) -> Result<SecretVersions, StoreError> {
+        self.calls.step()?;
+        self.inner.describe(secret_id).await
+    }
+    async fn put_pending(
+        &self,
+        secret_id: &str,
+        token: &str,
+        key: &ApiKey,
+    ) -> Result<(), StoreError> {
+        self.calls.step()?;
+        self.inner.put_pending(secret_id, token, key).await
+    }
+    async fn get_pending(&self, secret_id: &str, token: &str) -> Result<ApiKey, StoreError> {
+        self.calls.step()?;
+        self.inner.get_pending(secret_id, token).await
+    }
+    async fn promote(&self, secret_id: &str, token: &str) -> Result<(), StoreError> {
+        self.calls.step()?;
+        self.inner.promote(secret_id, token).await
+    }
+    async fn discard(
+        &self,
+        secret_id: &str,
+        token: Option<&str>,
+        staged: bool,
+    ) -> Result<(), StoreError> {
+        self.calls.step()?;
+        self.inner.discard(secret_id, token, staged).await
+    }
+    async fn list_secrets(&self) -> Result<Vec<ListedSecret>, StoreError> {
+        self.calls.step()?;
+        self.inner.list_secrets().await
+    }
+    async fn delete_by_id(&self, secret_id: &str) -> Result<(), StoreError> {
+        self.calls.step()?;
+        self.inner.delete_by_id(secret_id).await
+    }
+}
+
+/// A rotation service over `inner` whose every store call counts on one
+/// counter, checking keys against the provider stand-in.
+fn rotation_over(
+    inner: &Arc<EmbeddedStore>,
+    stand_in: &StandIn,
+) -> (Arc<RotationService>, Arc<Faulty>) {
+    let faulty = Arc::new(Faulty::new(inner.clone()));
+    let labels = Arc::new(FaultyRotation {
+        inner: inner.clone(),
+        calls: faulty.clone(),
+    });
+    let mut upstreams = Upstreams::default();
+    for (var, url) in stand_in.base_url_env() {
+        if let Some(service) = Service::ALL.into_iter().find(|s| s.base_url_env() == var) {
+            upstreams.set(service, url);
+        }
+    }
+    let resolver = Arc::new(Resolver::new(
+        faulty.clone(),
+        Arc::new(TeamCredentials::default()),
+        Arc::new(upstreams),
+    ));
+    let audit = byok::audit::AuditLog::new(inner.clone());
+    let validation = Arc::new(ValidationService::new(
+        resolver,
+        faulty.clone(),
+        faulty.clone(),
+        inner.clone(),
+        audit.clone(),
+        UpstreamClient::new(&UpstreamTimeouts::default()).unwrap(),
+        std::time::Duration::from_secs(5),
+        10_000,
+    ));
+    let rotation = Arc::new(RotationService::new(
+        faulty.clone(),
+        faulty.clone(),
+        labels,
+        validation,
+        audit,
+        Arc::new(byok::events::LogSink),
+    ));
+    (rotation, faulty)
+}
+
+/// A store holding `user`'s key with a replacement staged, and a rotation
+/// service over it; the key's record.
+async fn staged(
+    dir: &std::path::Path,
+    stand_in: &StandIn,
+    user: &UserId,
+) -> (
+    Arc<EmbeddedStore>,
+    Arc<RotationService>,
+    Arc<Faulty>,
+    KeyRecord,
+) {
+    let inner = Arc::new(EmbeddedStore::open(dir, MasterKey::generate()).unwrap());
+    let (rotation, faulty) = rotation_over(&inner, stand_in);
+    let keys = KeyService::new(inner.clone(), inner.clone());
+    keys.upsert(user, upsert(OLD_KEY), "setup").await.unwrap();
+    let record = inner.get_key(user, Service::Groq).await.unwrap().unwrap();
+    rotation
+        .stage(user, Service::Groq, &ApiKey::new(NEW_KEY), "setup")
+        .await
+        .unwrap();
+    (inner, rotation, faulty, record)
+}
+
+/// Each rotation step with a failure at each of its store calls, then
+/// retried as Secrets Manager retries a failed step: the rotation ends with
+/// the staged key current, and at no point does the record point at a
+/// secret version that cannot be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_at_any_rotation_step_is_recovered_by_retrying_it() {
+    const STEPS: [Step; 4] = [Step::Create, Step::Set, Step::Test, Step::Finish];
+    let stand_in = StandIn::start().await;
+    let user = UserId::new("rotating").unwrap();
+    let mut injected = 0;
+    for failing in STEPS {
+        // Store calls of the failing step when nothing fails.
+        let calls = {
+            let dir = tempfile::tempdir().unwrap();
+            let (_, rotation, faulty, record) = staged(dir.path(), &stand_in, &user).await;
+            let mut counted = 0;
+            for step in STEPS {
+                faulty.arm(0);
+                rotation
+                    .step(step, &record.secret.id, "token0001")
+                    .await
+                    .unwrap();
+                if step == failing {
+                    counted = faulty.calls();
+                }
+            }
+            counted
+        };
+        for n in 1..=calls {
+            let dir = tempfile::tempdir().unwrap();
+            let (inner, rotation, faulty, record) = staged(dir.path(), &stand_in, &user).await;
+            for step in STEPS {
+                faulty.arm(if step == failing { n } else { 0 });
+                let first = rotation.step(step, &record.secret.id, "token0001").await;
+                faulty.arm(0);
+                if step == failing {
+                    injected += 1;
+                    let now = stored_value(&inner, &user).await;
+                    assert!(
+                        now.as_deref() == Some(OLD_KEY) || now.as_deref() == Some(NEW_KEY),
+                        "{step:?} call {n} failing: key now {now:?}"
+                    );
+                }
+                if first.is_err() {
+                    rotation
+                        .step(step, &record.secret.id, "token0001")
+                        .await
+                        .unwrap_or_else(|e| panic!("{step:?} retried after call {n} failed: {e}"));
+                }
+            }
+            assert_eq!(
+                stored_value(&inner, &user).await.as_deref(),
+                Some(NEW_KEY),
+                "{failing:?} call {n} failing, then retried: the staged key is current"
+            );
+        }
+    }
+    println!("rotation faults injected: {injected}");
+    stand_in.shutdown().await;
 }
