@@ -241,6 +241,7 @@ impl BudgetService {
                         updated_by: admin.clone(),
                         used: Amount::ZERO,
                         holds: Vec::new(),
+                        settled: Vec::new(),
                         alerted: Vec::new(),
                         revision: 1,
                     },

@@ -1800,6 +1800,7 @@ fn budget(scope: BudgetScope, terms: BudgetTerms) -> BudgetRecord {
         updated_by: UserId::new("contract-admin").unwrap(),
         used: Amount::ZERO,
         holds: Vec::new(),
+        settled: Vec::new(),
         alerted: Vec::new(),
         revision: 1,
     }

@@ -238,6 +238,10 @@ pub struct BudgetRecord {
     pub used: Amount,
     /// Live reservations (of that period).
     pub holds: Vec<Hold>,
+    /// Reservations settled, kept (at zero) until they would have expired:
+    /// settling one again (a write that was applied, reported failed and
+    /// retried) charges nothing.
+    pub settled: Vec<Hold>,
     /// Thresholds already alerted this period.
     pub alerted: Vec<u8>,
     /// Bumped by every write; writes are conditional on it.
@@ -268,6 +272,7 @@ impl BudgetRecord {
     /// Drops reservations whose instance never settled them.
     pub fn expire(&mut self, now_ms: i64) {
         self.holds.retain(|h| h.expires_ms > now_ms);
+        self.settled.retain(|h| h.expires_ms > now_ms);
     }
 
     /// The live reservations' sum.
@@ -305,7 +310,14 @@ impl BudgetRecord {
     /// (now marked as alerted).
     pub fn settle(&mut self, id: Option<&str>, actual: Amount) -> Vec<u8> {
         if let Some(id) = id {
-            self.holds.retain(|h| h.id != id);
+            if self.settled.iter().any(|h| h.id == id) {
+                return Vec::new();
+            }
+            if let Some(at) = self.holds.iter().position(|h| h.id == id) {
+                let mut done = self.holds.remove(at);
+                done.amount = Amount::ZERO;
+                self.settled.push(done);
+            }
         }
         self.used = self.used.plus(actual);
         let used = u128::from(self.used.of(self.terms.unit));
@@ -404,13 +416,39 @@ pub(crate) async fn update_by_revision<S: BudgetStore + ?Sized>(
     Err(StoreError::Conflict)
 }
 
-/// The stored text of a record's holds.
-pub(crate) fn holds_text(holds: &[Hold]) -> String {
-    serde_json::to_string(holds).unwrap_or_else(|_| "[]".to_owned())
+/// A hold as stored: live, or settled (`"s": true`).
+#[derive(Serialize, Deserialize)]
+struct StoredHold {
+    #[serde(flatten)]
+    hold: Hold,
+    #[serde(default, rename = "s", skip_serializing_if = "std::ops::Not::not")]
+    settled: bool,
 }
 
-pub(crate) fn parse_holds(text: &str) -> Result<Vec<Hold>, StoreError> {
-    serde_json::from_str(text).map_err(|_| StoreError::Corrupt("budget holds".into()))
+/// The stored text of a record's live and settled holds (one JSON list).
+pub(crate) fn holds_text(holds: &[Hold], settled: &[Hold]) -> String {
+    let stored: Vec<StoredHold> = holds
+        .iter()
+        .map(|h| (h, false))
+        .chain(settled.iter().map(|h| (h, true)))
+        .map(|(hold, settled)| StoredHold {
+            hold: hold.clone(),
+            settled,
+        })
+        .collect();
+    serde_json::to_string(&stored).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The live and the settled holds of [`holds_text`].
+pub(crate) fn parse_holds(text: &str) -> Result<(Vec<Hold>, Vec<Hold>), StoreError> {
+    let stored: Vec<StoredHold> =
+        serde_json::from_str(text).map_err(|_| StoreError::Corrupt("budget holds".into()))?;
+    let (settled, live): (Vec<StoredHold>, Vec<StoredHold>) =
+        stored.into_iter().partition(|h| h.settled);
+    Ok((
+        live.into_iter().map(|h| h.hold).collect(),
+        settled.into_iter().map(|h| h.hold).collect(),
+    ))
 }
 
 /// The stored text of a list of percentages: `80,90,100`.
@@ -488,6 +526,7 @@ mod tests {
             period_key: "daily:2026-12-02".into(),
             used: Amount::ZERO,
             holds: Vec::new(),
+            settled: Vec::new(),
             alerted: Vec::new(),
             revision: 1,
         }
@@ -592,6 +631,27 @@ mod tests {
     }
 
     #[test]
+    fn a_settlement_counts_once_however_often_it_is_written() {
+        let mut r = record(true);
+        assert_eq!(r.reserve(hold("a", 500, 1_000)), Reserve::Granted);
+        let actual = Amount { tokens: 120, nanos: 0 };
+        r.settle(Some("a"), actual);
+        // The same write retried after an ambiguous failure.
+        r.settle(Some("a"), actual);
+        assert_eq!(r.used.tokens, 120);
+        assert!(r.holds.is_empty());
+        assert_eq!(r.reserved(), Amount::ZERO);
+        // Remembered until the hold would have expired, then forgotten.
+        r.expire(999);
+        assert_eq!(r.settled.len(), 1);
+        r.expire(1_000);
+        assert!(r.settled.is_empty());
+        // A hold that expired before its settlement still charges.
+        r.settle(Some("gone"), actual);
+        assert_eq!(r.used.tokens, 240);
+    }
+
+    #[test]
     fn scopes_and_lists_round_trip() {
         let scope = BudgetScope::Tenant(TenantId::new("acme#1").unwrap());
         assert_eq!(scope.sort_key(), "tenant#acme#1");
@@ -603,6 +663,15 @@ mod tests {
         );
         assert!(parse_percents("").unwrap().is_empty());
         let holds = vec![hold("a", 3, 9)];
-        assert_eq!(parse_holds(&holds_text(&holds)).unwrap(), holds);
+        let settled = vec![hold("b", 0, 12)];
+        assert_eq!(
+            parse_holds(&holds_text(&holds, &settled)).unwrap(),
+            (holds.clone(), settled)
+        );
+        // What stores held before settled holds were kept.
+        assert_eq!(
+            parse_holds(r#"[{"id":"a","t":3,"n":0,"e":9}]"#).unwrap(),
+            (holds, Vec::new())
+        );
     }
 }

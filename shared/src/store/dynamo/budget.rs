@@ -71,7 +71,7 @@ fn item_of(r: &BudgetRecord) -> Result<Item, StoreError> {
     put("periodKey", s(&r.period_key));
     put("usedTokens", n(r.used.tokens));
     put("usedNanos", n(r.used.nanos));
-    put("holds", s(holds_text(&r.holds)));
+    put("holds", s(holds_text(&r.holds, &r.settled)));
     put("alerted", s(percents_text(&r.alerted)));
     put("revision", n(r.revision));
     Ok(item)
@@ -82,6 +82,7 @@ pub(super) fn record_of(item: &Item) -> Result<BudgetRecord, StoreError> {
         item,
         kind: "budget",
     };
+    let (holds, settled) = parse_holds(a.string("holds")?)?;
     Ok(BudgetRecord {
         scope: BudgetScope::from_sort_key(a.string("scope")?)
             .ok_or_else(|| corrupt("budget item attribute scope names no scope"))?,
@@ -102,7 +103,8 @@ pub(super) fn record_of(item: &Item) -> Result<BudgetRecord, StoreError> {
             tokens: a.u64("usedTokens")?,
             nanos: a.u64("usedNanos")?,
         },
-        holds: parse_holds(a.string("holds")?)?,
+        holds,
+        settled,
         alerted: parse_percents(a.string("alerted")?)?,
         revision: a.u64("revision")?,
     })

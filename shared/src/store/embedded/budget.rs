@@ -54,6 +54,7 @@ fn record_from_row(row: &Row<'_>) -> Result<BudgetRecord, StoreError> {
         .ok_or_else(|| corrupt("budgets.unit is not a unit"))?;
     let period = BudgetPeriod::parse(&col::<String>(row, 2, "budgets.period")?)
         .ok_or_else(|| corrupt("budgets.period is not a period"))?;
+    let (holds, settled) = parse_holds(&col::<String>(row, 11, "budgets.holds")?)?;
     Ok(BudgetRecord {
         scope,
         terms: BudgetTerms {
@@ -74,7 +75,8 @@ fn record_from_row(row: &Row<'_>) -> Result<BudgetRecord, StoreError> {
             tokens: uint(row, 9, "budgets.used_tokens")?,
             nanos: uint(row, 10, "budgets.used_nanos")?,
         },
-        holds: parse_holds(&col::<String>(row, 11, "budgets.holds")?)?,
+        holds,
+        settled,
         alerted: parse_percents(&col::<String>(row, 12, "budgets.alerted")?)?,
         revision: uint(row, 13, "budgets.revision")?,
     })
@@ -114,7 +116,7 @@ fn write_row(conn: &rusqlite::Connection, r: &BudgetRecord) -> Result<(), StoreE
         r.period_key,
         int(r.used.tokens),
         int(r.used.nanos),
-        holds_text(&r.holds),
+        holds_text(&r.holds, &r.settled),
         percents_text(&r.alerted),
         int(r.revision),
     ])
