@@ -634,7 +634,10 @@ mod tests {
     fn a_settlement_counts_once_however_often_it_is_written() {
         let mut r = record(true);
         assert_eq!(r.reserve(hold("a", 500, 1_000)), Reserve::Granted);
-        let actual = Amount { tokens: 120, nanos: 0 };
+        let actual = Amount {
+            tokens: 120,
+            nanos: 0,
+        };
         r.settle(Some("a"), actual);
         // The same write retried after an ambiguous failure.
         r.settle(Some("a"), actual);
