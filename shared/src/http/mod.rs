@@ -256,10 +256,10 @@ fn models_routes(state: AppState) -> Router {
 
 fn completion_routes(state: AppState) -> Router {
     Router::new()
+        // The handler reads its body itself, up to `completion::BODY_LIMIT`.
         .route(
             "/v1/chat/completions",
-            axum::routing::post(completion::complete)
-                .layer(DefaultBodyLimit::max(crate::completion::BODY_LIMIT)),
+            axum::routing::post(completion::complete),
         )
         .with_state(state)
 }

@@ -92,6 +92,10 @@ pub(super) async fn serve(
 /// longer (a client sending a byte a second) fails to read, and the answer
 /// becomes `408 request_timeout` with the connection closed.
 async fn body_deadline(req: Request, next: Next, timeout: Duration) -> Response {
+    // No body (a GET): nothing to wait for, no timer to set.
+    if http_body::Body::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
     let fired = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| {
         Body::new(DeadlineBody {

@@ -18,8 +18,9 @@ const KEY_PREFIXES: [&str; 8] = [
 ];
 
 /// The exact credentials sent upstream for one call, in every form an
-/// upstream might echo them: as sent, base64 (standard and URL-safe, padded
-/// or not: some services decode and re-encode), percent-encoded and
+/// upstream might echo them: as sent, base64 (standard and URL-safe: some
+/// services decode and re-encode; the unpadded form is searched, which
+/// finds the padded one too), percent-encoded and
 /// JSON-escaped. Whatever the key's shape, its value is known here, so
 /// nothing depends on it looking like a key. The forms are zeroized on drop.
 #[derive(Default)]
@@ -34,9 +35,7 @@ impl KeyScrubber {
     /// A scrubber for `keys` (the credentials of one upstream call).
     pub fn new<'k>(keys: impl IntoIterator<Item = &'k ApiKey>) -> Self {
         use base64::Engine as _;
-        use base64::engine::general_purpose::{
-            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
-        };
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
         let mut forms: Vec<zeroize::Zeroizing<Vec<u8>>> = Vec::new();
         let mut add = |form: Vec<u8>| {
             let form = zeroize::Zeroizing::new(form);
@@ -47,7 +46,7 @@ impl KeyScrubber {
         for key in keys {
             let raw = key.expose().as_bytes();
             add(raw.to_vec());
-            for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
                 add(engine.encode(raw).into_bytes());
             }
             add(percent_encoded(raw));

@@ -76,15 +76,7 @@ impl SecretStore for EmbeddedStore {
     }
 
     async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError> {
-        let id = secret_id(user, service);
-        self.run(move |inner| {
-            inner
-                .conn()?
-                .execute("DELETE FROM secrets WHERE secret_id = ?1", [&id])
-                .map_err(StoreError::backend)?;
-            Ok(())
-        })
-        .await
+        self.delete_by_id(&secret_id(user, service)).await
     }
 }
 
