@@ -36,11 +36,27 @@ fn forms(key: &str) -> Vec<String> {
     vec![key.to_owned(), b64.encode(key), url.encode(key), percent]
 }
 
+/// A key-shaped key, for the translated (Anthropic) stream.
+const ANTHROPIC_KEY: &str = "sk-ant-api03-CANARYsplit0000000000000000000003";
+
+/// The text of every delta of a streamed answer, joined as a client would.
+fn streamed_content(sse: &str) -> String {
+    sse.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 /// A staged replacement, also odd-shaped.
 const NEXT_KEY: &str = "next:CANARY:odd+shape=key~0002";
 
 fn assert_clean(what: &str, text: &[u8]) {
-    for key in [TEAM_KEY, USER_KEY, NEXT_KEY] {
+    for key in [TEAM_KEY, USER_KEY, NEXT_KEY, ANTHROPIC_KEY] {
         for form in forms(key) {
             assert!(
                 !contains_bytes(text, form.as_bytes()),
@@ -115,6 +131,42 @@ async fn echoed_keys_of_any_shape_never_leak() {
             }
         }
     }
+    // A reply streamed a few characters per event spells the key out
+    // across events: the text the client puts together holds none of it,
+    // on the pass-through (gateway) and translated (Anthropic) streams.
+    let claude = Api::new(&server.base, Some(&server.token("cleo", false)));
+    let saved = claude
+        .post(
+            "/api/keys",
+            json!({"service": "anthropic", "apiKey": ANTHROPIC_KEY}),
+        )
+        .await;
+    assert_eq!(saved.status.as_u16(), 201, "{}", saved.text);
+    answers.push(saved);
+    stand_in.accept_keys([TEAM_KEY, USER_KEY, NEXT_KEY, ANTHROPIC_KEY]);
+    let mut split_streams = 0;
+    for chunks in [5, 17, 40, 120] {
+        stand_in.set_chunks(chunks);
+        for (api, model) in [
+            (&own, "openai/gpt-4o-mini"),
+            (&team, "openai/gpt-4o-mini"),
+            (&claude, "anthropic/claude-3-5-haiku-20241022"),
+        ] {
+            let mut body = chat(true);
+            body["model"] = json!(model);
+            let answer = api.post("/v1/chat/completions", body).await;
+            assert_eq!(answer.status.as_u16(), 200, "{model}: {}", answer.text);
+            let text = streamed_content(&answer.text);
+            assert!(text.contains("[redacted]"), "{chunks} chunks: {text}");
+            assert_clean("the streamed text", text.as_bytes());
+            assert!(!text.contains(&ANTHROPIC_KEY[3..]), "{text}");
+            split_streams += 1;
+            answers.push(answer);
+        }
+    }
+    stand_in.set_chunks(1);
+    println!("keys split across stream events: {split_streams} streams, 0 found");
+
     // Validation: accepted, refused (the refusal quotes the key) and down.
     answers.push(
         own.post("/api/keys/validate", json!({"service": "gateway"}))

@@ -12,6 +12,7 @@
 mod estimate;
 mod limits;
 mod relay;
+mod split_keys;
 mod usage;
 
 pub use crate::upstream::{
@@ -523,6 +524,10 @@ impl CompletionService {
             upstream::build_request(client, service, &resolution.base_url, &key, upstream_body);
         let scrubber = upstream::KeyScrubber::new([&key]);
         drop(key);
+        let mut decoder = decoder;
+        if let Some(decoder) = decoder.as_mut() {
+            decoder.guard_keys(&scrubber);
+        }
 
         let deadline = tokio::time::Instant::now() + self.timeouts.first_byte;
         let response = match tokio::time::timeout_at(deadline, call.send()).await {

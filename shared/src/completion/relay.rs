@@ -6,6 +6,7 @@
 //! upstream response (cancelling the call) and records the cancellation.
 
 use super::estimate::StreamedText;
+use super::split_keys::SplitKeyGuard;
 use super::usage::{Outcome, UsageMeter};
 use crate::domain::Service;
 use crate::providers::Usage;
@@ -28,7 +29,13 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 const DRAIN_WAIT: Duration = Duration::from_millis(50);
 
 /// Turns upstream SSE bytes into the client's OpenAI SSE bytes.
-pub(crate) enum Decoder {
+pub(crate) struct Decoder {
+    wire: Wire,
+    /// Catches a key spelled out across the events produced.
+    guard: SplitKeyGuard,
+}
+
+enum Wire {
     /// OpenAI-compatible upstreams: events forwarded as they came.
     PassThrough {
         split: EventSplitter,
@@ -51,18 +58,36 @@ pub(crate) struct Decoded {
 
 impl Decoder {
     pub(crate) fn pass_through(pass: PassThrough) -> Self {
-        Decoder::PassThrough {
-            split: EventSplitter::new(),
-            pass,
+        Self {
+            wire: Wire::PassThrough {
+                split: EventSplitter::new(),
+                pass,
+            },
+            guard: SplitKeyGuard::default(),
         }
     }
 
     pub(crate) fn anthropic(translator: StreamTranslator) -> Self {
-        Decoder::Anthropic {
-            split: EventSplitter::new(),
-            translator: Box::new(translator),
-            done: false,
+        Self {
+            wire: Wire::Anthropic {
+                split: EventSplitter::new(),
+                translator: Box::new(translator),
+                done: false,
+            },
+            guard: SplitKeyGuard::default(),
         }
+    }
+
+    /// Watches the produced text for the forms of `scrubber`'s keys split
+    /// across events.
+    pub(crate) fn guard_keys(&mut self, scrubber: &KeyScrubber) {
+        self.guard = SplitKeyGuard::new(scrubber);
+    }
+
+    /// Events held back while their text might be the start of a key,
+    /// when the stream fails before it could tell.
+    pub(crate) fn release_held(&mut self) -> Bytes {
+        self.guard.finish()
     }
 
     /// Feeds one upstream chunk. Bytes produced before a failure are kept
@@ -90,8 +115,8 @@ impl Decoder {
     }
 
     fn splitter(&mut self) -> &mut EventSplitter {
-        match self {
-            Decoder::PassThrough { split, .. } | Decoder::Anthropic { split, .. } => split,
+        match &mut self.wire {
+            Wire::PassThrough { split, .. } | Wire::Anthropic { split, .. } => split,
         }
     }
 
@@ -100,32 +125,41 @@ impl Decoder {
         events: Vec<RawEvent>,
         scrubber: &KeyScrubber,
     ) -> Result<Decoded, (Bytes, UpstreamError)> {
-        match self {
-            Decoder::PassThrough { pass, .. } => {
+        let guard = &mut self.guard;
+        match &mut self.wire {
+            Wire::PassThrough { pass, .. } => {
                 // One event (the common case) is forwarded as its own buffer.
-                if events.len() == 1 {
+                if events.len() == 1 && !pass.finished() {
                     let bytes = events
                         .into_iter()
                         .next()
                         .and_then(|ev| pass.on_event(ev))
+                        .map(|bytes| guard.push(bytes))
                         .unwrap_or_default();
-                    return Ok(Decoded {
-                        bytes,
-                        done: pass.finished(),
-                    });
+                    let done = pass.finished();
+                    if done {
+                        return Ok(Decoded {
+                            bytes: concat(bytes, guard.finish()),
+                            done,
+                        });
+                    }
+                    return Ok(Decoded { bytes, done });
                 }
                 let mut out = BytesMut::new();
                 for event in events {
                     if let Some(bytes) = pass.on_event(event) {
-                        out.extend_from_slice(&bytes);
+                        out.extend_from_slice(&guard.push(bytes));
                     }
+                }
+                if pass.finished() {
+                    out.extend_from_slice(&guard.finish());
                 }
                 Ok(Decoded {
                     bytes: out.freeze(),
                     done: pass.finished(),
                 })
             }
-            Decoder::Anthropic {
+            Wire::Anthropic {
                 translator, done, ..
             } => {
                 let mut out = BytesMut::new();
@@ -138,14 +172,20 @@ impl Decoder {
                     match translator.push(&name, &event.data()) {
                         Ok(chunks) => {
                             for chunk in chunks {
-                                out.extend_from_slice(b"data: ");
-                                out.extend_from_slice(chunk.as_bytes());
-                                out.extend_from_slice(b"\n\n");
+                                let mut event = BytesMut::with_capacity(chunk.len() + 8);
+                                event.extend_from_slice(b"data: ");
+                                event.extend_from_slice(chunk.as_bytes());
+                                event.extend_from_slice(b"\n\n");
+                                out.extend_from_slice(&guard.push(event.freeze()));
                             }
                         }
-                        Err(err) => return Err((out.freeze(), translate_error(&err, scrubber))),
+                        Err(err) => {
+                            out.extend_from_slice(&guard.finish());
+                            return Err((out.freeze(), translate_error(&err, scrubber)));
+                        }
                     }
                     if finished {
+                        out.extend_from_slice(&guard.finish());
                         out.extend_from_slice(DONE);
                         *done = true;
                         break;
@@ -162,16 +202,16 @@ impl Decoder {
     /// Prompt tokens the upstream reported before its final usage (Anthropic's
     /// `message_start`), for estimating an interrupted stream.
     pub(crate) fn known_prompt_tokens(&self) -> Option<u64> {
-        match self {
-            Decoder::PassThrough { .. } => None,
-            Decoder::Anthropic { translator, .. } => translator.prompt_tokens_so_far(),
+        match &self.wire {
+            Wire::PassThrough { .. } => None,
+            Wire::Anthropic { translator, .. } => translator.prompt_tokens_so_far(),
         }
     }
 
     pub(crate) fn usage(&self) -> Option<Usage> {
-        match self {
-            Decoder::PassThrough { pass, .. } => pass.usage(),
-            Decoder::Anthropic { translator, .. } => {
+        match &self.wire {
+            Wire::PassThrough { pass, .. } => pass.usage(),
+            Wire::Anthropic { translator, .. } => {
                 translator
                     .usage()
                     .map(|(prompt_tokens, completion_tokens)| Usage {
@@ -179,6 +219,20 @@ impl Decoder {
                         completion_tokens,
                     })
             }
+        }
+    }
+}
+
+/// `first` then `second`, copying only when both have bytes.
+fn concat(first: Bytes, second: Bytes) -> Bytes {
+    match (first.is_empty(), second.is_empty()) {
+        (_, true) => first,
+        (true, false) => second,
+        (false, false) => {
+            let mut both = BytesMut::with_capacity(first.len() + second.len());
+            both.extend_from_slice(&first);
+            both.extend_from_slice(&second);
+            both.freeze()
         }
     }
 }
@@ -375,15 +429,11 @@ impl Relay {
         };
         let code = failure.kind.code();
         tracing::warn!(provider = self.service.as_str(), code, error = %failure, "stream failed after the first byte");
-        let event = error_event(code, &failure.message);
-        self.queued = Some(match self.queued.take() {
-            Some(before) => {
-                let mut both = BytesMut::from(&before[..]);
-                both.extend_from_slice(&event);
-                both.freeze()
-            }
-            None => event,
-        });
+        let before = concat(
+            self.queued.take().unwrap_or_default(),
+            self.decoder.release_held(),
+        );
+        self.queued = Some(concat(before, error_event(code, &failure.message)));
         self.phase = Phase::Finishing(Outcome::Failed(code));
     }
 }

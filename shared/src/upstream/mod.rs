@@ -9,6 +9,7 @@ mod redact;
 use crate::domain::{ApiKey, Service, WireApi};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+pub(crate) use redact::REDACTED;
 pub use redact::{KeyScrubber, redact, redact_known};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::SocketAddr;

@@ -59,6 +59,11 @@ impl KeyScrubber {
         Self { forms }
     }
 
+    /// Every form searched for, longest first.
+    pub(crate) fn forms(&self) -> impl Iterator<Item = &[u8]> {
+        self.forms.iter().map(|f| f.as_slice())
+    }
+
     fn contains_any(&self, haystack: &[u8]) -> bool {
         self.forms
             .iter()
