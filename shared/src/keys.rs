@@ -6,8 +6,8 @@
 use crate::audit::AuditLog;
 use crate::domain::key::check_key_format;
 use crate::domain::{
-    ApiKey, BaseUrlError, KeyFormatError, KeyRecord, Service, Settings, UserBaseUrl, UserId,
-    mask_key, now,
+    ApiKey, BaseUrlError, KeyFormatError, KeyRecord, SecretRef, Service, Settings, UserBaseUrl,
+    UserId, mask_key, now,
 };
 use crate::store::{AuditAction, Expected, MetadataStore, SecretStore, StoreError};
 use std::sync::Arc;
@@ -72,10 +72,12 @@ pub struct KeyService {
     meta: Arc<dyn MetadataStore>,
     secrets: Arc<dyn SecretStore>,
     audit: Option<AuditLog>,
-    /// Writes of one key take turns within this process: a delete removes
-    /// the key's whole secret, so a create running beside it could write
-    /// its record over a secret the delete then removes. Conditional writes
-    /// settle every other race; this one needs the turns.
+    /// Writes of one key take turns within this process, so they do not
+    /// retry against each other. Correctness does not depend on it: writes
+    /// are conditional on the record's revision, and every new key gets a
+    /// secret of its own, so a delete (which removes the secret its record
+    /// named) never takes the secret of a key stored beside it by another
+    /// instance.
     write_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -136,14 +138,33 @@ impl KeyService {
 
         let _turn = self.write_turn(user, req.service).await;
         let mut attempt = 0;
+        // The stored key's secret was gone: the next attempt starts a new one.
+        let mut new_secret = false;
         loop {
             attempt += 1;
             let existing = self.meta.get_key(user, req.service).await?;
-            // Secret first: metadata never points at a secret that is not there.
-            let secret = self
+            // Secret first: metadata never points at a secret that is not
+            // there. A replacement is a new version of the key's secret; a
+            // new key gets a new secret.
+            let into = existing
+                .as_ref()
+                .filter(|_| !new_secret)
+                .map(|old| &old.secret);
+            let secret = match self
                 .secrets
-                .put_secret(user, req.service, &req.api_key)
-                .await?;
+                .put_secret(user, req.service, &req.api_key, into)
+                .await
+            {
+                Ok(secret) => secret,
+                // Deleted beside this write (or lost): look again.
+                Err(StoreError::SecretNotFound) if attempt < UPSERT_ATTEMPTS => {
+                    tracing::debug!(service = %req.service, attempt, "the key's secret is gone; retrying");
+                    new_secret = true;
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let created_secret = into.is_none();
             let at = now();
             let (record, expected) = match &existing {
                 Some(old) => (
@@ -203,6 +224,16 @@ impl KeyService {
                 }
                 Err(StoreError::Conflict) if attempt < UPSERT_ATTEMPTS => {
                     tracing::debug!(service = %req.service, attempt, "key upsert raced; retrying");
+                    if created_secret {
+                        // No record names the secret just made.
+                        self.remove_unreferenced(&record.secret).await;
+                    }
+                }
+                Err(StoreError::Conflict) => {
+                    if created_secret {
+                        self.remove_unreferenced(&record.secret).await;
+                    }
+                    return Err(StoreError::Conflict.into());
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -272,11 +303,14 @@ impl KeyService {
         request_id: &str,
     ) -> Result<(), KeyError> {
         let _turn = self.write_turn(user, service).await;
-        self.meta
+        let deleted = self
+            .meta
             .delete_key(user, service)
             .await?
             .ok_or(KeyError::NotFound(service))?;
-        if let Err(err) = self.secrets.delete_secret(user, service).await {
+        // Only the secret the deleted record named: a key stored since has
+        // its own.
+        if let Err(err) = self.secrets.delete_secret(&deleted.secret).await {
             // The key is gone for every reader; the leftover secret is unreferenced.
             tracing::warn!(%service, error = %err, "key metadata removed but its secret was not");
         }
@@ -284,6 +318,14 @@ impl KeyService {
         self.audit(user, AuditAction::Deleted, service, request_id)
             .await;
         Ok(())
+    }
+
+    /// Removes a secret no record names (a write that lost its race); left
+    /// to the sweep if that fails.
+    async fn remove_unreferenced(&self, secret: &SecretRef) {
+        if let Err(err) = self.secrets.delete_secret(secret).await {
+            tracing::warn!(error = %err, "an unreferenced secret was not removed");
+        }
     }
 
     pub async fn settings(&self, user: &UserId) -> Result<Settings, KeyError> {

@@ -282,7 +282,7 @@ impl RotationService {
         }
         let staged = self
             .store
-            .stage(user, service, key)
+            .stage(&record.secret.id, key)
             .await
             .map_err(|err| match err {
                 StoreError::SecretNotFound => RotationError::NotFound(service),

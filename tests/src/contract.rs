@@ -70,6 +70,7 @@ macro_rules! contract_suite {
             odd_user_ids_are_isolated,
             crash_between_secret_and_metadata_writes_loses_no_key,
             crash_between_metadata_and_secret_deletes_leaves_nothing_dangling,
+            deletes_and_stores_from_two_instances_never_dangle,
             rate_limit_allows_limit_then_refuses_until_next_window,
             rate_limit_separates_users_and_windows,
             rate_limit_concurrent_hits_allow_exactly_limit,
@@ -508,7 +509,7 @@ pub async fn secret_round_trip(b: &Backend) {
     let key = ApiKey::new("sk-proj-ROUNDTRIP-0123456789-äöü-\"'\\");
     let sref = b
         .secrets
-        .put_secret(&user, Service::OpenAi, &key)
+        .put_secret(&user, Service::OpenAi, &key, None)
         .await
         .unwrap();
     assert!(!sref.id.is_empty());
@@ -518,8 +519,9 @@ pub async fn secret_round_trip(b: &Backend) {
     assert_eq!(b.secrets.get_secret(&sref).await.unwrap(), key);
 }
 
-/// A second put makes a new version; the new (current) and the previous
-/// version both stay readable by their refs.
+/// A put into a secret makes a new version; the new (current) and the
+/// previous version both stay readable by their refs. A put without one
+/// makes a new secret.
 pub async fn put_secret_keeps_previous_version(b: &Backend) {
     let user = unique_user("secret-versions");
     let k1 = ApiKey::new("sk-ant-version-one-aaaaaaaaaaaa");
@@ -527,22 +529,22 @@ pub async fn put_secret_keeps_previous_version(b: &Backend) {
     let k3 = ApiKey::new("sk-ant-version-three-cccccccccc");
     let r1 = b
         .secrets
-        .put_secret(&user, Service::Anthropic, &k1)
+        .put_secret(&user, Service::Anthropic, &k1, None)
         .await
         .unwrap();
     let r2 = b
         .secrets
-        .put_secret(&user, Service::Anthropic, &k2)
+        .put_secret(&user, Service::Anthropic, &k2, Some(&r1))
         .await
         .unwrap();
-    assert_eq!(r1.id, r2.id, "one secret per (user, service)");
+    assert_eq!(r1.id, r2.id, "a version of the same secret");
     assert_ne!(r1.version, r2.version);
     assert_eq!(b.secrets.get_secret(&r2).await.unwrap(), k2);
     assert_eq!(b.secrets.get_secret(&r1).await.unwrap(), k1);
 
     let r3 = b
         .secrets
-        .put_secret(&user, Service::Anthropic, &k3)
+        .put_secret(&user, Service::Anthropic, &k3, Some(&r2))
         .await
         .unwrap();
     assert_eq!(r3.id, r1.id);
@@ -556,6 +558,15 @@ pub async fn put_secret_keeps_previous_version(b: &Backend) {
         Err(StoreError::SecretNotFound) => {}
         Err(other) => panic!("oldest version: unexpected {other:?}"),
     }
+
+    // Another key of the same user and service: a secret of its own.
+    let other = b
+        .secrets
+        .put_secret(&user, Service::Anthropic, &k1, None)
+        .await
+        .unwrap();
+    assert_ne!(other.id, r1.id, "a new key gets a new secret");
+    assert_eq!(b.secrets.get_secret(&r3).await.unwrap(), k3);
 }
 
 /// Unknown versions and unknown secrets are `SecretNotFound`.
@@ -563,7 +574,12 @@ pub async fn get_secret_unknown_is_not_found(b: &Backend) {
     let user = unique_user("secret-unknown");
     let sref = b
         .secrets
-        .put_secret(&user, Service::Xai, &ApiKey::new("xai-known-0123456789"))
+        .put_secret(
+            &user,
+            Service::Xai,
+            &ApiKey::new("xai-known-0123456789"),
+            None,
+        )
         .await
         .unwrap();
     let wrong_version = SecretRef {
@@ -587,36 +603,62 @@ pub async fn get_secret_unknown_is_not_found(b: &Backend) {
     assert_not_found(b.secrets.get_secret(&foreign).await, "foreign version");
 }
 
-/// Deleting removes every version; deleting again is fine.
+/// Deleting removes every version; deleting again is fine; a deleted
+/// secret takes no new version (it is not brought back), and a new key of
+/// the same user and service gets a new secret.
 pub async fn delete_secret_removes_all_versions(b: &Backend) {
     let user = unique_user("secret-delete");
     let r1 = b
         .secrets
-        .put_secret(&user, Service::Groq, &ApiKey::new("gsk_one_0123456789"))
+        .put_secret(
+            &user,
+            Service::Groq,
+            &ApiKey::new("gsk_one_0123456789"),
+            None,
+        )
         .await
         .unwrap();
     let r2 = b
         .secrets
-        .put_secret(&user, Service::Groq, &ApiKey::new("gsk_two_0123456789"))
+        .put_secret(
+            &user,
+            Service::Groq,
+            &ApiKey::new("gsk_two_0123456789"),
+            Some(&r1),
+        )
         .await
         .unwrap();
-    b.secrets.delete_secret(&user, Service::Groq).await.unwrap();
+    b.secrets.delete_secret(&r2).await.unwrap();
     assert_not_found(b.secrets.get_secret(&r1).await, "previous after delete");
     assert_not_found(b.secrets.get_secret(&r2).await, "current after delete");
-    b.secrets.delete_secret(&user, Service::Groq).await.unwrap();
+    b.secrets.delete_secret(&r2).await.unwrap();
     // Never-existing secrets delete fine too.
     b.secrets
-        .delete_secret(&unique_user("secret-delete-none"), Service::Groq)
+        .delete_secret(&fake_ref(&unique_user("secret-delete-none"), Service::Groq))
         .await
         .unwrap();
+    let late = b
+        .secrets
+        .put_secret(
+            &user,
+            Service::Groq,
+            &ApiKey::new("gsk_late_0123456789"),
+            Some(&r2),
+        )
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::SecretNotFound)),
+        "a version into a deleted secret: {late:?}"
+    );
+    assert_not_found(b.secrets.get_secret(&r1).await, "still deleted");
 
-    // The secret can be created again afterwards.
     let key = ApiKey::new("gsk_three_0123456789");
     let r3 = b
         .secrets
-        .put_secret(&user, Service::Groq, &key)
+        .put_secret(&user, Service::Groq, &key, None)
         .await
         .unwrap();
+    assert_ne!(r3.id, r1.id);
     assert_eq!(b.secrets.get_secret(&r3).await.unwrap(), key);
 }
 
@@ -633,7 +675,7 @@ pub async fn secrets_are_independent_per_user_and_service(b: &Backend) {
     for (user, svc, key) in cases {
         refs.push(
             b.secrets
-                .put_secret(user, svc, &ApiKey::new(key))
+                .put_secret(user, svc, &ApiKey::new(key), None)
                 .await
                 .unwrap(),
         );
@@ -645,27 +687,27 @@ pub async fn secrets_are_independent_per_user_and_service(b: &Backend) {
     }
 
     // Replacing and deleting one leaves the others alone.
+    let mut latest = refs[0].clone();
     for n in 1..=2 {
         let key = ApiKey::new(format!("sk-alice-new-{n}"));
-        b.secrets
-            .put_secret(&alice, Service::OpenAi, &key)
+        latest = b
+            .secrets
+            .put_secret(&alice, Service::OpenAi, &key, Some(&latest))
             .await
             .unwrap();
     }
-    b.secrets
-        .delete_secret(&bob, Service::OpenAi)
-        .await
-        .unwrap();
+    b.secrets.delete_secret(&refs[2]).await.unwrap();
     assert_not_found(b.secrets.get_secret(&refs[2]).await, "bob after delete");
     assert_eq!(
         b.secrets.get_secret(&refs[1]).await.unwrap(),
         ApiKey::new(cases[1].2)
     );
-    b.secrets
-        .delete_secret(&alice, Service::Anthropic)
-        .await
-        .unwrap();
+    b.secrets.delete_secret(&refs[1]).await.unwrap();
     assert_not_found(b.secrets.get_secret(&refs[1]).await, "alice anthropic");
+    assert_eq!(
+        b.secrets.get_secret(&latest).await.unwrap(),
+        ApiKey::new("sk-alice-new-2")
+    );
 }
 
 /// User ids with separators, quotes and non-ASCII text stay separate.
@@ -688,7 +730,7 @@ pub async fn odd_user_ids_are_isolated(b: &Backend) {
         let key = ApiKey::new(format!("sk-odd-user-{i}-0123456789"));
         let sref = b
             .secrets
-            .put_secret(user, Service::OpenAi, &key)
+            .put_secret(user, Service::OpenAi, &key, None)
             .await
             .unwrap();
         let mut rec = record(user, Service::OpenAi, sref.clone());
@@ -833,12 +875,63 @@ pub async fn crash_between_secret_and_metadata_writes_loses_no_key(b: &Backend) 
             .get_secret(&record.secret)
             .await
             .expect("every record opens");
+        b.secrets.delete_secret(&record.secret).await.unwrap();
     }
-    b.secrets.delete_secret(&user, Service::Groq).await.unwrap();
-    b.secrets
-        .delete_secret(&user, Service::OpenAi)
-        .await
-        .unwrap();
+}
+
+/// Two instances (each its own `KeyService`, so no shared turns) delete
+/// and store the same key at once, round after round. Whatever order the
+/// calls land in, a record that remains opens with the key it was written
+/// with: a delete never removes the secret of a key stored beside it.
+pub async fn deletes_and_stores_from_two_instances_never_dangle(b: &Backend) {
+    use byok::keys::{KeyService, KeyUpsert};
+    const ROUNDS: usize = 24;
+    let user = unique_user("two-instances");
+    let here = KeyService::new(b.meta.clone(), b.secrets.clone());
+    let there = KeyService::new(b.meta.clone(), b.secrets.clone());
+    let upsert = |key: &str| KeyUpsert {
+        service: Service::Groq,
+        api_key: ApiKey::new(key),
+        base_url: None,
+        label: None,
+    };
+    let (mut kept, mut gone) = (0, 0);
+    for round in 0..ROUNDS {
+        let before = format!("gsk_two_instances_before_{round:04}");
+        here.upsert(&user, upsert(&before), "test").await.unwrap();
+        let after = format!("gsk_two_instances_after_{round:04}");
+        // Alternate which call starts first.
+        let (deleted, stored) = if round % 2 == 0 {
+            tokio::join!(
+                here.delete(&user, Service::Groq, "test"),
+                there.upsert(&user, upsert(&after), "test")
+            )
+        } else {
+            let (stored, deleted) = tokio::join!(
+                there.upsert(&user, upsert(&after), "test"),
+                here.delete(&user, Service::Groq, "test")
+            );
+            (deleted, stored)
+        };
+        deleted.unwrap();
+        stored.unwrap();
+        match b.meta.get_key(&user, Service::Groq).await.unwrap() {
+            Some(record) => {
+                let key = b.secrets.get_secret(&record.secret).await;
+                assert_eq!(
+                    key.map(|k| k.expose().to_owned()).ok().as_deref(),
+                    Some(after.as_str()),
+                    "round {round}: the remaining record opens with its key"
+                );
+                kept += 1;
+                here.delete(&user, Service::Groq, "test").await.unwrap();
+            }
+            None => gone += 1,
+        }
+    }
+    assert_eq!(kept + gone, ROUNDS);
+    // A store that began beside the delete outlived it (else nothing raced).
+    assert!(kept > 0, "{kept} kept, {gone} deleted");
 }
 
 pub async fn crash_between_metadata_and_secret_deletes_leaves_nothing_dangling(b: &Backend) {
@@ -849,18 +942,22 @@ pub async fn crash_between_metadata_and_secret_deletes_leaves_nothing_dangling(b
             &user,
             Service::Xai,
             &ApiKey::new("xai-crash-delete-0000000001"),
+            None,
         )
         .await
         .unwrap();
     b.meta
-        .put_key(&record(&user, Service::Xai, secret), Expected::Absent)
+        .put_key(
+            &record(&user, Service::Xai, secret.clone()),
+            Expected::Absent,
+        )
         .await
         .unwrap();
     // Delete order: metadata first. A crash before the secret delete leaves
     // only an unreferenced secret, which a later delete (or sweep) removes.
     b.meta.delete_key(&user, Service::Xai).await.unwrap();
     assert!(b.meta.load_user(&user).await.unwrap().keys.is_empty());
-    b.secrets.delete_secret(&user, Service::Xai).await.unwrap();
+    b.secrets.delete_secret(&secret).await.unwrap();
 }
 
 // ------------------------------------------------------------ rate limits
@@ -1194,7 +1291,7 @@ async fn with_secret(
     let user = unique_user(case);
     let current = b
         .secrets
-        .put_secret(&user, service, &key(first))
+        .put_secret(&user, service, &key(first), None)
         .await
         .unwrap();
     (user, current)
@@ -1210,7 +1307,7 @@ pub async fn rotation_promotes_pending_and_keeps_previous(b: &Backend) {
     .await;
     let staged = b
         .rotation
-        .stage(&user, Service::OpenAi, &key("sk-proj-second-0123456789"))
+        .stage(&current.id, &key("sk-proj-second-0123456789"))
         .await
         .unwrap();
     assert_eq!(
@@ -1271,10 +1368,9 @@ pub async fn rotation_promotes_pending_and_keeps_previous(b: &Backend) {
 }
 
 pub async fn rotation_steps_are_idempotent(b: &Backend) {
-    let (user, current) =
-        with_secret(b, "rot-idem", Service::Groq, "gsk_first_0123456789abc").await;
+    let (_, current) = with_secret(b, "rot-idem", Service::Groq, "gsk_first_0123456789abc").await;
     b.rotation
-        .stage(&user, Service::Groq, &key("gsk_second_0123456789ab"))
+        .stage(&current.id, &key("gsk_second_0123456789ab"))
         .await
         .unwrap();
     let token = "aa0e0d0c0b0a09080706050403020100";
@@ -1305,10 +1401,9 @@ pub async fn rotation_steps_are_idempotent(b: &Backend) {
 }
 
 pub async fn rotation_discard_keeps_current(b: &Backend) {
-    let (user, current) =
-        with_secret(b, "rot-discard", Service::Xai, "xai-first-0123456789abc").await;
+    let (_, current) = with_secret(b, "rot-discard", Service::Xai, "xai-first-0123456789abc").await;
     b.rotation
-        .stage(&user, Service::Xai, &key("xai-second-0123456789ab"))
+        .stage(&current.id, &key("xai-second-0123456789ab"))
         .await
         .unwrap();
     let token = "bb0e0d0c0b0a09080706050403020100";
@@ -1341,7 +1436,7 @@ pub async fn rotation_discard_keeps_current(b: &Backend) {
     // Staging again after a discard works (no stray label blocks it).
     let again = b
         .rotation
-        .stage(&user, Service::Xai, &key("xai-third-0123456789abc"))
+        .stage(&current.id, &key("xai-third-0123456789abc"))
         .await
         .unwrap();
     assert_eq!(
@@ -1354,7 +1449,10 @@ pub async fn rotation_stage_needs_a_secret(b: &Backend) {
     let user = unique_user("rot-nosecret");
     let err = b
         .rotation
-        .stage(&user, Service::OpenAi, &key("sk-proj-orphan-0123456789"))
+        .stage(
+            &fake_ref(&user, Service::OpenAi).id,
+            &key("sk-proj-orphan-0123456789"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::SecretNotFound), "{err:?}");

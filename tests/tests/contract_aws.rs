@@ -266,11 +266,11 @@ async fn replacing_a_key_keeps_the_previous_version_by_its_id() {
     let old = ApiKey::new("sk-ant-old-key-0123456789");
     let new = ApiKey::new("sk-ant-new-key-9876543210");
     let r1 = store
-        .put_secret(&u, Service::Anthropic, &old)
+        .put_secret(&u, Service::Anthropic, &old, None)
         .await
         .unwrap();
     let r2 = store
-        .put_secret(&u, Service::Anthropic, &new)
+        .put_secret(&u, Service::Anthropic, &new, Some(&r1))
         .await
         .unwrap();
     assert_eq!(r1.id, r2.id);
@@ -293,28 +293,47 @@ async fn replacing_a_key_keeps_the_previous_version_by_its_id() {
     assert!(value.contains(old.expose()));
     assert!(stages.contains(&"AWSPREVIOUS".to_owned()), "{stages:?}");
 
-    // The name resolves to the same secret as the ARN.
-    let name = store.secret_name(&u, Service::Anthropic);
+    // The key's secret is named for its owner and service, and is its own.
+    let stem = store.secret_name(&u, Service::Anthropic, "");
     let described = secrets_client(None)
         .describe_secret()
-        .secret_id(&name)
+        .secret_id(&r1.id)
         .send()
         .await
         .unwrap();
-    assert_eq!(described.arn(), Some(r1.id.as_str()));
+    let name = described.name().unwrap();
+    assert!(
+        name.starts_with(&stem) && name.len() == stem.len() + 32,
+        "{name}"
+    );
+    let another = store
+        .put_secret(&u, Service::Anthropic, &old, None)
+        .await
+        .unwrap();
+    assert_ne!(another.id, r1.id);
 }
 
 #[tokio::test]
 async fn concurrent_puts_of_one_secret_all_land() {
     let store = Arc::new(secrets_store(None));
     let u = unique_user("concurrent-secret");
+    let first = store
+        .put_secret(
+            &u,
+            Service::Groq,
+            &ApiKey::new("gsk_concurrent_first_0123"),
+            None,
+        )
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..4)
         .map(|i| {
             let store = Arc::clone(&store);
-            let u = u.clone();
+            let (u, first) = (u.clone(), first.clone());
             tokio::spawn(async move {
                 let key = ApiKey::new(format!("gsk_concurrent_{i}_0123456789"));
-                (store.put_secret(&u, Service::Groq, &key).await, key)
+                let put = store.put_secret(&u, Service::Groq, &key, Some(&first));
+                (put.await, key)
             })
         })
         .collect();
@@ -371,12 +390,16 @@ async fn secret_names_for_odd_user_ids_are_valid_and_distinct() {
     let mut names = HashSet::new();
     for (i, id) in ids.iter().enumerate() {
         let u = user(id);
-        let name = store.secret_name(&u, Service::OpenAi);
-        assert!(is_valid_secret_name(&name), "{id:?}: {name}");
-        assert!(names.insert(name.clone()), "{id:?}: duplicate name {name}");
+        let stem = store.secret_name(&u, Service::OpenAi, "");
+        let longest = format!("{stem}{}", "f".repeat(32));
+        assert!(is_valid_secret_name(&longest), "{id:?}: {longest}");
+        assert!(names.insert(stem.clone()), "{id:?}: duplicate name {stem}");
         // The emulator accepts the name, and the secret reads back.
         let key = ApiKey::new(format!("sk-odd-name-{i}-0123456789"));
-        let sref = store.put_secret(&u, Service::OpenAi, &key).await.unwrap();
+        let sref = store
+            .put_secret(&u, Service::OpenAi, &key, None)
+            .await
+            .unwrap();
         assert_eq!(store.get_secret(&sref).await.unwrap(), key);
         let described = secrets_client(None)
             .describe_secret()
@@ -384,13 +407,17 @@ async fn secret_names_for_odd_user_ids_are_valid_and_distinct() {
             .send()
             .await
             .unwrap();
-        assert_eq!(described.name(), Some(name.as_str()));
+        let name = described.name().unwrap();
+        assert!(
+            name.starts_with(&stem) && name.len() == stem.len() + 32,
+            "{name}"
+        );
     }
     // Hashed user parts do not collide with an id that spells one out.
-    let hashed = store.secret_name(&user("a/b"), Service::OpenAi);
+    let hashed = store.secret_name(&user("a/b"), Service::OpenAi, "0");
     let part = hashed.split('/').nth(1).unwrap();
     assert!(part.starts_with("h-") && part.len() == 66, "{hashed}");
-    assert_ne!(store.secret_name(&user(part), Service::OpenAi), hashed);
+    assert_ne!(store.secret_name(&user(part), Service::OpenAi, "0"), hashed);
 }
 
 #[tokio::test]
@@ -405,7 +432,12 @@ async fn secrets_are_tagged_and_use_the_kms_key() {
     ] {
         let u = user(id);
         let sref = store
-            .put_secret(&u, Service::Xai, &ApiKey::new("xai-tagged-0123456789"))
+            .put_secret(
+                &u,
+                Service::Xai,
+                &ApiKey::new("xai-tagged-0123456789"),
+                None,
+            )
             .await
             .unwrap();
         let described = client
@@ -475,7 +507,7 @@ async fn no_plaintext_key_in_dynamodb() {
     let secrets = secrets_store(None);
     let u = unique_user("canary");
     let sref = secrets
-        .put_secret(&u, Service::OpenAi, &ApiKey::new(CANARY))
+        .put_secret(&u, Service::OpenAi, &ApiKey::new(CANARY), None)
         .await
         .unwrap();
     let mut rec = contract::record(&u, Service::OpenAi, sref.clone());
@@ -700,17 +732,28 @@ async fn recovery_window_deletion_hides_the_secret() {
             &u,
             Service::OpenRouter,
             &ApiKey::new("sk-or-v1-recover-0123"),
+            None,
         )
         .await
         .unwrap();
-    store.delete_secret(&u, Service::OpenRouter).await.unwrap();
+    store.delete_secret(&sref).await.unwrap();
     let result = store.get_secret(&sref).await;
     assert!(
         matches!(result, Err(StoreError::SecretNotFound)),
         "{result:?}"
     );
     // Deleting a secret already scheduled for deletion is fine.
-    store.delete_secret(&u, Service::OpenRouter).await.unwrap();
+    store.delete_secret(&sref).await.unwrap();
+    // A new version is refused, not a restore of the deleted key.
+    let late = store
+        .put_secret(
+            &u,
+            Service::OpenRouter,
+            &ApiKey::new("sk-or-v1-late-0123"),
+            Some(&sref),
+        )
+        .await;
+    assert!(matches!(late, Err(StoreError::SecretNotFound)), "{late:?}");
     let described = secrets_client(None)
         .describe_secret()
         .secret_id(&sref.id)

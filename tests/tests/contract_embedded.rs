@@ -70,14 +70,19 @@ async fn no_plaintext_key_on_disk() {
     let store = EmbeddedStore::open(tmp.path(), MasterKey::generate()).unwrap();
     let u = user("canary-user");
     let sref = store
-        .put_secret(&u, Service::OpenAi, &ApiKey::new(CANARY))
+        .put_secret(&u, Service::OpenAi, &ApiKey::new(CANARY), None)
         .await
         .unwrap();
     let rec = contract::record(&u, Service::OpenAi, sref.clone());
     store.put_key(&rec, Expected::Absent).await.unwrap();
     // A second version, so the first is also stored as previous.
     store
-        .put_secret(&u, Service::OpenAi, &ApiKey::new(format!("{CANARY}-2")))
+        .put_secret(
+            &u,
+            Service::OpenAi,
+            &ApiKey::new(format!("{CANARY}-2")),
+            Some(&sref),
+        )
         .await
         .unwrap();
     assert_eq!(store.get_secret(&sref).await.unwrap(), ApiKey::new(CANARY));
@@ -112,7 +117,7 @@ async fn other_master_key_cannot_decrypt() {
     let tmp = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(tmp.path(), MasterKey::generate()).unwrap();
     let sref = store
-        .put_secret(&user("u"), Service::Anthropic, &ApiKey::new(CANARY))
+        .put_secret(&user("u"), Service::Anthropic, &ApiKey::new(CANARY), None)
         .await
         .unwrap();
     drop(store);
@@ -143,7 +148,7 @@ async fn tampered_ciphertext_or_nonce_is_detected() {
     let store = EmbeddedStore::open(tmp.path(), MasterKey::generate()).unwrap();
     let u = user("tamper");
     let sref = store
-        .put_secret(&u, Service::Groq, &ApiKey::new(CANARY))
+        .put_secret(&u, Service::Groq, &ApiKey::new(CANARY), None)
         .await
         .unwrap();
     let conn = raw_db(&store);
@@ -207,11 +212,12 @@ async fn reopen_with_same_key_keeps_data() {
             &u,
             Service::Gateway,
             &ApiKey::new("vck_previous_0123456789"),
+            None,
         )
         .await
         .unwrap();
     let current = store
-        .put_secret(&u, Service::Gateway, &ApiKey::new(CANARY))
+        .put_secret(&u, Service::Gateway, &ApiKey::new(CANARY), Some(&previous))
         .await
         .unwrap();
     let mut rec = contract::record(&u, Service::Gateway, current.clone());

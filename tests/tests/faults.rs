@@ -113,17 +113,18 @@ impl SecretStore for Faulty {
         user: &UserId,
         service: Service,
         key: &ApiKey,
+        into: Option<&SecretRef>,
     ) -> Result<SecretRef, StoreError> {
         self.step()?;
-        self.inner.put_secret(user, service, key).await
+        self.inner.put_secret(user, service, key, into).await
     }
     async fn get_secret(&self, secret: &SecretRef) -> Result<ApiKey, StoreError> {
         self.step()?;
         self.inner.get_secret(secret).await
     }
-    async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError> {
+    async fn delete_secret(&self, secret: &SecretRef) -> Result<(), StoreError> {
         self.step()?;
-        self.inner.delete_secret(user, service).await
+        self.inner.delete_secret(secret).await
     }
 }
 
@@ -464,14 +465,9 @@ struct FaultyRotation {
 
 #[async_trait]
 impl RotationStore for FaultyRotation {
-    async fn stage(
-        &self,
-        user: &UserId,
-        service: Service,
-        key: &ApiKey,
-    ) -> Result<SecretRef, StoreError> {
+    async fn stage(&self, secret_id: &str, key: &ApiKey) -> Result<SecretRef, StoreError> {
         self.calls.step()?;
-        self.inner.stage(user, service, key).await
+        self.inner.stage(secret_id, key).await
     }
     async fn describe(&self, secret_id: &str) -> Result<SecretVersions, StoreError> {
         self.calls.step()?;

@@ -164,12 +164,8 @@ impl Setup {
     /// the record as it was before.
     async fn stage(&self, key: &str) -> KeyRecord {
         let key = ApiKey::new(key);
-        let staged = self
-            .secrets()
-            .stage(&user(), Service::OpenAi, &key)
-            .await
-            .unwrap();
         let old = self.record().await;
+        let staged = self.secrets().stage(&old.secret.id, &key).await.unwrap();
         assert!(old.pending.is_none(), "{old:?}");
         assert_eq!(staged.id, old.secret.id, "one secret, a version more");
         let new = KeyRecord {

@@ -384,7 +384,10 @@ async fn orphan_secret(mode: Mode, dir: &Path, env: &[(String, String)]) {
         Mode::Embedded => {
             let master = MasterKey::load_or_create(dir).unwrap();
             let store = byok::store::embedded::EmbeddedStore::open(dir, master).unwrap();
-            store.put_secret(&user, Service::Groq, &key).await.unwrap();
+            store
+                .put_secret(&user, Service::Groq, &key, None)
+                .await
+                .unwrap();
         }
         Mode::Aws => {
             let prefix = env
@@ -400,7 +403,10 @@ async fn orphan_secret(mode: Mode, dir: &Path, env: &[(String, String)]) {
                     deletion: byok::store::secrets_manager::SecretDeletion::Force,
                 },
             );
-            store.put_secret(&user, Service::Groq, &key).await.unwrap();
+            store
+                .put_secret(&user, Service::Groq, &key, None)
+                .await
+                .unwrap();
         }
     }
 }

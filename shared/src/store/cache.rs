@@ -89,8 +89,9 @@ impl SecretStore for CachedSecretStore {
         user: &UserId,
         service: Service,
         key: &ApiKey,
+        into: Option<&SecretRef>,
     ) -> Result<SecretRef, StoreError> {
-        let secret = self.inner.put_secret(user, service, key).await?;
+        let secret = self.inner.put_secret(user, service, key, into).await?;
         self.remember(secret.clone(), key.clone());
         Ok(secret)
     }
@@ -109,8 +110,8 @@ impl SecretStore for CachedSecretStore {
     /// Deletes through. Cached versions of the secret are not looked up here:
     /// the metadata naming them is removed first, so nothing asks for them
     /// again, and they expire with the TTL.
-    async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError> {
-        self.inner.delete_secret(user, service).await
+    async fn delete_secret(&self, secret: &SecretRef) -> Result<(), StoreError> {
+        self.inner.delete_secret(secret).await
     }
 }
 
@@ -133,6 +134,7 @@ mod tests {
             user: &UserId,
             service: Service,
             _key: &ApiKey,
+            _into: Option<&SecretRef>,
         ) -> Result<SecretRef, StoreError> {
             Ok(SecretRef {
                 id: format!("{user}/{service}"),
@@ -149,7 +151,7 @@ mod tests {
                 secret.id, secret.version
             )))
         }
-        async fn delete_secret(&self, _: &UserId, _: Service) -> Result<(), StoreError> {
+        async fn delete_secret(&self, _: &SecretRef) -> Result<(), StoreError> {
             Ok(())
         }
     }
@@ -189,7 +191,7 @@ mod tests {
         let user = UserId::new("u").unwrap();
         let key = ApiKey::new("sk-proj-primed00000000000000");
         let secret = cache
-            .put_secret(&user, Service::OpenAi, &key)
+            .put_secret(&user, Service::OpenAi, &key, None)
             .await
             .unwrap();
         assert_eq!(cache.get_secret(&secret).await.unwrap(), key);

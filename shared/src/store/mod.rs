@@ -142,22 +142,31 @@ pub struct KeyPage {
     pub next: Option<String>,
 }
 
-/// Secret values, one secret per (user, service), versioned.
+/// Secret values: one secret per stored key, versioned.
+///
+/// A new key gets a secret of its own (never one a deleted key had), and a
+/// replacement is a new version of its key's secret. So removing a deleted
+/// key's secret can never take the secret of a key stored beside the
+/// delete, in this process or another.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
-    /// Stores `key` as a new version of the (user, service) secret and makes
-    /// it current; the version that was current stays readable as previous.
+    /// Stores `key` for `user`'s `service`: with `into`, as a new version of
+    /// that secret, made current (the version that was current stays
+    /// readable as previous; [`StoreError::SecretNotFound`] and nothing
+    /// stored if that secret is gone or being deleted); without, as the
+    /// first version of a new secret.
     async fn put_secret(
         &self,
         user: &UserId,
         service: Service,
         key: &ApiKey,
+        into: Option<&SecretRef>,
     ) -> Result<SecretRef, StoreError>;
 
     /// The exact version `secret` names; [`StoreError::SecretNotFound`] if gone.
     async fn get_secret(&self, secret: &SecretRef) -> Result<ApiKey, StoreError>;
 
-    /// Removes the (user, service) secret with all its versions. Removing a
+    /// Removes the secret `secret` names, with all its versions. Removing a
     /// secret that does not exist is not an error.
-    async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError>;
+    async fn delete_secret(&self, secret: &SecretRef) -> Result<(), StoreError>;
 }

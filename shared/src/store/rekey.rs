@@ -493,7 +493,7 @@ mod tests {
         ] {
             let user = UserId::new(user).unwrap();
             let secret = store
-                .put_secret(&user, service, &ApiKey::new(plain))
+                .put_secret(&user, service, &ApiKey::new(plain), None)
                 .await
                 .unwrap();
             stored.push((secret, plain.to_owned()));

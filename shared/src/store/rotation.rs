@@ -57,15 +57,10 @@ pub struct ListedSecret {
 /// Staging labels on secret versions (see the module doc).
 #[async_trait]
 pub trait RotationStore: Send + Sync {
-    /// Stores `key` as a new version of the (user, service) secret labelled
+    /// Stores `key` as a new version of the secret `secret_id` labelled
     /// staged, moving the label off any earlier staged version. The secret
     /// must exist ([`StoreError::SecretNotFound`] otherwise).
-    async fn stage(
-        &self,
-        user: &UserId,
-        service: Service,
-        key: &ApiKey,
-    ) -> Result<SecretRef, StoreError>;
+    async fn stage(&self, secret_id: &str, key: &ApiKey) -> Result<SecretRef, StoreError>;
 
     /// The owner and stages of the secret `secret_id`.
     async fn describe(&self, secret_id: &str) -> Result<SecretVersions, StoreError>;

@@ -1,9 +1,15 @@
-//! The AWS Secrets Manager secret store: one secret per (user, service),
-//! whose versions are the successive keys; and the cold-start read of the
-//! operator's team keys.
+//! The AWS Secrets Manager secret store: one secret per stored key, whose
+//! versions are its successive values (replacements, rotations); and the
+//! cold-start read of the operator's team keys.
 //!
 //! # Names
-//! A user's secret for a service is named `{prefix}{user-part}/{service}`.
+//! A new key's secret is named `{prefix}{user-part}/{service}/{unique}`,
+//! `{unique}` being 32 random hex characters: a key stored after a delete
+//! never gets the deleted key's secret, so the delete (which removes the
+//! secret its record named, by ARN) cannot take a key stored beside it, in
+//! any instance. Secrets written before keys had secrets of their own are
+//! named `{prefix}{user-part}/{service}`; their records name them by ARN and
+//! they keep working.
 //! Secret names allow only `A-Za-z0-9/_+=.@-` (at most 512 characters), while
 //! user ids are any text of up to 256 bytes, so the user part is
 //! - the user id itself when it matches `[A-Za-z0-9_+=.@-]{1,128}` and does
@@ -12,15 +18,16 @@
 //!
 //! The two forms cannot collide (direct ids never start with `h-`), the user
 //! part never contains `/`, and service names never do either, so every
-//! (user, service) has its own name. Names never end in `-` plus six
-//! characters (they end in `/{service}`), which Secrets Manager could mistake
+//! (user, service) has its own names. Names never end in `-` plus six
+//! characters (they end in hex), which Secrets Manager could mistake
 //! for the random suffix of an ARN. The prefix (e.g. `byok/`) is used as
 //! given; it must itself be a valid name part.
 //!
 //! # Values and versions
-//! The secret value is the JSON object `{"apiKey":"..."}`. Each
-//! [`SecretStore::put_secret`] creates the secret, or adds a version with
-//! `PutSecretValue`: the new version becomes `AWSCURRENT`, the one before it
+//! The secret value is the JSON object `{"apiKey":"..."}`. A
+//! [`SecretStore::put_secret`] for a new key creates its secret; one for a
+//! stored key adds a version to that key's secret with `PutSecretValue`
+//! (never re-creating or restoring it): the new version becomes `AWSCURRENT`, the one before it
 //! `AWSPREVIOUS`, and both stay readable by their version ids. A
 //! [`SecretRef`] is (secret ARN, version id) and is always read by exact
 //! version, never by stage. The KMS key (if set) and the tags `byok:user` and
@@ -40,10 +47,9 @@
 //!
 //! # Deletion
 //! [`SecretDeletion::Force`] deletes at once; with a recovery window the
-//! secret is only scheduled for deletion: reading it is then
-//! [`StoreError::SecretNotFound`], and storing a key for the same (user,
-//! service) restores it (including its old versions) before adding the new
-//! version.
+//! secret is only scheduled for deletion: reading it or adding a version
+//! to it is then [`StoreError::SecretNotFound`]. It is never restored: a
+//! key stored later for the same (user, service) gets a new secret.
 
 use super::rotation::{ListedSecret, RotationStore, STAGED_LABEL, SecretVersions};
 use super::{SecretStore, StoreError};
@@ -104,9 +110,14 @@ impl SecretsManagerStore {
         Self { client, options }
     }
 
-    /// The name of the (user, service) secret: `{prefix}{user-part}/{service}`.
-    pub fn secret_name(&self, user: &UserId, service: Service) -> String {
-        format!("{}{}/{service}", self.options.prefix, user_part(user))
+    /// The name of a new secret of `user`'s `service`:
+    /// `{prefix}{user-part}/{service}/{unique}`.
+    pub fn secret_name(&self, user: &UserId, service: Service, unique: &str) -> String {
+        format!(
+            "{}{}/{service}/{unique}",
+            self.options.prefix,
+            user_part(user)
+        )
     }
 }
 
@@ -319,6 +330,36 @@ impl SecretsManagerStore {
     }
 }
 
+impl SecretsManagerStore {
+    /// Adds `value` as the current version of the existing secret `id`;
+    /// [`StoreError::SecretNotFound`] if it is gone or scheduled for
+    /// deletion (it is not restored: its key was deleted).
+    async fn put_version(
+        &self,
+        id: &str,
+        token: &str,
+        value: &str,
+    ) -> Result<SecretRef, StoreError> {
+        let put = self
+            .client
+            .put_secret_value()
+            .secret_id(id)
+            .client_request_token(token)
+            .secret_string(value)
+            .send()
+            .await;
+        match put {
+            Ok(out) => secret_ref(out.arn, out.version_id, token),
+            Err(err) => match err.as_service_error() {
+                Some(e) if e.is_resource_not_found_exception() => Err(StoreError::SecretNotFound),
+                // "marked for deletion"
+                Some(e) if e.is_invalid_request_exception() => Err(StoreError::SecretNotFound),
+                _ => Err(backend("PutSecretValue", err)),
+            },
+        }
+    }
+}
+
 fn secret_ref(
     arn: Option<String>,
     version: Option<String>,
@@ -343,12 +384,19 @@ impl SecretStore for SecretsManagerStore {
         user: &UserId,
         service: Service,
         key: &ApiKey,
+        into: Option<&SecretRef>,
     ) -> Result<SecretRef, StoreError> {
-        let name = self.secret_name(user, service);
         // 32 hex characters: a valid ClientRequestToken, and the new version id.
         let token = crypto::random_hex::<16>().map_err(StoreError::backend)?;
         let value = secret_value(key)?;
-        self.put_steps(user, service, &name, &token, &value).await
+        match into {
+            Some(secret) => self.put_version(&secret.id, &token, &value).await,
+            None => {
+                let unique = crypto::random_hex::<16>().map_err(StoreError::backend)?;
+                let name = self.secret_name(user, service, &unique);
+                self.put_steps(user, service, &name, &token, &value).await
+            }
+        }
     }
 
     async fn get_secret(&self, secret: &SecretRef) -> Result<ApiKey, StoreError> {
@@ -375,11 +423,8 @@ impl SecretStore for SecretsManagerStore {
         }
     }
 
-    async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError> {
-        let request = self
-            .client
-            .delete_secret()
-            .secret_id(self.secret_name(user, service));
+    async fn delete_secret(&self, secret: &SecretRef) -> Result<(), StoreError> {
+        let request = self.client.delete_secret().secret_id(&secret.id);
         let request = match self.options.deletion {
             SecretDeletion::Force => request.force_delete_without_recovery(true),
             SecretDeletion::RecoveryWindowDays(days) => request.recovery_window_in_days(days),
@@ -502,18 +547,13 @@ impl SecretsManagerStore {
 
 #[async_trait]
 impl RotationStore for SecretsManagerStore {
-    async fn stage(
-        &self,
-        user: &UserId,
-        service: Service,
-        key: &ApiKey,
-    ) -> Result<SecretRef, StoreError> {
+    async fn stage(&self, secret_id: &str, key: &ApiKey) -> Result<SecretRef, StoreError> {
         let token = crypto::random_hex::<16>().map_err(StoreError::backend)?;
         let value = secret_value(key)?;
         let put = self
             .client
             .put_secret_value()
-            .secret_id(self.secret_name(user, service))
+            .secret_id(secret_id)
             .client_request_token(&token)
             .secret_string(value.as_str())
             .version_stages(STAGED_LABEL)
@@ -743,12 +783,12 @@ mod tests {
         let s = store("byok/");
         let sub = "3f2a1b4c-0000-4000-8000-123456789abc";
         assert_eq!(
-            s.secret_name(&user(sub), Service::OpenAi),
-            format!("byok/{sub}/openai")
+            s.secret_name(&user(sub), Service::OpenAi, "0a1b"),
+            format!("byok/{sub}/openai/0a1b")
         );
         assert_eq!(
-            s.secret_name(&user("a.b+c=d@e_f-g"), Service::Groq),
-            "byok/a.b+c=d@e_f-g/groq"
+            s.secret_name(&user("a.b+c=d@e_f-g"), Service::Groq, "0a1b"),
+            "byok/a.b+c=d@e_f-g/groq/0a1b"
         );
         let long = "x".repeat(UserId::MAX_LEN);
         let ids = [
@@ -768,11 +808,12 @@ mod tests {
         assert!(hashed_a_slash_b.starts_with("h-") && hashed_a_slash_b.len() == 66);
         let mut names = std::collections::HashSet::new();
         for id in ids.iter().copied().chain([hashed_a_slash_b.as_str()]) {
-            let name = s.secret_name(&user(id), Service::Anthropic);
+            let unique = "0123456789abcdef0123456789abcdef";
+            let name = s.secret_name(&user(id), Service::Anthropic, unique);
             assert!(valid_name(&name), "{id}: {name}");
             assert!(names.insert(name.clone()), "{id}: duplicate {name}");
-            assert!(name.ends_with("/anthropic"));
-            assert_eq!(name.matches('/').count(), 2, "{name}");
+            assert!(name.ends_with(&format!("/anthropic/{unique}")));
+            assert_eq!(name.matches('/').count(), 3, "{name}");
         }
         assert_eq!(user_part(&user(&"y".repeat(128))), "y".repeat(128));
         assert!(user_part(&user(&"y".repeat(129))).starts_with("h-"));

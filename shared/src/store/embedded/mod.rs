@@ -228,8 +228,12 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
 }
 
 /// The secret id of (user, service).
-fn secret_id(user: &UserId, service: Service) -> String {
-    format!("{user}/{service}")
+/// A new secret's id: `{user}/{service}/{random}`, never one an earlier
+/// secret had (data written before secrets were per key used
+/// `{user}/{service}`; those ids stay valid).
+fn new_secret_id(user: &UserId, service: Service) -> Result<String, StoreError> {
+    let unique = crypto::random_hex::<16>().map_err(StoreError::backend)?;
+    Ok(format!("{user}/{service}/{unique}"))
 }
 
 /// Associated data binding a ciphertext to its row. User ids hold no control
@@ -322,7 +326,7 @@ mod tests {
         assert_eq!(mode(&dir) & 0o077, 0);
         assert_eq!(mode(store.db_path()), 0o600);
         store
-            .put_secret(&user("u"), Service::OpenAi, &ApiKey::new("sk-x"))
+            .put_secret(&user("u"), Service::OpenAi, &ApiKey::new("sk-x"), None)
             .await
             .unwrap();
         let wal = dir.join(format!("{DB_FILE}-wal"));
@@ -349,7 +353,7 @@ mod tests {
         let key = || MasterKey::from_base64(key_b64).unwrap();
         let store = EmbeddedStore::open(&dir, key()).unwrap();
         let secret = store
-            .put_secret(&user("u"), Service::OpenAi, &ApiKey::new("sk-y"))
+            .put_secret(&user("u"), Service::OpenAi, &ApiKey::new("sk-y"), None)
             .await
             .unwrap();
         drop(store);
@@ -471,9 +475,12 @@ mod tests {
         let mut refs = Vec::new();
         for i in 0..4 {
             let key = ApiKey::new(format!("sk-version-{i}"));
-            refs.push(store.put_secret(&u, Service::Gateway, &key).await.unwrap());
+            let into: Option<&SecretRef> = refs.last();
+            let secret = store.put_secret(&u, Service::Gateway, &key, into);
+            refs.push(secret.await.unwrap());
         }
-        assert!(refs.iter().all(|r| r.id == "odd/user:name ü/gateway"));
+        assert!(refs.iter().all(|r| r.id == refs[0].id));
+        assert!(refs[0].id.starts_with("odd/user:name ü/gateway/"));
         let conn = raw(&store);
         let mut stmt = conn
             .prepare("SELECT version_id, stage FROM secrets ORDER BY stage")
@@ -507,7 +514,7 @@ mod tests {
         let store = open(tmp.path());
         let u = user("u1");
         let secret = store
-            .put_secret(&u, Service::OpenAi, &ApiKey::new("sk-canary-corrupt"))
+            .put_secret(&u, Service::OpenAi, &ApiKey::new("sk-canary-corrupt"), None)
             .await
             .unwrap();
         store
@@ -557,11 +564,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = open(tmp.path());
         let a = store
-            .put_secret(&user("alice"), Service::OpenAi, &ApiKey::new("sk-alice"))
+            .put_secret(
+                &user("alice"),
+                Service::OpenAi,
+                &ApiKey::new("sk-alice"),
+                None,
+            )
             .await
             .unwrap();
         let b = store
-            .put_secret(&user("bob"), Service::OpenAi, &ApiKey::new("sk-bob"))
+            .put_secret(&user("bob"), Service::OpenAi, &ApiKey::new("sk-bob"), None)
             .await
             .unwrap();
         // Give bob's row alice's nonce and ciphertext.

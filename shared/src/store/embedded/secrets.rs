@@ -10,11 +10,16 @@ impl SecretStore for EmbeddedStore {
         user: &UserId,
         service: Service,
         key: &ApiKey,
+        into: Option<&SecretRef>,
     ) -> Result<SecretRef, StoreError> {
         let user = user.clone();
         let key = key.clone();
+        let into = into.map(|secret| secret.id.clone());
         self.run(move |inner| {
-            let id = secret_id(&user, service);
+            let (id, existing) = match into {
+                Some(id) => (id, true),
+                None => (new_secret_id(&user, service)?, false),
+            };
             let version = crypto::random_hex::<16>().map_err(StoreError::backend)?;
             let aad = secret_aad(&id, &version, user.as_str(), service.as_str());
             let sealed = inner
@@ -28,6 +33,10 @@ impl SecretStore for EmbeddedStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::backend)?;
+            // An existing secret without a current version is gone.
+            if existing && !has_current(&tx, &id)? {
+                return Err(StoreError::SecretNotFound);
+            }
             // Older versions go, except one the metadata still points at (a
             // replacement that crashed before its metadata write): it stays,
             // as `deprecated`, until a later put finds it unreferenced.
@@ -75,8 +84,8 @@ impl SecretStore for EmbeddedStore {
             .await
     }
 
-    async fn delete_secret(&self, user: &UserId, service: Service) -> Result<(), StoreError> {
-        self.delete_by_id(&secret_id(user, service)).await
+    async fn delete_secret(&self, secret: &SecretRef) -> Result<(), StoreError> {
+        self.delete_by_id(&secret.id).await
     }
 }
 
@@ -180,6 +189,16 @@ fn insert_secret_row(
     Ok(())
 }
 
+/// Whether secret `id` has a current version (exists, and is not deleted).
+fn has_current(tx: &Connection, id: &str) -> Result<bool, StoreError> {
+    tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM secrets WHERE secret_id = ?1 AND stage = 'current')",
+        [id],
+        |row| row.get(0),
+    )
+    .map_err(StoreError::backend)
+}
+
 /// The owner of secret `id`, from any of its rows.
 fn secret_owner(tx: &Connection, id: &str) -> Result<(String, String), StoreError> {
     tx.query_row(
@@ -205,45 +224,24 @@ fn row_stage(tx: &Connection, id: &str, version: &str) -> Result<Option<String>,
 
 #[async_trait]
 impl RotationStore for EmbeddedStore {
-    async fn stage(
-        &self,
-        user: &UserId,
-        service: Service,
-        key: &ApiKey,
-    ) -> Result<SecretRef, StoreError> {
-        let (user, key) = (user.clone(), key.clone());
+    async fn stage(&self, secret_id: &str, key: &ApiKey) -> Result<SecretRef, StoreError> {
+        let (id, key) = (secret_id.to_owned(), key.clone());
         self.run(move |inner| {
-            let id = secret_id(&user, service);
             let version = crypto::random_hex::<16>().map_err(StoreError::backend)?;
             let mut conn = inner.conn()?;
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::backend)?;
-            let has_current: bool = tx
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM secrets WHERE secret_id = ?1 AND stage = 'current')",
-                    [&id],
-                    |row| row.get(0),
-                )
-                .map_err(StoreError::backend)?;
-            if !has_current {
+            if !has_current(&tx, &id)? {
                 return Err(StoreError::SecretNotFound);
             }
+            let (user, service) = secret_owner(&tx, &id)?;
             tx.execute(
                 "DELETE FROM secrets WHERE secret_id = ?1 AND stage = 'staged'",
                 [&id],
             )
             .map_err(StoreError::backend)?;
-            insert_secret_row(
-                &tx,
-                inner,
-                &id,
-                &version,
-                user.as_str(),
-                service.as_str(),
-                "staged",
-                &key,
-            )?;
+            insert_secret_row(&tx, inner, &id, &version, &user, &service, "staged", &key)?;
             tx.commit().map_err(StoreError::backend)?;
             Ok(SecretRef { id, version })
         })
