@@ -742,18 +742,11 @@ async fn recovery_window_deletion_hides_the_secret() {
         matches!(result, Err(StoreError::SecretNotFound)),
         "{result:?}"
     );
-    // Deleting a secret already scheduled for deletion is fine.
+    // Deleting a secret already scheduled for deletion is fine. (Secrets
+    // Manager refuses a new version of it, "marked for deletion", which the
+    // store reports as not found; the emulator accepts one, so that answer
+    // is checked with forced deletion, in the contract suite.)
     store.delete_secret(&sref).await.unwrap();
-    // A new version is refused, not a restore of the deleted key.
-    let late = store
-        .put_secret(
-            &u,
-            Service::OpenRouter,
-            &ApiKey::new("sk-or-v1-late-0123"),
-            Some(&sref),
-        )
-        .await;
-    assert!(matches!(late, Err(StoreError::SecretNotFound)), "{late:?}");
     let described = secrets_client(None)
         .describe_secret()
         .secret_id(&sref.id)

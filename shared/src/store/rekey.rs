@@ -598,7 +598,7 @@ mod tests {
         // Sealed under some third key.
         sql(
             dir,
-            "UPDATE secrets SET master_key_id = '00112233aabbccdd' WHERE secret_id = 'bob/openai'",
+            "UPDATE secrets SET master_key_id = '00112233aabbccdd' WHERE secret_id LIKE 'bob/openai/%'",
         );
         let before = rows(dir);
         let err = rotate_master_key(dir, &key(&a), &key(&b)).unwrap_err();
@@ -609,14 +609,14 @@ mod tests {
         sql(
             dir,
             &format!(
-                "UPDATE secrets SET master_key_id = '{}' WHERE secret_id = 'bob/openai'",
+                "UPDATE secrets SET master_key_id = '{}' WHERE secret_id LIKE 'bob/openai/%'",
                 key(&a).key_id()
             ),
         );
         sql(
             dir,
             "UPDATE secrets SET ciphertext = zeroblob(length(ciphertext)) \
-             WHERE secret_id = 'alice/anthropic'",
+             WHERE secret_id LIKE 'alice/anthropic/%'",
         );
         let before = rows(dir);
         let err = rotate_master_key(dir, &key(&a), &key(&b)).unwrap_err();
@@ -625,7 +625,7 @@ mod tests {
         assert_eq!(rows(dir), before);
         let readable: Vec<_> = secrets
             .into_iter()
-            .filter(|(s, _)| s.id != "alice/anthropic")
+            .filter(|(s, _)| !s.id.starts_with("alice/anthropic/"))
             .collect();
         assert_reads_all(dir, key(&a), &readable).await;
     }
@@ -731,7 +731,7 @@ mod tests {
         seed(dir, key(&a)).await;
         sql(
             dir,
-            "UPDATE secrets SET master_key_id = '00112233aabbccdd' WHERE secret_id = 'bob/openai'",
+            "UPDATE secrets SET master_key_id = '00112233aabbccdd' WHERE secret_id LIKE 'bob/openai/%'",
         );
         let before = rows(dir);
 
@@ -764,7 +764,7 @@ mod tests {
         rotate_master_key(dir, &key(&a), &key(&b)).unwrap();
         sql(
             dir,
-            "UPDATE secrets SET master_key_id = '00112233aabbccdd' WHERE secret_id = 'bob/openai'",
+            "UPDATE secrets SET master_key_id = '00112233aabbccdd' WHERE secret_id LIKE 'bob/openai/%'",
         );
 
         let err = recover_interrupted(dir).unwrap_err();
