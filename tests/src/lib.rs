@@ -7,5 +7,6 @@ pub mod contract;
 pub mod harness;
 pub mod http;
 pub mod lambda_runtime;
+pub mod release_fixture;
 pub mod stores;
 pub mod upstream;
