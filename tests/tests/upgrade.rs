@@ -6,6 +6,12 @@
 //! saved, and every enabled key (and a disabled one once enabled) reaches
 //! the upstream as exactly the key that was stored.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test bodies are plain functions run once per store; a failed step stops the test"
+)]
+
 use byok_tests::http::Api;
 use byok_tests::release_fixture::{AwsDump, ExpectedKey, load_aws};
 use byok_tests::stores::{Mode, start_with};
