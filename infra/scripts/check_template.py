@@ -258,7 +258,7 @@ EVENT_PUBLISHERS = {ROTATION_FUNCTION, "CompletionFunction"}
 EVENT_SOURCE = "byok.keys"
 # Budget alerts (shared/src/events.rs: BUDGET_THRESHOLD) share the bus and rule.
 KEY_EVENT_TYPES = {"key.invalid", "key.rotation_due", "key.rotated", "key.rotation_failed",
-                   "budget.threshold"}
+                   "key.stale", "budget.threshold"}
 
 # The one managed policy a role may carry: SAM's own basic execution role
 # (CloudWatch Logs), the only place `*` is tolerated.

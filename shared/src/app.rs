@@ -417,7 +417,13 @@ pub fn state(
         config.requests_per_minute,
         config.team_requests_per_minute,
     ))
-    .with_budgets(budgets.clone());
+    .with_budgets(budgets.clone())
+    .with_key_policy(crate::completion::KeyPolicy {
+        strategy: config.keys.strategy,
+        last_used_granularity: config.keys.last_used_granularity,
+        team_fallback_on_user_key_failure: config.keys.team_fallback_on_user_key_failure,
+    })
+    .with_audit(audit.clone());
     let validation = Arc::new(validation);
     let rotation = Arc::new(RotationService::new(
         stores.meta.clone(),
@@ -433,7 +439,11 @@ pub fn state(
             _ => Arc::new(InProcessTrigger::new(rotation.clone())),
         };
     Ok(AppState {
-        keys: Arc::new(KeyService::new(stores.meta, stores.secrets).with_audit(audit.clone())),
+        keys: Arc::new(
+            KeyService::new(stores.meta, stores.secrets)
+                .with_audit(audit.clone())
+                .with_max_keys(config.keys.max_per_service),
+        ),
         validation,
         audit: Arc::new(audit),
         rotation,

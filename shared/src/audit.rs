@@ -3,7 +3,7 @@
 //! and reading a page checks the client's cursor and limit before the store
 //! is asked. No HTTP types here.
 
-use crate::domain::{Service, UserId};
+use crate::domain::{KeyId, Service, UserId};
 use crate::store::{AuditAction, AuditCursor, AuditEvent, AuditPage, AuditStore, StoreError};
 use std::sync::Arc;
 
@@ -42,7 +42,21 @@ impl AuditLog {
         result: Option<&str>,
         request_id: &str,
     ) {
-        self.append(user, action, Some(service), result, request_id)
+        self.append(user, action, Some(service), None, result, request_id)
+            .await;
+    }
+
+    /// Records `action` on one key (`id`) of `service` for `user`.
+    pub async fn record_key(
+        &self,
+        user: &UserId,
+        action: AuditAction,
+        service: Service,
+        id: &KeyId,
+        result: Option<&str>,
+        request_id: &str,
+    ) {
+        self.append(user, action, Some(service), Some(id), result, request_id)
             .await;
     }
 
@@ -55,7 +69,7 @@ impl AuditLog {
         budget: &str,
         request_id: &str,
     ) {
-        self.append(admin, action, None, Some(budget), request_id)
+        self.append(admin, action, None, None, Some(budget), request_id)
             .await;
     }
 
@@ -64,6 +78,7 @@ impl AuditLog {
         user: &UserId,
         action: AuditAction,
         service: Option<Service>,
+        key_id: Option<&KeyId>,
         result: Option<&str>,
         request_id: &str,
     ) {
@@ -74,7 +89,10 @@ impl AuditLog {
             result.map(str::to_owned),
             request_id,
         ) {
-            Ok(event) => event,
+            Ok(event) => AuditEvent {
+                key_id: key_id.cloned(),
+                ..event
+            },
             Err(err) => {
                 tracing::error!(%action, service = service.map(Service::as_str), error = %err, "audit event not created");
                 return;

@@ -2,7 +2,7 @@
 //! names operators rely on. `Config::from_env` is the only place that reads
 //! `std::env`; everything else receives a `Config`.
 
-use crate::domain::{ApiKey, ModelId, Service};
+use crate::domain::{ApiKey, KeyStrategy, ModelId, Service};
 use crate::domain::{TeamCredentials, Upstreams};
 pub use crate::upstream::UpstreamTimeouts;
 use secrecy::SecretString;
@@ -96,6 +96,32 @@ pub struct Config {
     /// (`BYOK_CATALOG_FILE`; `byok-local catalog refresh` writes it).
     pub catalog_file: Option<PathBuf>,
     pub rotation: RotationConfig,
+    /// Several keys per service (`BYOK_MAX_KEYS_PER_SERVICE`,
+    /// `BYOK_KEY_STRATEGY`, `BYOK_LAST_USED_GRANULARITY_SECS`,
+    /// `BYOK_TEAM_FALLBACK_ON_USER_KEY_FAILURE`).
+    pub keys: KeysConfig,
+}
+
+/// How several keys of one service are kept and tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeysConfig {
+    pub max_per_service: usize,
+    pub strategy: KeyStrategy,
+    pub last_used_granularity: Duration,
+    /// After every user key of the resolved service failed, the team
+    /// credential is tried (with the user's consent). Off by default.
+    pub team_fallback_on_user_key_failure: bool,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            max_per_service: 5,
+            strategy: KeyStrategy::Priority,
+            last_used_granularity: Duration::from_secs(300),
+            team_fallback_on_user_key_failure: false,
+        }
+    }
 }
 
 /// Key rotation and the sweep.
@@ -124,6 +150,8 @@ pub struct SweepPolicy {
     pub orphan_grace: Duration,
     /// Provider checks in flight at once.
     pub concurrency: usize,
+    /// Keys unused for this long raise `key.stale` (`BYOK_STALE_AFTER_DAYS`).
+    pub stale_after: Duration,
 }
 
 impl Default for SweepPolicy {
@@ -133,6 +161,7 @@ impl Default for SweepPolicy {
             rotation_age: Duration::from_secs(90 * 24 * 3600),
             orphan_grace: Duration::from_secs(3600),
             concurrency: 4,
+            stale_after: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -508,6 +537,50 @@ impl Config {
                     sweep_defaults.orphan_grace,
                 )?,
                 concurrency: sweep_defaults.concurrency,
+                stale_after: span(
+                    "BYOK_STALE_AFTER_DAYS",
+                    86_400.0,
+                    sweep_defaults.stale_after,
+                )?,
+            },
+        };
+        let key_defaults = KeysConfig::default();
+        let keys = KeysConfig {
+            max_per_service: usize::try_from(number(
+                "BYOK_MAX_KEYS_PER_SERVICE",
+                key_defaults.max_per_service as u64,
+            )?)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or(ConfigError::Invalid {
+                name: "BYOK_MAX_KEYS_PER_SERVICE",
+                expected: "a whole number from 1 to 100",
+            })?,
+            strategy: match get("BYOK_KEY_STRATEGY").as_deref().map(str::trim) {
+                None | Some("priority") => KeyStrategy::Priority,
+                Some("round_robin") => KeyStrategy::RoundRobin,
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        name: "BYOK_KEY_STRATEGY",
+                        expected: "priority or round_robin",
+                    });
+                }
+            },
+            last_used_granularity: Duration::from_secs(number(
+                "BYOK_LAST_USED_GRANULARITY_SECS",
+                key_defaults.last_used_granularity.as_secs(),
+            )?),
+            team_fallback_on_user_key_failure: match get("BYOK_TEAM_FALLBACK_ON_USER_KEY_FAILURE")
+                .as_deref()
+            {
+                None | Some("false" | "0") => false,
+                Some("true" | "1") => true,
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        name: "BYOK_TEAM_FALLBACK_ON_USER_KEY_FAILURE",
+                        expected: "true or false",
+                    });
+                }
             },
         };
 
@@ -577,6 +650,7 @@ impl Config {
             upstream_timeouts,
             catalog_file: get("BYOK_CATALOG_FILE").map(PathBuf::from),
             rotation,
+            keys,
         })
     }
 }

@@ -11,7 +11,7 @@
 //! event: a sink that cannot deliver logs the loss. [`WebhookSink`] also
 //! POSTs budget alerts to the operator's URL, signed (see its doc).
 
-use crate::domain::{Service, Timestamp, UserId};
+use crate::domain::{KeyId, Service, Timestamp, UserId};
 use async_trait::async_trait;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -34,6 +34,8 @@ pub enum KeyEventKind {
     Rotated,
     /// A rotation ended without promoting its key.
     RotationFailed,
+    /// No completion used the key for the configured time.
+    Stale,
 }
 
 impl KeyEventKind {
@@ -44,6 +46,7 @@ impl KeyEventKind {
             Self::RotationDue => "key.rotation_due",
             Self::Rotated => "key.rotated",
             Self::RotationFailed => "key.rotation_failed",
+            Self::Stale => "key.stale",
         }
     }
 }
@@ -58,6 +61,9 @@ pub struct KeyEvent {
     pub user: UserId,
     #[serde(serialize_with = "service_name")]
     pub service: Service,
+    /// Which of the user's keys of the service.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_key_id")]
+    pub key_id: Option<KeyId>,
     pub masked_key: String,
     #[serde(serialize_with = "instant")]
     pub at: Timestamp,
@@ -70,6 +76,13 @@ pub struct KeyEvent {
         serialize_with = "opt_instant"
     )]
     pub keyed_at: Option<Timestamp>,
+}
+
+fn opt_key_id<S: serde::Serializer>(id: &Option<KeyId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(id.as_str()),
+        None => s.serialize_none(),
+    }
 }
 
 fn kind_name<S: serde::Serializer>(kind: &KeyEventKind, s: S) -> Result<S::Ok, S::Error> {
@@ -488,6 +501,7 @@ mod tests {
             kind: KeyEventKind::Rotated,
             user: UserId::new("alice").unwrap(),
             service: Service::OpenAi,
+            key_id: None,
             masked_key: "sk-…0001".into(),
             at: crate::domain::now(),
             reason: None,

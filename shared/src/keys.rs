@@ -6,8 +6,8 @@
 use crate::audit::AuditLog;
 use crate::domain::key::check_key_format;
 use crate::domain::{
-    ApiKey, BaseUrlError, KeyFormatError, KeyRecord, SecretRef, Service, Settings, UserBaseUrl,
-    UserId, mask_key, now,
+    ApiKey, BaseUrlError, KeyFormatError, KeyId, KeyRecord, SecretRef, Service, Settings,
+    UserBaseUrl, UserId, mask_key, now,
 };
 use crate::store::{AuditAction, Expected, MetadataStore, SecretStore, StoreError};
 use std::sync::Arc;
@@ -27,11 +27,23 @@ pub struct KeyUpsert {
     pub label: Option<String>,
 }
 
+/// Another key for a service that may already have some.
+#[derive(Debug)]
+pub struct KeyAdd {
+    pub api_key: ApiKey,
+    pub label: Option<String>,
+    /// `None`: after every stored key of the service.
+    pub priority: Option<u32>,
+    pub base_url: Option<String>,
+}
+
 /// A partial update of a stored key.
 #[derive(Debug, Default)]
 pub struct KeyPatch {
     pub enabled: Option<bool>,
     pub label: Option<String>,
+    /// Only for one key (a patch of every key of a service refuses it).
+    pub priority: Option<u32>,
 }
 
 /// Whether an upsert created a key or replaced one.
@@ -40,6 +52,9 @@ pub enum Upserted {
     Created(KeyRecord),
     Replaced(KeyRecord),
 }
+
+/// Highest priority a key may be given.
+pub const MAX_PRIORITY: u32 = 1_000_000;
 
 /// Why a key operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +71,18 @@ pub enum KeyError {
         "label looks like a key; labels are stored and shown in clear, so name the key instead"
     )]
     LabelLooksLikeKey,
-    #[error("nothing to change: give enabled or label")]
+    #[error("nothing to change: give enabled, label or priority")]
     EmptyPatch,
+    #[error("priority is set per key: use /api/keys/{0}/{{id}}")]
+    PriorityNeedsKey(Service),
+    #[error("priority must be 0 to {MAX_PRIORITY}")]
+    InvalidPriority,
     #[error("no {0} key is stored")]
     NotFound(Service),
+    #[error("no {0} key with id {1} is stored")]
+    KeyNotFound(Service, KeyId),
+    #[error("{service} already has {max} keys, the most a service may have; delete one first")]
+    TooManyKeys { service: Service, max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,17 +90,21 @@ pub enum KeyError {
 /// How many locks the writes of one process take turns on (keys hash to one).
 const WRITE_LOCKS: usize = 64;
 
+/// Keys a service may have unless configured (`BYOK_MAX_KEYS_PER_SERVICE`).
+pub const DEFAULT_MAX_KEYS_PER_SERVICE: usize = 5;
+
 /// Key and settings operations for the signed-in user.
 pub struct KeyService {
     meta: Arc<dyn MetadataStore>,
     secrets: Arc<dyn SecretStore>,
     audit: Option<AuditLog>,
-    /// Writes of one key take turns within this process, so they do not
-    /// retry against each other. Correctness does not depend on it: writes
-    /// are conditional on the record's revision, and every new key gets a
-    /// secret of its own, so a delete (which removes the secret its record
-    /// named) never takes the secret of a key stored beside it by another
-    /// instance.
+    max_keys: usize,
+    /// Writes of one service's keys take turns within this process, so they
+    /// do not retry against each other (and the key limit holds within a
+    /// process). Correctness does not depend on it: writes are conditional
+    /// on the record's revision, and every new key gets a secret of its
+    /// own, so a delete (which removes the secret its record named) never
+    /// takes the secret of a key stored beside it by another instance.
     write_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -88,13 +115,26 @@ impl KeyService {
             meta,
             secrets,
             audit: None,
+            max_keys: DEFAULT_MAX_KEYS_PER_SERVICE,
             write_locks: (0..WRITE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         }
     }
 
-    /// The turn of `user`'s `service` key among this process's writes.
+    /// At most `max` keys per service (at least 1).
+    #[must_use]
+    pub fn with_max_keys(mut self, max: usize) -> Self {
+        self.max_keys = max.max(1);
+        self
+    }
+
+    /// Keys a service may have.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// The turn of `user`'s `service` keys among this process's writes.
     async fn write_turn(&self, user: &UserId, service: Service) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -110,15 +150,24 @@ impl KeyService {
         self
     }
 
-    async fn audit(&self, user: &UserId, action: AuditAction, service: Service, request_id: &str) {
+    async fn audit(&self, record: &KeyRecord, action: AuditAction, request_id: &str) {
         if let Some(audit) = &self.audit {
-            audit.record(user, action, service, None, request_id).await;
+            audit
+                .record_key(
+                    &record.user,
+                    action,
+                    record.service,
+                    &record.id,
+                    None,
+                    request_id,
+                )
+                .await;
         }
     }
 
-    /// Stores a key: a new one, or a new version replacing the stored one
-    /// (label kept unless given, re-enabled, validation fields cleared).
-    /// `request_id` goes into the audit event.
+    /// Stores a key for `req.service`: its first key, or a new version
+    /// replacing its primary key (label kept unless given, re-enabled,
+    /// validation fields cleared). `request_id` goes into the audit event.
     pub async fn upsert(
         &self,
         user: &UserId,
@@ -142,7 +191,7 @@ impl KeyService {
         let mut new_secret = false;
         loop {
             attempt += 1;
-            let existing = self.meta.get_key(user, req.service).await?;
+            let existing = self.meta.load_user(user).await?.key(req.service).cloned();
             // Secret first: metadata never points at a secret that is not
             // there. A replacement is a new version of the key's secret; a
             // new key gets a new secret.
@@ -182,41 +231,35 @@ impl KeyService {
                         // supersedes any staged one.
                         rotated_at: Some(at),
                         pending: None,
+                        cooldown_until: None,
                         ..old.clone()
                     },
                     Expected::Revision(old.revision),
                 ),
                 None => (
-                    KeyRecord {
-                        user: user.clone(),
-                        service: req.service,
-                        label: label
+                    new_record(
+                        user,
+                        req.service,
+                        KeyId::generate().map_err(StoreError::backend)?,
+                        0,
+                        label
                             .clone()
                             .unwrap_or_else(|| req.service.display_name().to_owned()),
-                        masked_key: masked_key.clone(),
-                        enabled: true,
-                        base_url: base_url.clone().flatten(),
-                        created_at: at,
-                        updated_at: at,
-                        last_validated_at: None,
-                        last_validation: None,
+                        masked_key.clone(),
+                        base_url.clone().flatten(),
                         secret,
-                        revision: 1,
-                        rotated_at: None,
-                        pending: None,
-                        last_rotation: None,
-                    },
+                    ),
                     Expected::Absent,
                 ),
             };
             match self.meta.put_key(&record, expected).await {
                 Ok(()) => {
-                    tracing::info!(service = %req.service, replaced = existing.is_some(), "key stored");
+                    tracing::info!(service = %req.service, key_id = %record.id, replaced = existing.is_some(), "key stored");
                     let action = match existing {
                         Some(_) => AuditAction::Replaced,
                         None => AuditAction::Added,
                     };
-                    self.audit(user, action, req.service, request_id).await;
+                    self.audit(&record, action, request_id).await;
                     return Ok(match existing {
                         Some(_) => Upserted::Replaced(record),
                         None => Upserted::Created(record),
@@ -240,84 +283,202 @@ impl KeyService {
         }
     }
 
-    /// The user's keys, in the order of [`Service::ALL`].
-    pub async fn list(&self, user: &UserId) -> Result<Vec<KeyRecord>, KeyError> {
-        let mut keys = self.meta.load_user(user).await?.keys;
-        keys.sort_by_key(|k| k.service);
-        Ok(keys)
-    }
-
-    /// Changes `enabled` and/or `label` of a stored key.
-    pub async fn update(
+    /// Adds another key to `service` (its first if it has none), after the
+    /// stored ones unless `req.priority` says otherwise.
+    pub async fn add(
         &self,
         user: &UserId,
         service: Service,
-        patch: KeyPatch,
+        req: KeyAdd,
         request_id: &str,
     ) -> Result<KeyRecord, KeyError> {
-        if patch.enabled.is_none() && patch.label.is_none() {
-            return Err(KeyError::EmptyPatch);
+        check_key_format(service, &req.api_key)?;
+        let label = req.label.as_deref().map(check_label).transpose()?;
+        if req.priority.is_some_and(|p| p > MAX_PRIORITY) {
+            return Err(KeyError::InvalidPriority);
         }
-        let label = patch.label.as_deref().map(check_label).transpose()?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let old = self
-                .meta
-                .get_key(user, service)
-                .await?
-                .ok_or(KeyError::NotFound(service))?;
-            let record = KeyRecord {
-                enabled: patch.enabled.unwrap_or(old.enabled),
-                label: label.clone().unwrap_or_else(|| old.label.clone()),
-                updated_at: now(),
-                revision: old.revision + 1,
-                ..old.clone()
-            };
-            match self
-                .meta
-                .put_key(&record, Expected::Revision(old.revision))
-                .await
-            {
-                Ok(()) => {
-                    tracing::info!(%service, enabled = record.enabled, "key updated");
-                    let action = match (old.enabled, record.enabled) {
-                        (false, true) => AuditAction::Enabled,
-                        (true, false) => AuditAction::Disabled,
-                        _ => AuditAction::Updated,
-                    };
-                    self.audit(user, action, service, request_id).await;
-                    return Ok(record);
+        let base_url = match req.base_url {
+            Some(_) if !service.accepts_base_url() => {
+                return Err(KeyError::BaseUrlNotAccepted(service));
+            }
+            Some(raw) => Some(UserBaseUrl::parse(&raw)?.as_str().to_owned()),
+            None => None,
+        };
+        let masked_key = mask_key(&req.api_key);
+
+        let _turn = self.write_turn(user, service).await;
+        let snapshot = self.meta.load_user(user).await?;
+        let stored = snapshot.keys_of(service);
+        if stored.len() >= self.max_keys {
+            return Err(KeyError::TooManyKeys {
+                service,
+                max: self.max_keys,
+            });
+        }
+        let priority = req.priority.unwrap_or_else(|| {
+            stored
+                .iter()
+                .map(|k| k.priority.saturating_add(1))
+                .max()
+                .unwrap_or(0)
+                .min(MAX_PRIORITY)
+        });
+        let secret = self
+            .secrets
+            .put_secret(user, service, &req.api_key, None)
+            .await?;
+        let record = new_record(
+            user,
+            service,
+            KeyId::generate().map_err(StoreError::backend)?,
+            priority,
+            label.unwrap_or_else(|| service.display_name().to_owned()),
+            masked_key,
+            base_url,
+            secret,
+        );
+        if let Err(err) = self.meta.put_key(&record, Expected::Absent).await {
+            if matches!(err, StoreError::Conflict) {
+                self.remove_unreferenced(&record.secret).await;
+            }
+            return Err(err.into());
+        }
+        tracing::info!(%service, key_id = %record.id, priority, "key added");
+        self.audit(&record, AuditAction::Added, request_id).await;
+        Ok(record)
+    }
+
+    /// The user's keys: by service (in the order of [`Service::ALL`]),
+    /// then in the order they are tried.
+    pub async fn list(&self, user: &UserId) -> Result<Vec<KeyRecord>, KeyError> {
+        let mut keys = self.meta.load_user(user).await?.keys;
+        keys.sort_by(|a, b| (a.service, a.order()).cmp(&(b.service, b.order())));
+        Ok(keys)
+    }
+
+    /// The keys a request names: one (`id`), or every key of `service`.
+    async fn targets(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: Option<&KeyId>,
+    ) -> Result<Vec<KeyRecord>, KeyError> {
+        match id {
+            Some(id) => Ok(vec![
+                self.meta
+                    .get_key(user, service, id)
+                    .await?
+                    .ok_or_else(|| KeyError::KeyNotFound(service, id.clone()))?,
+            ]),
+            None => {
+                let snapshot = self.meta.load_user(user).await?;
+                let keys: Vec<KeyRecord> = snapshot.keys_of(service).into_iter().cloned().collect();
+                if keys.is_empty() {
+                    return Err(KeyError::NotFound(service));
                 }
-                Err(StoreError::Conflict) if attempt < UPSERT_ATTEMPTS => {}
-                Err(err) => return Err(err.into()),
+                Ok(keys)
             }
         }
     }
 
-    /// Removes a key: metadata first, then the secret.
+    /// Changes `enabled`, `label` and/or `priority` of one key (`id`), or
+    /// `enabled`/`label` of every key of `service`. Returns the records
+    /// written, in order.
+    pub async fn update(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: Option<&KeyId>,
+        patch: KeyPatch,
+        request_id: &str,
+    ) -> Result<Vec<KeyRecord>, KeyError> {
+        if patch.enabled.is_none() && patch.label.is_none() && patch.priority.is_none() {
+            return Err(KeyError::EmptyPatch);
+        }
+        if patch.priority.is_some() && id.is_none() {
+            return Err(KeyError::PriorityNeedsKey(service));
+        }
+        if patch.priority.is_some_and(|p| p > MAX_PRIORITY) {
+            return Err(KeyError::InvalidPriority);
+        }
+        let label = patch.label.as_deref().map(check_label).transpose()?;
+        let mut written = Vec::new();
+        for target in self.targets(user, service, id).await? {
+            let mut attempt = 0;
+            let mut old = target;
+            loop {
+                attempt += 1;
+                let record = KeyRecord {
+                    enabled: patch.enabled.unwrap_or(old.enabled),
+                    label: label.clone().unwrap_or_else(|| old.label.clone()),
+                    priority: patch.priority.unwrap_or(old.priority),
+                    updated_at: now(),
+                    revision: old.revision + 1,
+                    ..old.clone()
+                };
+                match self
+                    .meta
+                    .put_key(&record, Expected::Revision(old.revision))
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(%service, key_id = %record.id, enabled = record.enabled, "key updated");
+                        let action = match (old.enabled, record.enabled) {
+                            (false, true) => AuditAction::Enabled,
+                            (true, false) => AuditAction::Disabled,
+                            _ => AuditAction::Updated,
+                        };
+                        self.audit(&record, action, request_id).await;
+                        written.push(record);
+                        break;
+                    }
+                    Err(StoreError::Conflict) if attempt < UPSERT_ATTEMPTS => {
+                        old = self
+                            .meta
+                            .get_key(user, service, &old.id)
+                            .await?
+                            .ok_or_else(|| KeyError::KeyNotFound(service, old.id.clone()))?;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        written.sort_by(|a, b| a.order().cmp(&b.order()));
+        Ok(written)
+    }
+
+    /// Removes one key (`id`) or every key of `service`: metadata first,
+    /// then the secret. Returns how many were removed.
     pub async fn delete(
         &self,
         user: &UserId,
         service: Service,
+        id: Option<&KeyId>,
         request_id: &str,
-    ) -> Result<(), KeyError> {
+    ) -> Result<usize, KeyError> {
         let _turn = self.write_turn(user, service).await;
-        let deleted = self
-            .meta
-            .delete_key(user, service)
-            .await?
-            .ok_or(KeyError::NotFound(service))?;
-        // Only the secret the deleted record named: a key stored since has
-        // its own.
-        if let Err(err) = self.secrets.delete_secret(&deleted.secret).await {
-            // The key is gone for every reader; the leftover secret is unreferenced.
-            tracing::warn!(%service, error = %err, "key metadata removed but its secret was not");
+        let mut removed = 0;
+        for target in self.targets(user, service, id).await? {
+            let Some(deleted) = self.meta.delete_key(user, service, &target.id).await? else {
+                if id.is_some() {
+                    return Err(KeyError::KeyNotFound(service, target.id));
+                }
+                continue;
+            };
+            // Only the secret the deleted record named: a key stored since
+            // has its own.
+            if let Err(err) = self.secrets.delete_secret(&deleted.secret).await {
+                // The key is gone for every reader; the leftover secret is unreferenced.
+                tracing::warn!(%service, error = %err, "key metadata removed but its secret was not");
+            }
+            tracing::info!(%service, key_id = %deleted.id, "key deleted");
+            self.audit(&deleted, AuditAction::Deleted, request_id).await;
+            removed += 1;
         }
-        tracing::info!(%service, "key deleted");
-        self.audit(user, AuditAction::Deleted, service, request_id)
-            .await;
-        Ok(())
+        if removed == 0 {
+            return Err(KeyError::NotFound(service));
+        }
+        Ok(removed)
     }
 
     /// Removes a secret no record names (a write that lost its race); left
@@ -343,6 +504,45 @@ impl KeyService {
             "settings saved"
         );
         Ok(settings)
+    }
+}
+
+/// A key record as first stored.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one constructor, called twice, each field named"
+)]
+fn new_record(
+    user: &UserId,
+    service: Service,
+    id: KeyId,
+    priority: u32,
+    label: String,
+    masked_key: String,
+    base_url: Option<String>,
+    secret: SecretRef,
+) -> KeyRecord {
+    let at = now();
+    KeyRecord {
+        user: user.clone(),
+        service,
+        id,
+        priority,
+        label,
+        masked_key,
+        enabled: true,
+        base_url,
+        created_at: at,
+        updated_at: at,
+        last_validated_at: None,
+        last_validation: None,
+        secret,
+        revision: 1,
+        rotated_at: None,
+        pending: None,
+        last_rotation: None,
+        last_used_at: None,
+        cooldown_until: None,
     }
 }
 

@@ -2,11 +2,13 @@
 //! pays and where the request goes. Order: the user's gateway key → the
 //! user's key for the model's provider (else their OpenRouter key) → the team
 //! gateway key → a team provider key (else team OpenRouter); team paths only
-//! with the user's consent. Pure over one [`UserSnapshot`]; the credential
-//! itself is only named here, never read.
+//! with the user's consent. A user path names every usable key of its
+//! service, in the order they are tried (priority; a key cooling down after
+//! a rate limit is skipped). Pure over one [`UserSnapshot`] and the clock;
+//! the credential itself is only named here, never read.
 
 use crate::domain::base_url::url_host;
-use crate::domain::{ModelError, ModelId, SecretRef, Service, UserId};
+use crate::domain::{KeyId, KeyRecord, ModelError, ModelId, SecretRef, Service, Timestamp, UserId};
 pub use crate::domain::{ResolutionPath, TeamCredentials, Upstreams};
 use crate::store::{MetadataStore, StoreError, UserSnapshot};
 use std::sync::Arc;
@@ -33,11 +35,37 @@ impl BaseUrlSource {
     }
 }
 
+/// One stored key a user path may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChoice {
+    pub id: KeyId,
+    /// The secret at the version the metadata points at.
+    pub secret: SecretRef,
+    pub masked_key: String,
+    pub priority: u32,
+    /// The key's own base URL (gateway keys only).
+    pub base_url: Option<String>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl KeyChoice {
+    fn of(record: &KeyRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            secret: record.secret.clone(),
+            masked_key: record.masked_key.clone(),
+            priority: record.priority,
+            base_url: record.base_url.clone(),
+            last_used_at: record.last_used_at,
+        }
+    }
+}
+
 /// Where the credential for a resolution comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CredentialSource {
-    /// The user's stored key, at the version the metadata points at.
-    User(SecretRef),
+    /// One of the user's stored keys.
+    User(KeyChoice),
     /// The operator's key for this service.
     Team(Service),
 }
@@ -56,7 +84,40 @@ pub struct Resolution {
     /// Host (and non-default port) of `base_url`.
     pub base_url_host: String,
     pub base_url_source: BaseUrlSource,
+    /// The credential of the first attempt.
     pub credential: CredentialSource,
+    /// On a user path, every key that may be tried, in order (the first is
+    /// `credential`'s); empty on team paths.
+    pub keys: Vec<KeyChoice>,
+}
+
+impl Resolution {
+    /// This resolution served with `key` (one of [`Self::keys`]): its
+    /// credential and, for a gateway key, its own base URL.
+    pub fn with_key(&self, key: &KeyChoice, upstreams: &Upstreams) -> Resolution {
+        let (base_url, source) = match &key.base_url {
+            Some(url) => (url.clone(), BaseUrlSource::User),
+            None => (
+                upstreams.base_url(self.provider).to_owned(),
+                BaseUrlSource::Default,
+            ),
+        };
+        Resolution {
+            base_url_host: url_host(&base_url).unwrap_or_default(),
+            base_url,
+            base_url_source: source,
+            credential: CredentialSource::User(key.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The stored key this resolution uses, on a user path.
+    pub fn key_id(&self) -> Option<&KeyId> {
+        match &self.credential {
+            CredentialSource::User(key) => Some(&key.id),
+            CredentialSource::Team(_) => None,
+        }
+    }
 }
 
 /// Why no credential could be chosen.
@@ -68,6 +129,14 @@ pub enum ResolveError {
     ConsentRequired,
     #[error("no credential can serve this model")]
     NoCredential,
+    #[error(
+        "every {service} key of yours is cooling down after the provider rate-limited it; \
+         try again in {retry_after_secs} s"
+    )]
+    KeysCoolingDown {
+        service: Service,
+        retry_after_secs: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -123,43 +192,39 @@ pub(crate) fn choose(
             base_url_host,
             base_url_source: source,
             credential,
+            keys: Vec::new(),
         }
     };
-
-    // 1. The user's own gateway key.
-    if let Some(key) = snapshot.enabled_key(Service::Gateway) {
-        let (base_url, source) = match &key.base_url {
-            Some(url) => (url.clone(), BaseUrlSource::User),
-            None => (
-                upstreams.base_url(Service::Gateway).to_owned(),
-                BaseUrlSource::Default,
-            ),
+    let now = crate::domain::now();
+    let user_path = |path, service: Service| -> Result<Option<Resolution>, ResolveError> {
+        let Some(keys) = usable_keys(snapshot, service, now)? else {
+            return Ok(None);
         };
-        let cred = CredentialSource::User(key.secret.clone());
-        return Ok(build(
-            ResolutionPath::UserGateway,
-            Service::Gateway,
-            base_url,
-            source,
-            cred,
-        ));
+        let Some(first) = keys.first() else {
+            return Ok(None);
+        };
+        let base = build(
+            path,
+            service,
+            String::new(),
+            BaseUrlSource::Default,
+            CredentialSource::Team(service),
+        );
+        let resolved = base.with_key(first, upstreams);
+        Ok(Some(Resolution { keys, ..resolved }))
+    };
+
+    // 1. The user's own gateway keys.
+    if let Some(resolution) = user_path(ResolutionPath::UserGateway, Service::Gateway)? {
+        return Ok(resolution);
     }
 
-    // 2. The user's key for the model's provider, else their OpenRouter key.
-    let user_key = direct
-        .and_then(|svc| snapshot.enabled_key(svc))
-        .or_else(|| snapshot.enabled_key(Service::OpenRouter));
-    if let Some(key) = user_key {
-        let svc = key.service;
-        let base_url = upstreams.base_url(svc).to_owned();
-        let cred = CredentialSource::User(key.secret.clone());
-        return Ok(build(
-            ResolutionPath::UserProvider,
-            svc,
-            base_url,
-            BaseUrlSource::Default,
-            cred,
-        ));
+    // 2. The user's keys for the model's provider, else their OpenRouter keys.
+    let provider = direct
+        .filter(|svc| snapshot.enabled_key(*svc).is_some())
+        .unwrap_or(Service::OpenRouter);
+    if let Some(resolution) = user_path(ResolutionPath::UserProvider, provider)? {
+        return Ok(resolution);
     }
 
     // 3 and 4. Team credentials, in order: gateway, the model's provider, OpenRouter.
@@ -191,6 +256,38 @@ pub(crate) fn choose(
     }
 }
 
+/// The enabled keys of `service` that are not cooling down at `now`, in
+/// order; `None` if the user has no enabled key for it; an error if every
+/// one of them is cooling down.
+fn usable_keys(
+    snapshot: &UserSnapshot,
+    service: Service,
+    now: Timestamp,
+) -> Result<Option<Vec<KeyChoice>>, ResolveError> {
+    let enabled = snapshot.enabled_keys(service);
+    if enabled.is_empty() {
+        return Ok(None);
+    }
+    let usable: Vec<KeyChoice> = enabled
+        .iter()
+        .filter(|k| !k.cooling_at(now))
+        .map(|k| KeyChoice::of(k))
+        .collect();
+    if usable.is_empty() {
+        let until = enabled
+            .iter()
+            .filter_map(|k| k.cooldown_until)
+            .min()
+            .unwrap_or(now);
+        let secs = (until - now).whole_seconds().max(1);
+        return Err(ResolveError::KeysCoolingDown {
+            service,
+            retry_after_secs: u64::try_from(secs).unwrap_or(1),
+        });
+    }
+    Ok(Some(usable))
+}
+
 /// Resolution over a metadata store: one read of the user's snapshot.
 pub struct Resolver {
     meta: Arc<dyn MetadataStore>,
@@ -220,6 +317,11 @@ impl Resolver {
         &self.team
     }
 
+    /// The metadata store resolution reads (key health is written to it).
+    pub fn meta(&self) -> Arc<dyn MetadataStore> {
+        Arc::clone(&self.meta)
+    }
+
     pub fn upstreams(&self) -> &Upstreams {
         &self.upstreams
     }
@@ -243,6 +345,10 @@ mod tests {
         KeyRecord {
             user: UserId::new("u1").unwrap(),
             service,
+            id: KeyId::first(),
+            priority: 0,
+            last_used_at: None,
+            cooldown_until: None,
             label: service.display_name().to_owned(),
             masked_key: "sk-…1234".to_owned(),
             enabled,
@@ -491,9 +597,9 @@ mod tests {
                     let from_user = r.path == ResolutionPath::UserGateway
                         || r.path == ResolutionPath::UserProvider;
                     match &r.credential {
-                        CredentialSource::User(secret) => {
+                        CredentialSource::User(key) => {
                             assert!(from_user, "{}", case.name);
-                            assert_eq!(secret.id, format!("u1/{provider}"), "{}", case.name);
+                            assert_eq!(key.secret.id, format!("u1/{provider}"), "{}", case.name);
                         }
                         CredentialSource::Team(svc) => {
                             assert!(!from_user && *svc == provider, "{}", case.name);

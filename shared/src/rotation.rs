@@ -48,8 +48,8 @@ use crate::audit::AuditLog;
 pub use crate::config::SweepPolicy;
 use crate::domain::key::check_key_format;
 use crate::domain::{
-    ApiKey, KeyFormatError, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef,
-    Service, Timestamp, UserId, ValidationResult, mask_key, now,
+    ApiKey, KeyFormatError, KeyId, KeyRecord, PendingKey, RotationOutcome, RotationRejection,
+    SecretRef, Service, Timestamp, UserId, ValidationResult, mask_key, now,
 };
 use crate::events::{EventSink, KeyEvent, KeyEventKind};
 use crate::store::{AuditAction, Expected, MetadataStore, RotationStore, SecretStore, StoreError};
@@ -171,6 +171,8 @@ pub struct SweepReport {
     /// Keys whose secret could not be read for the check.
     pub unreadable: usize,
     pub rotation_due: usize,
+    /// Keys no completion used for the stale age (`key.stale`).
+    pub stale: usize,
     pub orphans_removed: usize,
     pub events: Vec<KeyEvent>,
 }
@@ -204,11 +206,50 @@ impl RotationService {
         }
     }
 
-    async fn record_of(&self, user: &UserId, service: Service) -> Result<KeyRecord, RotationError> {
+    async fn record_of(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: &KeyId,
+    ) -> Result<KeyRecord, RotationError> {
         self.meta
-            .get_key(user, service)
+            .get_key(user, service, id)
             .await?
             .ok_or(RotationError::NotFound(service))
+    }
+
+    /// The key a route names: `id`, else the service's primary key.
+    async fn target(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: Option<&KeyId>,
+    ) -> Result<KeyRecord, RotationError> {
+        match id {
+            Some(id) => self.record_of(user, service, id).await,
+            None => self
+                .meta
+                .load_user(user)
+                .await?
+                .key(service)
+                .cloned()
+                .ok_or(RotationError::NotFound(service)),
+        }
+    }
+
+    /// The key whose secret is `secret_id` (rotation steps start from a secret).
+    async fn by_secret(
+        &self,
+        user: &UserId,
+        service: Service,
+        secret_id: &str,
+    ) -> Result<Option<KeyRecord>, RotationError> {
+        let snapshot = self.meta.load_user(user).await?;
+        Ok(snapshot
+            .keys_of(service)
+            .into_iter()
+            .find(|k| k.secret.id == secret_id)
+            .cloned())
     }
 
     /// Applies `change` to the stored record and writes it, re-reading and
@@ -218,6 +259,7 @@ impl RotationService {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
         mut change: F,
     ) -> Result<Option<KeyRecord>, RotationError>
     where
@@ -226,7 +268,7 @@ impl RotationService {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let old = self.record_of(user, service).await?;
+            let old = self.record_of(user, service, id).await?;
             let Some(new) = change(&old)? else {
                 return Ok(None);
             };
@@ -247,29 +289,32 @@ impl RotationService {
         }
     }
 
-    async fn audit(&self, user: &UserId, service: Service, result: &str, request_id: &str) {
+    async fn audit(&self, record: &KeyRecord, result: &str, request_id: &str) {
         self.audit
-            .record(
-                user,
+            .record_key(
+                &record.user,
                 AuditAction::Rotated,
-                service,
+                record.service,
+                &record.id,
                 Some(result),
                 request_id,
             )
             .await;
     }
 
-    /// Stages `key` as the replacement of the stored (user, service) key.
-    /// The current key keeps serving; a [`RotationTrigger`] starts the rotation.
+    /// Stages `key` as the replacement of the stored key `id` of `service`
+    /// (its primary key without an id). The current key keeps serving; a
+    /// [`RotationTrigger`] starts the rotation.
     pub async fn stage(
         &self,
         user: &UserId,
         service: Service,
+        id: Option<&KeyId>,
         key: &ApiKey,
         request_id: &str,
     ) -> Result<KeyRecord, RotationError> {
         check_key_format(service, key)?;
-        let record = self.record_of(user, service).await?;
+        let record = self.target(user, service, id).await?;
         if record.pending.is_some() {
             return Err(RotationError::AlreadyPending);
         }
@@ -295,7 +340,7 @@ impl RotationService {
             token: None,
         };
         let updated = self
-            .update(user, service, |old| {
+            .update(user, service, &record.id, |old| {
                 if old.pending.is_some() {
                     return Err(RotationError::AlreadyPending);
                 }
@@ -306,8 +351,8 @@ impl RotationService {
             })
             .await?
             .ok_or(RotationError::NotFound(service))?;
-        tracing::info!(%service, "replacement key staged");
-        self.audit(user, service, "staged", request_id).await;
+        tracing::info!(%service, key_id = %updated.id, "replacement key staged");
+        self.audit(&updated, "staged", request_id).await;
         Ok(updated)
     }
 
@@ -317,11 +362,13 @@ impl RotationService {
         &self,
         user: &UserId,
         service: Service,
+        id: Option<&KeyId>,
         request_id: &str,
     ) -> Result<KeyRecord, RotationError> {
         let mut token = None;
+        let target = self.target(user, service, id).await?;
         let updated = self
-            .update(user, service, |old| {
+            .update(user, service, &target.id, |old| {
                 let Some(pending) = &old.pending else {
                     return Err(RotationError::NothingPending);
                 };
@@ -344,23 +391,25 @@ impl RotationService {
         {
             tracing::warn!(%service, error = %err, "rotation cancelled but its staged versions remain");
         }
-        tracing::info!(%service, "rotation cancelled");
-        self.audit(user, service, "cancelled", request_id).await;
+        tracing::info!(%service, key_id = %updated.id, "rotation cancelled");
+        self.audit(&updated, "cancelled", request_id).await;
         Ok(updated)
     }
 
-    /// Runs every step of a new rotation of (user, service) in this process.
+    /// Runs every step of a new rotation of key `id` of `service` (its
+    /// primary key without an id) in this process.
     pub async fn rotate(
         &self,
         user: &UserId,
         service: Service,
+        id: Option<&KeyId>,
     ) -> Result<KeyRecord, RotationError> {
-        let record = self.record_of(user, service).await?;
+        let record = self.target(user, service, id).await?;
         let token = crate::crypto::random_hex::<16>().map_err(StoreError::backend)?;
         for step in Step::ALL {
             self.step(step, &record.secret.id, &token).await?;
         }
-        self.record_of(user, service).await
+        self.record_of(user, service, &record.id).await
     }
 
     /// One step of the rotation `token` of secret `secret_id`.
@@ -394,7 +443,10 @@ impl RotationService {
             return Ok(());
         }
         let (user, service) = (versions.user, versions.service);
-        let record = self.record_of(&user, service).await?;
+        let record = self
+            .by_secret(&user, service, secret_id)
+            .await?
+            .ok_or(RotationError::NotFound(service))?;
         let Some(pending) = record.pending.clone() else {
             if record
                 .last_rotation
@@ -421,7 +473,7 @@ impl RotationService {
         let key = self.secrets.get_secret(&staged).await?;
         self.store.put_pending(secret_id, token, &key).await?;
         drop(key);
-        self.update(&user, service, |old| match &old.pending {
+        self.update(&user, service, &record.id, |old| match &old.pending {
             Some(p) if p.version == pending.version => Ok(Some(KeyRecord {
                 pending: Some(PendingKey {
                     token: Some(token.to_owned()),
@@ -444,7 +496,7 @@ impl RotationService {
         service: Service,
         token: &str,
     ) -> Result<KeyRecord, RotationError> {
-        let record = self.meta.get_key(user, service).await?;
+        let record = self.by_secret(user, service, secret_id).await?;
         self.still_waiting(secret_id, record, service, token).await
     }
 
@@ -503,7 +555,7 @@ impl RotationService {
     async fn fail(&self, record: &KeyRecord, token: &str, reason: RotationRejection) {
         let (user, service) = (&record.user, record.service);
         let updated = self
-            .update(user, service, |old| {
+            .update(user, service, &record.id, |old| {
                 let ours = match &old.pending {
                     None => reason == RotationRejection::NothingStaged,
                     Some(p) => p.token.as_deref().is_none_or(|t| t == token),
@@ -521,12 +573,13 @@ impl RotationService {
         if let Err(err) = updated {
             tracing::warn!(%service, error = %err, "rotation failure not recorded on the key");
         }
-        self.audit(user, service, "rejected", &format!("rotation-{token}"))
+        self.audit(record, "rejected", &format!("rotation-{token}"))
             .await;
         let event = KeyEvent {
             kind: KeyEventKind::RotationFailed,
             user: user.clone(),
             service,
+            key_id: Some(record.id.clone()),
             masked_key: record
                 .pending
                 .as_ref()
@@ -541,18 +594,19 @@ impl RotationService {
     async fn finish(&self, secret_id: &str, token: &str) -> Result<(), RotationError> {
         let versions = self.store.describe(secret_id).await?;
         let (user, service) = (versions.user, versions.service);
-        let record = self.meta.get_key(&user, service).await?;
+        let record = self.by_secret(&user, service, secret_id).await?;
         if record.as_ref().is_some_and(|r| r.secret.version == token) {
             // Finished before; only labels may be left to tidy.
             return Ok(self.store.promote(secret_id, token).await?);
         }
         // A superseded rotation stops here.
-        self.still_waiting(secret_id, record, service, token)
+        let record = self
+            .still_waiting(secret_id, record, service, token)
             .await?;
         self.store.promote(secret_id, token).await?;
         let at = now();
         let updated = self
-            .update(&user, service, |old| {
+            .update(&user, service, &record.id, |old| {
                 if old.secret.version == token {
                     return Ok(None);
                 }
@@ -579,13 +633,14 @@ impl RotationService {
             })
             .await?;
         if let Some(updated) = updated {
-            tracing::info!(%service, "key rotated");
-            self.audit(&user, service, "rotated", &format!("rotation-{token}"))
+            tracing::info!(%service, key_id = %updated.id, "key rotated");
+            self.audit(&updated, "rotated", &format!("rotation-{token}"))
                 .await;
             let event = KeyEvent {
                 kind: KeyEventKind::Rotated,
                 user,
                 service,
+                key_id: Some(updated.id.clone()),
                 masked_key: updated.masked_key,
                 at,
                 reason: None,
@@ -616,10 +671,25 @@ impl RotationService {
                         kind: KeyEventKind::RotationDue,
                         user: record.user.clone(),
                         service: record.service,
+                        key_id: Some(record.id.clone()),
                         masked_key: record.masked_key.clone(),
                         at: started,
                         reason: None,
                         keyed_at: Some(keyed_at),
+                    });
+                }
+                let last_used = record.last_used_at.unwrap_or(record.created_at);
+                if older_than(started, last_used, policy.stale_after) {
+                    report.stale += 1;
+                    report.events.push(KeyEvent {
+                        kind: KeyEventKind::Stale,
+                        user: record.user.clone(),
+                        service: record.service,
+                        key_id: Some(record.id.clone()),
+                        masked_key: record.masked_key.clone(),
+                        at: started,
+                        reason: None,
+                        keyed_at: None,
                     });
                 }
                 if record
@@ -648,6 +718,7 @@ impl RotationService {
                                     kind: KeyEventKind::Invalid,
                                     user: record.user.clone(),
                                     service: record.service,
+                                    key_id: Some(record.id.clone()),
                                     masked_key: record.masked_key.clone(),
                                     at: now(),
                                     reason: Some("invalid_key"),
@@ -672,6 +743,7 @@ impl RotationService {
             checked = report.checked,
             invalid = report.invalid,
             rotation_due = report.rotation_due,
+            stale = report.stale,
             orphans_removed = report.orphans_removed,
             "sweep done"
         );
@@ -725,8 +797,7 @@ impl RotationService {
             }
             // A key stored since the scan read its page references it now.
             if let Some((user, service)) = &secret.owner
-                && let Some(record) = self.meta.get_key(user, *service).await?
-                && record.secret.id == secret.id
+                && self.by_secret(user, *service, &secret.id).await?.is_some()
             {
                 continue;
             }
@@ -763,9 +834,9 @@ impl InProcessTrigger {
 impl RotationTrigger for InProcessTrigger {
     async fn start(&self, record: &KeyRecord) -> Result<(), RotationError> {
         let rotation = Arc::clone(&self.rotation);
-        let (user, service) = (record.user.clone(), record.service);
+        let (user, service, id) = (record.user.clone(), record.service, record.id.clone());
         tokio::spawn(async move {
-            if let Err(err) = rotation.rotate(&user, service).await {
+            if let Err(err) = rotation.rotate(&user, service, Some(&id)).await {
                 tracing::info!(%service, error = %err, "rotation ended without promotion");
             }
         });

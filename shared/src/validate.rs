@@ -16,8 +16,8 @@
 use crate::audit::AuditLog;
 use crate::domain::key::check_key_format;
 use crate::domain::{
-    ApiKey, BaseUrlError, KeyFormatError, KeyRecord, ModelId, Service, Timestamp, UserBaseUrl,
-    UserId, ValidationResult, now,
+    ApiKey, BaseUrlError, KeyFormatError, KeyId, KeyRecord, ModelId, Service, Timestamp,
+    UserBaseUrl, UserId, ValidationResult, now,
 };
 use crate::resolve::{BaseUrlSource, CredentialSource, ResolutionPath, ResolveError, Resolver};
 use crate::store::{
@@ -39,8 +39,9 @@ pub enum ValidateRequest {
         api_key: ApiKey,
         base_url: Option<String>,
     },
-    /// The caller's stored key for this service.
-    Stored(Service),
+    /// The caller's stored key `id` for this service (its primary key
+    /// without an id).
+    Stored(Service, Option<KeyId>),
     /// Whatever credential resolution picks for this model.
     Model(String),
 }
@@ -152,18 +153,32 @@ impl ValidationService {
         let target = self.target(user, request).await?;
         self.take_hit(user).await?;
         let (outcome, result) = self.check(&target).await;
-        if let Some(record) = &target.record {
-            self.mark(record, result).await;
+        match &target.record {
+            Some(record) => {
+                self.mark(record, result).await;
+                self.audit
+                    .record_key(
+                        user,
+                        AuditAction::Validated,
+                        target.service,
+                        &record.id,
+                        Some(result.as_str()),
+                        request_id,
+                    )
+                    .await;
+            }
+            None => {
+                self.audit
+                    .record(
+                        user,
+                        AuditAction::Validated,
+                        target.service,
+                        Some(result.as_str()),
+                        request_id,
+                    )
+                    .await;
+            }
         }
-        self.audit
-            .record(
-                user,
-                AuditAction::Validated,
-                target.service,
-                Some(result.as_str()),
-                request_id,
-            )
-            .await;
         outcome?;
         Ok(Validated {
             service: target.service,
@@ -254,12 +269,12 @@ impl ValidationService {
                     record: None,
                 })
             }
-            ValidateRequest::Stored(service) => {
-                let record = self
-                    .meta
-                    .get_key(user, service)
-                    .await?
-                    .ok_or(ValidateError::NoStoredKey(service))?;
+            ValidateRequest::Stored(service, id) => {
+                let record = match id {
+                    Some(id) => self.meta.get_key(user, service, &id).await?,
+                    None => self.meta.load_user(user).await?.key(service).cloned(),
+                }
+                .ok_or(ValidateError::NoStoredKey(service))?;
                 self.stored_target(record).await
             }
             ValidateRequest::Model(model) => {
@@ -272,13 +287,18 @@ impl ValidationService {
                     self.resolver.upstreams(),
                 )?;
                 let (key, record) = match &resolution.credential {
-                    CredentialSource::User(secret) => {
+                    CredentialSource::User(choice) => {
                         let key = self
                             .secrets
-                            .get_secret(secret)
+                            .get_secret(&choice.secret)
                             .await
                             .map_err(ValidateError::Secret)?;
-                        (key, snapshot.key(resolution.provider).cloned())
+                        let record = snapshot
+                            .keys_of(resolution.provider)
+                            .into_iter()
+                            .find(|k| k.id == choice.id)
+                            .cloned();
+                        (key, record)
                     }
                     CredentialSource::Team(service) => {
                         let key = self

@@ -15,13 +15,15 @@
     reason = "test support: a failed step is a failed test"
 )]
 
-use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId, ValidationResult};
+use byok::domain::{
+    ApiKey, KeyId, KeyRecord, SecretRef, Service, Settings, UserId, ValidationResult,
+};
 use byok::resolve::ResolutionPath;
 use byok::store::{
     Amount, AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor, BudgetPeriod,
-    BudgetRecord, BudgetScope, BudgetStore, BudgetTerms, BudgetUnit, Expected, Hold, LedgerOutcome,
-    MetadataStore, RateAction, RateLimitStore, RotationStore, SecretStore, StoreError, TenantId,
-    UsageCounts, UsageEntry, UsageRow, UsageStore,
+    BudgetRecord, BudgetScope, BudgetStore, BudgetTerms, BudgetUnit, Expected, Hold, KeyMark,
+    LedgerOutcome, MetadataStore, RateAction, RateLimitStore, RotationStore, SecretStore,
+    StoreError, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore,
 };
 use std::any::Any;
 use std::sync::Arc;
@@ -129,6 +131,10 @@ pub fn record(user: &UserId, service: Service, secret: SecretRef) -> KeyRecord {
     KeyRecord {
         user: user.clone(),
         service,
+        id: KeyId::first(),
+        priority: 0,
+        last_used_at: None,
+        cooldown_until: None,
         label: format!("{service} key"),
         masked_key: "sk-...wxyz".to_owned(),
         enabled: true,
@@ -190,7 +196,13 @@ pub async fn load_user_of_unknown_user_is_empty(b: &Backend) {
     let snap = b.meta.load_user(&user).await.unwrap();
     assert_eq!(snap.settings, Settings::default());
     assert!(snap.keys.is_empty());
-    assert_eq!(b.meta.get_key(&user, Service::OpenAi).await.unwrap(), None);
+    assert_eq!(
+        b.meta
+            .get_key(&user, Service::OpenAi, &KeyId::first())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 // -------------------------------------------------------------------- keys
@@ -233,7 +245,13 @@ pub async fn load_user_isolates_users(b: &Backend) {
     assert!(!snap.settings.allow_gateway_fallback);
     assert_eq!(snap.keys, vec![bob_rec]);
 
-    assert_eq!(b.meta.get_key(&bob, Service::Gateway).await.unwrap(), None);
+    assert_eq!(
+        b.meta
+            .get_key(&bob, Service::Gateway, &KeyId::first())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// Creating twice: the second `Absent` write conflicts and changes nothing.
@@ -251,7 +269,10 @@ pub async fn put_key_absent_twice_conflicts(b: &Backend) {
         "expected Conflict, got {result:?}"
     );
     assert_eq!(
-        b.meta.get_key(&user, Service::Groq).await.unwrap(),
+        b.meta
+            .get_key(&user, Service::Groq, &KeyId::first())
+            .await
+            .unwrap(),
         Some(first)
     );
 }
@@ -277,7 +298,10 @@ pub async fn put_key_checks_revision(b: &Backend) {
         "update of missing record: {result:?}"
     );
     assert_eq!(
-        b.meta.get_key(&ghost_user, Service::Xai).await.unwrap(),
+        b.meta
+            .get_key(&ghost_user, Service::Xai, &KeyId::first())
+            .await
+            .unwrap(),
         None
     );
 
@@ -289,7 +313,11 @@ pub async fn put_key_checks_revision(b: &Backend) {
             "revision {stale}: {result:?}"
         );
         assert_eq!(
-            b.meta.get_key(&user, Service::Xai).await.unwrap().as_ref(),
+            b.meta
+                .get_key(&user, Service::Xai, &KeyId::first())
+                .await
+                .unwrap()
+                .as_ref(),
             Some(&v1)
         );
     }
@@ -297,7 +325,11 @@ pub async fn put_key_checks_revision(b: &Backend) {
     // The right revision wins.
     b.meta.put_key(&v2, Expected::Revision(1)).await.unwrap();
     assert_eq!(
-        b.meta.get_key(&user, Service::Xai).await.unwrap().as_ref(),
+        b.meta
+            .get_key(&user, Service::Xai, &KeyId::first())
+            .await
+            .unwrap()
+            .as_ref(),
         Some(&v2)
     );
 
@@ -321,20 +353,35 @@ pub async fn delete_key_returns_record_then_none(b: &Backend) {
     b.meta.put_key(&other, Expected::Absent).await.unwrap();
 
     assert_eq!(
-        b.meta.delete_key(&user, Service::Google).await.unwrap(),
+        b.meta
+            .delete_key(&user, Service::Google, &KeyId::first())
+            .await
+            .unwrap(),
         Some(rec.clone())
     );
     assert_eq!(
-        b.meta.delete_key(&user, Service::Google).await.unwrap(),
+        b.meta
+            .delete_key(&user, Service::Google, &KeyId::first())
+            .await
+            .unwrap(),
         None
     );
-    assert_eq!(b.meta.get_key(&user, Service::Google).await.unwrap(), None);
+    assert_eq!(
+        b.meta
+            .get_key(&user, Service::Google, &KeyId::first())
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(b.meta.load_user(&user).await.unwrap().keys, vec![other]);
 
     // After a delete, the record can be created again.
     b.meta.put_key(&rec, Expected::Absent).await.unwrap();
     assert_eq!(
-        b.meta.get_key(&user, Service::Google).await.unwrap(),
+        b.meta
+            .get_key(&user, Service::Google, &KeyId::first())
+            .await
+            .unwrap(),
         Some(rec)
     );
 }
@@ -347,6 +394,10 @@ pub async fn key_record_round_trips_every_field(b: &Backend) {
     let full = KeyRecord {
         user: user.clone(),
         service: Service::Gateway,
+        id: KeyId::first(),
+        priority: 7,
+        last_used_at: Some(base),
+        cooldown_until: Some(base.to_offset(plus2)),
         label: "Läbel with ünïcode, 'quotes', \"dq\", %_ and ; -- ".to_owned(),
         masked_key: "vck_...9Z9z".to_owned(),
         enabled: false,
@@ -373,7 +424,11 @@ pub async fn key_record_round_trips_every_field(b: &Backend) {
         }),
     };
     b.meta.put_key(&full, Expected::Absent).await.unwrap();
-    let got = b.meta.get_key(&user, Service::Gateway).await.unwrap();
+    let got = b
+        .meta
+        .get_key(&user, Service::Gateway, &KeyId::first())
+        .await
+        .unwrap();
     assert_eq!(got.as_ref(), Some(&full));
     let got = got.expect("record");
     assert_eq!(
@@ -389,6 +444,10 @@ pub async fn key_record_round_trips_every_field(b: &Backend) {
     let sparse = KeyRecord {
         user: user.clone(),
         service: Service::Anthropic,
+        id: KeyId::first(),
+        priority: 0,
+        last_used_at: None,
+        cooldown_until: None,
         label: String::new(),
         masked_key: "sk-ant-...abcd".to_owned(),
         enabled: true,
@@ -429,7 +488,10 @@ pub async fn key_record_round_trips_every_field(b: &Backend) {
             .await
             .unwrap();
         assert_eq!(
-            b.meta.get_key(&user, Service::Gateway).await.unwrap(),
+            b.meta
+                .get_key(&user, Service::Gateway, &KeyId::first())
+                .await
+                .unwrap(),
             Some(next)
         );
     }
@@ -441,14 +503,18 @@ pub async fn concurrent_put_key_has_one_winner(b: &Backend) {
 
     let outcomes = race(b, &user, Expected::Absent, 1).await;
     let winner = one_winner(&outcomes, "Absent");
-    let stored = b.meta.get_key(&user, Service::OpenRouter).await.unwrap();
+    let stored = b
+        .meta
+        .get_key(&user, Service::OpenRouter, &KeyId::first())
+        .await
+        .unwrap();
     assert_eq!(stored.map(|r| r.label), Some(format!("writer {winner}")));
 
     let outcomes = race(b, &user, Expected::Revision(1), 2).await;
     let winner = one_winner(&outcomes, "Revision(1)");
     let stored = b
         .meta
-        .get_key(&user, Service::OpenRouter)
+        .get_key(&user, Service::OpenRouter, &KeyId::first())
         .await
         .unwrap()
         .expect("record");
@@ -770,8 +836,18 @@ impl MetadataStore for Crashing {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.get_key(user, service).await
+        self.inner.get_key(user, service, id).await
+    }
+    async fn mark_key(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: &KeyId,
+        mark: KeyMark,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_key(user, service, id, mark).await
     }
     async fn put_key(&self, record: &KeyRecord, expected: Expected) -> Result<(), StoreError> {
         if self.crash_put.load(Ordering::SeqCst) {
@@ -785,8 +861,9 @@ impl MetadataStore for Crashing {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.delete_key(user, service).await
+        self.inner.delete_key(user, service, id).await
     }
     async fn put_settings(
         &self,
@@ -808,7 +885,7 @@ impl MetadataStore for Crashing {
 async fn assert_metadata_opens(b: &Backend, user: &UserId, service: Service, want: &str) {
     let record = b
         .meta
-        .get_key(user, service)
+        .get_key(user, service, &KeyId::first())
         .await
         .unwrap()
         .expect("record");
@@ -864,7 +941,7 @@ pub async fn crash_between_secret_and_metadata_writes_loses_no_key(b: &Backend) 
     assert!(keys.upsert(&user, new_service, "test").await.is_err());
     assert!(
         b.meta
-            .get_key(&user, Service::Groq)
+            .get_key(&user, Service::Groq, &KeyId::first())
             .await
             .unwrap()
             .is_none()
@@ -903,19 +980,24 @@ pub async fn deletes_and_stores_from_two_instances_never_dangle(b: &Backend) {
         // Alternate which call starts first.
         let (deleted, stored) = if round % 2 == 0 {
             tokio::join!(
-                here.delete(&user, Service::Groq, "test"),
+                here.delete(&user, Service::Groq, None, "test"),
                 there.upsert(&user, upsert(&after), "test")
             )
         } else {
             let (stored, deleted) = tokio::join!(
                 there.upsert(&user, upsert(&after), "test"),
-                here.delete(&user, Service::Groq, "test")
+                here.delete(&user, Service::Groq, None, "test")
             );
             (deleted, stored)
         };
         deleted.unwrap();
         stored.unwrap();
-        match b.meta.get_key(&user, Service::Groq).await.unwrap() {
+        match b
+            .meta
+            .get_key(&user, Service::Groq, &KeyId::first())
+            .await
+            .unwrap()
+        {
             Some(record) => {
                 let key = b.secrets.get_secret(&record.secret).await;
                 assert_eq!(
@@ -924,7 +1006,9 @@ pub async fn deletes_and_stores_from_two_instances_never_dangle(b: &Backend) {
                     "round {round}: the remaining record opens with its key"
                 );
                 kept += 1;
-                here.delete(&user, Service::Groq, "test").await.unwrap();
+                here.delete(&user, Service::Groq, None, "test")
+                    .await
+                    .unwrap();
             }
             None => gone += 1,
         }
@@ -955,7 +1039,10 @@ pub async fn crash_between_metadata_and_secret_deletes_leaves_nothing_dangling(b
         .unwrap();
     // Delete order: metadata first. A crash before the secret delete leaves
     // only an unreferenced secret, which a later delete (or sweep) removes.
-    b.meta.delete_key(&user, Service::Xai).await.unwrap();
+    b.meta
+        .delete_key(&user, Service::Xai, &KeyId::first())
+        .await
+        .unwrap();
     assert!(b.meta.load_user(&user).await.unwrap().keys.is_empty());
     b.secrets.delete_secret(&secret).await.unwrap();
 }
@@ -1139,6 +1226,9 @@ fn audit_event(user: &UserId, at: OffsetDateTime, action: AuditAction, n: usize)
         service: (!matches!(action, AuditAction::BudgetSet | AuditAction::BudgetDeleted))
             .then(|| Service::ALL[n % Service::ALL.len()]),
         result: (action == AuditAction::Validated).then(|| "valid".to_owned()),
+        key_id: (n % 2 == 0
+            && !matches!(action, AuditAction::BudgetSet | AuditAction::BudgetDeleted))
+        .then(|| KeyId::parse("k00000000000000ab").expect("an id")),
         request_id: format!("req-{n}"),
     }
 }
@@ -1272,7 +1362,10 @@ pub async fn rate_and_audit_leave_load_user_unchanged(b: &Backend) {
     assert_eq!(after.keys, vec![rec]);
     assert_eq!(after.settings, settings);
     assert_eq!(
-        b.meta.get_key(&user, Service::OpenAi).await.unwrap(),
+        b.meta
+            .get_key(&user, Service::OpenAi, &KeyId::first())
+            .await
+            .unwrap(),
         Some(after.keys[0].clone())
     );
 }

@@ -139,7 +139,7 @@ async fn warm_requests_make_one_query_and_no_secret_calls_and_never_serve_a_stal
         let CredentialSource::User(secret) = r.credential else {
             panic!("a user key serves: {r:?}");
         };
-        cache.get_secret(&secret).await.unwrap()
+        cache.get_secret(&secret.secret).await.unwrap()
     };
 
     assert_eq!(serve().await.expose(), first);
@@ -176,7 +176,10 @@ async fn warm_requests_make_one_query_and_no_secret_calls_and_never_serve_a_stal
     assert_eq!(serve().await.expose(), second);
     assert_eq!(secret_calls.total(), 2, "and warm again");
 
-    writer.delete(&user, Service::OpenAi, "test").await.unwrap();
+    writer
+        .delete(&user, Service::OpenAi, None, "test")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -389,7 +392,10 @@ async fn warm_completions_make_one_query_and_no_secret_calls() {
         let ttfb = r.time_to_first_byte.unwrap();
         assert!(ttfb <= r.duration);
     }
-    writer.delete(&user, Service::OpenAi, "test").await.unwrap();
+    writer
+        .delete(&user, Service::OpenAi, None, "test")
+        .await
+        .unwrap();
     stand_in.shutdown().await;
 }
 

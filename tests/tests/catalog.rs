@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashSet};
 use byok::auth::{JwtSecret, issue_token, now_unix};
 use byok::catalog::{Catalog, CatalogError, accessibility, refresh_from_gateway_list};
 use byok::config::Config;
-use byok::domain::{ApiKey, KeyRecord, ModelId, SecretRef, Service, Settings, UserId, now};
+use byok::domain::{ApiKey, KeyId, KeyRecord, ModelId, SecretRef, Service, Settings, UserId, now};
 use byok::keys::KeyUpsert;
 use byok::resolve::{ResolutionPath, TeamCredentials, Upstreams};
 use byok::store::UserSnapshot;
@@ -238,6 +238,10 @@ fn key(service: Service, enabled: bool) -> KeyRecord {
     KeyRecord {
         user: UserId::new("catalog-user").unwrap(),
         service,
+        id: KeyId::first(),
+        priority: 0,
+        last_used_at: None,
+        cooldown_until: None,
         label: service.display_name().to_owned(),
         masked_key: "sk-…0000".to_owned(),
         enabled,

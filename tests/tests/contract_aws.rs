@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TimeToLiveStatus,
 };
-use byok::domain::{ApiKey, KeyRecord, Service, Settings, UserId};
+use byok::domain::{ApiKey, KeyId, KeyRecord, Service, Settings, UserId};
 use byok::store::dynamo::{DynamoMetadataStore, ensure_table};
 use byok::store::secrets_manager::{
     SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
@@ -571,7 +571,9 @@ async fn corrupt_items_are_reported_without_values() {
         .unwrap();
     for result in [
         meta.load_user(&u).await.map(|_| ()),
-        meta.get_key(&u, Service::Groq).await.map(|_| ()),
+        meta.get_key(&u, Service::Groq, &KeyId::first())
+            .await
+            .map(|_| ()),
     ] {
         let err = result.unwrap_err();
         let msg = err.to_string();

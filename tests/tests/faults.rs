@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use byok::completion::UpstreamClient;
 use byok::config::UpstreamTimeouts;
 use byok::crypto::MasterKey;
-use byok::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
+use byok::domain::{ApiKey, KeyId, KeyRecord, SecretRef, Service, Settings, UserId};
 use byok::keys::{KeyPatch, KeyService, KeyUpsert};
 use byok::resolve::{Resolver, TeamCredentials, Upstreams};
 use byok::rotation::{RotationService, Step};
@@ -26,7 +26,7 @@ use byok::store::embedded::EmbeddedStore;
 use byok::store::rotation::{ListedSecret, RotationStore, SecretVersions};
 use byok::store::{
     Amount, BudgetChange, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore,
-    BudgetTerms, BudgetUnit, Expected, KeyPage, MetadataStore, SecretStore, StoreError,
+    BudgetTerms, BudgetUnit, Expected, KeyMark, KeyPage, MetadataStore, SecretStore, StoreError,
     UserSnapshot,
 };
 use byok::validate::ValidationService;
@@ -80,9 +80,20 @@ impl MetadataStore for Faulty {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.step()?;
-        self.inner.get_key(user, service).await
+        self.inner.get_key(user, service, id).await
+    }
+    async fn mark_key(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: &KeyId,
+        mark: KeyMark,
+    ) -> Result<(), StoreError> {
+        self.step()?;
+        self.inner.mark_key(user, service, id, mark).await
     }
     async fn put_key(&self, record: &KeyRecord, expected: Expected) -> Result<(), StoreError> {
         self.step()?;
@@ -92,9 +103,10 @@ impl MetadataStore for Faulty {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.step()?;
-        self.inner.delete_key(user, service).await
+        self.inner.delete_key(user, service, id).await
     }
     async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError> {
         self.step()?;
@@ -143,7 +155,10 @@ fn upsert(key: &str) -> KeyUpsert {
 /// The stored key's value, read straight from the store (no faults); `None`
 /// if there is no record. A record whose secret is missing fails the test.
 async fn stored_value(store: &EmbeddedStore, user: &UserId) -> Option<String> {
-    let record = store.get_key(user, Service::Groq).await.unwrap()?;
+    let snapshot = store.load_user(user).await.unwrap();
+    let keys = snapshot.keys_of(Service::Groq);
+    assert!(keys.len() <= 1, "one key at most: {keys:?}");
+    let record = keys.first().copied()?.clone();
     let secret = store
         .get_secret(&record.secret)
         .await
@@ -191,9 +206,11 @@ impl Op {
                 .update(
                     user,
                     Service::Groq,
+                    None,
                     KeyPatch {
                         enabled: Some(false),
                         label: None,
+                        priority: None,
                     },
                     "fault",
                 )
@@ -203,15 +220,20 @@ impl Op {
                 .update(
                     user,
                     Service::Groq,
+                    None,
                     KeyPatch {
                         enabled: None,
                         label: Some("renamed".into()),
+                        priority: None,
                     },
                     "fault",
                 )
                 .await
                 .map(|_| ()),
-            Op::Delete => keys.delete(user, Service::Groq, "fault").await,
+            Op::Delete => keys
+                .delete(user, Service::Groq, None, "fault")
+                .await
+                .map(|_| ()),
         }
     }
 }
@@ -302,9 +324,11 @@ async fn fifty_concurrent_writes_to_one_key_end_in_a_serial_state() {
                     .update(
                         &user,
                         Service::Groq,
+                        None,
                         KeyPatch {
                             enabled: Some(false),
                             label: None,
+                            priority: None,
                         },
                         "race",
                     )
@@ -314,15 +338,20 @@ async fn fifty_concurrent_writes_to_one_key_end_in_a_serial_state() {
                     .update(
                         &user,
                         Service::Groq,
+                        None,
                         KeyPatch {
                             enabled: Some(true),
                             label: None,
+                            priority: None,
                         },
                         "race",
                     )
                     .await
                     .map(|_| ()),
-                _ => keys.delete(&user, Service::Groq, "race").await,
+                _ => keys
+                    .delete(&user, Service::Groq, None, "race")
+                    .await
+                    .map(|_| ()),
             }
         }));
     }
@@ -569,9 +598,13 @@ async fn staged(
     let (rotation, faulty) = rotation_over(&inner, stand_in);
     let keys = KeyService::new(inner.clone(), inner.clone());
     keys.upsert(user, upsert(OLD_KEY), "setup").await.unwrap();
-    let record = inner.get_key(user, Service::Groq).await.unwrap().unwrap();
+    let record = inner
+        .get_key(user, Service::Groq, &KeyId::first())
+        .await
+        .unwrap()
+        .unwrap();
     rotation
-        .stage(user, Service::Groq, &ApiKey::new(NEW_KEY), "setup")
+        .stage(user, Service::Groq, None, &ApiKey::new(NEW_KEY), "setup")
         .await
         .unwrap();
     (inner, rotation, faulty, record)

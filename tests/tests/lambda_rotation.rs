@@ -153,9 +153,11 @@ impl Setup {
 
     async fn record(&self) -> KeyRecord {
         self.meta()
-            .get_key(&user(), Service::OpenAi)
+            .load_user(&user())
             .await
             .unwrap()
+            .key(Service::OpenAi)
+            .cloned()
             .expect("the key record")
     }
 

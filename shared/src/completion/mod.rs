@@ -23,13 +23,14 @@ pub use usage::{LogUsageSink, Outcome, RequestContext, UsageRecord, UsageSink, l
 use usage::{PendingWrites, UsageMeter};
 
 use crate::budget::{BudgetError, BudgetService, BudgetStatus};
-use crate::domain::{ApiKey, ModelId, Service, WireApi};
+pub use crate::domain::KeyStrategy;
+use crate::domain::{ApiKey, KeyId, ModelId, Service, UserId, WireApi};
 use crate::providers::raw_object::{JsonStats, RawObject};
 use crate::providers::{anthropic, openai};
 use crate::resolve::{
     BaseUrlSource, CredentialSource, Resolution, ResolutionPath, ResolveError, Resolver, choose,
 };
-use crate::store::{SecretStore, StoreError, UserSnapshot};
+use crate::store::{KeyMark, SecretStore, StoreError, UserSnapshot};
 use crate::upstream::{self, UpstreamTimeouts};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -52,7 +53,35 @@ pub struct Route {
     pub model: String,
     /// True when the model came from the fallback chain.
     pub fallback: bool,
+    /// The user's stored key that served (or failed), on a user path.
+    pub key_id: Option<KeyId>,
 }
+
+/// What happens when a user's key fails before the first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyPolicy {
+    pub strategy: KeyStrategy,
+    /// A key's `lastUsedAt` is written at most this often.
+    pub last_used_granularity: Duration,
+    /// After every user key of the resolved service failed, try the team
+    /// credential (with the user's consent; budgets and limits apply).
+    pub team_fallback_on_user_key_failure: bool,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        Self {
+            strategy: KeyStrategy::Priority,
+            last_used_granularity: Duration::from_secs(300),
+            team_fallback_on_user_key_failure: false,
+        }
+    }
+}
+
+/// A rate-limited key without `Retry-After` cools down this long.
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Longest cooldown taken from a `Retry-After`.
+const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
 
 /// The answer's body.
 pub enum CompletionBody {
@@ -141,6 +170,11 @@ pub struct CompletionService {
     budgets: Option<Arc<BudgetService>>,
     /// Usage writes no request awaits any more.
     pending: PendingWrites,
+    keys: KeyPolicy,
+    /// Turns taken among keys of equal priority (round robin).
+    turn: std::sync::atomic::AtomicUsize,
+    /// Where key failures (refused keys) are recorded.
+    audit: Option<crate::audit::AuditLog>,
 }
 
 /// The parts of a chat request the gateway reads; the rest passes through.
@@ -176,7 +210,24 @@ impl CompletionService {
             limits: RequestLimits::none(),
             budgets: None,
             pending: PendingWrites::default(),
+            keys: KeyPolicy::default(),
+            turn: std::sync::atomic::AtomicUsize::new(0),
+            audit: None,
         }
+    }
+
+    /// How several keys of one service are tried (priority order by default).
+    #[must_use]
+    pub fn with_key_policy(mut self, keys: KeyPolicy) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Records keys the provider refused during a completion.
+    #[must_use]
+    pub fn with_audit(mut self, audit: crate::audit::AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Waits (at most `limit`) for usage writes that no request awaits any
@@ -349,6 +400,7 @@ impl CompletionService {
                 provider: resolution.provider,
                 model: resolution.model.clone(),
                 fallback,
+                key_id: resolution.key_id().cloned(),
             };
             let attempt = u32::try_from(i).unwrap_or(u32::MAX);
             let meter = self.meter(ctx, started, &request, &route, attempt);
@@ -404,6 +456,7 @@ impl CompletionService {
             let Some(meter) = meter else { continue };
             match self.attempt(&resolution, &request, meter).await {
                 Ok(body) => {
+                    self.note_used(user, &resolution);
                     return Ok(Completion {
                         route,
                         body,
@@ -416,6 +469,10 @@ impl CompletionService {
                         CompletionError::Upstream(e) => e.kind.may_fall_back(),
                         _ => false,
                     };
+                    if let CompletionError::Upstream(e) = &error {
+                        self.note_key_failure(user, &resolution, e, &ctx.request_id)
+                            .await;
+                    }
                     if let (Some(meter), CompletionError::Upstream(e)) = (meter, &error) {
                         (*meter)
                             .finish(
@@ -429,8 +486,9 @@ impl CompletionService {
                     if i != last && may_fall_back {
                         tracing::info!(
                             model = route.model.as_str(),
+                            key_id = route.key_id.as_ref().map(KeyId::as_str),
                             error = %error,
-                            "falling back to the next model"
+                            "moving on to the next key or model"
                         );
                     }
                     let failure = CompletionFailure {
@@ -449,15 +507,36 @@ impl CompletionService {
             .unwrap_or_else(|| CompletionError::Resolve(ResolveError::NoCredential).into()))
     }
 
-    /// The requested model's resolution, then each fallback model the user
-    /// can reach (other than the requested one).
+    /// The requested model's resolution with each of the user's keys in
+    /// turn (then the team credential, if the operator opted in and the
+    /// user consents), then each fallback model the user can reach (other
+    /// than the requested one), likewise.
     fn candidates(
         &self,
         primary: Resolution,
         model: &ModelId,
         snapshot: &UserSnapshot,
     ) -> Vec<(Resolution, bool)> {
-        let mut out = vec![(primary, false)];
+        let mut out = Vec::new();
+        let user_path = !primary.keys.is_empty();
+        self.push_keys(&mut out, primary, false);
+        if user_path
+            && self.keys.team_fallback_on_user_key_failure
+            && snapshot.settings.allow_gateway_fallback
+        {
+            let without_keys = UserSnapshot {
+                settings: snapshot.settings,
+                keys: Vec::new(),
+            };
+            if let Ok(team) = choose(
+                &without_keys,
+                model,
+                self.resolver.team(),
+                self.resolver.upstreams(),
+            ) {
+                out.push((team, false));
+            }
+        }
         for next in self.fallback.iter().filter(|m| *m != model) {
             if let Ok(r) = choose(
                 snapshot,
@@ -465,18 +544,125 @@ impl CompletionService {
                 self.resolver.team(),
                 self.resolver.upstreams(),
             ) {
-                out.push((r, true));
+                self.push_keys(&mut out, r, true);
             }
         }
         out
     }
 
+    /// `resolution` once per key it may use (in order; taking turns among
+    /// equal priorities with round robin), or once on a team path.
+    fn push_keys(&self, out: &mut Vec<(Resolution, bool)>, resolution: Resolution, fallback: bool) {
+        if resolution.keys.is_empty() {
+            out.push((resolution, fallback));
+            return;
+        }
+        let mut keys = resolution.keys.clone();
+        if self.keys.strategy == KeyStrategy::RoundRobin {
+            let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut start = 0;
+            while start < keys.len() {
+                let priority = keys[start].priority;
+                let end = keys[start..]
+                    .iter()
+                    .position(|k| k.priority != priority)
+                    .map_or(keys.len(), |n| start + n);
+                keys[start..end].rotate_left(turn % (end - start));
+                start = end;
+            }
+        }
+        for key in &keys {
+            out.push((
+                resolution.with_key(key, self.resolver.upstreams()),
+                fallback,
+            ));
+        }
+    }
+
+    /// A user's key served: its `lastUsedAt` is written if older than the
+    /// granularity, off the request's path.
+    fn note_used(&self, user: &UserId, resolution: &Resolution) {
+        let CredentialSource::User(key) = &resolution.credential else {
+            return;
+        };
+        let now = crate::domain::now();
+        let granularity = time::Duration::try_from(self.keys.last_used_granularity)
+            .unwrap_or(time::Duration::ZERO);
+        if key.last_used_at.is_some_and(|t| now - t < granularity) {
+            return;
+        }
+        let (meta, user, service, id) = (
+            self.resolver.meta(),
+            user.clone(),
+            resolution.provider,
+            key.id.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = meta.mark_key(&user, service, &id, KeyMark::Used(now)).await {
+                tracing::debug!(%service, error = %err, "last use of a key not recorded");
+            }
+        });
+    }
+
+    /// A user's key failed before the first byte: a rate limit cools it
+    /// down (for every instance: it is written to the store); a refusal
+    /// marks it invalid and is audited.
+    async fn note_key_failure(
+        &self,
+        user: &UserId,
+        resolution: &Resolution,
+        error: &UpstreamError,
+        request_id: &str,
+    ) {
+        let CredentialSource::User(key) = &resolution.credential else {
+            return;
+        };
+        let service = resolution.provider;
+        let now = crate::domain::now();
+        let mark = match error.kind {
+            UpstreamErrorKind::RateLimited => {
+                let wait = error
+                    .retry_after
+                    .map_or(DEFAULT_COOLDOWN, Duration::from_secs)
+                    .min(MAX_COOLDOWN);
+                let until = now + time::Duration::try_from(wait).unwrap_or(time::Duration::ZERO);
+                tracing::info!(%service, key_id = %key.id, cooldown_secs = wait.as_secs(), "key rate limited: cooling down");
+                KeyMark::CoolDown(until)
+            }
+            UpstreamErrorKind::Auth => {
+                tracing::warn!(%service, key_id = %key.id, "key refused by the provider: marked invalid");
+                if let Some(audit) = &self.audit {
+                    audit
+                        .record_key(
+                            user,
+                            crate::store::AuditAction::Validated,
+                            service,
+                            &key.id,
+                            Some(crate::domain::ValidationResult::Invalid.as_str()),
+                            request_id,
+                        )
+                        .await;
+                }
+                KeyMark::Refused(now)
+            }
+            _ => return,
+        };
+        if let Err(err) = self
+            .resolver
+            .meta()
+            .mark_key(user, service, &key.id, mark)
+            .await
+        {
+            tracing::warn!(%service, error = %err, "key failure not recorded");
+        }
+    }
+
     /// The credential a resolution names: the cached user secret or the team key.
     async fn credential(&self, resolution: &Resolution) -> Result<ApiKey, CompletionError> {
         match &resolution.credential {
-            CredentialSource::User(secret) => self
+            CredentialSource::User(key) => self
                 .secrets
-                .get_secret(secret)
+                .get_secret(&key.secret)
                 .await
                 .map_err(CompletionError::Secret),
             CredentialSource::Team(service) => self

@@ -3,6 +3,63 @@
 
 use super::{ApiKey, Service, Timestamp, UserId};
 
+/// A stored key's id among its user's keys of one service: assigned by
+/// the server, stable for the key's life, URL-safe (`k` and lowercase hex
+/// or digits, at most 32 characters).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// The id of a key stored before keys had ids: each service had one
+    /// key, which reads as that service's first key.
+    pub const FIRST: &'static str = "k0";
+
+    /// [`Self::FIRST`].
+    pub fn first() -> Self {
+        Self(Self::FIRST.to_owned())
+    }
+
+    /// A new random id (`k` and 16 hex digits).
+    pub fn generate() -> std::io::Result<Self> {
+        Ok(Self(format!("k{}", crate::crypto::random_hex::<8>()?)))
+    }
+
+    /// `raw` if it is a well-formed id.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = raw.len() >= 2
+            && raw.len() <= 32
+            && raw.starts_with('k')
+            && raw[1..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_first(&self) -> bool {
+        self.0 == Self::FIRST
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a user's several keys of one service are used (`BYOK_KEY_STRATEGY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeyStrategy {
+    /// Always in priority order.
+    #[default]
+    Priority,
+    /// In priority order, taking turns among keys of equal priority.
+    RoundRobin,
+}
+
 /// Where a key's secret lives: the backend's id for it and the version the
 /// metadata points at. The version lets caches key on (id, version).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +97,10 @@ impl ValidationResult {
 pub struct KeyRecord {
     pub user: UserId,
     pub service: Service,
+    pub id: KeyId,
+    /// Order among the service's keys: lower is tried first; the lowest is
+    /// the service's primary key.
+    pub priority: u32,
     pub label: String,
     pub masked_key: String,
     pub enabled: bool,
@@ -59,12 +120,26 @@ pub struct KeyRecord {
     pub pending: Option<PendingKey>,
     /// How the last rotation attempt ended.
     pub last_rotation: Option<RotationOutcome>,
+    /// When a completion last used the key (kept coarsely, see the config).
+    pub last_used_at: Option<Timestamp>,
+    /// The provider rate-limited the key: it is skipped until then.
+    pub cooldown_until: Option<Timestamp>,
 }
 
 impl KeyRecord {
     /// When the key material in use was set: the last rotation, else creation.
     pub fn keyed_at(&self) -> Timestamp {
         self.rotated_at.unwrap_or(self.created_at)
+    }
+
+    /// Whether the key is still cooling down after a rate limit at `now`.
+    pub fn cooling_at(&self, now: Timestamp) -> bool {
+        self.cooldown_until.is_some_and(|until| until > now)
+    }
+
+    /// The order keys of one service are tried in: priority, then age, then id.
+    pub fn order(&self) -> (u32, Timestamp, &KeyId) {
+        (self.priority, self.created_at, &self.id)
     }
 }
 

@@ -15,8 +15,8 @@ pub mod settings;
 pub use base_url::{BaseUrlError, UserBaseUrl};
 pub use credential::ApiKey;
 pub use key::{
-    KeyFormatError, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef,
-    ValidationResult, is_plausible_team_key, looks_like_a_key, mask_key,
+    KeyFormatError, KeyId, KeyRecord, KeyStrategy, PendingKey, RotationOutcome, RotationRejection,
+    SecretRef, ValidationResult, is_plausible_team_key, looks_like_a_key, mask_key,
 };
 pub use model::{ModelError, ModelId};
 pub use operator::{TeamCredentials, Upstreams};

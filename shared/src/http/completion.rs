@@ -22,6 +22,7 @@ const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-byok-provider");
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-byok-model");
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-byok-fallback");
 const PAID_BY_HEADER: HeaderName = HeaderName::from_static("x-byok-paid-by");
+const KEY_ID_HEADER: HeaderName = HeaderName::from_static("x-byok-key-id");
 const LIMIT_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
 const REMAINING_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const RESET_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
@@ -182,5 +183,12 @@ fn route_headers(response: &mut Response, route: &Route) {
     }
     if route.fallback {
         headers.insert(FALLBACK_HEADER, HeaderValue::from_static("true"));
+    }
+    if let Some(id) = route
+        .key_id
+        .as_ref()
+        .and_then(|id| HeaderValue::from_str(id.as_str()).ok())
+    {
+        headers.insert(KEY_ID_HEADER, id);
     }
 }

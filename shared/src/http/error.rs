@@ -44,11 +44,13 @@ pub enum ErrorCode {
     UpstreamError,
     /// A replacement key is already staged for this key.
     RotationPending,
+    /// The service already has as many keys as it may.
+    KeyLimitReached,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
         ErrorCode::Unauthorized,
@@ -71,6 +73,7 @@ impl ErrorCode {
         ErrorCode::UpstreamTimeout,
         ErrorCode::UpstreamError,
         ErrorCode::RotationPending,
+        ErrorCode::KeyLimitReached,
         ErrorCode::Internal,
     ];
 
@@ -98,6 +101,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::RotationPending => "rotation_pending",
+            ErrorCode::KeyLimitReached => "key_limit_reached",
             ErrorCode::Internal => "internal",
         }
     }
@@ -138,7 +142,8 @@ impl ErrorCode {
             | ErrorCode::InvalidKeyFormat
             | ErrorCode::InvalidBaseUrl
             | ErrorCode::InvalidLabel
-            | ErrorCode::RotationPending => tracing::Level::DEBUG,
+            | ErrorCode::RotationPending
+            | ErrorCode::KeyLimitReached => tracing::Level::DEBUG,
         }
     }
 
@@ -151,7 +156,7 @@ impl ErrorCode {
                 StatusCode::FORBIDDEN
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::RotationPending => StatusCode::CONFLICT,
+            ErrorCode::RotationPending | ErrorCode::KeyLimitReached => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -266,11 +271,14 @@ impl From<KeyError> for ApiError {
         let code = match &err {
             KeyError::KeyFormat(_) => ErrorCode::InvalidKeyFormat,
             KeyError::BaseUrl(_) => ErrorCode::InvalidBaseUrl,
-            KeyError::BaseUrlNotAccepted(_) | KeyError::InvalidLabel | KeyError::EmptyPatch => {
-                ErrorCode::InvalidRequest
-            }
+            KeyError::BaseUrlNotAccepted(_)
+            | KeyError::InvalidLabel
+            | KeyError::EmptyPatch
+            | KeyError::PriorityNeedsKey(_)
+            | KeyError::InvalidPriority => ErrorCode::InvalidRequest,
             KeyError::LabelLooksLikeKey => ErrorCode::InvalidLabel,
-            KeyError::NotFound(_) => ErrorCode::NotFound,
+            KeyError::NotFound(_) | KeyError::KeyNotFound(..) => ErrorCode::NotFound,
+            KeyError::TooManyKeys { .. } => ErrorCode::KeyLimitReached,
             KeyError::Store(store) => return Self::from_store(store),
         };
         Self::new(code, err.to_string())
@@ -303,6 +311,13 @@ impl From<ResolveError> for ApiError {
             ResolveError::Model(_) => ErrorCode::UnknownModel,
             ResolveError::ConsentRequired => ErrorCode::ConsentRequired,
             ResolveError::NoCredential => ErrorCode::NoCredential,
+            ResolveError::KeysCoolingDown {
+                retry_after_secs, ..
+            } => {
+                let secs = *retry_after_secs;
+                return Self::new(ErrorCode::UpstreamRateLimited, err.to_string())
+                    .with_retry_after(secs);
+            }
             ResolveError::Store(store) => return Self::from_store(store),
         };
         Self::new(code, err.to_string())

@@ -4,8 +4,8 @@
 
 use super::extract::{ApiJson, Caller, RequestId, not_null};
 use super::{ApiError, AppState, ErrorCode};
-use crate::domain::{ApiKey, KeyRecord, Service, UserBaseUrl, ValidationResult};
-use crate::keys::{KeyPatch, KeyUpsert, Upserted};
+use crate::domain::{ApiKey, KeyId, KeyRecord, Service, UserBaseUrl, ValidationResult};
+use crate::keys::{KeyAdd, KeyPatch, KeyUpsert, Upserted};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -24,9 +24,15 @@ struct ProviderView {
     docs_url: &'static str,
     accepts_base_url: bool,
     wire_api: &'static str,
+    /// How many keys a user may store for the service.
+    max_keys: usize,
 }
 
-pub(super) async fn providers(_caller: Caller) -> Json<serde_json::Value> {
+pub(super) async fn providers(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Json<serde_json::Value> {
+    let max_keys = state.keys.max_keys();
     let providers: Vec<ProviderView> = Service::ALL
         .into_iter()
         .map(|svc| ProviderView {
@@ -40,6 +46,7 @@ pub(super) async fn providers(_caller: Caller) -> Json<serde_json::Value> {
                 crate::domain::service::WireApi::OpenAiCompatible => "openai",
                 crate::domain::service::WireApi::AnthropicMessages => "anthropic",
             },
+            max_keys,
         })
         .collect();
     Json(serde_json::json!({ "providers": providers }))
@@ -50,6 +57,9 @@ pub(super) async fn providers(_caller: Caller) -> Json<serde_json::Value> {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct KeyRecordView {
     service: &'static str,
+    id: String,
+    /// Lower is tried first; the lowest is the service's primary key.
+    priority: u32,
     label: String,
     masked_key: String,
     enabled: bool,
@@ -69,6 +79,11 @@ pub(crate) struct KeyRecordView {
     pending: Option<PendingView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_rotation: Option<RotationOutcomeView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_used_at: Option<String>,
+    /// Present while the key is skipped after a provider rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cooldown_until: Option<String>,
 }
 
 /// A staged replacement key, until it is promoted or rejected.
@@ -98,9 +113,14 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 impl KeyRecordView {
     /// The view of `r`; `rotation_age` decides `rotationDue`.
     pub(crate) fn new(r: &KeyRecord, rotation_age: std::time::Duration) -> Self {
-        let age = crate::domain::now() - r.keyed_at();
+        let now = crate::domain::now();
+        let age = now - r.keyed_at();
         Self {
             service: r.service.as_str(),
+            id: r.id.to_string(),
+            priority: r.priority,
+            last_used_at: r.last_used_at.map(rfc3339),
+            cooldown_until: r.cooldown_until.filter(|_| r.cooling_at(now)).map(rfc3339),
             label: r.label.clone(),
             masked_key: r.masked_key.clone(),
             enabled: r.enabled,
@@ -235,6 +255,54 @@ pub(super) async fn upsert(
         .into_response())
 }
 
+/// Parses a key id from a path; an id of no possible key is not found.
+pub(super) fn parse_key_id(service: Service, raw: &str) -> Result<KeyId, ApiError> {
+    KeyId::parse(raw).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no {service} key with id {} is stored", raw.escape_debug()),
+        )
+    })
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct KeyAddBody {
+    api_key: ApiKey,
+    #[serde(default, deserialize_with = "not_null")]
+    label: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    priority: Option<u32>,
+    #[serde(default, deserialize_with = "not_null")]
+    base_url: Option<String>,
+}
+
+/// `POST /api/keys/{service}`: another key for the service → 201.
+pub(super) async fn add(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request_id: RequestId,
+    Path(service): Path<String>,
+    ApiJson(body): ApiJson<KeyAddBody>,
+) -> Result<Response, ApiError> {
+    let service = parse_service(&service)?;
+    let request = KeyAdd {
+        api_key: body.api_key,
+        label: body.label,
+        priority: body.priority,
+        base_url: body.base_url,
+    };
+    let record = state
+        .keys
+        .add(&caller.user, service, request, request_id.as_str())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyRecordView::new(&record, state.rotation_age)),
+    )
+        .into_response())
+}
+
 pub(super) async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -254,8 +322,22 @@ pub(super) struct KeyPatchBody {
     enabled: Option<bool>,
     #[serde(default, deserialize_with = "not_null")]
     label: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    priority: Option<u32>,
 }
 
+impl KeyPatchBody {
+    fn patch(self) -> KeyPatch {
+        KeyPatch {
+            enabled: self.enabled,
+            label: self.label,
+            priority: self.priority,
+        }
+    }
+}
+
+/// `PATCH /api/keys/{service}`: every key of the service; answers with
+/// the primary key's record (as when a service had one key).
 pub(super) async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -264,17 +346,49 @@ pub(super) async fn update(
     ApiJson(body): ApiJson<KeyPatchBody>,
 ) -> Result<Json<KeyRecordView>, ApiError> {
     let service = parse_service(&service)?;
-    let patch = KeyPatch {
-        enabled: body.enabled,
-        label: body.label,
-    };
-    let record = state
+    let records = state
         .keys
-        .update(&caller.user, service, patch, request_id.as_str())
+        .update(
+            &caller.user,
+            service,
+            None,
+            body.patch(),
+            request_id.as_str(),
+        )
         .await?;
-    Ok(Json(KeyRecordView::new(&record, state.rotation_age)))
+    let primary = records
+        .first()
+        .ok_or_else(|| ApiError::from(crate::keys::KeyError::NotFound(service)))?;
+    Ok(Json(KeyRecordView::new(primary, state.rotation_age)))
 }
 
+/// `PATCH /api/keys/{service}/{id}`: one key.
+pub(super) async fn update_one(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request_id: RequestId,
+    Path((service, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<KeyPatchBody>,
+) -> Result<Json<KeyRecordView>, ApiError> {
+    let service = parse_service(&service)?;
+    let id = parse_key_id(service, &id)?;
+    let records = state
+        .keys
+        .update(
+            &caller.user,
+            service,
+            Some(&id),
+            body.patch(),
+            request_id.as_str(),
+        )
+        .await?;
+    let record = records
+        .first()
+        .ok_or_else(|| ApiError::from(crate::keys::KeyError::KeyNotFound(service, id)))?;
+    Ok(Json(KeyRecordView::new(record, state.rotation_age)))
+}
+
+/// `DELETE /api/keys/{service}`: every key of the service.
 pub(super) async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -284,7 +398,23 @@ pub(super) async fn delete(
     let service = parse_service(&service)?;
     state
         .keys
-        .delete(&caller.user, service, request_id.as_str())
+        .delete(&caller.user, service, None, request_id.as_str())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/keys/{service}/{id}`: one key.
+pub(super) async fn delete_one(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request_id: RequestId,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let service = parse_service(&service)?;
+    let id = parse_key_id(service, &id)?;
+    state
+        .keys
+        .delete(&caller.user, service, Some(&id), request_id.as_str())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -295,26 +425,58 @@ pub(super) struct StagePendingBody {
     api_key: ApiKey,
 }
 
-/// `PUT /api/keys/{service}/pending`: stages a replacement key and starts
-/// its rotation; 202 with the record showing it pending. The current key
-/// keeps serving until the new one passes its test.
+/// `PUT /api/keys/{service}/pending`: stages a replacement of the
+/// primary key and starts its rotation (see [`stage`]).
 pub(super) async fn stage_pending(
+    state: State<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    Path(service): Path<String>,
+    body: ApiJson<StagePendingBody>,
+) -> Result<Response, ApiError> {
+    let service = parse_service(&service)?;
+    stage(state, caller, request_id, service, None, body).await
+}
+
+/// `PUT /api/keys/{service}/{id}/pending`: the same for key `id`.
+pub(super) async fn stage_pending_one(
+    state: State<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    Path((service, id)): Path<(String, String)>,
+    body: ApiJson<StagePendingBody>,
+) -> Result<Response, ApiError> {
+    let service = parse_service(&service)?;
+    let id = parse_key_id(service, &id)?;
+    stage(state, caller, request_id, service, Some(id), body).await
+}
+
+/// Stages a replacement key and starts its rotation; 202 with the record
+/// showing it pending. The current key keeps serving until the new one
+/// passes its test.
+async fn stage(
     State(state): State<AppState>,
     Caller(caller): Caller,
     request_id: RequestId,
-    Path(service): Path<String>,
+    service: Service,
+    id: Option<KeyId>,
     ApiJson(body): ApiJson<StagePendingBody>,
 ) -> Result<Response, ApiError> {
-    let service = parse_service(&service)?;
     let record = state
         .rotation
-        .stage(&caller.user, service, &body.api_key, request_id.as_str())
+        .stage(
+            &caller.user,
+            service,
+            id.as_ref(),
+            &body.api_key,
+            request_id.as_str(),
+        )
         .await?;
     if let Err(err) = state.rotation_trigger.start(&record).await {
         // Not started: take the staged key back so a retry can stage again.
         if let Err(cancel) = state
             .rotation
-            .cancel(&caller.user, service, request_id.as_str())
+            .cancel(&caller.user, service, Some(&record.id), request_id.as_str())
             .await
         {
             tracing::warn!(%service, error = %cancel, "unstarted rotation not cancelled");
@@ -329,7 +491,7 @@ pub(super) async fn stage_pending(
 }
 
 /// `DELETE /api/keys/{service}/pending`: cancels a staged or running
-/// rotation; the current key stays.
+/// rotation of the primary key; the current key stays.
 pub(super) async fn cancel_pending(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -339,7 +501,23 @@ pub(super) async fn cancel_pending(
     let service = parse_service(&service)?;
     let record = state
         .rotation
-        .cancel(&caller.user, service, request_id.as_str())
+        .cancel(&caller.user, service, None, request_id.as_str())
+        .await?;
+    Ok(Json(KeyRecordView::new(&record, state.rotation_age)))
+}
+
+/// `DELETE /api/keys/{service}/{id}/pending`: the same for key `id`.
+pub(super) async fn cancel_pending_one(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    request_id: RequestId,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Json<KeyRecordView>, ApiError> {
+    let service = parse_service(&service)?;
+    let id = parse_key_id(service, &id)?;
+    let record = state
+        .rotation
+        .cancel(&caller.user, service, Some(&id), request_id.as_str())
         .await?;
     Ok(Json(KeyRecordView::new(&record, state.rotation_age)))
 }
@@ -354,6 +532,9 @@ struct AuditEventView {
     /// Absent on events about no key (budget changes).
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<&'static str>,
+    /// The key's id, on events about one key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<String>,
     request_id: String,
@@ -386,6 +567,7 @@ pub(super) async fn audit(
                 at: rfc3339(e.at),
                 action: e.action.as_str(),
                 service: e.service.map(crate::domain::Service::as_str),
+                key_id: e.key_id.map(|id| id.to_string()),
                 result: e.result,
                 request_id: e.request_id,
             })

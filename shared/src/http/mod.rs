@@ -37,10 +37,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/providers"),
     ("GET", "/api/keys"),
     ("POST", "/api/keys"),
+    ("POST", "/api/keys/{service}"),
     ("PATCH", "/api/keys/{service}"),
     ("DELETE", "/api/keys/{service}"),
+    ("PATCH", "/api/keys/{service}/{id}"),
+    ("DELETE", "/api/keys/{service}/{id}"),
     ("PUT", "/api/keys/{service}/pending"),
     ("DELETE", "/api/keys/{service}/pending"),
+    ("PUT", "/api/keys/{service}/{id}/pending"),
+    ("DELETE", "/api/keys/{service}/{id}/pending"),
     ("GET", "/api/user-settings"),
     ("POST", "/api/user-settings"),
     ("GET", "/api/resolve"),
@@ -144,8 +149,9 @@ pub fn local_router(state: AppState) -> Router {
 
 /// Response headers a browser front end may read: who paid and how, the
 /// request and budget limits, the request id.
-const EXPOSED_HEADERS: [&str; 12] = [
+const EXPOSED_HEADERS: [&str; 13] = [
     "x-byok-path",
+    "x-byok-key-id",
     "x-byok-provider",
     "x-byok-model",
     "x-byok-fallback",
@@ -202,11 +208,21 @@ fn keys_routes(state: AppState) -> Router {
         .route("/api/keys", get(keys::list).post(keys::upsert))
         .route(
             "/api/keys/{service}",
-            axum::routing::patch(keys::update).delete(keys::delete),
+            axum::routing::post(keys::add)
+                .patch(keys::update)
+                .delete(keys::delete),
+        )
+        .route(
+            "/api/keys/{service}/{id}",
+            axum::routing::patch(keys::update_one).delete(keys::delete_one),
         )
         .route(
             "/api/keys/{service}/pending",
             axum::routing::put(keys::stage_pending).delete(keys::cancel_pending),
+        )
+        .route(
+            "/api/keys/{service}/{id}/pending",
+            axum::routing::put(keys::stage_pending_one).delete(keys::cancel_pending_one),
         )
         .route("/api/audit", get(keys::audit))
         .route("/api/usage", get(usage::mine))

@@ -16,6 +16,17 @@ pub(super) struct ResolutionView {
     upstream_model: String,
     base_url_host: String,
     base_url_source: &'static str,
+    /// On a user path: the keys that would be tried, in order (keys cooling
+    /// down after a rate limit are left out); empty on team paths.
+    keys: Vec<CandidateKeyView>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CandidateKeyView {
+    id: String,
+    masked_key: String,
+    priority: u32,
 }
 
 pub(super) async fn preview(
@@ -41,5 +52,14 @@ pub(super) async fn preview(
         upstream_model: r.upstream_model,
         base_url_host: r.base_url_host,
         base_url_source: r.base_url_source.as_str(),
+        keys: r
+            .keys
+            .iter()
+            .map(|k| CandidateKeyView {
+                id: k.id.to_string(),
+                masked_key: k.masked_key.clone(),
+                priority: k.priority,
+            })
+            .collect(),
     }))
 }

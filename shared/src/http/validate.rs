@@ -19,6 +19,8 @@ pub(super) struct ValidateBody {
     api_key: Option<ApiKey>,
     base_url: Option<String>,
     model: Option<String>,
+    /// Which stored key of `service` (its primary key if absent).
+    key_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -50,7 +52,14 @@ pub(super) async fn validate(
         (None, _, _) if body.base_url.is_some() => {
             return Err(ValidateError::BaseUrlWithoutKey.into());
         }
-        (None, Some(service), _) => ValidateRequest::Stored(service),
+        (None, Some(service), _) => {
+            let id = body
+                .key_id
+                .as_deref()
+                .map(|raw| super::keys::parse_key_id(service, raw))
+                .transpose()?;
+            ValidateRequest::Stored(service, id)
+        }
         (None, None, Some(model)) if !model.trim().is_empty() => ValidateRequest::Model(model),
         (None, None, _) => return Err(ValidateError::NothingToValidate.into()),
     };

@@ -126,7 +126,7 @@ pub async fn run(command: Command, config: Config, out: &mut dyn Write) -> Resul
                 .ok_or_else(|| LocalError::Usage("rotate needs --user ID".to_owned()))?;
             let record = state
                 .rotation
-                .rotate(&user, service)
+                .rotate(&user, service, None)
                 .await
                 .map_err(|err| LocalError::Rotation(err.to_string()))?;
             let view = crate::http::key_record_json(&record, config.rotation.sweep.rotation_age);

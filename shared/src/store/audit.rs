@@ -18,7 +18,7 @@
 //! only ever see well-formed positions.
 
 use super::StoreError;
-use crate::domain::{Service, Timestamp, UserId};
+use crate::domain::{KeyId, Service, Timestamp, UserId};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -140,6 +140,9 @@ pub struct AuditEvent {
     pub action: AuditAction,
     /// The key's service; `None` for events about no key (budgets).
     pub service: Option<Service>,
+    /// Which of the service's keys; `None` for events about no single key
+    /// (and for events recorded before keys had ids).
+    pub key_id: Option<KeyId>,
     /// A short status code (e.g. a validation result: `valid`, `invalid`),
     /// never free text from a provider and never key material.
     pub result: Option<String>,
@@ -163,6 +166,7 @@ impl AuditEvent {
             at,
             action,
             service,
+            key_id: None,
             result,
             request_id: request_id.into(),
         })

@@ -39,32 +39,62 @@ pub use ratelimit::{RateAction, RateDecision, RateLimitStore};
 pub use rotation::{ListedSecret, RotationStore, SecretVersions};
 pub use usage::{LedgerOutcome, PaidBy, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore};
 
-use crate::domain::{ApiKey, KeyRecord, SecretRef, Service, Settings, UserId};
+use crate::domain::{ApiKey, KeyId, KeyRecord, SecretRef, Service, Settings, Timestamp, UserId};
 use async_trait::async_trait;
 
 /// Everything resolution needs about one user, read in one round trip.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserSnapshot {
     pub settings: Settings,
-    /// The user's key records, any order, at most one per service.
+    /// The user's key records, any order, any number per service.
     pub keys: Vec<KeyRecord>,
 }
 
 impl UserSnapshot {
-    pub fn key(&self, service: Service) -> Option<&KeyRecord> {
-        self.keys.iter().find(|k| k.service == service)
+    /// Every key of `service`, in the order they are tried (see [`KeyRecord::order`]).
+    pub fn keys_of(&self, service: Service) -> Vec<&KeyRecord> {
+        let mut keys: Vec<&KeyRecord> = self.keys.iter().filter(|k| k.service == service).collect();
+        keys.sort_by(|a, b| a.order().cmp(&b.order()));
+        keys
     }
 
-    /// The record for `service` if it exists and is enabled.
-    pub fn enabled_key(&self, service: Service) -> Option<&KeyRecord> {
-        self.key(service).filter(|k| k.enabled)
+    /// The service's primary key: the first in order, enabled or not.
+    pub fn key(&self, service: Service) -> Option<&KeyRecord> {
+        self.keys
+            .iter()
+            .filter(|k| k.service == service)
+            .min_by(|a, b| a.order().cmp(&b.order()))
     }
+
+    /// The enabled keys of `service`, in order.
+    pub fn enabled_keys(&self, service: Service) -> Vec<&KeyRecord> {
+        let mut keys = self.keys_of(service);
+        keys.retain(|k| k.enabled);
+        keys
+    }
+
+    /// The first enabled key of `service`.
+    pub fn enabled_key(&self, service: Service) -> Option<&KeyRecord> {
+        self.enabled_keys(service).into_iter().next()
+    }
+}
+
+/// A change to a key's health that is not an edit of the key: written
+/// without a new revision, so it never conflicts with the user's writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMark {
+    /// A completion used the key at this time.
+    Used(Timestamp),
+    /// The provider rate-limited the key: skip it until this time.
+    CoolDown(Timestamp),
+    /// The provider refused the key (401/403) at this time.
+    Refused(Timestamp),
 }
 
 /// What a conditional metadata write expects to find.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expected {
-    /// No record for this (user, service) yet.
+    /// No record for this (user, service, key id) yet.
     Absent,
     /// A record whose revision is this.
     Revision(u64),
@@ -111,6 +141,7 @@ pub trait MetadataStore: Send + Sync {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Writes `record` (its `revision` already the new one) if the stored
@@ -122,7 +153,18 @@ pub trait MetadataStore: Send + Sync {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Applies `mark` to the record if it exists (its revision unchanged);
+    /// nothing if it does not.
+    async fn mark_key(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: &KeyId,
+        mark: KeyMark,
+    ) -> Result<(), StoreError>;
 
     /// Saves the user's settings.
     async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError>;

@@ -23,6 +23,13 @@ pub(super) fn audit_from_item(user: &UserId, item: &Item) -> Result<AuditEvent, 
                     .map_err(|_| corrupt("audit item attribute service names no known service"))
             })
             .transpose()?,
+        key_id: a
+            .opt_string("keyId")?
+            .map(|id| {
+                KeyId::parse(id)
+                    .ok_or_else(|| corrupt("audit item attribute keyId is not a key id"))
+            })
+            .transpose()?,
         result: a.opt_string("result")?.map(str::to_owned),
         request_id: a.string("requestId")?.to_owned(),
     })
@@ -43,6 +50,9 @@ impl AuditStore for DynamoMetadataStore {
         }
         if let Some(result) = &event.result {
             item.insert("result".to_owned(), s(result));
+        }
+        if let Some(id) = &event.key_id {
+            item.insert("keyId".to_owned(), s(id.as_str()));
         }
         let sent = self
             .client

@@ -11,9 +11,23 @@ pub(super) fn record_from_item(user: &UserId, item: &Item) -> Result<KeyRecord, 
         .string("service")?
         .parse::<Service>()
         .map_err(|_| corrupt("key item attribute service names no known service"))?;
-    if a.string(SK)? != key_sk(service) {
-        return Err(corrupt("key item sort key does not match its service"));
+    let id = match a.opt_string("keyId")? {
+        Some(id) => {
+            KeyId::parse(id).ok_or_else(|| corrupt("key item attribute keyId is not a key id"))?
+        }
+        None => KeyId::first(),
+    };
+    if a.string(SK)? != key_sk(service, &id) {
+        return Err(corrupt(
+            "key item sort key does not match its service and id",
+        ));
     }
+    let priority = match a.opt_u64("priority")? {
+        Some(p) => {
+            u32::try_from(p).map_err(|_| corrupt("key item attribute priority is out of range"))?
+        }
+        None => 0,
+    };
     let last_validation = a
         .opt_string("lastValidation")?
         .map(|v| {
@@ -24,6 +38,10 @@ pub(super) fn record_from_item(user: &UserId, item: &Item) -> Result<KeyRecord, 
     Ok(KeyRecord {
         user: user.clone(),
         service,
+        id,
+        priority,
+        last_used_at: a.opt_timestamp("lastUsedAt")?,
+        cooldown_until: a.opt_timestamp("cooldownUntil")?,
         label: a.string("label")?.to_owned(),
         masked_key: a.string("maskedKey")?.to_owned(),
         enabled: a.bool("enabled")?,
@@ -66,11 +84,19 @@ pub(super) fn record_from_item(user: &UserId, item: &Item) -> Result<KeyRecord, 
 
 /// A record as a full item (key attributes included).
 pub(super) fn item_from_record(r: &KeyRecord) -> Result<Item, StoreError> {
-    let mut item = key_of(&r.user, key_sk(r.service));
+    let mut item = key_of(&r.user, key_sk(r.service, &r.id));
     let mut put = |name: &str, value: AttributeValue| {
         item.insert(name.to_owned(), value);
     };
     put("service", s(r.service.as_str()));
+    put("keyId", s(r.id.as_str()));
+    put("priority", AttributeValue::N(r.priority.to_string()));
+    if let Some(t) = r.last_used_at {
+        put("lastUsedAt", s(ts_to_attr(t)?));
+    }
+    if let Some(t) = r.cooldown_until {
+        put("cooldownUntil", s(ts_to_attr(t)?));
+    }
     put("label", s(&r.label));
     put("maskedKey", s(&r.masked_key));
     put("enabled", AttributeValue::Bool(r.enabled));
@@ -164,13 +190,14 @@ impl MetadataStore for DynamoMetadataStore {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .consistent_read(true)
-            .set_key(Some(key_of(user, key_sk(service))))
+            .set_key(Some(key_of(user, key_sk(service, id))))
             .send()
             .await
             .map_err(|e| backend("GetItem", e))?;
@@ -240,12 +267,13 @@ impl MetadataStore for DynamoMetadataStore {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let out = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(key_of(user, key_sk(service))))
+            .set_key(Some(key_of(user, key_sk(service, id))))
             .return_values(ReturnValue::AllOld)
             .send()
             .await
@@ -253,6 +281,47 @@ impl MetadataStore for DynamoMetadataStore {
         match out.attributes {
             Some(item) if !item.is_empty() => record_from_item(user, &item).map(Some),
             _ => Ok(None),
+        }
+    }
+
+    async fn mark_key(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: &KeyId,
+        mark: KeyMark,
+    ) -> Result<(), StoreError> {
+        let (update, at) = match mark {
+            KeyMark::Used(at) => ("SET lastUsedAt = :at", at),
+            KeyMark::CoolDown(until) => ("SET cooldownUntil = :at", until),
+            KeyMark::Refused(at) => ("SET lastValidation = :invalid, lastValidatedAt = :at", at),
+        };
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(user, key_sk(service, id))))
+            .update_expression(update)
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":at", s(ts_to_attr(at)?));
+        if matches!(mark, KeyMark::Refused(_)) {
+            request = request.expression_attribute_values(
+                ":invalid",
+                s(crate::domain::ValidationResult::Invalid.as_str()),
+            );
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            // Deleted meanwhile: nothing to mark.
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(backend("UpdateItem", err)),
         }
     }
 

@@ -7,15 +7,17 @@
 //! | item          | `pk`          | `sk`              | attributes |
 //! |---------------|---------------|-------------------|------------|
 //! | settings      | `USER#{user}` | `SETTINGS`        | `allowGatewayFallback` (BOOL), `updatedAt` |
-//! | key record    | `USER#{user}` | `KEY#{service}`   | `service`, `label`, `maskedKey`, `enabled` (BOOL), `baseUrl`, `createdAt`, `updatedAt`, `lastValidatedAt`, `lastValidation`, `secretId`, `secretVersion`, `revision` (N), `rotatedAt`, `pendingVersion`, `pendingMaskedKey`, `pendingStagedAt`, `pendingToken`, `lastRotationAt`, `lastRotationRejected` |
+//! | key record    | `USER#{user}` | `KEY#{service}` (the first key, `k0`), `KEY#{service}#{id}` | `service`, `keyId`, `priority` (N), `label`, `maskedKey`, `enabled` (BOOL), `baseUrl`, `createdAt`, `updatedAt`, `lastValidatedAt`, `lastValidation`, `secretId`, `secretVersion`, `revision` (N), `rotatedAt`, `pendingVersion`, `pendingMaskedKey`, `pendingStagedAt`, `pendingToken`, `lastRotationAt`, `lastRotationRejected`, `lastUsedAt`, `cooldownUntil` |
 //! | rate counter  | `RATE#{user}` | `{action}#{window ms}#{window start ms}` | `count` (N), `ttl` (N) |
 //! | audit event   | `AUDIT#{user}`| `{audit id}`      | `at`, `action`, `service`, `result`, `requestId` |
 //! | usage         | `USAGE#{user}`, `USAGEDAY#{day}#{shard}`, `USAGEREQ#{user}` | see [`usage`] | day aggregates, the operator's per-day view, raw entries (`ttl`) |
 //!
 //! `{user}` is the user id verbatim (the `USER#` prefix is stripped, never
 //! split on, so ids containing `#` are fine) and `{service}` its wire name.
-//! Optional attributes (`baseUrl`, `lastValidatedAt`, `lastValidation` and
-//! the rotation attributes) are absent when unset, never NULL. Timestamps are RFC 3339 strings in UTC
+//! Optional attributes (`baseUrl`, `lastValidatedAt`, `lastValidation`, the
+//! rotation and health attributes) are absent when unset, never NULL. Key
+//! items written before keys had ids have no `keyId` or `priority`: they
+//! read as their service's first key (`k0`, priority 0), unchanged. Timestamps are RFC 3339 strings in UTC
 //! with exactly three fractional digits (`2025-01-02T03:04:05.678Z`), the
 //! millisecond precision every store keeps. The secret itself never enters
 //! the table: a key record holds only the [`SecretRef`] (`secretId`,
@@ -79,10 +81,10 @@
 
 use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
 use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
-use super::{Expected, KeyPage, MetadataStore, StoreError, UserSnapshot};
+use super::{Expected, KeyMark, KeyPage, MetadataStore, StoreError, UserSnapshot};
 use crate::domain::{
-    self, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef, Service, Settings,
-    Timestamp, UserId, ValidationResult,
+    self, KeyId, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef, Service,
+    Settings, Timestamp, UserId, ValidationResult,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -182,9 +184,15 @@ pub fn audit_pk(user: &UserId) -> String {
     format!("AUDIT#{user}")
 }
 
-/// The sort key of a user's key record for `service`.
-pub fn key_sk(service: Service) -> String {
-    format!("{KEY_SK_PREFIX}{service}")
+/// The sort key of a user's key record `id` of `service`: `KEY#{service}`
+/// for the service's first key (as every key was stored before keys had
+/// ids), `KEY#{service}#{id}` for the others.
+pub fn key_sk(service: Service, id: &KeyId) -> String {
+    if id.is_first() {
+        format!("{KEY_SK_PREFIX}{service}")
+    } else {
+        format!("{KEY_SK_PREFIX}{service}#{id}")
+    }
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -272,6 +280,13 @@ impl<'a> Attrs<'a> {
                 "{} item attribute {name} is not a boolean",
                 self.kind
             ))),
+        }
+    }
+
+    fn opt_u64(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        match self.item.get(name) {
+            None => Ok(None),
+            Some(_) => self.u64(name).map(Some),
         }
     }
 
@@ -375,6 +390,10 @@ mod tests {
         KeyRecord {
             user: user("u#1"),
             service: Service::Gateway,
+            id: KeyId::parse("k0123456789abcdef").unwrap(),
+            priority: 2,
+            last_used_at: Some(now),
+            cooldown_until: None,
             label: "work".into(),
             masked_key: "vck_…abcd".into(),
             enabled: true,

@@ -25,6 +25,11 @@ fn audit_from_row(user: &UserId, row: &Row<'_>) -> Result<AuditEvent, StoreError
         )?,
         action,
         service,
+        key_id: col::<Option<String>>(row, 6, "audit_events.key_id")?
+            .map(|id| {
+                KeyId::parse(&id).ok_or_else(|| corrupt("audit_events.key_id is not a key id"))
+            })
+            .transpose()?,
         result: col(row, 4, "audit_events.result")?,
         request_id: col(row, 5, "audit_events.request_id")?,
     })
@@ -40,8 +45,8 @@ impl AuditStore for EmbeddedStore {
                 .conn()?
                 .execute(
                     "INSERT INTO audit_events \
-                     (user_id, id, at, action, service, result, request_id) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     (user_id, id, at, action, service, result, request_id, key_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                      ON CONFLICT (user_id, id) DO NOTHING",
                     params![
                         event.user.as_str(),
@@ -51,6 +56,7 @@ impl AuditStore for EmbeddedStore {
                         event.service.map_or("", Service::as_str),
                         event.result,
                         event.request_id,
+                        event.key_id.as_ref().map(KeyId::as_str),
                     ],
                 )
                 .map_err(StoreError::backend)?;
@@ -77,7 +83,7 @@ impl AuditStore for EmbeddedStore {
             let conn = inner.conn()?;
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, at, action, service, result, request_id FROM audit_events \
+                    "SELECT id, at, action, service, result, request_id, key_id FROM audit_events \
                      WHERE user_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
                 )
                 .map_err(StoreError::backend)?;

@@ -6,7 +6,7 @@ use super::*;
 const KEY_COLUMNS: &str = "user_id, service, label, masked_key, enabled, base_url, created_at, \
      updated_at, last_validated_at, last_validation, secret_id, secret_version, revision, \
      rotated_at, pending_version, pending_masked_key, pending_staged_at, pending_token, \
-     last_rotation_at, last_rotation_rejected";
+     last_rotation_at, last_rotation_rejected, key_id, priority, last_used_at, cooldown_until";
 
 /// A `keys` row (selected as [`KEY_COLUMNS`]) as a record.
 fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
@@ -55,9 +55,17 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
                 .transpose()?,
         }),
     };
+    let id = KeyId::parse(&col::<String>(row, 20, "keys.key_id")?)
+        .ok_or_else(|| corrupt("keys.key_id is not a key id"))?;
+    let priority = u32::try_from(col::<i64>(row, 21, "keys.priority")?)
+        .map_err(|_| corrupt("keys.priority is out of range"))?;
     Ok(KeyRecord {
         user,
         service,
+        id,
+        priority,
+        last_used_at: opt_ts(22, "keys.last_used_at")?,
+        cooldown_until: opt_ts(23, "keys.cooldown_until")?,
         label: col(row, 2, "keys.label")?,
         masked_key: col(row, 3, "keys.masked_key")?,
         enabled: bool_from_int(col(row, 4, "keys.enabled")?, "keys.enabled")?,
@@ -92,6 +100,9 @@ struct KeyParams {
     rotated_at: Option<String>,
     pending_staged_at: Option<String>,
     last_rotation_at: Option<String>,
+    priority: i64,
+    last_used_at: Option<String>,
+    cooldown_until: Option<String>,
 }
 
 impl KeyParams {
@@ -107,6 +118,9 @@ impl KeyParams {
                 .map(|p| ts_to_text(p.staged_at))
                 .transpose()?,
             last_rotation_at: record.last_rotation.map(|o| ts_to_text(o.at)).transpose()?,
+            priority: i64::from(record.priority),
+            last_used_at: record.last_used_at.map(ts_to_text).transpose()?,
+            cooldown_until: record.cooldown_until.map(ts_to_text).transpose()?,
             revision: i64::try_from(record.revision).map_err(|_| {
                 StoreError::backend(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -122,14 +136,15 @@ fn select_key(
     conn: &Connection,
     user: &UserId,
     service: Service,
+    id: &KeyId,
 ) -> Result<Option<KeyRecord>, StoreError> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys WHERE user_id = ?1 AND service = ?2"
+            "SELECT {KEY_COLUMNS} FROM keys WHERE user_id = ?1 AND service = ?2 AND key_id = ?3"
         ))
         .map_err(StoreError::backend)?;
     let mut rows = stmt
-        .query(params![user.as_str(), service.as_str()])
+        .query(params![user.as_str(), service.as_str(), id.as_str()])
         .map_err(StoreError::backend)?;
     match rows.next().map_err(StoreError::backend)? {
         Some(row) => key_from_row(row).map(Some),
@@ -157,11 +172,42 @@ impl MetadataStore for EmbeddedStore {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let user = user.clone();
+        let (user, id) = (user.clone(), id.clone());
         self.run(move |inner| {
             let conn = inner.conn()?;
-            select_key(&conn, &user, service)
+            select_key(&conn, &user, service, &id)
+        })
+        .await
+    }
+
+    async fn mark_key(
+        &self,
+        user: &UserId,
+        service: Service,
+        id: &KeyId,
+        mark: KeyMark,
+    ) -> Result<(), StoreError> {
+        let (user, id) = (user.clone(), id.clone());
+        self.run(move |inner| {
+            let (sql, at) = match mark {
+                KeyMark::Used(at) => ("UPDATE keys SET last_used_at = ?4", at),
+                KeyMark::CoolDown(until) => ("UPDATE keys SET cooldown_until = ?4", until),
+                KeyMark::Refused(at) => (
+                    "UPDATE keys SET last_validation = 'invalid', last_validated_at = ?4",
+                    at,
+                ),
+            };
+            let at = ts_to_text(at)?;
+            inner
+                .conn()?
+                .execute(
+                    &format!("{sql} WHERE user_id = ?1 AND service = ?2 AND key_id = ?3"),
+                    params![user.as_str(), service.as_str(), id.as_str(), at],
+                )
+                .map_err(StoreError::backend)?;
+            Ok(())
         })
         .await
     }
@@ -175,7 +221,7 @@ impl MetadataStore for EmbeddedStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::backend)?;
-            let (user_id, service) = (r.user.as_str(), r.service.as_str());
+            let (user_id, service, key_id) = (r.user.as_str(), r.service.as_str(), r.id.as_str());
             let status = r.last_validation.map(ValidationResult::as_str);
             let pending_version = r.pending.as_ref().map(|p| p.version.as_str());
             let pending_masked = r.pending.as_ref().map(|p| p.masked_key.as_str());
@@ -205,14 +251,18 @@ impl MetadataStore for EmbeddedStore {
                 &pending_token,
                 &p.last_rotation_at,
                 &rejected,
+                &key_id,
+                &p.priority,
+                &p.last_used_at,
+                &p.cooldown_until,
             ];
             let changed = match expected {
                 Expected::Absent => tx.execute(
                     &format!(
                         "INSERT INTO keys ({KEY_COLUMNS}) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-                         ?14, ?15, ?16, ?17, ?18, ?19, ?20) \
-                         ON CONFLICT (user_id, service) DO NOTHING"
+                         ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) \
+                         ON CONFLICT (user_id, service, key_id) DO NOTHING"
                     ),
                     values.as_slice(),
                 ),
@@ -228,8 +278,9 @@ impl MetadataStore for EmbeddedStore {
                          last_validation = ?10, secret_id = ?11, secret_version = ?12, \
                          revision = ?13, rotated_at = ?14, pending_version = ?15, \
                          pending_masked_key = ?16, pending_staged_at = ?17, pending_token = ?18, \
-                         last_rotation_at = ?19, last_rotation_rejected = ?20 \
-                         WHERE user_id = ?1 AND service = ?2 AND revision = ?21",
+                         last_rotation_at = ?19, last_rotation_rejected = ?20, priority = ?22, \
+                         last_used_at = ?23, cooldown_until = ?24 \
+                         WHERE user_id = ?1 AND service = ?2 AND key_id = ?21 AND revision = ?25",
                         values.as_slice(),
                     )
                 }
@@ -248,20 +299,21 @@ impl MetadataStore for EmbeddedStore {
         &self,
         user: &UserId,
         service: Service,
+        id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let user = user.clone();
+        let (user, id) = (user.clone(), id.clone());
         self.run(move |inner| {
             let mut conn = inner.conn()?;
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::backend)?;
             // A record that cannot be read back is reported and left in place.
-            let Some(record) = select_key(&tx, &user, service)? else {
+            let Some(record) = select_key(&tx, &user, service, &id)? else {
                 return Ok(None);
             };
             tx.execute(
-                "DELETE FROM keys WHERE user_id = ?1 AND service = ?2",
-                params![user.as_str(), service.as_str()],
+                "DELETE FROM keys WHERE user_id = ?1 AND service = ?2 AND key_id = ?3",
+                params![user.as_str(), service.as_str(), id.as_str()],
             )
             .map_err(StoreError::backend)?;
             tx.commit().map_err(StoreError::backend)?;
@@ -292,29 +344,33 @@ impl MetadataStore for EmbeddedStore {
     async fn scan_keys(&self, after: Option<&str>, limit: usize) -> Result<KeyPage, StoreError> {
         let after = after
             .map(|cursor| {
-                serde_json::from_str::<(String, String)>(cursor)
-                    .map_err(|_| corrupt("scan cursor is not a [user, service] pair"))
+                serde_json::from_str::<(String, String, String)>(cursor)
+                    .map_err(|_| corrupt("scan cursor is not a [user, service, key id] triple"))
             })
             .transpose()?;
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         self.run(move |inner| {
             let conn = inner.conn()?;
-            let (user, service) = after.unwrap_or_default();
+            let (user, service, key_id) = after.unwrap_or_default();
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM keys WHERE (user_id, service) > (?1, ?2) \
-                     ORDER BY user_id, service LIMIT ?3"
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE (user_id, service, key_id) > (?1, ?2, ?3) \
+                     ORDER BY user_id, service, key_id LIMIT ?4"
                 ))
                 .map_err(StoreError::backend)?;
             let mut rows = stmt
-                .query(params![user, service, limit])
+                .query(params![user, service, key_id, limit])
                 .map_err(StoreError::backend)?;
             let mut page = KeyPage::default();
             let mut read = 0;
-            let mut last: Option<(String, String)> = None;
+            let mut last: Option<(String, String, String)> = None;
             while let Some(row) = rows.next().map_err(StoreError::backend)? {
                 read += 1;
-                last = Some((col(row, 0, "keys.user_id")?, col(row, 1, "keys.service")?));
+                last = Some((
+                    col(row, 0, "keys.user_id")?,
+                    col(row, 1, "keys.service")?,
+                    col(row, 20, "keys.key_id")?,
+                ));
                 match key_from_row(row) {
                     Ok(record) => page.keys.push(record),
                     // One bad row must not stop an operator job over every user.
@@ -349,7 +405,7 @@ fn read_snapshot(conn: &mut Connection, user: &UserId) -> Result<UserSnapshot, S
     {
         let mut stmt = tx
             .prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM keys WHERE user_id = ?1 ORDER BY service"
+                "SELECT {KEY_COLUMNS} FROM keys WHERE user_id = ?1 ORDER BY service, priority"
             ))
             .map_err(StoreError::backend)?;
         let mut rows = stmt.query([user.as_str()]).map_err(StoreError::backend)?;

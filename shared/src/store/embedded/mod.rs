@@ -42,11 +42,11 @@
 use super::audit::{self, AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore};
 use super::ratelimit::{RateAction, RateDecision, RateLimitStore, Window};
 use super::rotation::{ListedSecret, RotationStore, SecretVersions};
-use super::{Expected, KeyPage, MetadataStore, SecretStore, StoreError, UserSnapshot};
+use super::{Expected, KeyMark, KeyPage, MetadataStore, SecretStore, StoreError, UserSnapshot};
 use crate::crypto::{self, MasterKey};
 use crate::domain::{
-    self, ApiKey, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef, Service,
-    Settings, Timestamp, UserId, ValidationResult,
+    self, ApiKey, KeyId, KeyRecord, PendingKey, RotationOutcome, RotationRejection, SecretRef,
+    Service, Settings, Timestamp, UserId, ValidationResult,
 };
 use async_trait::async_trait;
 use rusqlite::types::FromSql;
@@ -292,6 +292,10 @@ mod tests {
         KeyRecord {
             user: user.clone(),
             service,
+            id: KeyId::first(),
+            priority: 0,
+            last_used_at: None,
+            cooldown_until: None,
             label: "work".into(),
             masked_key: "sk-...cdef".into(),
             enabled: true,
@@ -531,7 +535,12 @@ mod tests {
             "{err:?}"
         );
         // A record that cannot be read back is not deleted.
-        assert!(store.delete_key(&u, Service::OpenAi).await.is_err());
+        assert!(
+            store
+                .delete_key(&u, Service::OpenAi, &KeyId::first())
+                .await
+                .is_err()
+        );
         assert_eq!(
             conn.query_row("SELECT count(*) FROM keys", [], |r| r.get::<_, i64>(0))
                 .unwrap(),
@@ -555,7 +564,10 @@ mod tests {
             [],
         )
         .unwrap();
-        let err = store.get_key(&u, Service::OpenAi).await.unwrap_err();
+        let err = store
+            .get_key(&u, Service::OpenAi, &KeyId::first())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     }
 

@@ -4,7 +4,7 @@
 use super::*;
 
 /// The schema this build writes, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Schema version 1. `STRICT` tables so a value of the wrong type cannot be stored.
 pub(super) const SCHEMA_V1: &str = "
@@ -117,7 +117,53 @@ CREATE UNIQUE INDEX secrets_one_pending ON secrets (secret_id) WHERE stage = 'pe
 CREATE UNIQUE INDEX secrets_one_staged ON secrets (secret_id) WHERE stage = 'staged';
 ";
 
-/// Creates the schema in a new database, or checks an existing one's version.
+/// Schema version 4: several keys per service. Key rows gain an id (the
+/// stored one becomes its service's first key, `k0`), a priority (0 for
+/// it) and the health columns; the primary key becomes (user, service,
+/// id), so `keys` is rebuilt. Audit events gain the key id.
+const SCHEMA_V4: &str = "
+CREATE TABLE keys_v4 (
+    user_id                TEXT    NOT NULL,
+    service                TEXT    NOT NULL,
+    key_id                 TEXT    NOT NULL,
+    priority               INTEGER NOT NULL CHECK (priority >= 0),
+    label                  TEXT    NOT NULL,
+    masked_key             TEXT    NOT NULL,
+    enabled                INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+    base_url               TEXT,
+    created_at             TEXT    NOT NULL,
+    updated_at             TEXT    NOT NULL,
+    last_validated_at      TEXT,
+    last_validation        TEXT,
+    secret_id              TEXT    NOT NULL,
+    secret_version         TEXT    NOT NULL,
+    revision               INTEGER NOT NULL CHECK (revision >= 0),
+    rotated_at             TEXT,
+    pending_version        TEXT,
+    pending_masked_key     TEXT,
+    pending_staged_at      TEXT,
+    pending_token          TEXT,
+    last_rotation_at       TEXT,
+    last_rotation_rejected TEXT,
+    last_used_at           TEXT,
+    cooldown_until         TEXT,
+    PRIMARY KEY (user_id, service, key_id)
+) STRICT, WITHOUT ROWID;
+INSERT INTO keys_v4 (user_id, service, key_id, priority, label, masked_key, enabled, base_url,
+                     created_at, updated_at, last_validated_at, last_validation, secret_id,
+                     secret_version, revision, rotated_at, pending_version, pending_masked_key,
+                     pending_staged_at, pending_token, last_rotation_at, last_rotation_rejected)
+    SELECT user_id, service, 'k0', 0, label, masked_key, enabled, base_url, created_at,
+           updated_at, last_validated_at, last_validation, secret_id, secret_version, revision,
+           rotated_at, pending_version, pending_masked_key, pending_staged_at, pending_token,
+           last_rotation_at, last_rotation_rejected FROM keys;
+DROP TABLE keys;
+ALTER TABLE keys_v4 RENAME TO keys;
+ALTER TABLE audit_events ADD COLUMN key_id TEXT;
+";
+
+/// Creates the schema in a new database, or upgrades an existing one in
+/// place (one transaction), or checks its version.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -126,14 +172,17 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(StoreError::backend)?;
     match version {
-        0..=2 => {
+        0..=3 => {
             if version == 0 {
                 tx.execute_batch(SCHEMA_V1).map_err(StoreError::backend)?;
             }
             if version <= 1 {
                 tx.execute_batch(SCHEMA_V2).map_err(StoreError::backend)?;
             }
-            tx.execute_batch(SCHEMA_V3).map_err(StoreError::backend)?;
+            if version <= 2 {
+                tx.execute_batch(SCHEMA_V3).map_err(StoreError::backend)?;
+            }
+            tx.execute_batch(SCHEMA_V4).map_err(StoreError::backend)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(StoreError::backend)?;
         }
