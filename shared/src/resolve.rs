@@ -2,9 +2,10 @@
 //! pays and where the request goes. Order: the user's gateway key → the
 //! user's key for the model's provider (else their OpenRouter key) → the team
 //! gateway key → a team provider key (else team OpenRouter); team paths only
-//! with the user's consent. A user path names every usable key of its
-//! service, in the order they are tried (priority; a key cooling down after
-//! a rate limit is skipped). Pure over one [`UserSnapshot`] and the clock;
+//! with the user's consent. A user path names every enabled key of its
+//! service, in the order they are tried: by priority, except that keys
+//! cooling down after a rate limit go last (soonest usable first), so a
+//! user whose only key is cooling down is still served by it. Pure over one [`UserSnapshot`] and the clock;
 //! the credential itself is only named here, never read.
 
 use crate::domain::base_url::url_host;
@@ -129,14 +130,6 @@ pub enum ResolveError {
     ConsentRequired,
     #[error("no credential can serve this model")]
     NoCredential,
-    #[error(
-        "every {service} key of yours is cooling down after the provider rate-limited it; \
-         try again in {retry_after_secs} s"
-    )]
-    KeysCoolingDown {
-        service: Service,
-        retry_after_secs: u64,
-    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -197,9 +190,7 @@ pub(crate) fn choose(
     };
     let now = crate::domain::now();
     let user_path = |path, service: Service| -> Result<Option<Resolution>, ResolveError> {
-        let Some(keys) = usable_keys(snapshot, service, now)? else {
-            return Ok(None);
-        };
+        let keys = keys_in_order(snapshot, service, now);
         let Some(first) = keys.first() else {
             return Ok(None);
         };
@@ -256,36 +247,21 @@ pub(crate) fn choose(
     }
 }
 
-/// The enabled keys of `service` that are not cooling down at `now`, in
-/// order; `None` if the user has no enabled key for it; an error if every
-/// one of them is cooling down.
-fn usable_keys(
-    snapshot: &UserSnapshot,
-    service: Service,
-    now: Timestamp,
-) -> Result<Option<Vec<KeyChoice>>, ResolveError> {
-    let enabled = snapshot.enabled_keys(service);
-    if enabled.is_empty() {
-        return Ok(None);
-    }
-    let usable: Vec<KeyChoice> = enabled
-        .iter()
-        .filter(|k| !k.cooling_at(now))
-        .map(|k| KeyChoice::of(k))
-        .collect();
-    if usable.is_empty() {
-        let until = enabled
-            .iter()
-            .filter_map(|k| k.cooldown_until)
-            .min()
-            .unwrap_or(now);
-        let secs = (until - now).whole_seconds().max(1);
-        return Err(ResolveError::KeysCoolingDown {
-            service,
-            retry_after_secs: u64::try_from(secs).unwrap_or(1),
-        });
-    }
-    Ok(Some(usable))
+/// The enabled keys of `service` in the order they are tried at `now`:
+/// those not cooling down by priority, then those cooling down, the one
+/// usable soonest first.
+fn keys_in_order(snapshot: &UserSnapshot, service: Service, now: Timestamp) -> Vec<KeyChoice> {
+    let (cooling, ready): (Vec<&KeyRecord>, Vec<&KeyRecord>) = snapshot
+        .enabled_keys(service)
+        .into_iter()
+        .partition(|k| k.cooling_at(now));
+    let mut cooling = cooling;
+    cooling.sort_by_key(|k| k.cooldown_until);
+    ready
+        .into_iter()
+        .chain(cooling)
+        .map(KeyChoice::of)
+        .collect()
 }
 
 /// Resolution over a metadata store: one read of the user's snapshot.

@@ -881,14 +881,14 @@ impl MetadataStore for Crashing {
     }
 }
 
+/// The primary key of `user`'s `service`, if any.
+async fn primary(b: &Backend, user: &UserId, service: Service) -> Option<KeyRecord> {
+    b.meta.load_user(user).await.unwrap().key(service).cloned()
+}
+
 /// The metadata's secret reference must always open, to the key it named.
 async fn assert_metadata_opens(b: &Backend, user: &UserId, service: Service, want: &str) {
-    let record = b
-        .meta
-        .get_key(user, service, &KeyId::first())
-        .await
-        .unwrap()
-        .expect("record");
+    let record = primary(b, user, service).await.expect("record");
     let key = b.secrets.get_secret(&record.secret).await.unwrap();
     assert_eq!(
         key.expose(),
@@ -939,13 +939,7 @@ pub async fn crash_between_secret_and_metadata_writes_loses_no_key(b: &Backend) 
         label: None,
     };
     assert!(keys.upsert(&user, new_service, "test").await.is_err());
-    assert!(
-        b.meta
-            .get_key(&user, Service::Groq, &KeyId::first())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(primary(b, &user, Service::Groq).await.is_none());
     let snapshot = b.meta.load_user(&user).await.unwrap();
     for record in &snapshot.keys {
         b.secrets
@@ -992,12 +986,7 @@ pub async fn deletes_and_stores_from_two_instances_never_dangle(b: &Backend) {
         };
         deleted.unwrap();
         stored.unwrap();
-        match b
-            .meta
-            .get_key(&user, Service::Groq, &KeyId::first())
-            .await
-            .unwrap()
-        {
+        match primary(b, &user, Service::Groq).await {
             Some(record) => {
                 let key = b.secrets.get_secret(&record.secret).await;
                 assert_eq!(

@@ -169,7 +169,8 @@ async fn runbook_checklist_over_http(mode: Mode) {
         r.json,
         json!({"path": "user-gateway", "provider": "gateway", "model": "openai/gpt-4o-mini",
                "upstreamModel": "openai/gpt-4o-mini", "baseUrlHost": "my-gateway.vercel.sh",
-               "baseUrlSource": "user"})
+               "baseUrlSource": "user",
+               "keys": [{"id": created.json["id"], "maskedKey": "vck_…0042", "priority": 0}]})
     );
     assert_eq!(
         api.delete("/api/keys/gateway").await.status,

@@ -599,9 +599,11 @@ async fn staged(
     let keys = KeyService::new(inner.clone(), inner.clone());
     keys.upsert(user, upsert(OLD_KEY), "setup").await.unwrap();
     let record = inner
-        .get_key(user, Service::Groq, &KeyId::first())
+        .load_user(user)
         .await
         .unwrap()
+        .key(Service::Groq)
+        .cloned()
         .unwrap();
     rotation
         .stage(user, Service::Groq, None, &ApiKey::new(NEW_KEY), "setup")

@@ -44,19 +44,43 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, BodyError> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let mut frames = req.into_body().into_data_stream();
     if announced.is_some_and(|n| n > limit) {
+        drain(&mut frames, announced.unwrap_or(0)).await;
         return Err(BodyError::TooLarge);
     }
     let mut buffer = bytes::BytesMut::with_capacity(announced.unwrap_or(0));
-    let mut frames = req.into_body().into_data_stream();
     while let Some(frame) = frames.next().await {
         let data = frame.map_err(|_| BodyError::Unreadable)?;
         if buffer.len() + data.len() > limit {
+            drop(buffer);
+            drain(&mut frames, 0).await;
             return Err(BodyError::TooLarge);
         }
         buffer.extend_from_slice(&data);
     }
     Ok(buffer.freeze())
+}
+
+/// Most bytes of a refused body read and thrown away.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads and discards the rest of a refused body (up to [`DRAIN_LIMIT`],
+/// and only when its announced length is within it), so a client still
+/// sending it reads the 413 instead of a broken pipe. A slow sender is cut
+/// off by the server's body timeout.
+async fn drain(frames: &mut axum::body::BodyDataStream, announced: usize) {
+    use futures_util::StreamExt as _;
+    if announced > DRAIN_LIMIT {
+        return;
+    }
+    let mut drained = 0usize;
+    while let Some(Ok(data)) = frames.next().await {
+        drained += data.len();
+        if drained > DRAIN_LIMIT {
+            return;
+        }
+    }
 }
 
 pub(super) async fn complete(

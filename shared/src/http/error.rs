@@ -311,13 +311,6 @@ impl From<ResolveError> for ApiError {
             ResolveError::Model(_) => ErrorCode::UnknownModel,
             ResolveError::ConsentRequired => ErrorCode::ConsentRequired,
             ResolveError::NoCredential => ErrorCode::NoCredential,
-            ResolveError::KeysCoolingDown {
-                retry_after_secs, ..
-            } => {
-                let secs = *retry_after_secs;
-                return Self::new(ErrorCode::UpstreamRateLimited, err.to_string())
-                    .with_retry_after(secs);
-            }
             ResolveError::Store(store) => return Self::from_store(store),
         };
         Self::new(code, err.to_string())

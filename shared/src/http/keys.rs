@@ -256,7 +256,7 @@ pub(super) async fn upsert(
 }
 
 /// Parses a key id from a path; an id of no possible key is not found.
-pub(super) fn parse_key_id(service: Service, raw: &str) -> Result<KeyId, ApiError> {
+fn parse_key_id(service: Service, raw: &str) -> Result<KeyId, ApiError> {
     KeyId::parse(raw).ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,

@@ -17,7 +17,8 @@ pub(super) struct ResolutionView {
     base_url_host: String,
     base_url_source: &'static str,
     /// On a user path: the keys that would be tried, in order (keys cooling
-    /// down after a rate limit are left out); empty on team paths.
+    /// down after a rate limit last); absent on team paths.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     keys: Vec<CandidateKeyView>,
 }
 

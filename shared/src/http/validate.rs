@@ -53,10 +53,13 @@ pub(super) async fn validate(
             return Err(ValidateError::BaseUrlWithoutKey.into());
         }
         (None, Some(service), _) => {
+            // An id of no possible key names no stored key either.
             let id = body
                 .key_id
                 .as_deref()
-                .map(|raw| super::keys::parse_key_id(service, raw))
+                .map(|raw| {
+                    crate::domain::KeyId::parse(raw).ok_or(ValidateError::NoStoredKey(service))
+                })
                 .transpose()?;
             ValidateRequest::Stored(service, id)
         }

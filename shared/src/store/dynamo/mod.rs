@@ -432,8 +432,24 @@ mod tests {
         let rec = record();
         let item = item_from_record(&rec).unwrap();
         assert_eq!(item[PK], s("USER#u#1"));
-        assert_eq!(item[SK], s("KEY#gateway"));
+        assert_eq!(item[SK], s("KEY#gateway#k0123456789abcdef"));
         assert_eq!(record_from_item(&rec.user, &item).unwrap(), rec);
+
+        // The first key (every key stored before keys had ids) keeps its
+        // sort key; an item without keyId or priority reads as it.
+        let first = KeyRecord {
+            id: KeyId::first(),
+            priority: 0,
+            ..rec.clone()
+        };
+        let mut item = item_from_record(&first).unwrap();
+        assert_eq!(item[SK], s("KEY#gateway"));
+        item.remove("keyId");
+        item.remove("priority");
+        assert_eq!(record_from_item(&rec.user, &item).unwrap(), first);
+        // A keyId that disagrees with the sort key is refused.
+        item.insert("keyId".into(), s("k00000000000000ff"));
+        assert!(record_from_item(&rec.user, &item).is_err());
 
         let mut sparse = rec.clone();
         sparse.base_url = None;
