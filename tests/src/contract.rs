@@ -86,6 +86,7 @@ macro_rules! contract_suite {
             rotation_stage_needs_a_secret,
             rotation_lists_and_deletes_secrets_by_id,
             scan_keys_pages_through_every_user,
+            several_keys_per_service_are_kept_apart,
             usage_aggregates_add_up_per_day_model_and_path,
             usage_concurrent_records_lose_nothing,
             usage_operator_view_has_every_user_and_tenant,
@@ -1567,6 +1568,136 @@ pub async fn rotation_lists_and_deletes_secrets_by_id(b: &Backend) {
     );
 }
 
+/// A service's keys are separate records: each read, written, marked and
+/// deleted by its id, all of them in the one snapshot read, in order.
+pub async fn several_keys_per_service_are_kept_apart(b: &Backend) {
+    let user = unique_user("several-keys");
+    let first = record(&user, Service::OpenAi, fake_ref(&user, Service::OpenAi));
+    let second = KeyRecord {
+        id: KeyId::generate().unwrap(),
+        priority: 1,
+        label: "second".into(),
+        ..record(&user, Service::OpenAi, fake_ref(&user, Service::OpenAi))
+    };
+    let third = KeyRecord {
+        id: KeyId::generate().unwrap(),
+        priority: 0,
+        label: "third".into(),
+        created_at: first.created_at + Duration::seconds(1),
+        ..record(&user, Service::OpenAi, fake_ref(&user, Service::OpenAi))
+    };
+    for rec in [&first, &second, &third] {
+        b.meta.put_key(rec, Expected::Absent).await.unwrap();
+    }
+    // The same id again conflicts; another id of the same service does not.
+    assert!(matches!(
+        b.meta.put_key(&second, Expected::Absent).await,
+        Err(StoreError::Conflict)
+    ));
+    let snapshot = b.meta.load_user(&user).await.unwrap();
+    assert_eq!(snapshot.keys.len(), 3);
+    let order: Vec<&KeyId> = snapshot
+        .keys_of(Service::OpenAi)
+        .iter()
+        .map(|k| &k.id)
+        .collect();
+    assert_eq!(order, [&first.id, &third.id, &second.id]);
+    assert_eq!(
+        snapshot.key(Service::OpenAi).map(|k| &k.id),
+        Some(&first.id)
+    );
+    assert_eq!(
+        b.meta
+            .get_key(&user, Service::OpenAi, &second.id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&second)
+    );
+
+    // Health marks change one record and not its revision; a missing
+    // record is no error.
+    let at = millis(OffsetDateTime::now_utc());
+    let until = at + Duration::seconds(30);
+    for mark in [
+        KeyMark::Used(at),
+        KeyMark::CoolDown(until),
+        KeyMark::Refused(at),
+    ] {
+        b.meta
+            .mark_key(&user, Service::OpenAi, &second.id, mark)
+            .await
+            .unwrap();
+    }
+    let marked = b
+        .meta
+        .get_key(&user, Service::OpenAi, &second.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(marked.last_used_at, Some(at));
+    assert_eq!(marked.cooldown_until, Some(until));
+    assert_eq!(marked.last_validation, Some(ValidationResult::Invalid));
+    assert_eq!(marked.last_validated_at, Some(at));
+    assert_eq!(marked.revision, second.revision);
+    assert_eq!(
+        b.meta
+            .get_key(&user, Service::OpenAi, &first.id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&first)
+    );
+    b.meta
+        .mark_key(
+            &user,
+            Service::OpenAi,
+            &KeyId::generate().unwrap(),
+            KeyMark::Used(at),
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.meta.load_user(&user).await.unwrap().keys.len(), 3);
+
+    // A conditional write of one key leaves the others alone.
+    let relabelled = KeyRecord {
+        label: "renamed".into(),
+        revision: marked.revision + 1,
+        ..marked.clone()
+    };
+    b.meta
+        .put_key(&relabelled, Expected::Revision(marked.revision))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.meta
+            .get_key(&user, Service::OpenAi, &second.id)
+            .await
+            .unwrap()
+            .map(|k| (k.label, k.cooldown_until)),
+        Some(("renamed".to_owned(), Some(until)))
+    );
+
+    // Deleting one key leaves the others.
+    let deleted = b
+        .meta
+        .delete_key(&user, Service::OpenAi, &third.id)
+        .await
+        .unwrap();
+    assert_eq!(deleted.map(|k| k.id), Some(third.id.clone()));
+    let left: Vec<KeyId> = b
+        .meta
+        .load_user(&user)
+        .await
+        .unwrap()
+        .keys
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&first.id) && left.contains(&second.id));
+}
+
 pub async fn scan_keys_pages_through_every_user(b: &Backend) {
     let mut mine = std::collections::BTreeSet::new();
     for i in 0..5 {
@@ -1574,8 +1705,16 @@ pub async fn scan_keys_pages_through_every_user(b: &Backend) {
         for service in [Service::OpenAi, Service::Anthropic] {
             let rec = record(&user, service, fake_ref(&user, service));
             b.meta.put_key(&rec, Expected::Absent).await.unwrap();
-            mine.insert((user.clone(), service));
+            mine.insert((user.clone(), service, rec.id));
         }
+        // A second key of one service.
+        let rec = KeyRecord {
+            id: KeyId::generate().unwrap(),
+            priority: 1,
+            ..record(&user, Service::OpenAi, fake_ref(&user, Service::OpenAi))
+        };
+        b.meta.put_key(&rec, Expected::Absent).await.unwrap();
+        mine.insert((user.clone(), Service::OpenAi, rec.id));
         b.meta
             .put_settings(&user, Settings::default())
             .await
@@ -1590,7 +1729,7 @@ pub async fn scan_keys_pages_through_every_user(b: &Backend) {
         assert!(page.keys.len() <= 3);
         for k in page.keys {
             assert!(
-                seen.insert((k.user.clone(), k.service)),
+                seen.insert((k.user.clone(), k.service, k.id.clone())),
                 "seen twice: {:?}",
                 k.user
             );
