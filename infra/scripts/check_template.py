@@ -212,6 +212,11 @@ IGNORE_STAGE_ENV = "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH"
 # the rule that every HTTP API route has the JWT authorizer).
 HTTP_ROUTES = {
     ("PUT", "/api/keys/{service}/pending"): "KeysFunction",
+    ("POST", "/api/keys/{service}"): "KeysFunction",
+    ("PATCH", "/api/keys/{service}/{id}"): "KeysFunction",
+    ("DELETE", "/api/keys/{service}/{id}"): "KeysFunction",
+    ("PUT", "/api/keys/{service}/{id}/pending"): "KeysFunction",
+    ("DELETE", "/api/keys/{service}/{id}/pending"): "KeysFunction",
     ("DELETE", "/api/keys/{service}/pending"): "KeysFunction",
     ("GET", "/api/usage"): "KeysFunction",
     ("GET", "/api/usage/requests"): "KeysFunction",
@@ -233,6 +238,13 @@ HTTP_ROUTES = {
 # shared/src/store/dynamo/budget.rs: budgets).
 LEADING_KEYS = {
     "CompletionFunction": {"RATE#*", "USAGE#*", "USAGEDAY#*", "USAGEREQ#*", "BUDGET#*"}
+}
+# Writes to key records allowed to such a function beside those partitions:
+# UpdateItem on USER#* touching only these attributes (shared/src/store/
+# dynamo/keys.rs: mark_key, a key's health after a completion used it).
+KEY_HEALTH_WRITES = {
+    "CompletionFunction": {"pk", "sk", "lastUsedAt", "cooldownUntil", "lastValidation",
+                           "lastValidatedAt"}
 }
 DYNAMODB_WRITES = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
                    "dynamodb:BatchWriteItem", "dynamodb:TransactWriteItems"}
@@ -521,7 +533,17 @@ class Checker:
                     if name in LEADING_KEYS and st_actions & DYNAMODB_WRITES:
                         cond = st.get("Condition", {}).get("ForAllValues:StringLike", {})
                         keys = set(as_list(cond.get("dynamodb:LeadingKeys", [])))
-                        if keys != LEADING_KEYS[name]:
+                        attrs = set(as_list(st.get("Condition", {})
+                                            .get("ForAllValues:StringEquals", {})
+                                            .get("dynamodb:Attributes", [])))
+                        health = KEY_HEALTH_WRITES.get(name)
+                        if keys == {"USER#*"} and health is not None:
+                            if st_actions != {"dynamodb:UpdateItem"} or not attrs or not attrs <= health:
+                                self.fail(sid, f"key-record writes must be UpdateItem of only "
+                                          f"{sorted(health)} (ForAllValues:StringEquals "
+                                          f"dynamodb:Attributes), found {sorted(st_actions)} "
+                                          f"of {sorted(attrs)}")
+                        elif keys != LEADING_KEYS[name]:
                             self.fail(sid, f"writes must be confined to the partitions "
                                       f"{sorted(LEADING_KEYS[name])} (ForAllValues:StringLike "
                                       f"dynamodb:LeadingKeys), found {sorted(keys)}")
