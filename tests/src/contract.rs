@@ -1216,7 +1216,7 @@ fn audit_event(user: &UserId, at: OffsetDateTime, action: AuditAction, n: usize)
         service: (!matches!(action, AuditAction::BudgetSet | AuditAction::BudgetDeleted))
             .then(|| Service::ALL[n % Service::ALL.len()]),
         result: (action == AuditAction::Validated).then(|| "valid".to_owned()),
-        key_id: (n % 2 == 0
+        key_id: (n.is_multiple_of(2)
             && !matches!(action, AuditAction::BudgetSet | AuditAction::BudgetDeleted))
         .then(|| KeyId::parse("k00000000000000ab").expect("an id")),
         request_id: format!("req-{n}"),

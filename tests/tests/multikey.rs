@@ -371,7 +371,41 @@ async fn no_team_credential_after_a_user_key_fails_unless_opted_in(mode: Mode) {
     stand_in.shutdown().await;
 }
 
+async fn round_robin_takes_turns_among_equal_priorities(mode: Mode) {
+    let stand_in = StandIn::start().await;
+    stand_in.accept_keys([FIRST, SECOND, THIRD]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        mode,
+        &stand_in,
+        dir.path(),
+        &[("BYOK_KEY_STRATEGY", "round_robin")],
+    );
+    let api = Api::new(&server.base, Some(&server.token("ruth", false)));
+    api.post("/api/keys", json!({"service": "openai", "apiKey": FIRST}))
+        .await;
+    add(&api, "openai", json!({"apiKey": SECOND, "priority": 0})).await;
+    // A lower priority key is only a fallback.
+    add(&api, "openai", json!({"apiKey": THIRD, "priority": 5})).await;
+    let before = stand_in.requests().len();
+    for _ in 0..6 {
+        let answer = api.post("/v1/chat/completions", chat()).await;
+        assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
+    }
+    let seen = keys_seen(&stand_in, before);
+    let count = |key: &str| seen.iter().filter(|k| *k == key).count();
+    assert_eq!(
+        (count(FIRST), count(SECOND), count(THIRD)),
+        (3, 3, 0),
+        "{seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0] != w[1]), "turns: {seen:?}");
+    drop(server);
+    stand_in.shutdown().await;
+}
+
 byok_tests::on_every_store!(
+    round_robin_takes_turns_among_equal_priorities,
     routes_and_limits,
     a_rate_limited_key_cools_down_and_the_next_serves,
     a_refused_key_is_marked_and_the_next_serves,

@@ -425,6 +425,7 @@ async fn the_sweep_marks_flags_and_removes_orphans(mode: Mode) {
     env.push(("BYOK_REVALIDATE_AFTER_HOURS".into(), "0".into()));
     env.push(("BYOK_ORPHAN_GRACE_MINUTES".into(), "0".into()));
     env.push(("BYOK_ROTATION_AGE_DAYS".into(), "0".into()));
+    env.push(("BYOK_STALE_AFTER_DAYS".into(), "0".into()));
     let out = run_command(s.dir(), &env, &["sweep"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -437,6 +438,7 @@ async fn the_sweep_marks_flags_and_removes_orphans(mode: Mode) {
         (Some(1), Some(1))
     );
     assert_eq!(report["rotationDue"], 2, "rotation age 0: every key is due");
+    assert_eq!(report["stale"], 2, "stale age 0: every key is stale");
     assert_eq!(report["orphansRemoved"], 1, "{report}");
     for text in [&stdout, &stderr] {
         assert!(!text.contains(BAD_KEY) && !text.contains(OLD_KEY));
@@ -459,6 +461,14 @@ async fn the_sweep_marks_flags_and_removes_orphans(mode: Mode) {
     let of = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
     assert_eq!(of("key.invalid"), 1, "{events:?}");
     assert_eq!(of("key.rotation_due"), 2, "{events:?}");
+    assert_eq!(of("key.stale"), 2, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "key.stale")
+            .all(|e| e["keyId"].as_str().is_some_and(|id| id.starts_with('k'))),
+        "{events:?}"
+    );
     let invalid = events.iter().find(|e| e["type"] == "key.invalid").unwrap();
     assert_eq!(
         (invalid["user"].as_str(), invalid["service"].as_str()),
@@ -473,9 +483,10 @@ async fn the_sweep_marks_flags_and_removes_orphans(mode: Mode) {
         (
             report["checked"].as_u64(),
             report["rotationDue"].as_u64(),
-            report["orphansRemoved"].as_u64()
+            report["orphansRemoved"].as_u64(),
+            report["stale"].as_u64()
         ),
-        (Some(0), Some(0), Some(0)),
+        (Some(0), Some(0), Some(0), Some(0)),
         "{report}"
     );
 }
