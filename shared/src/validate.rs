@@ -58,6 +58,8 @@ pub struct Validated {
     /// Host (and non-default port) of the base URL called.
     pub base_url_host: String,
     pub checked_at: Timestamp,
+    /// The stored key checked, if one was.
+    pub key_id: Option<KeyId>,
 }
 
 /// Why a validation was refused or did not say `valid`.
@@ -185,6 +187,7 @@ impl ValidationService {
             path: target.path,
             base_url_host: crate::domain::base_url::url_host(&target.base_url).unwrap_or_default(),
             checked_at: now(),
+            key_id: target.record.as_ref().map(|r| r.id.clone()),
         })
     }
 

@@ -196,6 +196,7 @@ async fn routes_and_limits(mode: Mode) {
         )
         .await;
     assert_eq!(checked.status.as_u16(), 200, "{}", checked.text);
+    assert_eq!(checked.json["keyId"], ids[0].as_str());
     let staged = api
         .put(
             &format!("/api/keys/openai/{}/pending", ids[0]),

@@ -33,6 +33,9 @@ pub(super) struct ValidationView {
     provider: &'static str,
     base_url_host: String,
     checked_at: String,
+    /// The stored key checked (a stored key, or the one a model resolves to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
 }
 
 pub(super) async fn validate(
@@ -77,5 +80,6 @@ pub(super) async fn validate(
         provider: v.service.as_str(),
         base_url_host: v.base_url_host,
         checked_at: v.checked_at.format(&Rfc3339).unwrap_or_default(),
+        key_id: v.key_id.map(|id| id.to_string()),
     }))
 }
