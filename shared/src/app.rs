@@ -368,11 +368,14 @@ pub fn state(
     stores: Stores,
     verifier: Option<TokenVerifier>,
 ) -> Result<AppState, InitError> {
-    let resolver = Arc::new(Resolver::new(
-        stores.meta.clone(),
-        stores.team,
-        Arc::new(config.upstreams.clone()),
-    ));
+    let resolver = Arc::new(
+        Resolver::new(
+            stores.meta.clone(),
+            stores.team,
+            Arc::new(config.upstreams.clone()),
+        )
+        .with_user_keys_via_gateway(config.keys.user_keys_via_gateway),
+    );
     let client = UpstreamClient::deferred(&config.upstream_timeouts);
     if stores.function.always_calls_upstream() {
         client.warm()?;

@@ -111,6 +111,9 @@ pub struct KeysConfig {
     /// After every user key of the resolved service failed, the team
     /// credential is tried (with the user's consent). Off by default.
     pub team_fallback_on_user_key_failure: bool,
+    /// User-provider paths go through the team gateway, the user's key in
+    /// the request (`BYOK_ROUTE_USER_KEYS_VIA_GATEWAY`). Off by default.
+    pub user_keys_via_gateway: bool,
 }
 
 impl Default for KeysConfig {
@@ -120,6 +123,7 @@ impl Default for KeysConfig {
             strategy: KeyStrategy::Priority,
             last_used_granularity: Duration::from_secs(300),
             team_fallback_on_user_key_failure: false,
+            user_keys_via_gateway: false,
         }
     }
 }
@@ -578,6 +582,16 @@ impl Config {
                 Some(_) => {
                     return Err(ConfigError::Invalid {
                         name: "BYOK_TEAM_FALLBACK_ON_USER_KEY_FAILURE",
+                        expected: "true or false",
+                    });
+                }
+            },
+            user_keys_via_gateway: match get("BYOK_ROUTE_USER_KEYS_VIA_GATEWAY").as_deref() {
+                None | Some("false" | "0") => false,
+                Some("true" | "1") => true,
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        name: "BYOK_ROUTE_USER_KEYS_VIA_GATEWAY",
                         expected: "true or false",
                     });
                 }

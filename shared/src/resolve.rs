@@ -90,12 +90,22 @@ pub struct Resolution {
     /// On a user path, every key that may be tried, in order (the first is
     /// `credential`'s); empty on team paths.
     pub keys: Vec<KeyChoice>,
+    /// A user-provider path sent through the team gateway: the team
+    /// gateway key authenticates, the user's key travels in the request
+    /// (`providerOptions.gateway.byok`) and pays.
+    pub via_gateway: bool,
 }
 
 impl Resolution {
     /// This resolution served with `key` (one of [`Self::keys`]): its
     /// credential and, for a gateway key, its own base URL.
     pub fn with_key(&self, key: &KeyChoice, upstreams: &Upstreams) -> Resolution {
+        if self.via_gateway {
+            return Resolution {
+                credential: CredentialSource::User(key.clone()),
+                ..self.clone()
+            };
+        }
         let (base_url, source) = match &key.base_url {
             Some(url) => (url.clone(), BaseUrlSource::User),
             None => (
@@ -186,6 +196,7 @@ pub(crate) fn choose(
             base_url_source: source,
             credential,
             keys: Vec::new(),
+            via_gateway: false,
         }
     };
     let now = crate::domain::now();
@@ -269,6 +280,8 @@ pub struct Resolver {
     meta: Arc<dyn MetadataStore>,
     team: Arc<TeamCredentials>,
     upstreams: Arc<Upstreams>,
+    /// `BYOK_ROUTE_USER_KEYS_VIA_GATEWAY`.
+    user_keys_via_gateway: bool,
 }
 
 impl Resolver {
@@ -281,6 +294,38 @@ impl Resolver {
             meta,
             team,
             upstreams,
+            user_keys_via_gateway: false,
+        }
+    }
+
+    /// Sends user-provider paths through the team gateway (when a team
+    /// gateway key is set and the gateway takes the provider's keys).
+    #[must_use]
+    pub fn with_user_keys_via_gateway(mut self, on: bool) -> Self {
+        self.user_keys_via_gateway = on;
+        self
+    }
+
+    /// `resolution` as this deployment sends it: a user-provider path goes
+    /// through the team gateway when the operator asked for that, a team
+    /// gateway key is set and the gateway takes the provider's keys. The
+    /// path stays `user-provider`: the user's key pays.
+    pub fn routed(&self, resolution: Resolution) -> Resolution {
+        let eligible = self.user_keys_via_gateway
+            && resolution.path == ResolutionPath::UserProvider
+            && resolution.provider.gateway_byok_slug().is_some()
+            && self.team.has(Service::Gateway);
+        if !eligible {
+            return resolution;
+        }
+        let base_url = self.upstreams.base_url(Service::Gateway).to_owned();
+        Resolution {
+            base_url_host: url_host(&base_url).unwrap_or_default(),
+            base_url,
+            base_url_source: BaseUrlSource::Team,
+            upstream_model: resolution.model.clone(),
+            via_gateway: true,
+            ..resolution
         }
     }
 
@@ -306,7 +351,7 @@ impl Resolver {
     pub async fn resolve(&self, user: &UserId, model: &str) -> Result<Resolution, ResolveError> {
         let model = ModelId::parse(model)?;
         let snapshot = self.meta.load_user(user).await?;
-        resolve(&snapshot, &model, &self.team, &self.upstreams)
+        resolve(&snapshot, &model, &self.team, &self.upstreams).map(|r| self.routed(r))
     }
 }
 

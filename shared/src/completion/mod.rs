@@ -55,6 +55,8 @@ pub struct Route {
     pub fallback: bool,
     /// The user's stored key that served (or failed), on a user path.
     pub key_id: Option<KeyId>,
+    /// Sent through the team gateway with the user's key in the request.
+    pub via_gateway: bool,
 }
 
 /// What happens when a user's key fails before the first byte.
@@ -385,6 +387,7 @@ impl CompletionService {
             self.resolver.upstreams(),
         )
         .map_err(CompletionError::from)?;
+        let primary = self.resolver.routed(primary);
         let candidates = self.candidates(primary, &request.model, &snapshot);
 
         // Every completion counts against the all-paths limit; a team path
@@ -401,6 +404,7 @@ impl CompletionService {
                 model: resolution.model.clone(),
                 fallback,
                 key_id: resolution.key_id().cloned(),
+                via_gateway: resolution.via_gateway,
             };
             let attempt = u32::try_from(i).unwrap_or(u32::MAX);
             let meter = self.meter(ctx, started, &request, &route, attempt);
@@ -544,7 +548,7 @@ impl CompletionService {
                 self.resolver.team(),
                 self.resolver.upstreams(),
             ) {
-                self.push_keys(&mut out, r, true);
+                self.push_keys(&mut out, self.resolver.routed(r), true);
             }
         }
         out
@@ -620,6 +624,8 @@ impl CompletionService {
         let service = resolution.provider;
         let now = crate::domain::now();
         let mark = match error.kind {
+            // Through the gateway, a refusal may be of the team gateway key.
+            UpstreamErrorKind::Auth if resolution.via_gateway => return,
             UpstreamErrorKind::RateLimited => {
                 let wait = error
                     .retry_after
@@ -690,7 +696,18 @@ impl CompletionService {
                 return Err((e, None));
             }
         };
-        let (upstream_body, decoder) = match upstream_request(request, resolution) {
+        // Through the team gateway: the user's key goes in the body, the
+        // team gateway key authenticates.
+        let (service, key, byok) = if resolution.via_gateway {
+            let Some(team_key) = self.resolver.team().get(Service::Gateway) else {
+                meter.abandon();
+                return Err((CompletionError::Resolve(ResolveError::NoCredential), None));
+            };
+            (Service::Gateway, team_key, Some(key))
+        } else {
+            (service, key, None)
+        };
+        let (upstream_body, decoder) = match upstream_request(request, resolution, byok.as_ref()) {
             Ok(prepared) => prepared,
             Err(e) => {
                 meter.abandon();
@@ -708,8 +725,9 @@ impl CompletionService {
         };
         let call =
             upstream::build_request(client, service, &resolution.base_url, &key, upstream_body);
-        let scrubber = upstream::KeyScrubber::new([&key]);
+        let scrubber = upstream::KeyScrubber::new(std::iter::once(&key).chain(byok.as_ref()));
         drop(key);
+        drop(byok);
         let mut decoder = decoder;
         if let Some(decoder) = decoder.as_mut() {
             decoder.guard_keys(&scrubber);
@@ -819,18 +837,30 @@ impl CompletionService {
     }
 }
 
-/// The upstream body and, for streams, the decoder of its answer.
+/// The upstream body and, for streams, the decoder of its answer. With
+/// `byok` (through the team gateway) the body is OpenAI's, carrying the
+/// user's key as the gateway's request-scoped BYOK option.
 fn upstream_request(
     request: &ChatRequest,
     resolution: &Resolution,
+    byok: Option<&ApiKey>,
 ) -> Result<(reqwest::Body, Option<Decoder>), CompletionError> {
-    match resolution.provider.wire_api() {
+    let wire = if byok.is_some() {
+        WireApi::OpenAiCompatible
+    } else {
+        resolution.provider.wire_api()
+    };
+    match wire {
         WireApi::OpenAiCompatible => {
             // Each attempt rewrites its own copy of the field list; the
             // bytes are shared.
             let mut body = request.body.clone();
             let prepared =
                 openai::prepare_request(&mut body, &resolution.upstream_model, request.stream);
+            if let (Some(key), Some(slug)) = (byok, resolution.provider.gateway_byok_slug()) {
+                openai::add_gateway_byok(&mut body, slug, key)
+                    .map_err(|e| CompletionError::InvalidRequest(e.to_owned()))?;
+            }
             let upstream_body =
                 reqwest::Body::wrap(upstream::PiecewiseBody::new(body.to_segments()));
             let decoder = request

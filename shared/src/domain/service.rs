@@ -115,6 +115,11 @@ impl Service {
     }
 
     /// On AWS, the variable naming the secret that holds the team key.
+    /// The provider's name in the gateway's request-scoped BYOK option.
+    pub const fn gateway_byok_slug(self) -> Option<&'static str> {
+        self.0.gateway_byok_slug
+    }
+
     pub const fn team_secret_env(self) -> &'static str {
         self.provider().team_secret_env
     }

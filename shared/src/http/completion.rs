@@ -23,6 +23,7 @@ const MODEL_HEADER: HeaderName = HeaderName::from_static("x-byok-model");
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-byok-fallback");
 const PAID_BY_HEADER: HeaderName = HeaderName::from_static("x-byok-paid-by");
 const KEY_ID_HEADER: HeaderName = HeaderName::from_static("x-byok-key-id");
+const VIA_HEADER: HeaderName = HeaderName::from_static("x-byok-via");
 const LIMIT_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
 const REMAINING_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const RESET_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
@@ -214,5 +215,8 @@ fn route_headers(response: &mut Response, route: &Route) {
         .and_then(|id| HeaderValue::from_str(id.as_str()).ok())
     {
         headers.insert(KEY_ID_HEADER, id);
+    }
+    if route.via_gateway {
+        headers.insert(VIA_HEADER, HeaderValue::from_static("gateway"));
     }
 }

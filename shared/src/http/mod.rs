@@ -149,8 +149,9 @@ pub fn local_router(state: AppState) -> Router {
 
 /// Response headers a browser front end may read: who paid and how, the
 /// request and budget limits, the request id.
-const EXPOSED_HEADERS: [&str; 13] = [
+const EXPOSED_HEADERS: [&str; 14] = [
     "x-byok-path",
+    "x-byok-via",
     "x-byok-key-id",
     "x-byok-provider",
     "x-byok-model",

@@ -20,6 +20,10 @@ pub(super) struct ResolutionView {
     /// down after a rate limit last); absent on team paths.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     keys: Vec<CandidateKeyView>,
+    /// `gateway` when a user-provider path goes through the team gateway
+    /// (the user's key in the request, `BYOK_ROUTE_USER_KEYS_VIA_GATEWAY`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -53,6 +57,7 @@ pub(super) async fn preview(
         upstream_model: r.upstream_model,
         base_url_host: r.base_url_host,
         base_url_source: r.base_url_source.as_str(),
+        via: r.via_gateway.then_some("gateway"),
         keys: r
             .keys
             .iter()

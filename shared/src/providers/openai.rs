@@ -41,6 +41,30 @@ pub fn prepare_request(body: &mut RawObject, upstream_model: &str, stream: bool)
     Prepared { client_wants_usage }
 }
 
+/// Puts the user's `key` into the body as the Vercel AI Gateway's
+/// request-scoped BYOK option, `providerOptions.gateway.byok.{slug}:
+/// [{apiKey}]`. The client's own `providerOptions.gateway` is replaced
+/// whole: its routing options (fallback models, provider order) could
+/// otherwise send the request to the gateway's own credentials, on the
+/// team's account. Other `providerOptions` entries pass unchanged.
+pub fn add_gateway_byok(
+    body: &mut RawObject,
+    slug: &str,
+    key: &crate::domain::ApiKey,
+) -> Result<(), &'static str> {
+    let mut options = match body.get::<serde_json::Map<String, Value>>("providerOptions") {
+        None => serde_json::Map::new(),
+        Some(Ok(map)) => map,
+        Some(Err(_)) => return Err("providerOptions must be an object"),
+    };
+    let byok = serde_json::json!({ slug: [{ "apiKey": key.expose() }] });
+    options.insert("gateway".to_owned(), serde_json::json!({ "byok": byok }));
+    let json =
+        serde_json::to_string(&options).map_err(|_| "providerOptions could not be written")?;
+    body.set("providerOptions", json);
+    Ok(())
+}
+
 /// Reads token counts from a non-streamed `chat.completion`.
 pub fn usage_of_response(body: &Value) -> Option<Usage> {
     usage_from(body.get("usage")?)
@@ -206,6 +230,34 @@ mod tests {
         let (out, usage) = run(STREAM, true);
         assert_eq!(out, STREAM);
         assert_eq!(usage.map(|u| u.prompt_tokens), Some(7));
+    }
+
+    #[test]
+    fn the_gateway_byok_option_replaces_the_clients_gateway_options_only() {
+        let key = crate::domain::ApiKey::new("sk-proj-user-0123456789");
+        let mut body = object(json!({
+            "model": "m",
+            "providerOptions": {
+                "gateway": {"models": ["anthropic/claude-opus-4"], "byok": {"xai": [{"apiKey": "x"}]}},
+                "openai": {"reasoningEffort": "low"}
+            }
+        }));
+        add_gateway_byok(&mut body, "openai", &key).unwrap();
+        assert_eq!(
+            field(&body, "providerOptions"),
+            json!({
+                "gateway": {"byok": {"openai": [{"apiKey": "sk-proj-user-0123456789"}]}},
+                "openai": {"reasoningEffort": "low"}
+            })
+        );
+        let mut plain = object(json!({"model": "m"}));
+        add_gateway_byok(&mut plain, "anthropic", &key).unwrap();
+        assert_eq!(
+            field(&plain, "providerOptions")["gateway"]["byok"]["anthropic"][0]["apiKey"],
+            "sk-proj-user-0123456789"
+        );
+        let mut odd = object(json!({"model": "m", "providerOptions": [1]}));
+        assert!(add_gateway_byok(&mut odd, "openai", &key).is_err());
     }
 
     #[test]

@@ -21,4 +21,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_prefixes: &["claude-"],
     bare_model_names: &[],
     key_check_path: "/models",
+    gateway_byok_slug: Some("anthropic"),
 };

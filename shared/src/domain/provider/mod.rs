@@ -63,6 +63,10 @@ pub struct Provider {
     /// The cheapest authenticated `GET` (below the base URL) that tells a
     /// valid key from a refused one.
     pub key_check_path: &'static str,
+    /// How the Vercel AI Gateway names the provider in a request's
+    /// `providerOptions.gateway.byok`; `None` if it does not take the
+    /// provider's keys that way.
+    pub gateway_byok_slug: Option<&'static str>,
 }
 
 /// How a provider's API expects model names.

@@ -21,4 +21,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_prefixes: &["gpt-", "o1-", "o3-", "o4-"],
     bare_model_names: &["o1", "o3"],
     key_check_path: "/models",
+    gateway_byok_slug: Some("openai"),
 };
