@@ -23,6 +23,11 @@ impl Answer {
     pub fn code(&self) -> &str {
         self.json["error"]["code"].as_str().unwrap_or("")
     }
+
+    /// A response header, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 /// A client bound to one server and (optionally) one user's token.

@@ -8,7 +8,7 @@
     reason = "test bodies are plain functions run once per store; a failed step stops the test"
 )]
 
-use byok_tests::http::{Answer, Api};
+use byok_tests::http::Api;
 use byok_tests::stores::{Mode, start};
 use byok_tests::upstream::{StandIn, Upstream};
 use serde_json::{Value, json};
@@ -16,10 +16,6 @@ use serde_json::{Value, json};
 const USER_OPENAI_KEY: &str = "sk-proj-viagateway0user000000000000000001";
 const TEAM_GATEWAY_KEY: &str = "vck_teamkey0viagateway00000000000000001";
 const ADMIN: &str = "ops";
-
-fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
-    answer.headers.get(name).and_then(|v| v.to_str().ok())
-}
 
 fn chat(stream: bool) -> Value {
     json!({
@@ -76,8 +72,8 @@ async fn user_keys_go_through_the_team_gateway_when_asked(mode: Mode) {
             let before = stand_in.requests().len();
             let answer = api.post("/v1/chat/completions", chat(stream)).await;
             assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
-            assert_eq!(header(&answer, "x-byok-path"), Some("user-provider"));
-            assert_eq!(header(&answer, "x-byok-paid-by"), Some("user"));
+            assert_eq!(answer.header("x-byok-path"), Some("user-provider"));
+            assert_eq!(answer.header("x-byok-paid-by"), Some("user"));
             let sent = stand_in.requests()[before..].to_vec();
             assert_eq!(sent.len(), 1, "one upstream call");
             let call = &sent[0];
@@ -93,12 +89,12 @@ async fn user_keys_go_through_the_team_gateway_when_asked(mode: Mode) {
                     json!({"gateway": {"byok": {"openai": [{"apiKey": USER_OPENAI_KEY}]}}}),
                     "the user's key, and only ours, in the gateway's options"
                 );
-                assert_eq!(header(&answer, "x-byok-via"), Some("gateway"));
+                assert_eq!(answer.header("x-byok-via"), Some("gateway"));
             } else {
                 assert_eq!(call.upstream, Some(Upstream::OpenAi));
                 assert_eq!(call.key, USER_OPENAI_KEY);
                 assert_eq!(call.model, "gpt-4o-mini");
-                assert_eq!(header(&answer, "x-byok-via"), None);
+                assert_eq!(answer.header("x-byok-via"), None);
             }
             assert!(!answer.text.contains(USER_OPENAI_KEY));
         }

@@ -8,7 +8,7 @@
     reason = "test bodies are plain functions run once per store; a failed step stops the test"
 )]
 
-use byok_tests::http::{Answer, Api};
+use byok_tests::http::Api;
 use byok_tests::stores::{Mode, start};
 use byok_tests::upstream::{Failure, StandIn};
 use serde_json::{Value, json};
@@ -22,10 +22,6 @@ const TEAM_GATEWAY_KEY: &str = "vck_teamkey0multikey0000000000000000001";
 
 fn chat() -> Value {
     json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-}
-
-fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
-    answer.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The keys the stand-in saw since `from`, in order.
@@ -254,8 +250,8 @@ async fn a_rate_limited_key_cools_down_and_the_next_serves(mode: Mode) {
     let answer = api.post("/v1/chat/completions", chat()).await;
     assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
     assert_eq!(keys_seen(&stand_in, before), [FIRST, SECOND]);
-    assert_eq!(header(&answer, "x-byok-key-id"), Some(second_id.as_str()));
-    assert_eq!(header(&answer, "x-byok-path"), Some("user-provider"));
+    assert_eq!(answer.header("x-byok-key-id"), Some(second_id.as_str()));
+    assert_eq!(answer.header("x-byok-path"), Some("user-provider"));
 
     // Within the 2 s, straight to the second (for every instance: the
     // cooldown is in the store, as the key list shows).
@@ -278,7 +274,7 @@ async fn a_rate_limited_key_cools_down_and_the_next_serves(mode: Mode) {
     let answer = api.post("/v1/chat/completions", chat()).await;
     assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
     assert_eq!(keys_seen(&stand_in, before), [FIRST]);
-    assert_eq!(header(&answer, "x-byok-key-id"), Some(first_id.as_str()));
+    assert_eq!(answer.header("x-byok-key-id"), Some(first_id.as_str()));
     assert!(listed(&api).await[0].get("cooldownUntil").is_none());
 
     // A streamed request fails over the same way.
@@ -361,8 +357,8 @@ async fn no_team_credential_after_a_user_key_fails_unless_opted_in(mode: Mode) {
         if opted_in {
             assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
             assert_eq!(seen, [FIRST, SECOND, TEAM_GATEWAY_KEY]);
-            assert_eq!(header(&answer, "x-byok-path"), Some("team-gateway"));
-            assert_eq!(header(&answer, "x-byok-key-id"), None);
+            assert_eq!(answer.header("x-byok-path"), Some("team-gateway"));
+            assert_eq!(answer.header("x-byok-key-id"), None);
         } else {
             assert_eq!(answer.status.as_u16(), 502, "{}", answer.text);
             assert_eq!(seen, [FIRST, SECOND], "the team key is never tried");
