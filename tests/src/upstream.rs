@@ -752,6 +752,9 @@ async fn serve(
         (Method::POST, "/chat/completions") if up != Upstream::Anthropic => {
             openai_chat(&ctx, &json_body)
         }
+        (Method::POST, "/embeddings") if up != Upstream::Anthropic => {
+            openai_embeddings(&ctx, &json_body)
+        }
         _ => error_response(
             Some(up),
             StatusCode::NOT_FOUND,
@@ -902,6 +905,48 @@ fn models(ctx: &Ctx) -> Response {
         json!({"object": "list", "data": data})
     };
     json_response(StatusCode::OK, &body)
+}
+
+/// OpenAI's embeddings: one 8-value vector per input (a string, or an
+/// array of strings or token arrays); usage counts a token per word (or
+/// per token given).
+fn openai_embeddings(ctx: &Ctx, request: &Value) -> Response {
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if model.is_empty() {
+        return ctx.bad_request("you must provide a model parameter");
+    }
+    let inputs: Vec<Value> = match request.get("input") {
+        Some(Value::String(s)) => vec![Value::String(s.clone())],
+        Some(Value::Array(items)) if !items.is_empty() => items.clone(),
+        _ => return ctx.bad_request("'input' : input must be a string or an array"),
+    };
+    let tokens: u64 = inputs
+        .iter()
+        .map(|i| match i {
+            Value::String(s) => words(s),
+            Value::Array(t) => u64::try_from(t.len()).unwrap_or(u64::MAX),
+            _ => 1,
+        })
+        .sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, _)| {
+            let seed = f64::from(u32::try_from(index).unwrap_or(0));
+            let vector: Vec<f64> = (0..8).map(|d| (seed + f64::from(d)) / 10.0).collect();
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
 }
 
 fn openai_chat(ctx: &Ctx, request: &Value) -> Response {

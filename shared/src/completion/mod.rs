@@ -116,6 +116,9 @@ pub enum CompletionError {
     /// The request body is not a usable chat request (the message names the field).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The model's provider does not offer what was asked (embeddings).
+    #[error("{0}")]
+    UnsupportedModel(String),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
     /// The stored secret could not be read.
@@ -179,8 +182,27 @@ pub struct CompletionService {
     audit: Option<crate::audit::AuditLog>,
 }
 
-/// The parts of a chat request the gateway reads; the rest passes through.
+/// Which OpenAI-compatible endpoint a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    ChatCompletions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The upstream path below the base URL.
+    const fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+}
+
+/// The parts of a chat (or embeddings) request the gateway reads; the rest
+/// passes through.
 struct ChatRequest {
+    endpoint: Endpoint,
     /// The client's bytes, fields located but not parsed.
     body: RawObject,
     model: ModelId,
@@ -372,9 +394,29 @@ impl CompletionService {
         ctx: &RequestContext,
         body: Bytes,
     ) -> Result<Completion, CompletionFailure> {
+        let request = parse_request(body)?;
+        self.serve(ctx, request).await
+    }
+
+    /// Creates embeddings (`POST /v1/embeddings`) for the caller: the same
+    /// resolution, consent, keys, limits, budgets and usage as a completion;
+    /// the answer is the upstream's JSON.
+    pub async fn embed_bytes(
+        &self,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<Completion, CompletionFailure> {
+        let request = parse_embeddings_request(body)?;
+        self.serve(ctx, request).await
+    }
+
+    async fn serve(
+        &self,
+        ctx: &RequestContext,
+        request: ChatRequest,
+    ) -> Result<Completion, CompletionFailure> {
         let started = Instant::now();
         let user = &ctx.user;
-        let request = parse_request(body)?;
         let snapshot = self
             .resolver
             .snapshot(user)
@@ -723,8 +765,14 @@ impl CompletionService {
             Ok(client) => client,
             Err(err) => return fail(UpstreamError::from_transport(service, &err), meter),
         };
-        let call =
-            upstream::build_request(client, service, &resolution.base_url, &key, upstream_body);
+        let call = upstream::build_post(
+            client,
+            service,
+            &resolution.base_url,
+            request.endpoint.path(),
+            &key,
+            upstream_body,
+        );
         let scrubber = upstream::KeyScrubber::new(std::iter::once(&key).chain(byok.as_ref()));
         drop(key);
         drop(byok);
@@ -850,6 +898,12 @@ fn upstream_request(
     } else {
         resolution.provider.wire_api()
     };
+    if request.endpoint == Endpoint::Embeddings && wire != WireApi::OpenAiCompatible {
+        return Err(CompletionError::UnsupportedModel(format!(
+            "{} has no embeddings endpoint; use a model of an OpenAI-compatible provider",
+            resolution.provider.display_name()
+        )));
+    }
     match wire {
         WireApi::OpenAiCompatible => {
             // Each attempt rewrites its own copy of the field list; the
@@ -938,12 +992,56 @@ fn parse_request(body: Bytes) -> Result<ChatRequest, CompletionError> {
         .iter()
         .find_map(|field| body.get::<u64>(field).and_then(Result::ok));
     Ok(ChatRequest {
+        endpoint: Endpoint::ChatCompletions,
         body,
         model,
         requested,
         stream,
         prompt_estimate,
         max_output,
+    })
+}
+
+/// Reads an embeddings request: an object with a string `model` and an
+/// `input` (a non-empty string, or a non-empty array of strings or token
+/// arrays); everything else passes, unparsed.
+fn parse_embeddings_request(body: Bytes) -> Result<ChatRequest, CompletionError> {
+    let invalid = |m: &str| CompletionError::InvalidRequest(m.to_owned());
+    let body =
+        RawObject::parse(body).map_err(|e| CompletionError::InvalidRequest(e.to_string()))?;
+    let requested = match body.get::<String>("model") {
+        Some(Ok(m)) if !m.trim().is_empty() => m,
+        Some(_) => return Err(invalid("model must be a non-empty string")),
+        None => return Err(invalid("model is required")),
+    };
+    let input = body
+        .raw("input")
+        .ok_or_else(|| invalid("input is required"))?;
+    let stats = JsonStats::of(input).map_err(|_| invalid("input must be valid JSON"))?;
+    let items = match input.trim_start().as_bytes().first() {
+        Some(b'"') if stats.string_bytes > 0 => 1,
+        Some(b'[') => stats.array_len.unwrap_or(0),
+        _ => 0,
+    };
+    if items == 0 {
+        return Err(invalid(
+            "input must be a non-empty string or a non-empty array",
+        ));
+    }
+    if body.raw("stream").is_some() {
+        return Err(invalid("embeddings are not streamed: remove stream"));
+    }
+    let model = ModelId::parse(&requested).map_err(|e| CompletionError::Resolve(e.into()))?;
+    // Token arrays count one token per value.
+    let prompt_estimate = estimate::prompt_tokens(stats.string_bytes, items).max(stats.values / 2);
+    Ok(ChatRequest {
+        endpoint: Endpoint::Embeddings,
+        body,
+        model,
+        requested,
+        stream: false,
+        prompt_estimate,
+        max_output: Some(0),
     })
 }
 

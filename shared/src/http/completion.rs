@@ -84,11 +84,38 @@ async fn drain(frames: &mut axum::body::BodyDataStream, announced: usize) {
     }
 }
 
+/// `POST /v1/chat/completions`.
 pub(super) async fn complete(
+    state: State<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    req: Request,
+) -> Response {
+    answer(state, caller, request_id, req, Operation::Chat).await
+}
+
+/// `POST /v1/embeddings`.
+pub(super) async fn embeddings(
+    state: State<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    req: Request,
+) -> Response {
+    answer(state, caller, request_id, req, Operation::Embeddings).await
+}
+
+#[derive(Clone, Copy)]
+enum Operation {
+    Chat,
+    Embeddings,
+}
+
+async fn answer(
     State(state): State<AppState>,
     Caller(caller): Caller,
     request_id: RequestId,
     req: Request,
+    operation: Operation,
 ) -> Response {
     let body = match read_body(req, crate::completion::BODY_LIMIT).await {
         Ok(body) => body,
@@ -109,7 +136,11 @@ pub(super) async fn complete(
         tenant: caller.tenant,
         request_id: request_id.as_str().to_owned(),
     };
-    match state.completions.complete_bytes(&ctx, body).await {
+    let result = match operation {
+        Operation::Chat => state.completions.complete_bytes(&ctx, body).await,
+        Operation::Embeddings => state.completions.embed_bytes(&ctx, body).await,
+    };
+    match result {
         Ok(completion) => {
             let mut response = match completion.body {
                 CompletionBody::Json { json, recorded } => {

@@ -20,6 +20,9 @@ use std::borrow::Cow;
 pub enum ErrorCode {
     InvalidRequest,
     UnknownModel,
+    /// The model's provider does not offer what was asked (embeddings of a
+    /// provider without them).
+    UnsupportedModel,
     Unauthorized,
     InvalidKey,
     BudgetExceeded,
@@ -50,9 +53,10 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
+        ErrorCode::UnsupportedModel,
         ErrorCode::Unauthorized,
         ErrorCode::InvalidKey,
         ErrorCode::BudgetExceeded,
@@ -81,6 +85,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::UnknownModel => "unknown_model",
+            ErrorCode::UnsupportedModel => "unsupported_model",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::InvalidKey => "invalid_key",
             ErrorCode::BudgetExceeded => "budget_exceeded",
@@ -131,6 +136,7 @@ impl ErrorCode {
             }
             ErrorCode::InvalidRequest
             | ErrorCode::UnknownModel
+            | ErrorCode::UnsupportedModel
             | ErrorCode::Unauthorized
             | ErrorCode::InvalidKey
             | ErrorCode::Forbidden
@@ -149,7 +155,9 @@ impl ErrorCode {
 
     pub const fn status(self) -> StatusCode {
         match self {
-            ErrorCode::InvalidRequest | ErrorCode::UnknownModel => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest | ErrorCode::UnknownModel | ErrorCode::UnsupportedModel => {
+                StatusCode::BAD_REQUEST
+            }
             ErrorCode::Unauthorized | ErrorCode::InvalidKey => StatusCode::UNAUTHORIZED,
             ErrorCode::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
             ErrorCode::Forbidden | ErrorCode::ConsentRequired | ErrorCode::NoCredential => {
@@ -332,6 +340,7 @@ impl From<crate::completion::CompletionError> for ApiError {
         use crate::completion::CompletionError as E;
         match err {
             E::InvalidRequest(message) => Self::new(ErrorCode::InvalidRequest, message),
+            E::UnsupportedModel(message) => Self::new(ErrorCode::UnsupportedModel, message),
             E::Resolve(err) => err.into(),
             E::Secret(err) | E::Limiter(err) => Self::internal(&err),
             E::Budget(err) => err.into(),

@@ -63,6 +63,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/admin/budgets/tenants/{tenantId}"),
     ("GET", "/api/budget"),
     ("GET", "/v1/models"),
+    ("POST", "/v1/embeddings"),
     ("POST", "/v1/chat/completions"),
 ];
 
@@ -277,6 +278,10 @@ fn completion_routes(state: AppState) -> Router {
         .route(
             "/v1/chat/completions",
             axum::routing::post(completion::complete),
+        )
+        .route(
+            "/v1/embeddings",
+            axum::routing::post(completion::embeddings),
         )
         .with_state(state)
 }

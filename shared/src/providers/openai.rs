@@ -73,7 +73,11 @@ pub fn usage_of_response(body: &Value) -> Option<Usage> {
 fn usage_from(usage: &Value) -> Option<Usage> {
     Some(Usage {
         prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
-        completion_tokens: usage.get("completion_tokens")?.as_u64().unwrap_or(0),
+        // Absent on embeddings, which produce no tokens.
+        completion_tokens: usage
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     })
 }
 

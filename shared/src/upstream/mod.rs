@@ -212,6 +212,24 @@ pub fn build_request(
         WireApi::OpenAiCompatible => "/chat/completions",
         WireApi::AnthropicMessages => "/messages",
     };
+    build_post(client, service, base_url, path, key, body)
+}
+
+/// A JSON `POST` of `body` to `path` below `base_url`, with `key` as the
+/// service expects it. Anthropic's chat path is its Messages API whatever
+/// `path` says, so chat requests stay where [`build_request`] sends them.
+pub fn build_post(
+    client: &reqwest::Client,
+    service: Service,
+    base_url: &str,
+    path: &str,
+    key: &ApiKey,
+    body: reqwest::Body,
+) -> reqwest::RequestBuilder {
+    let path = match (service.wire_api(), path) {
+        (WireApi::AnthropicMessages, "/chat/completions") => "/messages",
+        _ => path,
+    };
     let mut headers = auth_headers(service, key);
     headers.insert(
         header::CONTENT_TYPE,

@@ -18,7 +18,7 @@ pub(crate) const PROVIDER: Provider = Provider {
     accepts_base_url: false,
     model_ids: ModelIds::Bare,
     hosts_models: true,
-    bare_model_prefixes: &["gpt-", "o1-", "o3-", "o4-"],
+    bare_model_prefixes: &["gpt-", "o1-", "o3-", "o4-", "text-embedding-"],
     bare_model_names: &["o1", "o3"],
     key_check_path: "/models",
     gateway_byok_slug: Some("openai"),
