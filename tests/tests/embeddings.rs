@@ -43,6 +43,33 @@ async fn python_embed(args: Vec<String>) -> Value {
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
+/// Runs `embed.mjs` (the Vercel AI SDK's `embed`) in
+/// `BYOK_TEST_NODE_CLIENT_DIR` with `args`; its JSON line.
+async fn node_embed(args: Vec<String>) -> Value {
+    let dir = std::env::var_os("BYOK_TEST_NODE_CLIENT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("BYOK_TEST_NODE_CLIENT_DIR is not set (the test script sets it)")
+        });
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(&dir)
+            .arg(dir.join("embed.mjs"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
 async fn embeddings_work_end_to_end(mode: Mode) {
     let stand_in = StandIn::start().await;
     stand_in.accept_keys([OPENAI_KEY, ANTHROPIC_KEY, TEAM_GATEWAY_KEY]);
@@ -85,16 +112,35 @@ async fn embeddings_work_end_to_end(mode: Mode) {
     assert_eq!(sent[0].key, OPENAI_KEY);
     assert_eq!(sent[0].model, "text-embedding-3-small");
 
+    // The Vercel AI SDK's embed, the same way.
+    let answer = node_embed(vec![
+        format!("{}/v1", server.base),
+        token.clone(),
+        "openai/text-embedding-3-small".into(),
+        "one value to embed".into(),
+    ])
+    .await;
+    assert_eq!(answer["dims"], 8, "{answer}");
+    assert_eq!(answer["tokens"], 4, "{answer}");
+    assert_eq!(answer["path"], "user-provider", "{answer}");
+
     // Recorded in the ledger at the catalog's price.
     let recent = api.get("/api/usage/requests").await;
-    let row = recent.json["requests"]
+    let rows: Vec<Value> = recent.json["requests"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["model"] == "openai/text-embedding-3-small")
-        .unwrap_or_else(|| panic!("no ledger row: {}", recent.text))
-        .clone();
-    assert_eq!(row["promptTokens"], 8, "{row}");
+        .filter(|r| r["model"] == "openai/text-embedding-3-small")
+        .cloned()
+        .collect();
+    let mut tokens: Vec<u64> = rows
+        .iter()
+        .filter_map(|r| r["promptTokens"].as_u64())
+        .collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, [4, 8], "{}", recent.text);
+    let row = rows.iter().find(|r| r["promptTokens"] == 8).unwrap();
+    assert_eq!(row["estimated"], false, "{row}");
     assert_eq!(row["completionTokens"], 0, "{row}");
     assert_eq!(row["paidBy"], "user", "{row}");
     assert!(row["costUsd"].as_f64().unwrap() > 0.0, "{row}");
