@@ -863,6 +863,40 @@ fn budget_event(method: &str, body: Option<&Value>) -> Value {
     }
 }
 
+/// `POST /v1/embeddings` through the completion function's REST front door
+/// (`post-embeddings.json`, stage `prod`): answered whole, recorded in the
+/// ledger before the invocation ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_function_serves_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = StandIn::start().await;
+    let keys = Function::start("keys", dir.path(), &[]);
+    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
+    let openai = standin.openai_base();
+    let env = [
+        ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true"),
+        ("BYOK_OPENAI_BASE_URL", openai.as_str()),
+    ];
+    let completion = Function::start("completion", dir.path(), &env);
+    let answer = streamed(completion.invoke(event("post-embeddings.json")).await);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(answer.header("x-byok-path"), Some("user-provider"));
+    let body: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+    let requests = standin.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].path, "/openai/v1/embeddings");
+    assert_eq!(requests[0].key, SAMPLE_KEY);
+
+    let usage = keys.call(event("get-usage.json")).await;
+    assert_json_reply(&usage, 200);
+    assert_eq!(usage.json["totals"]["requests"], 1, "{}", usage.raw);
+    assert_eq!(usage.json["totals"]["promptTokens"], 8, "{}", usage.raw);
+    assert_eq!(usage.json["totals"]["completionTokens"], 0, "{}", usage.raw);
+    standin.shutdown().await;
+}
+
 /// A team-path completion on Lambda under a paused budget: refused with 402
 /// before any upstream call while the budget cannot hold it; once raised,
 /// served with the budget headers, and settled before the invocation ended
