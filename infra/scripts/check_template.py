@@ -197,12 +197,14 @@ TEAM_SECRET_READERS = {"ValidateFunction", "CompletionFunction"}
 # integration with responseTransferMode STREAM calling InvokeWithResponseStream,
 # behind a Cognito user pool authorizer, and on no HTTP API.
 STREAMING_ROUTES = {("POST", "/v1/chat/completions"): "CompletionFunction",
-                    ("POST", "/v1/embeddings"): "CompletionFunction"}
+                    ("POST", "/v1/embeddings"): "CompletionFunction",
+                    ("POST", "/v1/messages"): "CompletionFunction"}
 # CORS preflights on the REST API (browsers send them without a token): the
 # only REST methods without an authorizer, each a Lambda proxy to the
 # function of its streamed route, which answers it.
 PREFLIGHT_ROUTES = {("OPTIONS", "/v1/chat/completions"): "CompletionFunction",
-                    ("OPTIONS", "/v1/embeddings"): "CompletionFunction"}
+                    ("OPTIONS", "/v1/embeddings"): "CompletionFunction",
+                    ("OPTIONS", "/v1/messages"): "CompletionFunction"}
 # The REST API's Cognito authorizer takes its user pool from this parameter.
 USER_POOL_PARAM = "UserPoolArn"
 # API Gateway's limit on a streaming integration's timeout (15 minutes).

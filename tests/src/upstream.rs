@@ -746,7 +746,8 @@ async fn serve(
         (Method::GET, "/credits") if up == Upstream::Gateway => {
             axum::Json(json!({"balance": "95.50", "total_used": "4.50"})).into_response()
         }
-        (Method::POST, "/messages") if up == Upstream::Anthropic => {
+        // The gateway serves Anthropic's Messages API for the models it routes.
+        (Method::POST, "/messages") if up == Upstream::Anthropic || up == Upstream::Gateway => {
             anthropic_messages(&ctx, &json_body)
         }
         (Method::POST, "/chat/completions") if up != Upstream::Anthropic => {

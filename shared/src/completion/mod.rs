@@ -187,6 +187,8 @@ pub struct CompletionService {
 enum Endpoint {
     ChatCompletions,
     Embeddings,
+    /// Anthropic's Messages API, forwarded as it is (`/v1/messages`).
+    Messages,
 }
 
 impl Endpoint {
@@ -195,6 +197,7 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => "/messages",
         }
     }
 }
@@ -410,6 +413,20 @@ impl CompletionService {
         self.serve(ctx, request).await
     }
 
+    /// Serves Anthropic's Messages API (`POST /v1/messages`) for the
+    /// caller: the same resolution, keys, limits, budgets and ledger; the
+    /// body goes to Anthropic (or the gateway's Anthropic-compatible
+    /// endpoint) unchanged but for the model name, and the answer (JSON or
+    /// Anthropic's event stream) comes back as the upstream sent it.
+    pub async fn messages_bytes(
+        &self,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<Completion, CompletionFailure> {
+        let request = parse_messages_request(body)?;
+        self.serve(ctx, request).await
+    }
+
     async fn serve(
         &self,
         ctx: &RequestContext,
@@ -429,7 +446,12 @@ impl CompletionService {
             self.resolver.upstreams(),
         )
         .map_err(CompletionError::from)?;
-        let primary = self.resolver.routed(primary);
+        // Request-scoped BYOK through the gateway is for OpenAI's wire.
+        let primary = if request.endpoint == Endpoint::Messages {
+            primary
+        } else {
+            self.resolver.routed(primary)
+        };
         let candidates = self.candidates(primary, &request.model, &snapshot);
 
         // Every completion counts against the all-paths limit; a team path
@@ -849,15 +871,27 @@ impl CompletionService {
                     Err(e) => return fail(upstream_read_error(service, e), meter),
                 };
                 let mut text = estimate::StreamedText::default();
-                let (json, usage) = match service.wire_api() {
-                    WireApi::OpenAiCompatible => {
+                let wire = match request.endpoint {
+                    // Forwarded as Anthropic sent it (or the gateway, in Anthropic's format).
+                    Endpoint::Messages => None,
+                    _ => Some(service.wire_api()),
+                };
+                let (json, usage) = match wire {
+                    None => {
+                        let usage = serde_json::from_slice::<Value>(&whole)
+                            .ok()
+                            .as_ref()
+                            .and_then(anthropic::usage_of_response);
+                        (whole, usage)
+                    }
+                    Some(WireApi::OpenAiCompatible) => {
                         let usage = serde_json::from_slice::<Value>(&whole)
                             .ok()
                             .as_ref()
                             .and_then(openai::usage_of_response);
                         (whole, usage)
                     }
-                    WireApi::AnthropicMessages => {
+                    Some(WireApi::AnthropicMessages) => {
                         let Ok(parsed) = serde_json::from_slice::<Value>(&whole) else {
                             let e = UpstreamError::new(
                                 UpstreamErrorKind::Unavailable,
@@ -898,6 +932,9 @@ fn upstream_request(
     } else {
         resolution.provider.wire_api()
     };
+    if request.endpoint == Endpoint::Messages {
+        return messages_request(request, resolution);
+    }
     if request.endpoint == Endpoint::Embeddings && wire != WireApi::OpenAiCompatible {
         return Err(CompletionError::UnsupportedModel(format!(
             "{} has no embeddings endpoint; use a model of an OpenAI-compatible provider",
@@ -1000,6 +1037,56 @@ fn parse_request(body: Bytes) -> Result<ChatRequest, CompletionError> {
         prompt_estimate,
         max_output,
     })
+}
+
+/// The body and decoder of a `/v1/messages` call: Anthropic's own request,
+/// its model renamed, to Anthropic or to the gateway (which serves the
+/// Messages API for the models it routes); any other provider is refused.
+fn messages_request(
+    request: &ChatRequest,
+    resolution: &Resolution,
+) -> Result<(reqwest::Body, Option<Decoder>), CompletionError> {
+    let served = resolution.provider.wire_api() == WireApi::AnthropicMessages
+        || resolution.provider == Service::Gateway;
+    if !served {
+        return Err(CompletionError::UnsupportedModel(format!(
+            "/v1/messages serves Anthropic's API through an Anthropic key or the gateway; \
+             this request would be served by {}, which does not speak it: use \
+             /v1/chat/completions",
+            resolution.provider.display_name()
+        )));
+    }
+    let mut body = request.body.clone();
+    body.set(
+        "model",
+        Value::from(resolution.upstream_model.as_str()).to_string(),
+    );
+    let decoder = request.stream.then(|| {
+        Decoder::anthropic_raw(anthropic::StreamTranslator::new(
+            &request.requested,
+            unix_now(),
+            false,
+        ))
+    });
+    Ok((
+        reqwest::Body::wrap(upstream::PiecewiseBody::new(body.to_segments())),
+        decoder,
+    ))
+}
+
+/// Reads an Anthropic Messages request: an object with a string `model`, a
+/// non-empty array `messages`, an optional boolean `stream` and (as
+/// Anthropic requires) `max_tokens`; everything else passes, unparsed.
+fn parse_messages_request(body: Bytes) -> Result<ChatRequest, CompletionError> {
+    let mut request = parse_request(body)?;
+    let Some(max) = request.max_output else {
+        return Err(CompletionError::InvalidRequest(
+            "max_tokens is required".into(),
+        ));
+    };
+    request.max_output = Some(max);
+    request.endpoint = Endpoint::Messages;
+    Ok(request)
 }
 
 /// Reads an embeddings request: an object with a string `model` and an

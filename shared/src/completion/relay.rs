@@ -47,6 +47,13 @@ enum Wire {
         translator: Box<StreamTranslator>,
         done: bool,
     },
+    /// Anthropic Messages events forwarded as they came (`/v1/messages`);
+    /// the translator only follows them, for usage and the end.
+    AnthropicRaw {
+        split: EventSplitter,
+        translator: Box<StreamTranslator>,
+        done: bool,
+    },
 }
 
 /// What one upstream chunk produced.
@@ -75,6 +82,27 @@ impl Decoder {
                 done: false,
             },
             guard: SplitKeyGuard::default(),
+        }
+    }
+
+    /// Anthropic Messages events passed through untouched (`/v1/messages`).
+    pub(crate) fn anthropic_raw(translator: StreamTranslator) -> Self {
+        Self {
+            wire: Wire::AnthropicRaw {
+                split: EventSplitter::new(),
+                translator: Box::new(translator),
+                done: false,
+            },
+            guard: SplitKeyGuard::default(),
+        }
+    }
+
+    /// The last event of a stream that failed after its first byte, in the
+    /// stream's own format.
+    pub(crate) fn error_event(&self, code: &str, message: &str) -> Bytes {
+        match &self.wire {
+            Wire::AnthropicRaw { .. } => anthropic_error_event(code, message),
+            _ => error_event(code, message),
         }
     }
 
@@ -116,7 +144,9 @@ impl Decoder {
 
     fn splitter(&mut self) -> &mut EventSplitter {
         match &mut self.wire {
-            Wire::PassThrough { split, .. } | Wire::Anthropic { split, .. } => split,
+            Wire::PassThrough { split, .. }
+            | Wire::Anthropic { split, .. }
+            | Wire::AnthropicRaw { split, .. } => split,
         }
     }
 
@@ -157,6 +187,31 @@ impl Decoder {
                 Ok(Decoded {
                     bytes: out.freeze(),
                     done: pass.finished(),
+                })
+            }
+            Wire::AnthropicRaw {
+                translator, done, ..
+            } => {
+                let mut out = BytesMut::new();
+                for event in events {
+                    if event.is_comment_only() {
+                        out.extend_from_slice(&event.raw);
+                        continue;
+                    }
+                    let finished = is_message_stop(&event);
+                    let name = event.name().unwrap_or_default().to_owned();
+                    if let Err(err) = translator.push(&name, &event.data()) {
+                        return Err((out.freeze(), translate_error(&err, scrubber)));
+                    }
+                    out.extend_from_slice(&event.raw);
+                    if finished {
+                        *done = true;
+                        break;
+                    }
+                }
+                Ok(Decoded {
+                    bytes: out.freeze(),
+                    done: *done,
                 })
             }
             Wire::Anthropic {
@@ -204,14 +259,16 @@ impl Decoder {
     pub(crate) fn known_prompt_tokens(&self) -> Option<u64> {
         match &self.wire {
             Wire::PassThrough { .. } => None,
-            Wire::Anthropic { translator, .. } => translator.prompt_tokens_so_far(),
+            Wire::Anthropic { translator, .. } | Wire::AnthropicRaw { translator, .. } => {
+                translator.prompt_tokens_so_far()
+            }
         }
     }
 
     pub(crate) fn usage(&self) -> Option<Usage> {
         match &self.wire {
             Wire::PassThrough { pass, .. } => pass.usage(),
-            Wire::Anthropic { translator, .. } => {
+            Wire::Anthropic { translator, .. } | Wire::AnthropicRaw { translator, .. } => {
                 translator
                     .usage()
                     .map(|(prompt_tokens, completion_tokens)| Usage {
@@ -278,6 +335,16 @@ pub(crate) fn translate_error(err: &TranslateError, scrubber: &KeyScrubber) -> U
             format!("anthropic sent an unreadable stream ({other})"),
         ),
     }
+}
+
+/// Anthropic's `error` event, for a `/v1/messages` stream that failed after
+/// its first byte.
+pub(crate) fn anthropic_error_event(code: &str, message: &str) -> Bytes {
+    let event = serde_json::json!({
+        "type": "error",
+        "error": { "type": code, "message": message },
+    });
+    Bytes::from(format!("event: error\ndata: {event}\n\n"))
 }
 
 /// The final SSE error event (then `[DONE]`) for a failure after the first byte.
@@ -433,7 +500,8 @@ impl Relay {
             self.queued.take().unwrap_or_default(),
             self.decoder.release_held(),
         );
-        self.queued = Some(concat(before, error_event(code, &failure.message)));
+        let event = self.decoder.error_event(code, &failure.message);
+        self.queued = Some(concat(before, event));
         self.phase = Phase::Finishing(Outcome::Failed(code));
     }
 }

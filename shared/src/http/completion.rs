@@ -104,10 +104,21 @@ pub(super) async fn embeddings(
     answer(state, caller, request_id, req, Operation::Embeddings).await
 }
 
+/// `POST /v1/messages` (Anthropic's Messages API).
+pub(super) async fn messages(
+    state: State<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    req: Request,
+) -> Response {
+    answer(state, caller, request_id, req, Operation::Messages).await
+}
+
 #[derive(Clone, Copy)]
 enum Operation {
     Chat,
     Embeddings,
+    Messages,
 }
 
 async fn answer(
@@ -139,6 +150,7 @@ async fn answer(
     let result = match operation {
         Operation::Chat => state.completions.complete_bytes(&ctx, body).await,
         Operation::Embeddings => state.completions.embed_bytes(&ctx, body).await,
+        Operation::Messages => state.completions.messages_bytes(&ctx, body).await,
     };
     match result {
         Ok(completion) => {

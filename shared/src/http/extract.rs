@@ -20,14 +20,23 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let claims = parts.extensions.get::<AuthorizerClaims>();
-        let authorization = match parts.headers.get(http::header::AUTHORIZATION) {
-            Some(value) => Some(value.to_str().map_err(|_| AuthError::Malformed)?),
+        let mut authorization = match parts.headers.get(http::header::AUTHORIZATION) {
+            Some(value) => Some(value.to_str().map_err(|_| AuthError::Malformed)?.to_owned()),
             None => None,
         };
+        // Anthropic's SDKs send their key as `x-api-key`: on the Messages
+        // route the caller's token may come that way.
+        if authorization.is_none()
+            && parts.uri.path().ends_with("/v1/messages")
+            && let Some(value) = parts.headers.get("x-api-key")
+        {
+            let token = value.to_str().map_err(|_| AuthError::Malformed)?;
+            authorization = Some(format!("Bearer {token}"));
+        }
         Ok(Caller(
             state
                 .auth
-                .authenticate_request(claims, authorization)
+                .authenticate_request(claims, authorization.as_deref())
                 .await?,
         ))
     }

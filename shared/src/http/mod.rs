@@ -64,6 +64,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/budget"),
     ("GET", "/v1/models"),
     ("POST", "/v1/embeddings"),
+    ("POST", "/v1/messages"),
     ("POST", "/v1/chat/completions"),
 ];
 
@@ -283,6 +284,7 @@ fn completion_routes(state: AppState) -> Router {
             "/v1/embeddings",
             axum::routing::post(completion::embeddings),
         )
+        .route("/v1/messages", axum::routing::post(completion::messages))
         .with_state(state)
 }
 

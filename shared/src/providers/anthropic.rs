@@ -706,6 +706,20 @@ fn completion_id(message_id: &str) -> String {
 /// `arguments`; thinking and server-tool blocks are dropped. The id is
 /// `chatcmpl-<message id>`, as in streams. Lenient: missing fields become
 /// empty values rather than errors.
+/// Token counts of a non-streamed Messages answer (`usage.input_tokens`,
+/// `usage.output_tokens`).
+/// Cached input tokens count as prompt tokens, as OpenAI counts them.
+pub fn usage_of_response(message: &Value) -> Option<super::Usage> {
+    let counts = message.get("usage")?;
+    counts.get("input_tokens")?.as_u64()?;
+    let mut usage = Usage::default();
+    usage.update(Some(counts));
+    Some(super::Usage {
+        prompt_tokens: usage.prompt(),
+        completion_tokens: usage.output,
+    })
+}
+
 pub fn from_messages_response(anthropic: &Value, model: &str, created: i64) -> Value {
     let str_of = |v: &Value, field: &str| {
         v.get(field)
