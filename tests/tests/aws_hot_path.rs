@@ -371,9 +371,11 @@ async fn warm_completions_make_one_query_and_no_secret_calls() {
                 .ends_with("data: [DONE]\n\n")
         );
         if n == 1 {
-            // The key's first use is recorded once, off the request's path.
-            for _ in 0..100 {
-                if dynamo_calls.count("UpdateItem") == 1 {
+            // The key's first use is recorded once, off the request's path:
+            // wait until it is stored (read through an uncounted client).
+            for _ in 0..200 {
+                let keys = writer.list(&user).await.unwrap();
+                if keys.first().is_some_and(|k| k.last_used_at.is_some()) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
