@@ -136,13 +136,12 @@ impl SplitKeyGuard {
         if self.patterns.is_empty() {
             return event;
         }
-        let texts = delta_texts(&event);
-        if texts.is_empty() && self.held.is_empty() {
-            return event;
-        }
-        let mut pieces = Vec::with_capacity(texts.len());
-        for (channel, text) in texts {
+        let mut pieces = Vec::new();
+        for_each_delta_text(&event, |channel, text| {
             pieces.push(self.scan(channel, text.as_bytes()));
+        });
+        if pieces.is_empty() && self.held.is_empty() {
+            return event;
         }
         self.held.push(Held {
             bytes: event,
@@ -272,7 +271,7 @@ fn overlaps(piece: &Span, found: &Span) -> bool {
 }
 
 /// The text fields an outgoing chunk adds to, as the client will read them.
-fn delta_texts(event: &[u8]) -> Vec<(Channel, String)> {
+fn for_each_delta_text(event: &[u8], mut each: impl FnMut(Channel, &str)) {
     #[derive(Deserialize)]
     struct Chunk<'a> {
         #[serde(default, borrow)]
@@ -312,16 +311,27 @@ fn delta_texts(event: &[u8]) -> Vec<(Channel, String)> {
     }
 
     if memchr::memmem::find(event, b"\"delta\"").is_none() {
-        return Vec::new();
+        return;
     }
-    let data = RawEvent {
-        raw: Bytes::copy_from_slice(event),
-    }
-    .data();
-    let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&data) else {
-        return Vec::new();
+    // The gateway's own events are one `data:` line: read in place.
+    let single = event
+        .strip_prefix(b"data: ")
+        .map(|rest| rest.trim_ascii_end())
+        .filter(|data| !data.contains(&b'\n') && !data.contains(&b'\r'));
+    let owned;
+    let data: &[u8] = match single {
+        Some(data) => data,
+        None => {
+            owned = RawEvent {
+                raw: Bytes::copy_from_slice(event),
+            }
+            .data();
+            owned.as_bytes()
+        }
     };
-    let mut texts = Vec::new();
+    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+        return;
+    };
     for choice in chunk.choices {
         let Some(delta) = choice.delta else { continue };
         let channel = |field| Channel {
@@ -336,17 +346,16 @@ fn delta_texts(event: &[u8]) -> Vec<(Channel, String)> {
         ];
         for (field, text) in fields {
             if let Some(text) = text.filter(|t| !t.is_empty()) {
-                texts.push((channel(field), text.into_owned()));
+                each(channel(field), &text);
             }
         }
         for call in delta.tool_calls.unwrap_or_default() {
             let arguments = call.function.and_then(|f| f.arguments);
             if let Some(text) = arguments.filter(|t| !t.is_empty()) {
-                texts.push((channel(Field::ToolArguments(call.index)), text.into_owned()));
+                each(channel(Field::ToolArguments(call.index)), &text);
             }
         }
     }
-    texts
 }
 
 /// `event` re-encoded with the stretches of `found` cut out of its text
