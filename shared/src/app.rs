@@ -27,8 +27,8 @@ use crate::store::secrets_manager::{
     SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
 };
 use crate::store::{
-    AuditStore, BudgetStore, MetadataStore, RateLimitStore, RotationStore, SecretStore, StoreError,
-    UsageStore,
+    ApiTokenStore, AuditStore, BudgetStore, MetadataStore, RateLimitStore, RotationStore,
+    SecretStore, StoreError, UsageStore,
 };
 use crate::usage::{UsageLedger, UsageReports};
 use crate::validate::ValidationService;
@@ -140,6 +140,8 @@ pub struct Stores {
     pub usage: Arc<dyn UsageStore>,
     /// Budgets (the metadata store's backend).
     pub budgets: Arc<dyn BudgetStore>,
+    /// Personal API keys (the metadata store's backend).
+    pub tokens: Arc<dyn ApiTokenStore>,
     /// Staging labels for rotation (the secret store's backend, uncached).
     pub rotation: Arc<dyn RotationStore>,
     /// Where key and budget events go.
@@ -250,6 +252,7 @@ pub async fn open_stores_for(config: &Config, function: Function) -> Result<Stor
                 audit: store.clone(),
                 usage: store.clone(),
                 budgets: store.clone(),
+                tokens: store.clone(),
                 rotation: store.clone(),
                 secrets: store,
                 events: Arc::new(LogSink),
@@ -324,6 +327,7 @@ pub async fn open_stores_for(config: &Config, function: Function) -> Result<Stor
                 rate_limits: meta.clone(),
                 usage: meta.clone(),
                 budgets: meta.clone(),
+                tokens: meta.clone(),
                 audit: meta,
                 rotation: secrets.clone(),
                 secrets,
@@ -441,7 +445,14 @@ pub fn state(
             (Some(arn), Some(client)) => Arc::new(SecretsManagerTrigger::new(client, arn.clone())),
             _ => Arc::new(InProcessTrigger::new(rotation.clone())),
         };
+    let tokens = Arc::new(
+        crate::tokens::ApiTokenService::new(stores.tokens, audit.clone()).with_limits(
+            config.keys.max_api_tokens,
+            config.keys.last_used_granularity,
+        ),
+    );
     Ok(AppState {
+        tokens,
         keys: Arc::new(
             KeyService::new(stores.meta, stores.secrets)
                 .with_audit(audit.clone())

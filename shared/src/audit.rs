@@ -73,6 +73,19 @@ impl AuditLog {
             .await;
     }
 
+    /// Records `action` on `user`'s personal API key `id`.
+    pub async fn record_token(
+        &self,
+        user: &UserId,
+        action: AuditAction,
+        id: &crate::domain::ApiTokenId,
+        request_id: &str,
+    ) {
+        let result = format!("token:{id}");
+        self.append(user, action, None, None, Some(&result), request_id)
+            .await;
+    }
+
     async fn append(
         &self,
         user: &UserId,

@@ -114,6 +114,8 @@ pub struct KeysConfig {
     /// User-provider paths go through the team gateway, the user's key in
     /// the request (`BYOK_ROUTE_USER_KEYS_VIA_GATEWAY`). Off by default.
     pub user_keys_via_gateway: bool,
+    /// Personal API keys a user may hold at once (`BYOK_MAX_API_TOKENS`).
+    pub max_api_tokens: usize,
 }
 
 impl Default for KeysConfig {
@@ -124,6 +126,7 @@ impl Default for KeysConfig {
             last_used_granularity: Duration::from_secs(300),
             team_fallback_on_user_key_failure: false,
             user_keys_via_gateway: false,
+            max_api_tokens: crate::tokens::DEFAULT_MAX_PER_USER,
         }
     }
 }
@@ -559,6 +562,16 @@ impl Config {
             .ok_or(ConfigError::Invalid {
                 name: "BYOK_MAX_KEYS_PER_SERVICE",
                 expected: "a whole number from 1 to 100",
+            })?,
+            max_api_tokens: usize::try_from(number(
+                "BYOK_MAX_API_TOKENS",
+                key_defaults.max_api_tokens as u64,
+            )?)
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or(ConfigError::Invalid {
+                name: "BYOK_MAX_API_TOKENS",
+                expected: "a whole number from 1 to 1000",
             })?,
             strategy: match get("BYOK_KEY_STRATEGY").as_deref().map(str::trim) {
                 None | Some("priority") => KeyStrategy::Priority,

@@ -51,6 +51,8 @@
 //!   the store) and the usage reports of `/api/usage` and `/api/admin/usage`.
 //! - [`rotation`]: staged keys, the rotation steps and the key-health sweep,
 //!   over a narrow [`rotation::KeyChecker`].
+//! - [`tokens`]: personal API keys for tools: made, listed, revoked, and
+//!   the one read that authenticates a request presenting one.
 //! - [`validate`]: checking keys against their providers, under a per-user
 //!   rate limit, with the outcome on the key's metadata and in the audit log.
 //!
@@ -86,6 +88,7 @@ pub mod resolve;
 pub mod rotation;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 pub mod upstream;
 pub mod usage;
 pub mod validate;

@@ -16,13 +16,14 @@
 )]
 
 use byok::domain::{
-    ApiKey, KeyId, KeyRecord, SecretRef, Service, Settings, UserId, ValidationResult,
+    ApiKey, ApiTokenId, ApiTokenRecord, KeyId, KeyRecord, PersonalKey, SecretRef, Service,
+    Settings, UserId, ValidationResult,
 };
 use byok::resolve::ResolutionPath;
 use byok::store::{
-    Amount, AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor, BudgetPeriod,
-    BudgetRecord, BudgetScope, BudgetStore, BudgetTerms, BudgetUnit, Expected, Hold, KeyMark,
-    LedgerOutcome, MetadataStore, RateAction, RateLimitStore, RotationStore, SecretStore,
+    Amount, ApiTokenStore, AuditAction, AuditCursor, AuditEvent, AuditId, AuditStore, BadCursor,
+    BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore, BudgetTerms, BudgetUnit, Expected, Hold,
+    KeyMark, LedgerOutcome, MetadataStore, RateAction, RateLimitStore, RotationStore, SecretStore,
     StoreError, TenantId, UsageCounts, UsageEntry, UsageRow, UsageStore,
 };
 use std::any::Any;
@@ -46,6 +47,8 @@ pub struct Backend {
     /// The same budgets through a second, independent instance of the
     /// backend (another process's view of the same data).
     pub budgets_elsewhere: Arc<dyn BudgetStore>,
+    /// Personal API keys (the same backend as `meta`).
+    pub tokens: Arc<dyn ApiTokenStore>,
     pub _guard: Box<dyn Any + Send>,
 }
 
@@ -95,6 +98,7 @@ macro_rules! contract_suite {
             budget_list_pages_in_order,
             budget_reservations_from_two_instances_never_pass_a_paused_limit,
             budget_periods_roll_and_total_never_resets,
+            personal_keys_are_found_by_hash_listed_and_revoked,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -2381,4 +2385,115 @@ pub async fn budget_periods_roll_and_total_never_resets(b: &Backend) {
     }];
     b.budgets.put_budget(&held, Expected::Absent).await.unwrap();
     assert_eq!(service.get(&expiring).await.unwrap().remaining(), 1_000);
+}
+
+/// A personal key's record for `user`, made `minutes_ago`.
+fn token_record(user: &UserId, name: &str, minutes_ago: i64) -> (ApiTokenRecord, PersonalKey) {
+    let key = PersonalKey::generate().unwrap();
+    let created = now_ms() - Duration::minutes(minutes_ago);
+    let record = ApiTokenRecord {
+        id: ApiTokenId::generate().unwrap(),
+        user: user.clone(),
+        tenant: TenantId::new(format!("tenant-of-{name}")),
+        name: name.to_owned(),
+        prefix: key.shown_prefix(),
+        hash: key.hash(),
+        created_at: created,
+        expires_at: Some(created + Duration::days(30)),
+        last_used_at: None,
+    };
+    (record, key)
+}
+
+/// Now, at the millisecond precision stores keep.
+fn now_ms() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap()
+}
+
+pub async fn personal_keys_are_found_by_hash_listed_and_revoked(b: &Backend) {
+    let user = unique_user("tokens");
+    let other = unique_user("tokens-other");
+    assert_eq!(b.tokens.list_tokens(&user).await.unwrap(), vec![]);
+    let (first, first_key) = token_record(&user, "laptop", 10);
+    let (mut second, second_key) = token_record(&user, "ci", 5);
+    second.tenant = None;
+    second.expires_at = None;
+    let (theirs, theirs_key) = token_record(&other, "theirs", 1);
+    for record in [&second, &first, &theirs] {
+        b.tokens.create_token(record).await.unwrap();
+    }
+    assert!(matches!(
+        b.tokens.create_token(&first).await,
+        Err(StoreError::Conflict)
+    ));
+
+    // Found by hash, every field intact; listed oldest first, per user.
+    assert_eq!(
+        b.tokens.find_token(&first_key.hash()).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        b.tokens.find_token(&second_key.hash()).await.unwrap(),
+        Some(second.clone())
+    );
+    let unknown = PersonalKey::generate().unwrap();
+    assert_eq!(b.tokens.find_token(&unknown.hash()).await.unwrap(), None);
+    assert_eq!(
+        b.tokens.list_tokens(&user).await.unwrap(),
+        vec![first.clone(), second.clone()]
+    );
+    assert_eq!(
+        b.tokens.list_tokens(&other).await.unwrap(),
+        vec![theirs.clone()]
+    );
+
+    // Marked as used: seen by both reads.
+    let used = now_ms();
+    b.tokens
+        .mark_token_used(&user, &first.id, &first.hash, used)
+        .await
+        .unwrap();
+    let found = b
+        .tokens
+        .find_token(&first_key.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.last_used_at, Some(used));
+    assert_eq!(
+        b.tokens.list_tokens(&user).await.unwrap()[0].last_used_at,
+        Some(used)
+    );
+
+    // Another user's id revokes nothing; the owner's revokes at once.
+    assert_eq!(
+        b.tokens.delete_token(&other, &first.id).await.unwrap(),
+        None
+    );
+    let removed = b.tokens.delete_token(&user, &first.id).await.unwrap();
+    assert_eq!(removed.map(|r| r.id), Some(first.id.clone()));
+    assert_eq!(b.tokens.find_token(&first_key.hash()).await.unwrap(), None);
+    assert_eq!(b.tokens.delete_token(&user, &first.id).await.unwrap(), None);
+    assert_eq!(
+        b.tokens.list_tokens(&user).await.unwrap(),
+        vec![second.clone()]
+    );
+    // Marking a revoked key does not bring it back.
+    b.tokens
+        .mark_token_used(&user, &first.id, &first.hash, used)
+        .await
+        .unwrap();
+    assert_eq!(b.tokens.find_token(&first_key.hash()).await.unwrap(), None);
+    assert_eq!(b.tokens.list_tokens(&user).await.unwrap().len(), 1);
+    assert!(
+        b.tokens
+            .find_token(&theirs_key.hash())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Personal keys never appear in what resolution reads.
+    assert_eq!(b.meta.load_user(&user).await.unwrap().keys, vec![]);
 }

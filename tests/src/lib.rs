@@ -3,6 +3,7 @@
 //! `byok-local` binary.
 
 pub mod aws;
+pub mod clients;
 pub mod contract;
 pub mod harness;
 pub mod http;

@@ -71,6 +71,7 @@ async fn aws_backend() -> Backend {
         rate: meta.clone(),
         usage: meta.clone(),
         budgets: meta.clone(),
+        tokens: meta.clone(),
         budgets_elsewhere: Arc::new(meta_store(None).await),
         audit: meta,
         rotation: secrets,

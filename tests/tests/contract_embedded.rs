@@ -25,6 +25,7 @@ async fn embedded_backend() -> Backend {
         audit: store.clone(),
         usage: store.clone(),
         budgets: store.clone(),
+        tokens: store.clone(),
         // A second open of the same directory: its own connections and writer thread.
         budgets_elsewhere: Arc::new(
             EmbeddedStore::open(dir.path(), MasterKey::generate()).unwrap(),

@@ -9,6 +9,7 @@
     reason = "test bodies are plain functions run once per store; a failed step stops the test"
 )]
 
+use byok_tests::clients::python;
 use byok_tests::http::Api;
 use byok_tests::stores::{Mode, start};
 use byok_tests::upstream::{StandIn, Upstream};
@@ -21,26 +22,7 @@ const TEAM_GATEWAY_KEY: &str = "vck_teamkey0embeddings00000000000000001";
 
 /// Runs `tests/clients/python/embed.py` with `args`; its JSON line.
 async fn python_embed(args: Vec<String>) -> Value {
-    let python = std::env::var_os("BYOK_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("BYOK_TEST_PYTHON is not set (the test script sets it)"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/python/embed.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap()
+    python("embed.py", args).await.unwrap()
 }
 
 /// Runs `embed.mjs` (the Vercel AI SDK's `embed`) in

@@ -7,15 +7,14 @@
 //! upstream call.
 #![expect(
     clippy::unwrap_used,
-    clippy::panic,
     reason = "test bodies are plain functions run once per store; a failed step stops the test"
 )]
 
+use byok_tests::clients::python;
 use byok_tests::http::Api;
 use byok_tests::stores::{Mode, start};
 use byok_tests::upstream::{DEFAULT_REPLY, StandIn, Upstream};
 use serde_json::{Value, json};
-use std::path::PathBuf;
 
 const ANTHROPIC_KEY: &str = "sk-ant-api03-messages0user0000000000000001";
 const OPENAI_KEY: &str = "sk-proj-messages0user00000000000000000001";
@@ -24,26 +23,7 @@ const MODEL: &str = "claude-3-5-haiku-latest";
 
 /// Runs `tests/clients/python/messages.py`; its JSON line.
 async fn python_messages(args: Vec<String>) -> Value {
-    let python = std::env::var_os("BYOK_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("BYOK_TEST_PYTHON is not set (the test script sets it)"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/python/messages.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap()
+    python("messages.py", args).await.unwrap()
 }
 
 async fn messages_work_end_to_end(mode: Mode) {

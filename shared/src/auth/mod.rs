@@ -82,6 +82,16 @@ pub enum AuthError {
         "the JWT secret is shorter than {MIN_SECRET_LEN} bytes; use at least {MIN_SECRET_LEN} random bytes"
     )]
     WeakSecret,
+    #[error("the personal API key is not well-formed (byok_ and 40 hex digits)")]
+    MalformedPersonalKey,
+    #[error("the personal API key is not known: revoked, or never made")]
+    UnknownPersonalKey,
+    #[error("the personal API key has expired")]
+    PersonalKeyExpired,
+    #[error("personal API keys work only on /v1/* routes; sign in with a token to manage keys")]
+    PersonalKeyNotAccepted,
+    #[error("the caller could not be checked right now; try again")]
+    Unavailable,
     #[error("could not read or create the JWT secret file")]
     Io(#[source] io::Error),
 }

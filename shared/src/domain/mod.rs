@@ -2,6 +2,7 @@
 //! model ids and user base URLs. Nothing here knows about storage backends,
 //! HTTP or Lambda.
 
+pub mod api_token;
 pub mod base_url;
 pub mod credential;
 pub mod key;
@@ -12,6 +13,7 @@ pub mod provider;
 pub mod service;
 pub mod settings;
 
+pub use api_token::{ApiTokenId, ApiTokenRecord, PersonalKey, TokenHash};
 pub use base_url::{BaseUrlError, UserBaseUrl};
 pub use credential::ApiKey;
 pub use key::{

@@ -5,7 +5,7 @@
 //! `x-ratelimit-*-requests` headers, and on a team path with a budget
 //! `x-byok-budget-remaining` / `x-byok-budget-type`.
 
-use super::extract::{Caller, RequestId};
+use super::extract::{ApiCaller, RequestId};
 use super::{ApiError, AppState, ErrorCode};
 use crate::budget::BudgetStatus;
 use crate::completion::{CompletionBody, RateStatus, RequestContext, Route};
@@ -87,7 +87,7 @@ async fn drain(frames: &mut axum::body::BodyDataStream, announced: usize) {
 /// `POST /v1/chat/completions`.
 pub(super) async fn complete(
     state: State<AppState>,
-    caller: Caller,
+    caller: ApiCaller,
     request_id: RequestId,
     req: Request,
 ) -> Response {
@@ -97,7 +97,7 @@ pub(super) async fn complete(
 /// `POST /v1/embeddings`.
 pub(super) async fn embeddings(
     state: State<AppState>,
-    caller: Caller,
+    caller: ApiCaller,
     request_id: RequestId,
     req: Request,
 ) -> Response {
@@ -107,7 +107,7 @@ pub(super) async fn embeddings(
 /// `POST /v1/messages` (Anthropic's Messages API).
 pub(super) async fn messages(
     state: State<AppState>,
-    caller: Caller,
+    caller: ApiCaller,
     request_id: RequestId,
     req: Request,
 ) -> Response {
@@ -123,7 +123,7 @@ enum Operation {
 
 async fn answer(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    ApiCaller(caller): ApiCaller,
     request_id: RequestId,
     req: Request,
     operation: Operation,

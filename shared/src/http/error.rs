@@ -49,11 +49,13 @@ pub enum ErrorCode {
     RotationPending,
     /// The service already has as many keys as it may.
     KeyLimitReached,
+    /// The user already has as many personal API keys as they may.
+    TokenLimitReached,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownModel,
         ErrorCode::UnsupportedModel,
@@ -78,6 +80,7 @@ impl ErrorCode {
         ErrorCode::UpstreamError,
         ErrorCode::RotationPending,
         ErrorCode::KeyLimitReached,
+        ErrorCode::TokenLimitReached,
         ErrorCode::Internal,
     ];
 
@@ -107,6 +110,7 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::RotationPending => "rotation_pending",
             ErrorCode::KeyLimitReached => "key_limit_reached",
+            ErrorCode::TokenLimitReached => "token_limit_reached",
             ErrorCode::Internal => "internal",
         }
     }
@@ -149,7 +153,8 @@ impl ErrorCode {
             | ErrorCode::InvalidBaseUrl
             | ErrorCode::InvalidLabel
             | ErrorCode::RotationPending
-            | ErrorCode::KeyLimitReached => tracing::Level::DEBUG,
+            | ErrorCode::KeyLimitReached
+            | ErrorCode::TokenLimitReached => tracing::Level::DEBUG,
         }
     }
 
@@ -164,7 +169,9 @@ impl ErrorCode {
                 StatusCode::FORBIDDEN
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::RotationPending | ErrorCode::KeyLimitReached => StatusCode::CONFLICT,
+            ErrorCode::RotationPending
+            | ErrorCode::KeyLimitReached
+            | ErrorCode::TokenLimitReached => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -426,7 +433,25 @@ impl From<crate::usage::UsageError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         tracing::debug!(reason = %err, "request not authenticated");
-        Self::new(ErrorCode::Unauthorized, err.to_string())
+        let code = match err {
+            AuthError::Unavailable => ErrorCode::Internal,
+            _ => ErrorCode::Unauthorized,
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+impl From<crate::tokens::TokenError> for ApiError {
+    fn from(err: crate::tokens::TokenError) -> Self {
+        use crate::tokens::TokenError as E;
+        let code = match &err {
+            E::InvalidName | E::InvalidExpiry => ErrorCode::InvalidRequest,
+            E::NameLooksLikeKey => ErrorCode::InvalidLabel,
+            E::TooMany { .. } => ErrorCode::TokenLimitReached,
+            E::NotFound => ErrorCode::NotFound,
+            E::Store(store) => return Self::from_store(store),
+        };
+        Self::new(code, err.to_string())
     }
 }
 

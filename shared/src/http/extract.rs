@@ -3,7 +3,8 @@
 //! 413 too large) without echoing request values back.
 
 use super::{ApiError, AppState, ErrorCode};
-use crate::auth::{AuthError, AuthorizerClaims, Principal};
+use crate::auth::{AuthError, AuthorizerClaims, Principal, bearer_token};
+use crate::domain::PersonalKey;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use http::StatusCode;
@@ -11,7 +12,8 @@ use http::request::Parts;
 use serde::de::DeserializeOwned;
 
 /// The signed-in caller: from API Gateway authorizer claims when the request
-/// came through one, else from a verified bearer token.
+/// came through one, else from a verified bearer token. A personal API key
+/// is refused here: it is for `/v1/*` ([`ApiCaller`]) only.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
 
@@ -20,25 +22,61 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let claims = parts.extensions.get::<AuthorizerClaims>();
-        let mut authorization = match parts.headers.get(http::header::AUTHORIZATION) {
-            Some(value) => Some(value.to_str().map_err(|_| AuthError::Malformed)?.to_owned()),
-            None => None,
-        };
-        // Anthropic's SDKs send their key as `x-api-key`: on the Messages
-        // route the caller's token may come that way.
-        if authorization.is_none()
-            && parts.uri.path().ends_with("/v1/messages")
-            && let Some(value) = parts.headers.get("x-api-key")
+        let authorization = header_text(parts, http::header::AUTHORIZATION.as_str())?;
+        if authorization
+            .and_then(bearer_token)
+            .is_some_and(PersonalKey::is_meant)
         {
-            let token = value.to_str().map_err(|_| AuthError::Malformed)?;
-            authorization = Some(format!("Bearer {token}"));
+            return Err(AuthError::PersonalKeyNotAccepted.into());
         }
         Ok(Caller(
+            state
+                .auth
+                .authenticate_request(claims, authorization)
+                .await?,
+        ))
+    }
+}
+
+/// The caller of a `/v1/*` route: a signed-in caller as [`Caller`], or
+/// a personal API key. Either may come as a bearer token or, as SDKs that
+/// speak Anthropic's API send their key, as `x-api-key`.
+#[derive(Debug, Clone)]
+pub struct ApiCaller(pub Principal);
+
+impl FromRequestParts<AppState> for ApiCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let claims = parts.extensions.get::<AuthorizerClaims>();
+        let bearer = header_text(parts, http::header::AUTHORIZATION.as_str())?;
+        let presented = match bearer {
+            Some(value) => bearer_token(value),
+            None => header_text(parts, "x-api-key")?.map(str::trim),
+        };
+        if let Some(token) = presented.filter(|t| PersonalKey::is_meant(t)) {
+            return Ok(ApiCaller(state.tokens.authenticate(token).await?));
+        }
+        let authorization = match (bearer, presented) {
+            (Some(value), _) => Some(value.to_owned()),
+            (None, Some(token)) => Some(format!("Bearer {token}")),
+            (None, None) => None,
+        };
+        Ok(ApiCaller(
             state
                 .auth
                 .authenticate_request(claims, authorization.as_deref())
                 .await?,
         ))
+    }
+}
+
+/// A header's value as text; a value that is not visible ASCII is a
+/// malformed credential.
+fn header_text<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match parts.headers.get(name) {
+        Some(value) => Ok(Some(value.to_str().map_err(|_| AuthError::Malformed)?)),
+        None => Ok(None),
     }
 }
 

@@ -10,11 +10,12 @@ mod keys;
 mod models;
 mod resolve;
 mod settings;
+mod tokens;
 mod usage;
 mod validate;
 
 pub use error::{ApiError, ErrorCode};
-pub use extract::{ApiJson, Caller, RequestId};
+pub use extract::{ApiCaller, ApiJson, Caller, RequestId};
 
 use crate::auth::Authenticator;
 use crate::keys::KeyService;
@@ -62,6 +63,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/admin/budgets/tenants/{tenantId}"),
     ("DELETE", "/api/admin/budgets/tenants/{tenantId}"),
     ("GET", "/api/budget"),
+    ("GET", "/api/tokens"),
+    ("POST", "/api/tokens"),
+    ("DELETE", "/api/tokens/{id}"),
     ("GET", "/v1/models"),
     ("POST", "/v1/embeddings"),
     ("POST", "/v1/messages"),
@@ -99,6 +103,8 @@ pub struct AppState {
     pub usage: Arc<crate::usage::UsageReports>,
     /// Budgets, for the budget routes.
     pub budgets: Arc<crate::budget::BudgetService>,
+    /// Personal API keys: their routes, and callers presenting one on `/v1/*`.
+    pub tokens: Arc<crate::tokens::ApiTokenService>,
     /// Browser origins allowed to call (`BYOK_CORS_ORIGINS`); `None`: no CORS.
     pub cors: Option<crate::config::CorsPolicy>,
 }
@@ -198,7 +204,12 @@ fn with_cors(router: Router, policy: Option<&crate::config::CorsPolicy>) -> Rout
             Method::PATCH,
             Method::DELETE,
         ])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("x-api-key"),
+        ])
         .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
         .allow_credentials(policy.allow_credentials)
         .max_age(PREFLIGHT_MAX_AGE);
@@ -245,6 +256,8 @@ fn keys_routes(state: AppState) -> Router {
                 .delete(budget::delete_tenant),
         )
         .route("/api/budget", get(budget::mine))
+        .route("/api/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/tokens/{id}", axum::routing::delete(tokens::revoke))
         .with_state(state)
 }
 

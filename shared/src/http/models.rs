@@ -2,7 +2,7 @@
 //! model marked with whether the caller can reach it and by which path. One
 //! metadata read per request; no secret read, no upstream called.
 
-use super::extract::Caller;
+use super::extract::ApiCaller;
 use super::{ApiError, AppState};
 use crate::catalog::{CatalogModel, accessibility};
 use axum::Json;
@@ -42,7 +42,7 @@ struct PricingView {
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    ApiCaller(caller): ApiCaller,
 ) -> Result<Json<ModelList>, ApiError> {
     let snapshot = state.resolver.snapshot(&caller.user).await?;
     let (team, upstreams) = (state.resolver.team(), state.resolver.upstreams());

@@ -42,10 +42,14 @@ pub enum AuditAction {
     BudgetSet,
     /// An admin deleted a budget (the budget in `result`).
     BudgetDeleted,
+    /// The user made a personal API key (`token:{id}` in `result`).
+    TokenCreated,
+    /// The user revoked a personal API key (`token:{id}` in `result`).
+    TokenRevoked,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Added,
         Self::Replaced,
         Self::Updated,
@@ -56,6 +60,8 @@ impl AuditAction {
         Self::Rotated,
         Self::BudgetSet,
         Self::BudgetDeleted,
+        Self::TokenCreated,
+        Self::TokenRevoked,
     ];
 
     /// The stored and wire name.
@@ -71,6 +77,8 @@ impl AuditAction {
             Self::Rotated => "rotated",
             Self::BudgetSet => "budget_set",
             Self::BudgetDeleted => "budget_deleted",
+            Self::TokenCreated => "token_created",
+            Self::TokenRevoked => "token_revoked",
         }
     }
 

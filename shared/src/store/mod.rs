@@ -17,6 +17,7 @@
 //! [`MetadataStore::load_user`] reads, so they never slow down or change
 //! resolution.
 
+pub mod api_tokens;
 pub mod audit;
 pub mod budget;
 pub mod cache;
@@ -30,6 +31,7 @@ pub mod rotation;
 pub mod secrets_manager;
 pub mod usage;
 
+pub use api_tokens::ApiTokenStore;
 pub use audit::{AuditAction, AuditCursor, AuditEvent, AuditId, AuditPage, AuditStore, BadCursor};
 pub use budget::{
     Amount, BudgetChange, BudgetPage, BudgetPeriod, BudgetRecord, BudgetScope, BudgetStore,

@@ -10,6 +10,8 @@
 //! | key record    | `USER#{user}` | `KEY#{service}` (the first key, `k0`), `KEY#{service}#{id}` | `service`, `keyId`, `priority` (N), `label`, `maskedKey`, `enabled` (BOOL), `baseUrl`, `createdAt`, `updatedAt`, `lastValidatedAt`, `lastValidation`, `secretId`, `secretVersion`, `revision` (N), `rotatedAt`, `pendingVersion`, `pendingMaskedKey`, `pendingStagedAt`, `pendingToken`, `lastRotationAt`, `lastRotationRejected`, `lastUsedAt`, `cooldownUntil` |
 //! | rate counter  | `RATE#{user}` | `{action}#{window ms}#{window start ms}` | `count` (N), `ttl` (N) |
 //! | audit event   | `AUDIT#{user}`| `{audit id}`      | `at`, `action`, `service`, `result`, `requestId` |
+//! | personal key  | `APITOKEN#{sha256 hex}` | `APITOKEN` | `tokenId`, `userId`, `tenantId`, `name`, `prefix`, `tokenHash`, `createdAt`, `expiresAt`, `lastUsedAt`, `ttl` (7 days after `expiresAt`) |
+//! | personal key (owner's list) | `APITOKENS#{user}` | `{token id}` | the same attributes |
 //! | usage         | `USAGE#{user}`, `USAGEDAY#{day}#{shard}`, `USAGEREQ#{user}` | see [`usage`] | day aggregates, the operator's per-day view, raw entries (`ttl`) |
 //!
 //! `{user}` is the user id verbatim (the `USER#` prefix is stripped, never
@@ -57,6 +59,15 @@
 //! emulator does: moto 5.2 evaluates the condition and applies the update
 //! without a lock, so concurrent requests lose updates and pass the limit.
 //! The lock is correct on DynamoDB too and costs nothing there.
+//!
+//! # Personal API keys
+//! Each key is two items with the same attributes, written by one
+//! `TransactWriteItems` (both `attribute_not_exists`) and removed by one:
+//! the item found by the key's SHA-256 (a request presenting the key costs
+//! one consistent `GetItem`) and the owner's list item (listing is one
+//! `Query`). A use updates `lastUsedAt` on both in one transaction
+//! conditional on both existing, so a key revoked meanwhile stays revoked.
+//! The key itself is never stored.
 //!
 //! # Audit events
 //! An event is one item under `AUDIT#{user}` whose sort key is its
@@ -120,6 +131,7 @@ const ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Item = HashMap<String, AttributeValue>;
 
+mod api_tokens;
 mod audit_log;
 mod budget;
 mod keys;

@@ -61,6 +61,7 @@ use std::time::Duration;
 use time::UtcOffset;
 use time::format_description::well_known::Rfc3339;
 
+mod api_tokens;
 mod audit_log;
 mod budget;
 mod keys;

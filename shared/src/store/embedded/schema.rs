@@ -4,7 +4,7 @@
 use super::*;
 
 /// The schema this build writes, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Schema version 1. `STRICT` tables so a value of the wrong type cannot be stored.
 pub(super) const SCHEMA_V1: &str = "
@@ -162,6 +162,25 @@ ALTER TABLE keys_v4 RENAME TO keys;
 ALTER TABLE audit_events ADD COLUMN key_id TEXT;
 ";
 
+/// Schema version 5: personal API keys, one row per key found by the
+/// SHA-256 of the key (never the key itself); the owner's list walks
+/// (user, created).
+const SCHEMA_V5: &str = "
+CREATE TABLE api_tokens (
+    token_hash   TEXT NOT NULL PRIMARY KEY,
+    token_id     TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    tenant_id    TEXT,
+    name         TEXT NOT NULL,
+    prefix       TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT,
+    last_used_at TEXT
+) STRICT, WITHOUT ROWID;
+CREATE UNIQUE INDEX api_tokens_by_user ON api_tokens (user_id, token_id);
+CREATE INDEX api_tokens_by_created ON api_tokens (user_id, created_at);
+";
+
 /// Creates the schema in a new database, or upgrades an existing one in
 /// place (one transaction), or checks its version.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -172,7 +191,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(StoreError::backend)?;
     match version {
-        0..=3 => {
+        0..=4 => {
             if version == 0 {
                 tx.execute_batch(SCHEMA_V1).map_err(StoreError::backend)?;
             }
@@ -182,7 +201,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             if version <= 2 {
                 tx.execute_batch(SCHEMA_V3).map_err(StoreError::backend)?;
             }
-            tx.execute_batch(SCHEMA_V4).map_err(StoreError::backend)?;
+            if version <= 3 {
+                tx.execute_batch(SCHEMA_V4).map_err(StoreError::backend)?;
+            }
+            tx.execute_batch(SCHEMA_V5).map_err(StoreError::backend)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(StoreError::backend)?;
         }
