@@ -84,10 +84,13 @@ EXPECTED_ACTIONS = {
         "kms:Decrypt",
         "secretsmanager:GetSecretValue",
     },
-    # Query (the caller's keys, for accessibility). Which team keys exist
-    # comes from the variables; no secret is read.
+    # Query (the caller's keys, for accessibility); GetItem and UpdateItem
+    # of personal API keys (TOKEN_USE). Which team keys exist comes from
+    # the variables; no secret is read.
     "ModelsFunction": {
         "dynamodb:Query",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
         "kms:Decrypt",
     },
     # Query (resolution); UpdateItem (request-limit counters, usage
@@ -233,6 +236,9 @@ HTTP_ROUTES = {
     ("GET", "/api/admin/budgets/tenants/{tenantId}"): "KeysFunction",
     ("DELETE", "/api/admin/budgets/tenants/{tenantId}"): "KeysFunction",
     ("GET", "/api/budget"): "KeysFunction",
+    ("GET", "/api/tokens"): "KeysFunction",
+    ("POST", "/api/tokens"): "KeysFunction",
+    ("DELETE", "/api/tokens/{id}"): "KeysFunction",
 }
 
 # Functions whose DynamoDB writes are confined to some partitions: every
@@ -241,8 +247,24 @@ HTTP_ROUTES = {
 # dynamo/ratelimit.rs: rate counters; shared/src/store/dynamo/usage.rs: the ledger;
 # shared/src/store/dynamo/budget.rs: budgets).
 LEADING_KEYS = {
-    "CompletionFunction": {"RATE#*", "USAGE#*", "USAGEDAY#*", "USAGEREQ#*", "BUDGET#*"}
+    "CompletionFunction": {"RATE#*", "USAGE#*", "USAGEDAY#*", "USAGEREQ#*", "BUDGET#*"},
+    "ModelsFunction": set(),
 }
+# Personal API keys presented on /v1/* (shared/src/store/dynamo/
+# api_tokens.rs): functions that authenticate them may write only a key's
+# lastUsedAt, with UpdateItem on exactly these partitions (both of its
+# items, in one transaction).
+TOKEN_USE_KEYS = {"APITOKEN#*", "APITOKENS#*"}
+TOKEN_USE_ATTRIBUTES = {"pk", "sk", "lastUsedAt"}
+# /v1/* routes authenticate in the function (a personal API key is not a
+# JWT API Gateway could check): no authorizer on them, and their function
+# verifies tokens of the issuer the HTTP API's authorizer trusts.
+IN_FUNCTION_AUTH_ENV = {
+    "BYOK_JWKS_URL": {"Fn::Sub": "${JwtIssuer}/.well-known/jwks.json"},
+    "BYOK_JWT_ISSUER": {"Ref": "JwtIssuer"},
+    "BYOK_JWT_AUDIENCE": {"Fn::Join": [",", {"Ref": "JwtAudience"}]},
+}
+IN_FUNCTION_AUTH_HTTP_ROUTES = {("GET", "/v1/models"): "ModelsFunction"}
 # Writes to key records allowed to such a function beside those partitions:
 # UpdateItem on USER#* touching only these attributes (shared/src/store/
 # dynamo/keys.rs: mark_key, a key's health after a completion used it).
@@ -541,7 +563,13 @@ class Checker:
                                             .get("ForAllValues:StringEquals", {})
                                             .get("dynamodb:Attributes", [])))
                         health = KEY_HEALTH_WRITES.get(name)
-                        if keys == {"USER#*"} and health is not None:
+                        if keys == TOKEN_USE_KEYS:
+                            if st_actions != {"dynamodb:UpdateItem"} or not attrs \
+                                    or not attrs <= TOKEN_USE_ATTRIBUTES:
+                                self.fail(sid, f"personal-key writes must be UpdateItem of only "
+                                          f"{sorted(TOKEN_USE_ATTRIBUTES)}, found "
+                                          f"{sorted(st_actions)} of {sorted(attrs)}")
+                        elif keys == {"USER#*"} and health is not None:
                             if st_actions != {"dynamodb:UpdateItem"} or not attrs or not attrs <= health:
                                 self.fail(sid, f"key-record writes must be UpdateItem of only "
                                           f"{sorted(health)} (ForAllValues:StringEquals "
@@ -764,7 +792,6 @@ class Checker:
         """Streamed routes: on a REST API, streamed, authorized, consistent
         timeouts; on no HTTP API. Every REST API method is authorized."""
         functions = self.of_type("AWS::Lambda::Function")
-        pool = show([{"Ref": USER_POOL_PARAM}])
         found = set()
         for api, method, path, op, kinds in self.rest_methods():
             where = f"{api} {method} {path}"
@@ -777,11 +804,15 @@ class Checker:
                 if target != preflight or integration.get("type") != "aws_proxy":
                     self.fail(where, f"preflight goes to {target!r}, expected a Lambda proxy to {preflight}")
                 continue
-            if not kinds:
-                self.fail(where, "REST API method without an authorizer")
             expected = STREAMING_ROUTES.get((method, path))
             if expected is None:
+                if not kinds:
+                    self.fail(where, "REST API method without an authorizer")
                 continue
+            if kinds:
+                self.fail(where, f"authenticates in the function (personal API keys): no "
+                          f"API Gateway authorizer, found {sorted(kinds)}")
+            self.check_in_function_auth(expected)
             found.add((method, path))
             if target != expected:
                 self.fail(where, f"invokes {target!r}, expected {expected}")
@@ -794,9 +825,6 @@ class Checker:
             if lambda_path != "2021-11-15/response-streaming-invocations":
                 self.fail(where, f"integration calls Lambda {lambda_path!r}, expected "
                           "2021-11-15/.../response-streaming-invocations (InvokeWithResponseStream)")
-            if ("cognito_user_pools", pool) not in kinds:
-                self.fail(where, f"not behind a Cognito user pool authorizer on !Ref {USER_POOL_PARAM} "
-                          f"(has {sorted(kinds)})")
             fn = functions.get(expected, {}).get("Properties", {})
             timeout_ms = integration.get("timeoutInMillis", 29_000)
             fn_timeout = fn.get("Timeout")
@@ -858,12 +886,29 @@ class Checker:
                     out.append((api, method.upper(), path, target, kinds))
         return out
 
+    def check_in_function_auth(self, fn):
+        """`fn` verifies callers itself: the issuer's JWKS, issuer and
+        audiences, exactly those the HTTP API's authorizer trusts."""
+        env = self.res.get(fn, {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
+        for var, value in IN_FUNCTION_AUTH_ENV.items():
+            if env.get(var) != value:
+                self.fail(fn, f"authenticates /v1/* callers itself: {var} must be {show(value)}, "
+                          f"found {show(env.get(var))}")
+
     def check_http_routes(self):
         """Every HTTP API route is behind the JWT authorizer; HTTP_ROUTES are
         there and reach their function."""
         found = {}
         for api, method, path, target, kinds in self.http_methods():
-            if "jwt" not in kinds:
+            in_function = IN_FUNCTION_AUTH_HTTP_ROUTES.get((method, path))
+            if in_function is not None:
+                if target != in_function:
+                    self.fail(f"{method} {path}", f"integrates {target!r}, expected {in_function}")
+                if any(kinds):
+                    self.fail(f"{api} {method} {path}", "authenticates in the function: no "
+                              f"authorizer, found {sorted(k for k in kinds if k)}")
+                self.check_in_function_auth(in_function)
+            elif "jwt" not in kinds:
                 self.fail(f"{api} {method} {path}", f"HTTP API route without the JWT authorizer "
                           f"(has {sorted(k for k in kinds if k) or 'none'})")
             found[(method, path)] = target
@@ -1077,8 +1122,8 @@ def main() -> int:
           f"(Resource * only for {sorted(UNSCOPED_ACTIONS)}), "
           "Secrets Manager writes only where allowed, runtime/arch/build/log retention as required")
     print(f"front doors ok: {len(STREAMING_ROUTES)} streamed route(s) on the REST API "
-          "(STREAM, InvokeWithResponseStream, Cognito authorizer), none on the HTTP API; "
-          f"every HTTP API route JWT-authorized, {len(HTTP_ROUTES)} required route(s) present")
+          "(STREAM, InvokeWithResponseStream, authenticated in the function), none on the HTTP API; "
+          f"every other HTTP API route JWT-authorized, {len(HTTP_ROUTES)} required route(s) present")
     print(f"rotation ok: Secrets Manager may invoke {ROTATION_FUNCTION} (this account), "
           f"sweep on !Ref {SWEEP_SCHEDULE_PARAM}, secret writes scoped to SecretPrefix "
           f"(only {sorted(UNSCOPED_ACTIONS)} on *), PutEvents on its bus only, "

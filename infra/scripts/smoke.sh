@@ -372,6 +372,30 @@ fi
 call GET "/api/admin/budgets?limit=1"
 expect_status "GET /api/admin/budgets (403 for a non-admin, 200 for an admin)" 403 200
 
+# 9. Personal API keys: made (shown once), usable on /v1/models as the
+# user, refused on /api/keys, refused once revoked. The key is never printed.
+call POST /api/tokens '{"name":"smoke test","expiresInDays":1}'
+if expect_status "POST /api/tokens" 201; then
+  TOKEN_ID=$(json_get "$BODY" .id)
+  PERSONAL_KEY=$(json_get "$BODY" .key)
+  : >"$BODY"
+  with_key() {  # METHOD PATH -> STATUS, the personal key as bearer (in a private header file)
+    printf 'Authorization: Bearer %s\n' "$PERSONAL_KEY" >"$WORK/key-header"
+    STATUS=$(curl -sS --max-time 30 -o "$BODY" -w '%{http_code}' -H @"$WORK/key-header" -X "$1" "$API_URL$2" \
+      2>"$WORK/curl.err") || STATUS="curl-error"
+    rm -f "$WORK/key-header"
+  }
+  with_key GET /v1/models
+  expect_status "GET /v1/models with a personal API key" 200
+  with_key GET /api/keys
+  expect_status "GET /api/keys with a personal API key (401)" 401
+  call DELETE "/api/tokens/$TOKEN_ID"
+  expect_status "DELETE /api/tokens/{id}" 204
+  with_key GET /v1/models
+  expect_status "GET /v1/models with the revoked key (401)" 401
+  PERSONAL_KEY=""
+fi
+
 echo
 if [ "$FAILED" -gt 0 ]; then
   echo "smoke test FAILED: $FAILED step(s)"

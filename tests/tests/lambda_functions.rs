@@ -1079,3 +1079,125 @@ async fn misconfiguration_stops_the_function_at_init() {
         assert_eq!(runtime.handed_out(), 0, "{name} never asked for an event");
     }
 }
+
+/// `event` (a REST API event) as API Gateway passes a `/v1/*` request
+/// with no authorizer: no claims, the caller's `Authorization` as sent.
+fn unauthorized_rest(mut event: Value, authorization: Option<&str>) -> Value {
+    if let Some(context) = event["requestContext"].as_object_mut() {
+        context.remove("authorizer");
+    }
+    for field in ["headers", "multiValueHeaders"] {
+        if let Some(headers) = event[field].as_object_mut() {
+            headers.retain(|name, _| !name.eq_ignore_ascii_case("authorization"));
+            if let Some(value) = authorization {
+                let value = if field == "headers" {
+                    json!(value)
+                } else {
+                    json!([value])
+                };
+                headers.insert("Authorization".to_owned(), value);
+            }
+        }
+    }
+    event
+}
+
+/// `/v1/*` routes authenticate in the function (the template gives them no
+/// API Gateway authorizer): a personal API key made through the keys
+/// function serves a completion and the model list; a request without a
+/// credential, or with the key once revoked, is 401 with no upstream call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_functions_accept_personal_keys_until_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = StandIn::start().await;
+    let keys = Function::start("keys", dir.path(), &[]);
+    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
+    let token_event = |method: &str, path: &str, route: &str, body: Option<&Value>| {
+        let mut event = event("post-keys.json");
+        event["routeKey"] = json!(format!("{method} {route}"));
+        event["requestContext"]["routeKey"] = json!(format!("{method} {route}"));
+        event["rawPath"] = json!(path);
+        event["requestContext"]["http"]["path"] = json!(path);
+        event["requestContext"]["http"]["method"] = json!(method);
+        match body {
+            Some(body) => with_body(event, body),
+            None => {
+                event.as_object_mut().expect("event").remove("body");
+                headers_mut(&mut event).retain(|name, _| !name.starts_with("content-"));
+                event
+            }
+        }
+    };
+    let made = keys
+        .call(token_event(
+            "POST",
+            "/api/tokens",
+            "/api/tokens",
+            Some(&json!({"name": "lambda test"})),
+        ))
+        .await;
+    assert_json_reply(&made, 201);
+    let key = made.json["key"].as_str().expect("the key").to_owned();
+    let id = made.json["id"].as_str().expect("its id").to_owned();
+
+    let openai = standin.openai_base();
+    let env = [
+        ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true"),
+        ("BYOK_OPENAI_BASE_URL", openai.as_str()),
+    ];
+    let completion = Function::start("completion", dir.path(), &env);
+    let bearer = format!("Bearer {key}");
+    let served = streamed(
+        completion
+            .invoke(unauthorized_rest(
+                event("post-chat-completions.json"),
+                Some(&bearer),
+            ))
+            .await,
+    );
+    assert_eq!(served.status, 200, "{served:?}");
+    assert_eq!(served.header("x-byok-path"), Some("user-provider"));
+    assert!(served.body.ends_with("data: [DONE]\n\n"), "{served:?}");
+    assert_eq!(standin.requests().len(), 1);
+    assert_eq!(standin.requests()[0].key, SAMPLE_KEY);
+
+    let models = Function::start("models", dir.path(), &[]);
+    let mut list = event("get-models.json");
+    if let Some(context) = list["requestContext"].as_object_mut() {
+        context.remove("authorizer");
+    }
+    headers_mut(&mut list).insert("authorization".to_owned(), json!(bearer));
+    let listed = models.call(list.clone()).await;
+    assert_json_reply(&listed, 200);
+
+    let anonymous = streamed(
+        completion
+            .invoke(unauthorized_rest(event("post-chat-completions.json"), None))
+            .await,
+    );
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert_eq!(anonymous.json()["error"]["code"], "unauthorized");
+
+    let revoked = keys
+        .call(token_event(
+            "DELETE",
+            &format!("/api/tokens/{id}"),
+            "/api/tokens/{id}",
+            None,
+        ))
+        .await;
+    assert_eq!(revoked.status, 204, "{revoked:?}");
+    let refused = streamed(
+        completion
+            .invoke(unauthorized_rest(
+                event("post-chat-completions.json"),
+                Some(&bearer),
+            ))
+            .await,
+    );
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(models.call(list).await.status, 401);
+    assert_eq!(standin.requests().len(), 1, "no upstream call once revoked");
+    assert!(!completion.process.output().contains(&key[12..]));
+    standin.shutdown().await;
+}

@@ -522,6 +522,21 @@ mod tests {
                 json!({"iss": "https://issuer"}),
                 Err("WrongAudience"),
             ),
+            (
+                "an access token's client_id",
+                json!({"iss": "https://issuer", "client_id": "byok"}),
+                Ok(()),
+            ),
+            (
+                "another client's access token",
+                json!({"iss": "https://issuer", "client_id": "other"}),
+                Err("WrongAudience"),
+            ),
+            (
+                "client_id does not stand in for a wrong aud",
+                json!({"iss": "https://issuer", "aud": "other", "client_id": "byok"}),
+                Err("WrongAudience"),
+            ),
         ];
         for (name, extra, expected) in cases {
             let got = v.verify(&base(extra), NOW);
@@ -530,6 +545,17 @@ mod tests {
                 (Err(err), Err(e)) => assert_eq!(variant(err), e, "{name}"),
                 _ => panic!("{name}: got {got:?}, expected {expected:?}"),
             }
+        }
+        // Several audiences (an app client per front end): any of them.
+        let several = TokenVerifier::new(secret(), None, Some("web, cli".into()));
+        for (aud, ok) in [
+            ("cli", true),
+            ("web", true),
+            ("web, cli", false),
+            ("x", false),
+        ] {
+            let token = base(json!({"aud": aud}));
+            assert_eq!(several.verify(&token, NOW).is_ok(), ok, "{aud}");
         }
         // Unconfigured: iss and aud are ignored.
         let token = base(json!({"iss": "anyone", "aud": "anything"}));

@@ -21,7 +21,8 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// `issuer` / `audience`, when set, must match the token's `iss` / `aud`.
+    /// `issuer` / `audience`, when set, must match the token's `iss` / `aud`
+    /// (`audience` may list several, separated by commas).
     pub fn new(secret: JwtSecret, issuer: Option<String>, audience: Option<String>) -> Self {
         Self {
             secret: Some(secret),
@@ -161,9 +162,18 @@ impl TokenVerifier {
             return Err(AuthError::WrongIssuer);
         }
         if let Some(audience) = &self.audience {
+            // One audience, or several separated by commas (any of them).
+            let accepted = |aud: &str| audience.split(',').any(|a| a.trim() == aud);
             let matches = match claims.get("aud") {
-                Some(Value::String(aud)) => aud == audience,
-                Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+                Some(Value::String(aud)) => accepted(aud),
+                Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(accepted),
+                // Cognito access tokens name their app client as
+                // `client_id` and carry no `aud`; API Gateway's JWT
+                // authorizer accepts either, and so does this.
+                None => claims
+                    .get("client_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(accepted),
                 _ => false,
             };
             if !matches {
