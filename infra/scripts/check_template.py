@@ -14,6 +14,7 @@ a policy/function assertion fails (each failure is printed).
 import json
 import logging
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -184,6 +185,13 @@ TEAM_SECRET_PARAMS = {
     "BYOK_TEAM_OPENROUTER_SECRET_ARN": "TeamOpenRouterKeySecretArn",
     "BYOK_TEAM_GOOGLE_SECRET_ARN": "TeamGoogleKeySecretArn",
     "BYOK_TEAM_GROQ_SECRET_ARN": "TeamGroqKeySecretArn",
+    "BYOK_TEAM_MISTRAL_SECRET_ARN": "TeamMistralKeySecretArn",
+    "BYOK_TEAM_DEEPSEEK_SECRET_ARN": "TeamDeepSeekKeySecretArn",
+    "BYOK_TEAM_TOGETHER_SECRET_ARN": "TeamTogetherKeySecretArn",
+    "BYOK_TEAM_FIREWORKS_SECRET_ARN": "TeamFireworksKeySecretArn",
+    "BYOK_TEAM_PERPLEXITY_SECRET_ARN": "TeamPerplexityKeySecretArn",
+    "BYOK_TEAM_CEREBRAS_SECRET_ARN": "TeamCerebrasKeySecretArn",
+    "BYOK_TEAM_COHERE_SECRET_ARN": "TeamCohereKeySecretArn",
 }
 # The alert webhook's signing secret: variable -> parameter, and the one
 # function that reads it (at cold start) with its grant.
@@ -417,10 +425,15 @@ class Checker:
         definition = self.conditions.get(cond, {})
         if isinstance(definition, dict) and set(definition) == {"Fn::Or"}:
             for m in definition["Fn::Or"]:
-                if isinstance(m, dict) and set(m) == {"Condition"}:
-                    members.add(m["Condition"])
-                else:
+                if not (isinstance(m, dict) and set(m) == {"Condition"}):
                     return None  # not readable: treat as unproven
+                # A nested Or (Fn::Or takes at most 10) stands for its members.
+                inner = self.or_members(m["Condition"])
+                if inner is None:
+                    return None
+                members |= inner if len(inner) > 1 else {m["Condition"]}
+                if len(inner) > 1:
+                    members.discard(m["Condition"])
         return members
 
     # ------------------------------------------------------------- checks --
@@ -1057,12 +1070,27 @@ class Checker:
                     self.fail(topic, f"encrypted with {target}, whose key policy does not let "
                               "events.amazonaws.com use it (deliveries would fail)")
 
+    def check_every_provider_has_a_team_secret(self):
+        """Every provider module (shared/src/domain/provider/*.rs) names a
+        team-secret variable that has its parameter here."""
+        root = pathlib.Path(__file__).resolve().parents[2] / "shared/src/domain/provider"
+        for source in sorted(root.glob("*.rs")):
+            m = re.search(r'team_secret_env:\s*"([A-Z0-9_]+)"', source.read_text())
+            if source.name == "mod.rs":
+                continue
+            if not m:
+                self.fail(source.name, "provider module without team_secret_env")
+            elif m.group(1) not in TEAM_SECRET_PARAMS:
+                self.fail(source.name, f"{m.group(1)} has no template parameter in "
+                          "TEAM_SECRET_PARAMS (check_template.py) and template.yaml")
+
     def run(self):
         self.check_no_wildcards()
         self.check_functions()
         self.check_streaming_routes()
         self.check_http_routes()
         self.check_rotation()
+        self.check_every_provider_has_a_team_secret()
         return self.errors
 
 

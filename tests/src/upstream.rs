@@ -57,10 +57,17 @@ pub enum Upstream {
     Groq,
     Xai,
     Google,
+    Mistral,
+    DeepSeek,
+    Together,
+    Fireworks,
+    Perplexity,
+    Cerebras,
+    Cohere,
 }
 
 impl Upstream {
-    pub const ALL: [Upstream; 7] = [
+    pub const ALL: [Upstream; 14] = [
         Upstream::OpenAi,
         Upstream::Anthropic,
         Upstream::OpenRouter,
@@ -68,6 +75,13 @@ impl Upstream {
         Upstream::Groq,
         Upstream::Xai,
         Upstream::Google,
+        Upstream::Mistral,
+        Upstream::DeepSeek,
+        Upstream::Together,
+        Upstream::Fireworks,
+        Upstream::Perplexity,
+        Upstream::Cerebras,
+        Upstream::Cohere,
     ];
 
     /// The path prefix of this upstream's base URL.
@@ -80,14 +94,48 @@ impl Upstream {
             Upstream::Groq => "/groq/v1",
             Upstream::Xai => "/xai/v1",
             Upstream::Google => "/google/v1beta/openai",
+            Upstream::Mistral => "/mistral/v1",
+            // The real base URLs have no version in them.
+            Upstream::DeepSeek => "/deepseek",
+            Upstream::Together => "/together/v1",
+            Upstream::Fireworks => "/fireworks/inference/v1",
+            Upstream::Perplexity => "/perplexity",
+            Upstream::Cerebras => "/cerebras/v1",
+            Upstream::Cohere => "/cohere/compatibility/v1",
+        }
+    }
+
+    /// The service id byok-local knows this upstream by.
+    pub const fn service(self) -> &'static str {
+        match self {
+            Upstream::OpenAi => "openai",
+            Upstream::Anthropic => "anthropic",
+            Upstream::OpenRouter => "openrouter",
+            Upstream::Gateway => "gateway",
+            Upstream::Groq => "groq",
+            Upstream::Xai => "xai",
+            Upstream::Google => "google",
+            Upstream::Mistral => "mistral",
+            Upstream::DeepSeek => "deepseek",
+            Upstream::Together => "together",
+            Upstream::Fireworks => "fireworks",
+            Upstream::Perplexity => "perplexity",
+            Upstream::Cerebras => "cerebras",
+            Upstream::Cohere => "cohere",
         }
     }
 
     /// The upstream a request path belongs to, and the rest of the path.
     pub fn from_path(path: &str) -> Option<(Upstream, &str)> {
-        Upstream::ALL.into_iter().find_map(|up| {
+        let found = Upstream::ALL.into_iter().find_map(|up| {
             let rest = path.strip_prefix(up.prefix())?;
             (rest.is_empty() || rest.starts_with('/')).then_some((up, rest))
+        });
+        // Cohere's own model list, beside its OpenAI-compatible API (the
+        // key check: `/cohere/v1/models`).
+        found.or_else(|| {
+            let rest = path.strip_prefix("/cohere")?;
+            rest.starts_with("/v1/").then_some((Upstream::Cohere, rest))
         })
     }
 
@@ -102,6 +150,13 @@ impl Upstream {
             Upstream::Groq => &["llama-3.1-8b-instant"],
             Upstream::Xai => &["grok-3-mini"],
             Upstream::Google => &["models/gemini-2.0-flash"],
+            Upstream::Mistral => &["mistral-small-latest"],
+            Upstream::DeepSeek => &["deepseek-v4-flash"],
+            Upstream::Together => &["meta-llama/Llama-3.3-70B-Instruct-Turbo"],
+            Upstream::Fireworks => &["accounts/fireworks/models/gpt-oss-120b"],
+            Upstream::Perplexity => &["sonar"],
+            Upstream::Cerebras => &["gpt-oss-120b"],
+            Upstream::Cohere => &["command-r-08-2024"],
         };
         ids.iter().map(|id| (*id).to_owned()).collect()
     }
@@ -115,6 +170,13 @@ impl Upstream {
             Upstream::Groq => "groq",
             Upstream::Xai => "xai",
             Upstream::Google => "google",
+            Upstream::Mistral => "mistralai",
+            Upstream::DeepSeek => "deepseek",
+            Upstream::Together => "together",
+            Upstream::Fireworks => "fireworks",
+            Upstream::Perplexity => "perplexity",
+            Upstream::Cerebras => "cerebras",
+            Upstream::Cohere => "cohere",
         }
     }
 }
@@ -404,11 +466,29 @@ impl StandIn {
             ("BYOK_OPENROUTER_BASE_URL", Upstream::OpenRouter),
             ("BYOK_XAI_BASE_URL", Upstream::Xai),
             ("BYOK_GOOGLE_BASE_URL", Upstream::Google),
-            ("BYOK_GROQ_BASE_URL", Upstream::Groq),
             ("AI_GATEWAY_URL", Upstream::Gateway),
         ]
         .into_iter()
         .map(|(name, up)| (name.to_owned(), self.base_for(up)))
+        .chain(
+            Upstream::ALL
+                .into_iter()
+                .filter(|up| {
+                    !matches!(
+                        up,
+                        Upstream::OpenAi
+                            | Upstream::Anthropic
+                            | Upstream::OpenRouter
+                            | Upstream::Xai
+                            | Upstream::Google
+                            | Upstream::Gateway
+                    )
+                })
+                .map(|up| {
+                    let name = format!("BYOK_{}_BASE_URL", up.service().to_ascii_uppercase());
+                    (name, self.base_for(up))
+                }),
+        )
         .collect()
     }
 
@@ -738,6 +818,10 @@ async fn serve(
     };
     match (method, rest) {
         (Method::GET, "/models") => models(&ctx),
+        // Key checks outside the OpenAI-compatible base.
+        (Method::GET, "/v1/models") if up == Upstream::Perplexity || up == Upstream::Cohere => {
+            models(&ctx)
+        }
         // The key endpoints validation uses where the model list is public.
         (Method::GET, "/key") if up == Upstream::OpenRouter => axum::Json(json!({
             "data": {"label": "sk-or-v1-…", "usage": 0, "limit": null, "is_free_tier": false}

@@ -148,6 +148,13 @@ async fn runbook_checklist_over_http(mode: Mode) {
             "openrouter",
             "google",
             "groq",
+            "mistral",
+            "deepseek",
+            "together",
+            "fireworks",
+            "perplexity",
+            "cerebras",
+            "cohere",
             "gateway"
         ]
     );
@@ -434,7 +441,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing(mode: Mode) {
         (
             Method::POST,
             "/api/keys",
-            json!({"service": "mistral", "apiKey": "sk-proj-dave00000000000000000002"}),
+            json!({"service": "mistralai", "apiKey": "sk-proj-dave00000000000000000002"}),
             400,
             "invalid_request",
         ),
@@ -532,7 +539,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing(mode: Mode) {
         ),
         (
             Method::PATCH,
-            "/api/keys/mistral",
+            "/api/keys/mistralai",
             json!({"enabled": true}),
             400,
             "invalid_request",
@@ -546,7 +553,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing(mode: Mode) {
         ),
         (
             Method::DELETE,
-            "/api/keys/mistral",
+            "/api/keys/mistralai",
             Value::Null,
             400,
             "invalid_request",

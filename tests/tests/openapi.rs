@@ -126,6 +126,23 @@ fn error_codes_match() {
     );
 }
 
+/// The documented services are the registered providers, in their order.
+#[test]
+fn services_match_the_providers() {
+    let spec = spec().unwrap();
+    let documented: Vec<&str> = spec["components"]["schemas"]["Service"]["enum"]
+        .as_array()
+        .expect("Service has an enum")
+        .iter()
+        .map(|v| v.as_str().expect("Service values are strings"))
+        .collect();
+    let served: Vec<&str> = byok::domain::Service::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(documented, served);
+}
+
 #[test]
 fn every_ref_resolves() {
     let spec = spec().unwrap();

@@ -242,15 +242,32 @@ pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatE
             prefix,
         });
     }
-    // A longer prefix of another service wins: `sk-` is OpenAI's prefix,
-    // but also the start of Anthropic's `sk-ant-` and OpenRouter's `sk-or-`.
-    if let Some(own) = service.key_prefix() {
-        let longer = Service::ALL.into_iter().find(|other| {
-            other.key_prefix().is_some_and(|p| {
-                *other != service && p.len() > own.len() && p.starts_with(own) && key.starts_with(p)
-            })
-        });
-        if let Some(other) = longer {
+    // A longer prefix of another service wins: `sk-` is OpenAI's prefix
+    // (and DeepSeek's), but also the start of Anthropic's `sk-ant-`,
+    // OpenRouter's `sk-or-` and OpenAI's project keys `sk-proj-`. A service
+    // whose keys have no prefix refuses keys with another service's.
+    let own = service.key_prefix().unwrap_or("");
+    if !service.provider().accepts_base_url {
+        let others_prefix = |other: &Service| {
+            let p = other.provider();
+            p.key_prefix
+                .into_iter()
+                .chain(p.prefixes_shown.iter().copied())
+                .filter(|prefix| {
+                    prefix.len() > own.len()
+                        && prefix.starts_with(own)
+                        && key.starts_with(prefix)
+                        && !service.provider().prefixes_shown.contains(prefix)
+                })
+                .map(str::len)
+                .max()
+        };
+        let other = Service::ALL
+            .into_iter()
+            .filter(|other| *other != service)
+            .filter_map(|other| others_prefix(&other).map(|len| (len, other)))
+            .max_by_key(|(len, _)| *len);
+        if let Some((_, other)) = other {
             return Err(KeyFormatError::WrongService {
                 service: service.as_str(),
                 other: other.as_str(),
@@ -401,6 +418,61 @@ mod tests {
         assert!(matches!(
             check_key_format(Service::OpenAi, &ApiKey::new(long)),
             Err(E::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_of_one_service_are_refused_for_another_where_prefixes_tell() {
+        let svc = |id: &str| id.parse::<Service>().unwrap();
+        let check = |id: &str, key: &str| check_key_format(svc(id), &ApiKey::new(key));
+        for (id, key) in [
+            ("mistral", "AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+            ("deepseek", "sk-0123456789abcdef0123456789abcdef"),
+            (
+                "together",
+                "tgp_v1_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+            ),
+            (
+                "together",
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+            ("fireworks", "fw_abcdefghijklmnopqrstuvwx"),
+            (
+                "perplexity",
+                "pplx-abcdefghijklmnopqrstuvwxyz0123456789abcdefghijkl",
+            ),
+            (
+                "cerebras",
+                "csk-abcdefghijklmnopqrstuvwxyz0123456789abcdefghijkl",
+            ),
+            ("cohere", "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCd"),
+            // OpenAI's own `sk-` still takes a DeepSeek-shaped key.
+            ("openai", "sk-0123456789abcdef0123456789abcdef"),
+        ] {
+            assert_eq!(check(id, key), Ok(()), "{id} {key}");
+        }
+        for (id, key, other) in [
+            ("deepseek", "sk-proj-abcdefghijklmnopqrstu", "openai"),
+            ("deepseek", "sk-ant-api03-abcdefghijklmnop", "anthropic"),
+            ("deepseek", "sk-or-v1-abcdefghijklmnopqrst", "openrouter"),
+            ("mistral", "gsk_abcdefghijklmnopqrstuvwx", "groq"),
+            ("mistral", "sk-ant-api03-abcdefghijklmnop", "anthropic"),
+            ("cohere", "pplx-abcdefghijklmnopqrstuvwxyz", "perplexity"),
+            ("together", "csk-abcdefghijklmnopqrstuvwxyz", "cerebras"),
+            ("fireworks", "xai-abcdefghijklmnopqrstuvwx", "xai"),
+            ("perplexity", "fw_abcdefghijklmnopqrstuvwxyz", "fireworks"),
+            ("cerebras", "AIzaSyA-abcdefghijklmnopqrstuvwxyz01", "google"),
+        ] {
+            match check(id, key) {
+                Err(KeyFormatError::WrongService { other: got, .. }) => {
+                    assert_eq!(got, other, "{id} {key}");
+                }
+                got => panic!("{id} {key}: {got:?}"),
+            }
+        }
+        assert!(matches!(
+            check("deepseek", "AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+            Err(KeyFormatError::Prefix { .. })
         ));
     }
 }

@@ -86,6 +86,8 @@ impl ModelId {
             ModelIds::Namespaced => self.canonical(),
             ModelIds::BareDashedVersions => dashed_version(&self.name),
             ModelIds::Bare => self.name.clone(),
+            ModelIds::Prefixed(_) if self.name.contains('/') => self.name.clone(),
+            ModelIds::Prefixed(prefix) => format!("{prefix}{}", self.name),
         }
     }
 }
@@ -179,7 +181,48 @@ mod tests {
         assert_eq!(id.upstream_for(Service::Gateway), "openai/gpt-4o-mini");
         assert_eq!(id.upstream_for(Service::OpenRouter), "openai/gpt-4o-mini");
         assert_eq!(id.direct_service(), Some(Service::OpenAi));
-        assert_eq!(ModelId::parse("mistral/x").unwrap().direct_service(), None);
+        assert_eq!(
+            ModelId::parse("meta-llama/x").unwrap().direct_service(),
+            None
+        );
+        let service = |id: &str| id.parse::<Service>().unwrap();
+        // Fireworks names models under its account path; a full id stays.
+        let fireworks = ModelId::parse("fireworks/gpt-oss-120b").unwrap();
+        assert_eq!(
+            fireworks.upstream_for(service("fireworks")),
+            "accounts/fireworks/models/gpt-oss-120b"
+        );
+        let full = ModelId::parse("fireworks/accounts/acme/models/tuned").unwrap();
+        assert_eq!(
+            full.upstream_for(service("fireworks")),
+            "accounts/acme/models/tuned"
+        );
+        // Together's ids are org/model.
+        let llama = ModelId::parse("together/meta-llama/Llama-3.3-70B-Instruct-Turbo").unwrap();
+        assert_eq!(llama.direct_service(), Some(service("together")));
+        assert_eq!(
+            llama.upstream_for(service("together")),
+            "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+        );
+        // Bare ids only where one provider owns the name.
+        for (bare, owner) in [
+            ("mistral-large-latest", "mistral"),
+            ("deepseek-v4-flash", "deepseek"),
+            ("sonar", "perplexity"),
+            ("sonar-pro", "perplexity"),
+            ("command-a-03-2025", "cohere"),
+        ] {
+            assert_eq!(
+                ModelId::parse(bare).unwrap().direct_service(),
+                Some(service(owner)),
+                "{bare}"
+            );
+        }
+        assert_eq!(
+            ModelId::parse("Llama-3.3-70B-Instruct-Turbo"),
+            Err(ModelError::UnknownBareId),
+            "hosted by several: no bare owner"
+        );
         assert_eq!(ModelId::parse("gateway/x").unwrap().direct_service(), None);
         let claude = ModelId::parse("anthropic/claude-sonnet-4.5").unwrap();
         assert_eq!(claude.upstream_for(Service::Anthropic), "claude-sonnet-4-5");

@@ -190,7 +190,7 @@ mod tests {
             assert_eq!(svc.as_str().parse::<Service>(), Ok(svc));
         }
         assert_eq!("OpenAI".parse::<Service>(), Err(UnknownService));
-        assert_eq!("mistral".parse::<Service>(), Err(UnknownService));
+        assert_eq!("mistralai".parse::<Service>(), Err(UnknownService));
     }
 
     #[test]

@@ -317,9 +317,21 @@ fn auth_headers(service: Service, key: &ApiKey) -> HeaderMap {
     headers
 }
 
+/// `base_url` + `path`; each leading `/..` of `path` first drops the last
+/// segment of the base URL's path (never its host).
 fn join(base_url: &str, path: &str) -> String {
-    let mut url = String::with_capacity(base_url.len() + path.len());
-    url.push_str(base_url.trim_end_matches('/'));
+    let mut base = base_url.trim_end_matches('/');
+    let mut path = path;
+    while let Some(rest) = path.strip_prefix("/..") {
+        if let Some((parent, _)) = base.rsplit_once('/')
+            && !parent.ends_with('/')
+        {
+            base = parent;
+        }
+        path = rest;
+    }
+    let mut url = String::with_capacity(base.len() + path.len());
+    url.push_str(base);
     url.push_str(path);
     url
 }
@@ -496,6 +508,40 @@ mod tests {
         assert!(client.clients.user.get().is_none());
         client.clone().for_source(true).unwrap();
         assert!(client.clients.user.get().is_some());
+    }
+
+    #[test]
+    fn key_check_paths_may_climb_the_base_path_but_never_its_host() {
+        let cases = [
+            (
+                "https://api.x.ai/v1",
+                "/models",
+                "https://api.x.ai/v1/models",
+            ),
+            (
+                "https://api.x.ai/v1/",
+                "/models",
+                "https://api.x.ai/v1/models",
+            ),
+            (
+                "https://api.cohere.ai/compatibility/v1",
+                "/../../v1/models",
+                "https://api.cohere.ai/v1/models",
+            ),
+            (
+                "http://127.0.0.1:9/cohere/compatibility/v1",
+                "/../../v1/models",
+                "http://127.0.0.1:9/cohere/v1/models",
+            ),
+            (
+                "https://api.perplexity.ai",
+                "/../../v1/models",
+                "https://api.perplexity.ai/v1/models",
+            ),
+        ];
+        for (base, path, want) in cases {
+            assert_eq!(join(base, path), want, "{base} {path}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::{ModelIds, Provider, WireApi};
 pub(crate) const PROVIDER: Provider = Provider {
     id: "gateway",
     display_name: "Vercel AI Gateway",
-    listed: 7,
+    listed: 20,
     key_prefix: None,
     prefixes_shown: &["vck_"],
     key_format_hint: "A Vercel AI Gateway key (usually vck_…); optional https base URL.",

@@ -60,8 +60,9 @@ pub struct Provider {
     pub bare_model_prefixes: &'static [&'static str],
     /// Bare model ids that are whole names of one of its families (`o1`).
     pub bare_model_names: &'static [&'static str],
-    /// The cheapest authenticated `GET` (below the base URL) that tells a
-    /// valid key from a refused one.
+    /// The cheapest authenticated `GET` (below the base URL; each leading
+    /// `/..` goes one path segment up from it first) that tells a valid key
+    /// from a refused one.
     pub key_check_path: &'static str,
     /// How the Vercel AI Gateway names the provider in a request's
     /// `providerOptions.gateway.byok`; `None` if it does not take the
@@ -79,6 +80,10 @@ pub enum ModelIds {
     BareDashedVersions,
     /// `provider/model`, as the catalog names it (aggregators).
     Namespaced,
+    /// The own name under a fixed path (Fireworks:
+    /// `accounts/fireworks/models/` + `gpt-oss-120b`); a name that already
+    /// has a `/` is sent as it is.
+    Prefixed(&'static str),
 }
 
 /// How many providers there are.
