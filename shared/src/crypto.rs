@@ -75,6 +75,14 @@ impl MasterKey {
         Ok(Self { bytes })
     }
 
+    /// The same key in a second zeroized buffer (a store open that is
+    /// tried again needs it once more).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            bytes: Zeroizing::new(*self.bytes),
+        }
+    }
+
     /// A new random key from the operating system's randomness.
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);

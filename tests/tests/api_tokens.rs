@@ -57,6 +57,7 @@ async fn personal_keys_work_on_v1_only_until_revoked(mode: Mode) {
             ("RUST_LOG", "trace"),
             ("BYOK_MAX_API_TOKENS", "2"),
             ("BYOK_LAST_USED_GRANULARITY_SECS", "1"),
+            ("BYOK_REQUESTS_PER_MINUTE", "1000"),
         ],
     );
     let token = server.token("tess", false);
@@ -113,6 +114,21 @@ async fn personal_keys_work_on_v1_only_until_revoked(mode: Mode) {
         "{}",
         usage.text
     );
+
+    // One request limit for the user, whichever credential they present.
+    let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
+    let remaining = |answer: &byok_tests::http::Answer| -> u32 {
+        answer
+            .header("x-ratelimit-remaining-requests")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let by_token = api.post("/v1/chat/completions", chat.clone()).await;
+    assert_eq!(by_token.status.as_u16(), 200, "{}", by_token.text);
+    let by_key = with_key.post("/v1/chat/completions", chat).await;
+    assert_eq!(by_key.status.as_u16(), 200, "{}", by_key.text);
+    assert_eq!(remaining(&by_key), remaining(&by_token) - 1);
 
     // Refused on every key-management route, as bearer or x-api-key.
     for (method, path) in [

@@ -114,7 +114,27 @@ impl EmbeddedStore {
     /// 0700 if missing, makes the database file 0600 (SQLite gives its
     /// `-wal`/`-shm` files the same mode), enables WAL and foreign keys, and
     /// creates or checks the schema.
+    ///
+    /// Processes opening one data directory at the same moment (functions
+    /// sharing a local store) can find it busy in ways SQLite does not wait
+    /// out: switching to WAL and creating the schema need a lock another
+    /// opener may hold, and SQLite refuses at once rather than risk a
+    /// deadlock. Such an open is tried again, for up to about five seconds.
     pub fn open(data_dir: &Path, master: MasterKey) -> Result<Self, StoreError> {
+        const ATTEMPTS: u32 = 50;
+        let mut attempt = 1;
+        loop {
+            match Self::open_once(data_dir, master.duplicate()) {
+                Err(err) if attempt < ATTEMPTS && is_busy(&err) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    fn open_once(data_dir: &Path, master: MasterKey) -> Result<Self, StoreError> {
         if !data_dir.exists() {
             DirBuilder::new()
                 .recursive(true)
@@ -200,6 +220,22 @@ impl Inner {
     fn usage_reads(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         lock(&self.usage_reads, "usage")
     }
+}
+
+/// Whether `err` is SQLite saying the database is busy or locked.
+fn is_busy(err: &StoreError) -> bool {
+    let StoreError::Backend(source) = err else {
+        return false;
+    };
+    source
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|code| {
+            matches!(
+                code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+        })
 }
 
 /// Locks one of the store's connections; a poisoned lock is an error, not a panic.
@@ -549,7 +585,7 @@ mod tests {
         );
 
         conn.execute(
-            "UPDATE keys SET created_at = updated_at, service = 'mistral'",
+            "UPDATE keys SET created_at = updated_at, service = 'mistralai'",
             [],
         )
         .unwrap();
