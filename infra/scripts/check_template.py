@@ -1075,8 +1075,10 @@ class Checker:
         team-secret variable that has its parameter here."""
         root = pathlib.Path(__file__).resolve().parents[2] / "shared/src/domain/provider"
         for source in sorted(root.glob("*.rs")):
-            m = re.search(r'team_secret_env:\s*"([A-Z0-9_]+)"', source.read_text())
-            if source.name == "mod.rs":
+            text = source.read_text()
+            m = re.search(r'team_secret_env:\s*"([A-Z0-9_]+)"', text)
+            # Structured credentials (service accounts) have no team secret yet.
+            if source.name == "mod.rs" or "CredentialKind::GcpServiceAccount" in text:
                 continue
             if not m:
                 self.fail(source.name, "provider module without team_secret_env")

@@ -380,7 +380,8 @@ pub fn state(
         )
         .with_user_keys_via_gateway(config.keys.user_keys_via_gateway),
     );
-    let client = UpstreamClient::deferred(&config.upstream_timeouts);
+    let client = UpstreamClient::deferred(&config.upstream_timeouts)
+        .with_gcp_token_url(&config.gcp_token_url);
     if stores.function.always_calls_upstream() {
         client.warm()?;
     }
@@ -456,7 +457,8 @@ pub fn state(
         keys: Arc::new(
             KeyService::new(stores.meta, stores.secrets)
                 .with_audit(audit.clone())
-                .with_max_keys(config.keys.max_per_service),
+                .with_max_keys(config.keys.max_per_service)
+                .with_gcp_token_url(&config.gcp_token_url),
         ),
         validation,
         audit: Arc::new(audit),

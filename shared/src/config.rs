@@ -100,6 +100,10 @@ pub struct Config {
     /// `BYOK_KEY_STRATEGY`, `BYOK_LAST_USED_GRANULARITY_SECS`,
     /// `BYOK_TEAM_FALLBACK_ON_USER_KEY_FAILURE`).
     pub keys: KeysConfig,
+    /// Where Google service accounts are exchanged for access tokens
+    /// (`BYOK_GCP_TOKEN_URL`; Google's endpoint unless the operator
+    /// overrides it, for tests). Accounts naming another are refused.
+    pub gcp_token_url: String,
 }
 
 /// How several keys of one service are kept and tried.
@@ -637,7 +641,21 @@ impl Config {
             }
         }
 
+        let gcp_token_url = match get("BYOK_GCP_TOKEN_URL") {
+            None => crate::domain::GCP_TOKEN_URL.to_owned(),
+            Some(url) => {
+                let url = url.trim().to_owned();
+                if url::Url::parse(&url).is_err() {
+                    return Err(ConfigError::BadUrl {
+                        name: "BYOK_GCP_TOKEN_URL",
+                    });
+                }
+                url
+            }
+        };
+
         Ok(Self {
+            gcp_token_url,
             store,
             data_dir: get("BYOK_DATA_DIR").map_or_else(|| DEFAULT_DATA_DIR.into(), PathBuf::from),
             master_key: get("BYOK_MASTER_KEY").map(SecretString::from),

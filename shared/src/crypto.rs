@@ -77,6 +77,7 @@ impl MasterKey {
 
     /// The same key in a second zeroized buffer (a store open that is
     /// tried again needs it once more).
+    #[cfg(feature = "local")]
     pub(crate) fn duplicate(&self) -> Self {
         Self {
             bytes: Zeroizing::new(*self.bytes),

@@ -83,6 +83,10 @@ pub enum KeyError {
     KeyNotFound(Service, KeyId),
     #[error("{service} already has {max} keys, the most a service may have; delete one first")]
     TooManyKeys { service: Service, max: usize },
+    #[error("{0} keys are given as apiKey")]
+    ApiKeyExpected(Service),
+    #[error("{0} takes credentials (its fields), not apiKey")]
+    CredentialsExpected(Service),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -106,6 +110,8 @@ pub struct KeyService {
     /// own, so a delete (which removes the secret its record named) never
     /// takes the secret of a key stored beside it by another instance.
     write_locks: Vec<tokio::sync::Mutex<()>>,
+    /// The only token endpoint a service account may name.
+    gcp_token_url: String,
 }
 
 impl KeyService {
@@ -119,6 +125,39 @@ impl KeyService {
             write_locks: (0..WRITE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            gcp_token_url: crate::domain::GCP_TOKEN_URL.to_owned(),
+        }
+    }
+
+    /// Service accounts must name `token_url` (`BYOK_GCP_TOKEN_URL`) instead
+    /// of Google's token endpoint.
+    #[must_use]
+    pub fn with_gcp_token_url(mut self, token_url: &str) -> Self {
+        self.gcp_token_url = token_url.to_owned();
+        self
+    }
+
+    /// The secret a request body gives for `service`: its `apiKey`, or for
+    /// a service whose keys are structured, its `credentials` checked field
+    /// by field and kept as one JSON secret.
+    pub fn secret_from(
+        &self,
+        service: Service,
+        api_key: Option<ApiKey>,
+        credentials: Option<&crate::domain::CredentialDocument>,
+    ) -> Result<ApiKey, KeyError> {
+        match (service.provider().credential, api_key, credentials) {
+            (crate::domain::CredentialKind::ApiKey, Some(key), None) => Ok(key),
+            (crate::domain::CredentialKind::ApiKey, _, _) => Err(KeyError::ApiKeyExpected(service)),
+            (crate::domain::CredentialKind::GcpServiceAccount, None, Some(doc)) => {
+                let account =
+                    crate::domain::GcpServiceAccount::from_document(doc, &self.gcp_token_url)
+                        .map_err(|e| KeyError::KeyFormat(e.into()))?;
+                Ok(account.to_secret())
+            }
+            (crate::domain::CredentialKind::GcpServiceAccount, _, _) => {
+                Err(KeyError::CredentialsExpected(service))
+            }
         }
     }
 

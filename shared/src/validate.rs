@@ -379,18 +379,28 @@ impl ValidationService {
 
     /// Calls the provider once.
     async fn check(&self, target: &Target) -> (Result<(), UpstreamError>, ValidationResult) {
-        let outcome = match self.client.for_source(target.user_url) {
-            Ok(client) => {
+        // A service account is checked by its token exchange, then with the
+        // access token; an API key as it is.
+        let prepared = tokio::time::timeout(
+            self.timeout,
+            self.client
+                .call_credential(target.service, &target.base_url, &target.key),
+        )
+        .await
+        .unwrap_or_else(|_| Err(UpstreamError::timed_out(target.service, self.timeout)));
+        let outcome = match (prepared, self.client.for_source(target.user_url)) {
+            (Ok(prepared), Ok(client)) => {
                 check_key(
                     client,
                     target.service,
-                    &target.base_url,
-                    &target.key,
+                    &prepared.base_url,
+                    &prepared.key,
                     self.timeout,
                 )
                 .await
             }
-            Err(err) => Err(UpstreamError::from_transport(target.service, &err)),
+            (Err(err), _) => Err(err),
+            (_, Err(err)) => Err(UpstreamError::from_transport(target.service, &err)),
         };
         let result = match &outcome {
             Ok(()) => ValidationResult::Valid,

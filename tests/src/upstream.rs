@@ -64,10 +64,11 @@ pub enum Upstream {
     Perplexity,
     Cerebras,
     Cohere,
+    Vertex,
 }
 
 impl Upstream {
-    pub const ALL: [Upstream; 14] = [
+    pub const ALL: [Upstream; 15] = [
         Upstream::OpenAi,
         Upstream::Anthropic,
         Upstream::OpenRouter,
@@ -82,6 +83,7 @@ impl Upstream {
         Upstream::Perplexity,
         Upstream::Cerebras,
         Upstream::Cohere,
+        Upstream::Vertex,
     ];
 
     /// The path prefix of this upstream's base URL.
@@ -102,6 +104,8 @@ impl Upstream {
             Upstream::Perplexity => "/perplexity",
             Upstream::Cerebras => "/cerebras/v1",
             Upstream::Cohere => "/cohere/compatibility/v1",
+            // Followed by /v1/projects/{project}/locations/{location}/endpoints.
+            Upstream::Vertex => "/vertex",
         }
     }
 
@@ -122,6 +126,7 @@ impl Upstream {
             Upstream::Perplexity => "perplexity",
             Upstream::Cerebras => "cerebras",
             Upstream::Cohere => "cohere",
+            Upstream::Vertex => "vertex",
         }
     }
 
@@ -131,6 +136,18 @@ impl Upstream {
             let rest = path.strip_prefix(up.prefix())?;
             (rest.is_empty() || rest.starts_with('/')).then_some((up, rest))
         });
+        // Vertex: `/v1/projects/{project}/locations/{location}/endpoints`
+        // lists endpoints (the key check); below it, `/openapi` is the
+        // OpenAI-compatible API.
+        if let Some((Upstream::Vertex, rest)) = found {
+            let (_, tail) = rest.split_once("/endpoints")?;
+            let tail = match tail.strip_prefix("/openapi") {
+                Some(api) => api,
+                None if tail.is_empty() => "/models",
+                None => tail,
+            };
+            return Some((Upstream::Vertex, tail));
+        }
         // Cohere's own model list, beside its OpenAI-compatible API (the
         // key check: `/cohere/v1/models`).
         found.or_else(|| {
@@ -157,6 +174,7 @@ impl Upstream {
             Upstream::Perplexity => &["sonar"],
             Upstream::Cerebras => &["gpt-oss-120b"],
             Upstream::Cohere => &["command-r-08-2024"],
+            Upstream::Vertex => &["google/gemini-2.5-flash"],
         };
         ids.iter().map(|id| (*id).to_owned()).collect()
     }
@@ -177,6 +195,7 @@ impl Upstream {
             Upstream::Perplexity => "perplexity",
             Upstream::Cerebras => "cerebras",
             Upstream::Cohere => "cohere",
+            Upstream::Vertex => "vertex",
         }
     }
 }
@@ -303,6 +322,7 @@ struct Log {
 
 struct Shared {
     script: Mutex<Script>,
+    oauth: Mutex<OAuth>,
     log: Mutex<Log>,
     stop: watch::Sender<bool>,
     seq: AtomicU64,
@@ -332,6 +352,9 @@ impl Shared {
     }
 
     fn accepts(&self, key: &str) -> bool {
+        if lock(&self.oauth).issued.contains(key) {
+            return true;
+        }
         match &lock(&self.script).accepted {
             Some(keys) => keys.contains(key),
             None => default_accepts(key),
@@ -421,6 +444,7 @@ impl StandIn {
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             script: Mutex::new(Script::default()),
+            oauth: Mutex::new(OAuth::default()),
             log: Mutex::new(Log::default()),
             stop,
             seq: AtomicU64::new(0),
@@ -482,6 +506,7 @@ impl StandIn {
                             | Upstream::Xai
                             | Upstream::Google
                             | Upstream::Gateway
+                            | Upstream::Vertex
                     )
                 })
                 .map(|up| {
@@ -489,7 +514,39 @@ impl StandIn {
                     (name, self.base_for(up))
                 }),
         )
+        .chain([
+            (
+                "BYOK_VERTEX_BASE_URL".to_owned(),
+                format!(
+                    "{}/v1/projects/{{project}}/locations/{{location}}/endpoints/openapi",
+                    self.base_for(Upstream::Vertex)
+                ),
+            ),
+            ("BYOK_GCP_TOKEN_URL".to_owned(), self.token_url()),
+        ])
         .collect()
+    }
+
+    /// The OAuth token endpoint service accounts are exchanged at.
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth2/token", self.base_url())
+    }
+
+    /// Accepts JWT assertions signed by `account` at the token endpoint.
+    pub fn accept_service_account(&self, account: &TestServiceAccount) {
+        lock(&self.shared.oauth)
+            .accounts
+            .insert(account.email.clone(), account.public_key.clone());
+    }
+
+    /// Access tokens issued so far.
+    pub fn token_exchanges(&self) -> u64 {
+        lock(&self.shared.oauth).exchanges
+    }
+
+    /// How long issued access tokens live (`expires_in`).
+    pub fn set_token_lifetime(&self, secs: u64) {
+        lock(&self.shared.oauth).lifetime = Some(secs);
     }
 
     pub fn openai_base(&self) -> String {
@@ -731,6 +788,9 @@ async fn serve(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
+    if uri.path() == "/oauth2/token" && method == Method::POST {
+        return oauth_token(shared, uri, body);
+    }
     let path = uri.path().to_owned();
     let routed = Upstream::from_path(uri.path());
     let upstream = routed.map(|(up, _)| up);
@@ -2067,4 +2127,147 @@ mod tests {
         );
         assert_eq!(Upstream::from_path("/groqx/v1/models"), None);
     }
+}
+
+// ---- Google OAuth (service accounts) -----------------------------------
+
+/// The token endpoint's state: the accounts whose signatures it accepts,
+/// the access tokens it issued (accepted as bearers by every upstream).
+#[derive(Default)]
+struct OAuth {
+    accounts: HashMap<String, Vec<u8>>,
+    issued: HashSet<String>,
+    exchanges: u64,
+    lifetime: Option<u64>,
+}
+
+/// A throwaway Google service account: a fresh RSA key, its email.
+pub struct TestServiceAccount {
+    pub email: String,
+    pub key_id: String,
+    pub private_key_pem: String,
+    /// PKCS#1 DER, what the token endpoint verifies with.
+    pub public_key: Vec<u8>,
+}
+
+impl TestServiceAccount {
+    pub fn generate(email: &str) -> Self {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine as _;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .expect("an RSA key");
+        let der = pair.as_der().expect("PKCS#8");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let body: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+            .collect();
+        let public_key = pair.public_key().as_ref().to_vec();
+        let key_id = public_key
+            .iter()
+            .rev()
+            .take(20)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self {
+            email: email.to_owned(),
+            key_id,
+            private_key_pem: format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                body.join("\n")
+            ),
+            public_key,
+        }
+    }
+
+    /// The fields of its JSON key file, as Google issues it, plus `location`.
+    pub fn key_file(&self, project: &str, location: &str, token_uri: &str) -> Value {
+        json!({
+            "type": "service_account",
+            "project_id": project,
+            "private_key_id": self.key_id,
+            "private_key": self.private_key_pem,
+            "client_email": self.email,
+            "client_id": "100000000000000000001",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": token_uri,
+            "location": location,
+        })
+    }
+}
+
+/// `POST /oauth2/token`: a JWT-bearer grant whose assertion must be signed
+/// (RS256) by a known account, for this endpoint, with the cloud-platform
+/// scope and a live `exp`; answers an access token as Google does.
+fn oauth_token(shared: &Shared, uri: &Uri, body: &Bytes) -> Response {
+    use base64::Engine as _;
+    let refuse = |why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant", "error_description": why})),
+        )
+            .into_response()
+    };
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return refuse("unsupported grant_type");
+    }
+    let Some(assertion) = form.get("assertion") else {
+        return refuse("no assertion");
+    };
+    let parts: Vec<&str> = assertion.split('.').collect();
+    if parts.len() != 3 {
+        return refuse("malformed assertion");
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (Ok(header), Ok(claims), Ok(signature)) = (
+        b64.decode(parts[0]),
+        b64.decode(parts[1]),
+        b64.decode(parts[2]),
+    ) else {
+        return refuse("assertion is not base64url");
+    };
+    let header: Value = serde_json::from_slice(&header).unwrap_or_default();
+    let claims: Value = serde_json::from_slice(&claims).unwrap_or_default();
+    if header["alg"] != "RS256" {
+        return refuse("alg must be RS256");
+    }
+    let email = claims["iss"].as_str().unwrap_or_default().to_owned();
+    let Some(public_key) = lock(&shared.oauth).accounts.get(&email).cloned() else {
+        return refuse("unknown service account");
+    };
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    let verifier = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        public_key,
+    );
+    if verifier.verify(signed.as_bytes(), &signature).is_err() {
+        return refuse("Invalid JWT Signature.");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aud = claims["aud"].as_str().unwrap_or_default();
+    let for_here = aud.ends_with(uri.path());
+    let scoped = claims["scope"]
+        .as_str()
+        .is_some_and(|s| s.contains("https://www.googleapis.com/auth/cloud-platform"));
+    let live = claims["exp"].as_u64().is_some_and(|exp| exp > now)
+        && claims["iat"].as_u64().is_some_and(|iat| iat <= now + 60);
+    if !for_here || !scoped || !live {
+        return refuse("bad aud, scope or times");
+    }
+    let mut oauth = lock(&shared.oauth);
+    oauth.exchanges += 1;
+    let token = format!("ya29.standin-{}-{}", oauth.exchanges, shared.next_id());
+    oauth.issued.insert(token.clone());
+    let lifetime = oauth.lifetime.unwrap_or(3599);
+    axum::Json(json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}))
+        .into_response()
 }

@@ -155,6 +155,7 @@ async fn runbook_checklist_over_http(mode: Mode) {
             "perplexity",
             "cerebras",
             "cohere",
+            "vertex",
             "gateway"
         ]
     );

@@ -778,6 +778,21 @@ impl CompletionService {
                 return Err((e, None));
             }
         };
+        // A service account becomes an access token (and its base URL is
+        // filled in); an API key is used as it is.
+        let prepared = match self
+            .client
+            .call_credential(service, &resolution.base_url, &key)
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // The model was not asked: nothing to record.
+                meter.abandon();
+                return Err((CompletionError::Upstream(e), None));
+            }
+        };
+        drop(key);
         let fail =
             |e: UpstreamError, meter| Err((CompletionError::Upstream(e), Some(Box::new(meter))));
         let client = match self
@@ -790,13 +805,13 @@ impl CompletionService {
         let call = upstream::build_post(
             client,
             service,
-            &resolution.base_url,
+            &prepared.base_url,
             request.endpoint.path(),
-            &key,
+            &prepared.key,
             upstream_body,
         );
-        let scrubber = upstream::KeyScrubber::new(std::iter::once(&key).chain(byok.as_ref()));
-        drop(key);
+        let scrubber = upstream::KeyScrubber::new(prepared.scrub.iter().chain(byok.as_ref()));
+        drop(prepared);
         drop(byok);
         let mut decoder = decoder;
         if let Some(decoder) = decoder.as_mut() {

@@ -57,3 +57,326 @@ mod tests {
         assert!(!printed.contains("canary"), "{printed}");
     }
 }
+
+/// What a service's stored credential is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// One API key string.
+    ApiKey,
+    /// A Google Cloud service account (Vertex AI): exchanged for short-lived
+    /// access tokens, never sent upstream itself.
+    GcpServiceAccount,
+}
+
+/// The token endpoint every Google service account is exchanged at. A
+/// credential naming another (`token_uri`) is refused, so no URL a user
+/// chose is ever fetched; only the operator may point it elsewhere
+/// (`BYOK_GCP_TOKEN_URL`, for tests).
+pub const GCP_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// A structured credential as it arrives in a request body (`credentials`):
+/// a JSON object that holds secrets, so its `Debug` shows only field names.
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct CredentialDocument(serde_json::Map<String, serde_json::Value>);
+
+impl fmt::Debug for CredentialDocument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Why a structured credential was refused: the field, and what is wrong
+/// with it (never its value).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("credentials.{field}: {problem}")]
+pub struct CredentialFieldError {
+    pub field: &'static str,
+    pub problem: &'static str,
+}
+
+fn field_error(field: &'static str, problem: &'static str) -> CredentialFieldError {
+    CredentialFieldError { field, problem }
+}
+
+/// A Google Cloud service account and where to call Vertex AI with it.
+/// The private key is a secret; the rest is shown in key views.
+#[derive(Clone)]
+pub struct GcpServiceAccount {
+    pub project: String,
+    pub location: String,
+    pub client_email: String,
+    pub private_key_id: Option<String>,
+    private_key: SecretString,
+}
+
+/// The stored form's `type`.
+const GCP_STORED_TYPE: &str = "gcp_service_account";
+
+impl GcpServiceAccount {
+    /// Reads an uploaded credential: our own field names
+    /// (`project`, `location`, `clientEmail`, `privateKey`, `privateKeyId`)
+    /// or a Google service-account key file's as they are (`project_id`,
+    /// `client_email`, `private_key`, `private_key_id`, `token_uri`, …),
+    /// plus `location`. A `token_uri` other than `token_url` is refused.
+    pub fn from_document(
+        doc: &CredentialDocument,
+        token_url: &str,
+    ) -> Result<Self, CredentialFieldError> {
+        let text = |names: &[&'static str]| -> Result<Option<&str>, CredentialFieldError> {
+            for name in names {
+                match doc.0.get(*name) {
+                    None | Some(serde_json::Value::Null) => {}
+                    Some(serde_json::Value::String(s)) => return Ok(Some(s.as_str())),
+                    Some(_) => return Err(field_error(names[0], "must be a string")),
+                }
+            }
+            Ok(None)
+        };
+        if let Some(kind) = text(&["type"])?
+            && kind != "service_account"
+            && kind != GCP_STORED_TYPE
+        {
+            return Err(field_error("type", "must be service_account"));
+        }
+        if let Some(uri) = text(&["token_uri", "tokenUri"])?
+            && uri.trim_end_matches('/') != token_url.trim_end_matches('/')
+        {
+            return Err(field_error(
+                "token_uri",
+                "must be Google's token endpoint (https://oauth2.googleapis.com/token)",
+            ));
+        }
+        let project = text(&["project", "project_id"])?
+            .ok_or_else(|| field_error("project", "is required (project_id in a key file)"))?;
+        let location = text(&["location"])?.ok_or_else(|| {
+            field_error(
+                "location",
+                "is required (a Vertex AI region such as us-central1, or global)",
+            )
+        })?;
+        let client_email = text(&["clientEmail", "client_email"])?
+            .ok_or_else(|| field_error("clientEmail", "is required"))?;
+        let private_key = text(&["privateKey", "private_key"])?
+            .ok_or_else(|| field_error("privateKey", "is required"))?;
+        let private_key_id = text(&["privateKeyId", "private_key_id"])?;
+        let account = Self {
+            project: project.to_owned(),
+            location: location.to_owned(),
+            client_email: client_email.to_owned(),
+            private_key_id: private_key_id.map(str::to_owned),
+            private_key: SecretString::from(private_key.to_owned()),
+        };
+        account.check()?;
+        Ok(account)
+    }
+
+    /// Every field within the shapes Google gives them; these values go into
+    /// a URL's host and path, so nothing else is let through.
+    fn check(&self) -> Result<(), CredentialFieldError> {
+        let p = self.project.as_bytes();
+        let project_ok = (6..=30).contains(&p.len())
+            && p[0].is_ascii_lowercase()
+            && p.iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && !self.project.ends_with('-');
+        if !project_ok {
+            return Err(field_error(
+                "project",
+                "is not a Google Cloud project id (6-30 lowercase letters, digits and hyphens)",
+            ));
+        }
+        let location_ok = self.location == "global"
+            || (self.location.len() <= 32
+                && self.location.split('-').count() >= 2
+                && self.location.split('-').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                }));
+        if !location_ok {
+            return Err(field_error(
+                "location",
+                "is not a Vertex AI location (such as us-central1 or global)",
+            ));
+        }
+        let email_ok = self.client_email.len() <= 256
+            && self
+                .client_email
+                .split_once('@')
+                .is_some_and(|(name, domain)| !name.is_empty() && domain.contains('.'))
+            && self.client_email.bytes().all(|b| b.is_ascii_graphic());
+        if !email_ok {
+            return Err(field_error(
+                "clientEmail",
+                "is not a service account's email",
+            ));
+        }
+        if self
+            .private_key_id
+            .as_ref()
+            .is_some_and(|id| id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(field_error(
+                "privateKeyId",
+                "is not a key id (letters and digits)",
+            ));
+        }
+        if jsonwebtoken::EncodingKey::from_rsa_pem(self.private_key.expose_secret().as_bytes())
+            .is_err()
+        {
+            return Err(field_error(
+                "privateKey",
+                "is not an RSA private key in PEM (-----BEGIN PRIVATE KEY-----)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The private key, to sign the token request only.
+    pub fn private_key_pem(&self) -> &str {
+        self.private_key.expose_secret()
+    }
+
+    /// The stored form: one JSON secret.
+    pub fn to_secret(&self) -> ApiKey {
+        let stored = serde_json::json!({
+            "type": GCP_STORED_TYPE,
+            "project": self.project,
+            "location": self.location,
+            "clientEmail": self.client_email,
+            "privateKeyId": self.private_key_id,
+            "privateKey": self.private_key.expose_secret(),
+        });
+        ApiKey::new(stored.to_string())
+    }
+
+    /// The stored form read back; `None` if `secret` is not one.
+    pub fn from_secret(secret: &ApiKey) -> Option<Self> {
+        let text = secret.expose();
+        if !text.starts_with('{') {
+            return None;
+        }
+        let doc: CredentialDocument = serde_json::from_str(text).ok()?;
+        if doc.0.get("type").and_then(serde_json::Value::as_str) != Some(GCP_STORED_TYPE) {
+            return None;
+        }
+        // Stored values were checked on the way in; the token URL was too.
+        let account = Self::from_document(&doc, GCP_TOKEN_URL).ok()?;
+        Some(account)
+    }
+
+    /// What key views show: the account, project and location, no secret.
+    pub fn masked(&self) -> String {
+        format!(
+            "{} ({}, {})",
+            self.client_email, self.project, self.location
+        )
+    }
+}
+
+impl fmt::Debug for GcpServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GcpServiceAccount")
+            .field("project", &self.project)
+            .field("location", &self.location)
+            .field("client_email", &self.client_email)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod structured_tests {
+    use super::*;
+
+    /// A throwaway RSA key, PEM.
+    pub(crate) fn pem() -> String {
+        use aws_lc_rs::encoding::AsDer as _;
+        use base64::Engine as _;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = pair.as_der().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        )
+    }
+
+    fn doc(value: serde_json::Value) -> CredentialDocument {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_key_file_is_accepted_as_it_is_and_round_trips() {
+        let key = pem();
+        let file = doc(serde_json::json!({
+            "type": "service_account", "project_id": "acme-prod-1", "private_key_id": "abc123",
+            "private_key": key, "client_email": "byok@acme-prod-1.iam.gserviceaccount.com",
+            "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token",
+            "location": "us-central1"
+        }));
+        let account = GcpServiceAccount::from_document(&file, GCP_TOKEN_URL).unwrap();
+        let stored = account.to_secret();
+        let back = GcpServiceAccount::from_secret(&stored).unwrap();
+        assert_eq!(back.project, "acme-prod-1");
+        assert_eq!(back.location, "us-central1");
+        assert_eq!(back.private_key_pem(), key);
+        assert_eq!(
+            back.masked(),
+            "byok@acme-prod-1.iam.gserviceaccount.com (acme-prod-1, us-central1)"
+        );
+        let printed = format!("{back:?} {file:?}");
+        assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+        assert!(GcpServiceAccount::from_secret(&ApiKey::new("sk-not-json-000000")).is_none());
+    }
+
+    #[test]
+    fn bad_fields_are_named_and_never_echoed() {
+        let key = pem();
+        let good = serde_json::json!({
+            "project": "acme-prod-1", "location": "europe-west4",
+            "clientEmail": "sa@acme-prod-1.iam.gserviceaccount.com", "privateKey": key,
+        });
+        let with = |field: &str, value: serde_json::Value| {
+            let mut v = good.clone();
+            v[field] = value;
+            GcpServiceAccount::from_document(&doc(v), GCP_TOKEN_URL)
+        };
+        assert!(with("location", serde_json::json!("global")).is_ok());
+        for (field, value, named) in [
+            ("token_uri", "https://evil.example/token", "token_uri"),
+            ("project", "Acme", "project"),
+            ("location", "us-central1.evil.com/x#", "location"),
+            ("location", "evil", "location"),
+            ("clientEmail", "not-an-email", "clientEmail"),
+            (
+                "privateKey",
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+                "privateKey",
+            ),
+            ("type", "authorized_user", "type"),
+        ] {
+            let err = with(field, serde_json::json!(value)).unwrap_err();
+            assert_eq!(err.field, named, "{field}={value}");
+            assert!(!err.to_string().contains(value), "{err}");
+        }
+        let mut missing = good.clone();
+        missing.as_object_mut().unwrap().remove("location");
+        assert_eq!(
+            GcpServiceAccount::from_document(&doc(missing), GCP_TOKEN_URL)
+                .unwrap_err()
+                .field,
+            "location"
+        );
+        // The operator's token endpoint (tests) is the one accepted then.
+        let mut local = good.clone();
+        local["token_uri"] = serde_json::json!("http://127.0.0.1:9/token");
+        assert!(GcpServiceAccount::from_document(&doc(local), "http://127.0.0.1:9/token").is_ok());
+    }
+}

@@ -210,6 +210,12 @@ pub enum KeyFormatError {
         service: &'static str,
         other: &'static str,
     },
+    /// A service whose keys are structured credentials got something else.
+    #[error("{service} takes credentials (a service account), not an API key")]
+    NeedsCredentials { service: &'static str },
+    /// A structured credential with a field out of shape.
+    #[error(transparent)]
+    Credential(#[from] super::credential::CredentialFieldError),
 }
 
 /// Shortest key accepted: short enough for every real key, long enough that
@@ -220,6 +226,13 @@ pub const KEY_MAX_LEN: usize = 512;
 
 /// Checks that `key` is shaped like a key of `service`. Never echoes the key.
 pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatError> {
+    if service.provider().credential == super::CredentialKind::GcpServiceAccount {
+        return super::credential::GcpServiceAccount::from_secret(key)
+            .map(|_| ())
+            .ok_or(KeyFormatError::NeedsCredentials {
+                service: service.as_str(),
+            });
+    }
     let key = key.expose();
     if key.is_empty() {
         return Err(KeyFormatError::Empty);
@@ -319,6 +332,9 @@ pub fn looks_like_a_key(text: &str) -> bool {
 /// characters), an ellipsis and the last 4 characters. Keys too short to
 /// mask safely show only the prefix.
 pub fn mask_key(key: &ApiKey) -> String {
+    if let Some(account) = super::credential::GcpServiceAccount::from_secret(key) {
+        return account.masked();
+    }
     let key = key.expose();
     let prefix = Service::ALL
         .iter()

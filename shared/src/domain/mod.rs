@@ -15,7 +15,10 @@ pub mod settings;
 
 pub use api_token::{ApiTokenId, ApiTokenRecord, PersonalKey, TokenHash};
 pub use base_url::{BaseUrlError, UserBaseUrl};
-pub use credential::ApiKey;
+pub use credential::{
+    ApiKey, CredentialDocument, CredentialFieldError, CredentialKind, GCP_TOKEN_URL,
+    GcpServiceAccount,
+};
 pub use key::{
     KeyFormatError, KeyId, KeyRecord, KeyStrategy, PendingKey, RotationOutcome, RotationRejection,
     SecretRef, ValidationResult, is_plausible_team_key, looks_like_a_key, mask_key,

@@ -31,6 +31,7 @@ pub mod named {
     pub const Google: Service = Service(&provider::google::PROVIDER);
     pub const Groq: Service = Service(&provider::groq::PROVIDER);
     pub const Gateway: Service = Service(&provider::gateway::PROVIDER);
+    pub const Vertex: Service = Service(&provider::vertex::PROVIDER);
 }
 
 #[allow(non_upper_case_globals)]
@@ -42,6 +43,7 @@ impl Service {
     pub const Google: Service = named::Google;
     pub const Groq: Service = named::Groq;
     pub const Gateway: Service = named::Gateway;
+    pub const Vertex: Service = named::Vertex;
 }
 
 impl Service {

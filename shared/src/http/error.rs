@@ -290,7 +290,9 @@ impl From<KeyError> for ApiError {
             | KeyError::InvalidLabel
             | KeyError::EmptyPatch
             | KeyError::PriorityNeedsKey(_)
-            | KeyError::InvalidPriority => ErrorCode::InvalidRequest,
+            | KeyError::InvalidPriority
+            | KeyError::ApiKeyExpected(_)
+            | KeyError::CredentialsExpected(_) => ErrorCode::InvalidRequest,
             KeyError::LabelLooksLikeKey => ErrorCode::InvalidLabel,
             KeyError::NotFound(_) | KeyError::KeyNotFound(..) => ErrorCode::NotFound,
             KeyError::TooManyKeys { .. } => ErrorCode::KeyLimitReached,

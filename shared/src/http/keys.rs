@@ -4,7 +4,9 @@
 
 use super::extract::{ApiJson, Caller, RequestId, not_null};
 use super::{ApiError, AppState, ErrorCode};
-use crate::domain::{ApiKey, KeyId, KeyRecord, Service, UserBaseUrl, ValidationResult};
+use crate::domain::{
+    ApiKey, CredentialDocument, KeyId, KeyRecord, Service, UserBaseUrl, ValidationResult,
+};
 use crate::keys::{KeyAdd, KeyPatch, KeyUpsert, Upserted};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
@@ -161,7 +163,11 @@ impl KeyRecordView {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct KeyUpsertBody {
     service: String,
-    api_key: ApiKey,
+    #[serde(default, deserialize_with = "not_null")]
+    api_key: Option<ApiKey>,
+    /// A structured credential (`vertex`: a service account's fields).
+    #[serde(default, deserialize_with = "not_null")]
+    credentials: Option<CredentialDocument>,
     #[serde(default, deserialize_with = "present")]
     base_url: Option<Option<String>>,
     #[serde(default, deserialize_with = "not_null")]
@@ -198,6 +204,9 @@ pub(super) async fn upsert(
     ApiJson(body): ApiJson<KeyUpsertBody>,
 ) -> Result<Response, ApiError> {
     let service = parse_service(&body.service)?;
+    let secret = state
+        .keys
+        .secret_from(service, body.api_key, body.credentials.as_ref())?;
     let verdict = if body.validate {
         let base_url = match &body.base_url {
             Some(given) => given.clone(),
@@ -216,7 +225,7 @@ pub(super) async fn upsert(
             .check_before_save(
                 &caller.user,
                 service,
-                &body.api_key,
+                &secret,
                 base_url,
                 request_id.as_str(),
             )
@@ -229,7 +238,7 @@ pub(super) async fn upsert(
     }
     let request = KeyUpsert {
         service,
-        api_key: body.api_key,
+        api_key: secret,
         base_url: body.base_url,
         label: body.label,
     };
@@ -268,7 +277,10 @@ fn parse_key_id(service: Service, raw: &str) -> Result<KeyId, ApiError> {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct KeyAddBody {
-    api_key: ApiKey,
+    #[serde(default, deserialize_with = "not_null")]
+    api_key: Option<ApiKey>,
+    #[serde(default, deserialize_with = "not_null")]
+    credentials: Option<CredentialDocument>,
     #[serde(default, deserialize_with = "not_null")]
     label: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
@@ -286,8 +298,11 @@ pub(super) async fn add(
     ApiJson(body): ApiJson<KeyAddBody>,
 ) -> Result<Response, ApiError> {
     let service = parse_service(&service)?;
+    let secret = state
+        .keys
+        .secret_from(service, body.api_key, body.credentials.as_ref())?;
     let request = KeyAdd {
-        api_key: body.api_key,
+        api_key: secret,
         label: body.label,
         priority: body.priority,
         base_url: body.base_url,

@@ -4,6 +4,7 @@
 //! building per wire API, and the classification (and redaction) of
 //! upstream failures. Depends on the domain only.
 
+pub mod gcp;
 mod redact;
 
 use crate::domain::{ApiKey, Service, WireApi};
@@ -65,6 +66,18 @@ struct Clients {
     connect_timeout: Duration,
     operator: OnceLock<reqwest::Client>,
     user: OnceLock<reqwest::Client>,
+    /// Access tokens of Google service accounts (Vertex AI).
+    gcp: gcp::TokenCache,
+}
+
+/// What one upstream call authenticates with, once a stored credential is
+/// prepared: the base URL (filled in for accounts that name it) and the
+/// key sent (an API key as stored, or an access token it was exchanged
+/// for), plus the secrets to scrub from whatever the upstream answers.
+pub struct CallCredential {
+    pub base_url: String,
+    pub key: ApiKey,
+    pub scrub: Vec<ApiKey>,
 }
 
 impl UpstreamClient {
@@ -83,7 +96,66 @@ impl UpstreamClient {
                 connect_timeout: timeouts.connect,
                 operator: OnceLock::new(),
                 user: OnceLock::new(),
+                gcp: gcp::TokenCache::new(crate::domain::GCP_TOKEN_URL),
             }),
+        }
+    }
+
+    /// Exchanges Google service accounts at `token_url` instead of
+    /// Google's endpoint (`BYOK_GCP_TOKEN_URL`; for tests). Call before the
+    /// client is cloned.
+    #[must_use]
+    pub fn with_gcp_token_url(mut self, token_url: &str) -> Self {
+        if let Some(clients) = Arc::get_mut(&mut self.clients) {
+            clients.gcp = gcp::TokenCache::new(token_url);
+        }
+        self
+    }
+
+    /// The exchanges of service accounts for access tokens made so far.
+    pub fn gcp_exchanges(&self) -> u64 {
+        self.clients.gcp.exchanges()
+    }
+
+    /// What a call to `service` at `base_url` with the stored `secret`
+    /// sends: for an API-key service the key itself; for a service account
+    /// an access token (cached, or exchanged at the fixed token endpoint
+    /// through the operator's client) and the base URL filled in with its
+    /// project and location.
+    pub async fn call_credential(
+        &self,
+        service: Service,
+        base_url: &str,
+        secret: &ApiKey,
+    ) -> Result<CallCredential, UpstreamError> {
+        match service.provider().credential {
+            crate::domain::CredentialKind::ApiKey => Ok(CallCredential {
+                base_url: base_url.to_owned(),
+                key: secret.clone(),
+                scrub: vec![secret.clone()],
+            }),
+            crate::domain::CredentialKind::GcpServiceAccount => {
+                let account =
+                    crate::domain::GcpServiceAccount::from_secret(secret).ok_or_else(|| {
+                        UpstreamError::new(
+                            UpstreamErrorKind::Auth,
+                            format!("{service}: the stored credential is not a service account"),
+                        )
+                    })?;
+                let client = self
+                    .for_source(false)
+                    .map_err(|err| UpstreamError::from_transport(service, &err))?;
+                let token = self.clients.gcp.access_token(client, &account).await?;
+                Ok(CallCredential {
+                    base_url: gcp::vertex_base_url(base_url, &account),
+                    scrub: vec![
+                        token.clone(),
+                        ApiKey::new(account.private_key_pem()),
+                        secret.clone(),
+                    ],
+                    key: token,
+                })
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Anthropic: the Messages API (translated by `providers::anthropic`), keyed with `x-api-key` and a version header.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "anthropic",
@@ -22,4 +22,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/models",
     gateway_byok_slug: Some("anthropic"),
+    credential: CredentialKind::ApiKey,
 };

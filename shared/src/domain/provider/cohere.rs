@@ -4,7 +4,7 @@
 //! `GET /v1/models` beside it (two path segments up from the base). Not
 //! named in gateway BYOK requests: the gateway documents no BYOK slug for it.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "cohere",
@@ -26,4 +26,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/../../v1/models",
     gateway_byok_slug: None,
+    credential: CredentialKind::ApiKey,
 };

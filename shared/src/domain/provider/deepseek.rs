@@ -2,7 +2,7 @@
 //! path). Its keys start with `sk-`, like OpenAI's: a key with a longer
 //! prefix of another service (`sk-proj-`, `sk-ant-`, `sk-or-`) is refused.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "deepseek",
@@ -24,4 +24,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/models",
     gateway_byok_slug: Some("deepseek"),
+    credential: CredentialKind::ApiKey,
 };

@@ -3,7 +3,7 @@
 //! reaches it with that prefix, and a full id (`fireworks/accounts/…`) as
 //! given. It hosts other makers' models, so no bare id is its own.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "fireworks",
@@ -25,4 +25,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/models",
     gateway_byok_slug: Some("fireworks"),
+    credential: CredentialKind::ApiKey,
 };

@@ -1,6 +1,6 @@
 //! The Vercel AI Gateway: OpenAI-compatible, takes `provider/model` ids, a user may give their own base URL; a key is checked on `/credits`.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "gateway",
@@ -22,4 +22,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/credits",
     gateway_byok_slug: None,
+    credential: CredentialKind::ApiKey,
 };

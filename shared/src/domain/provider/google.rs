@@ -1,6 +1,6 @@
 //! Google Gemini through its OpenAI-compatible endpoint.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "google",
@@ -22,4 +22,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/models",
     gateway_byok_slug: Some("google"),
+    credential: CredentialKind::ApiKey,
 };

@@ -2,7 +2,7 @@
 //! documented prefix. Not named in gateway BYOK requests: the gateway's
 //! documentation confirms no BYOK slug for it.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "mistral",
@@ -31,4 +31,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/models",
     gateway_byok_slug: None,
+    credential: CredentialKind::ApiKey,
 };

@@ -14,6 +14,8 @@
 // `mod` lines for every provider file, and `MODULES`: their facts.
 include!(concat!(env!("OUT_DIR"), "/providers.rs"));
 
+pub use super::credential::CredentialKind;
+
 /// How a provider's API is spoken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireApi {
@@ -68,6 +70,9 @@ pub struct Provider {
     /// `providerOptions.gateway.byok`; `None` if it does not take the
     /// provider's keys that way.
     pub gateway_byok_slug: Option<&'static str>,
+    /// What a key of it is: an API key string, or a structured credential
+    /// (stored as one JSON secret) that is exchanged before each call.
+    pub credential: CredentialKind,
 }
 
 /// How a provider's API expects model names.

@@ -1,6 +1,6 @@
 //! OpenAI: the model catalog's own provider and the wire format every other OpenAI-compatible provider speaks.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "openai",
@@ -22,4 +22,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &["o1", "o3"],
     key_check_path: "/models",
     gateway_byok_slug: Some("openai"),
+    credential: CredentialKind::ApiKey,
 };

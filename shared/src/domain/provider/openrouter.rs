@@ -1,6 +1,6 @@
 //! OpenRouter: OpenAI-compatible, takes `provider/model` ids; a key is checked on its own `/key` route.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "openrouter",
@@ -22,4 +22,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/key",
     gateway_byok_slug: None,
+    credential: CredentialKind::ApiKey,
 };

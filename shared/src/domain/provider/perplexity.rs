@@ -2,7 +2,7 @@
 //! (no version in the path). The key check is `GET /v1/models`. Not named
 //! in gateway BYOK requests: the gateway documents no BYOK slug for it.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "perplexity",
@@ -24,4 +24,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &["sonar"],
     key_check_path: "/v1/models",
     gateway_byok_slug: None,
+    credential: CredentialKind::ApiKey,
 };

@@ -2,7 +2,7 @@
 //! `org/model` (`together/meta-llama/Llama-3.3-70B-Instruct-Turbo` reaches it
 //! as `meta-llama/Llama-3.3-70B-Instruct-Turbo`), so no bare id is its own.
 
-use super::{ModelIds, Provider, WireApi};
+use super::{CredentialKind, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "together",
@@ -24,4 +24,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_names: &[],
     key_check_path: "/models",
     gateway_byok_slug: Some("togetherai"),
+    credential: CredentialKind::ApiKey,
 };
