@@ -319,11 +319,16 @@ impl Resolver {
             return resolution;
         }
         let base_url = self.upstreams.base_url(Service::Gateway).to_owned();
+        let upstream_model = if resolution.provider.provider().gateway_takes_upstream_model {
+            resolution.upstream_model.clone()
+        } else {
+            resolution.model.clone()
+        };
         Resolution {
             base_url_host: url_host(&base_url).unwrap_or_default(),
             base_url,
             base_url_source: BaseUrlSource::Team,
-            upstream_model: resolution.model.clone(),
+            upstream_model,
             via_gateway: true,
             ..resolution
         }

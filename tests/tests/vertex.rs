@@ -253,4 +253,68 @@ async fn vertex_service_accounts_serve_completions(mode: Mode) {
     stand_in.shutdown().await;
 }
 
-byok_tests::on_every_store!(vertex_service_accounts_serve_completions);
+/// With `BYOK_ROUTE_USER_KEYS_VIA_GATEWAY`, a service account reaches the
+/// team gateway in the gateway's Vertex credential shape
+/// (`{project, location, googleCredentials: {privateKey, clientEmail}}`),
+/// the model as the gateway names it; no token is exchanged here, and what
+/// the gateway echoes of the credentials is scrubbed.
+async fn vertex_accounts_go_through_the_gateway_in_its_shape(mode: Mode) {
+    const TEAM_GATEWAY_KEY: &str = "vck_teamkey0vertex00000000000000000001";
+    let stand_in = StandIn::start().await;
+    stand_in.accept_keys([TEAM_GATEWAY_KEY]);
+    let account = TestServiceAccount::generate("byok-gw@acme-prod-1.iam.gserviceaccount.com");
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        mode,
+        &stand_in,
+        dir.path(),
+        &[
+            ("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY),
+            ("BYOK_ROUTE_USER_KEYS_VIA_GATEWAY", "true"),
+        ],
+    );
+    let api = Api::new(&server.base, Some(&server.token("gwen", false)));
+    let stored = api
+        .post(
+            "/api/keys",
+            json!({"service": "vertex",
+                   "credentials": account.key_file(PROJECT, LOCATION, &stand_in.token_url())}),
+        )
+        .await;
+    assert_eq!(stored.status.as_u16(), 201, "{}", stored.text);
+    stand_in.echo_keys(true);
+    let answer = api
+        .post(
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
+    assert_eq!(answer.header("x-byok-path"), Some("user-provider"));
+    assert_eq!(answer.header("x-byok-via"), Some("gateway"));
+    assert_eq!(stand_in.token_exchanges(), 0, "the gateway exchanges it");
+    let sent = stand_in.requests().pop().unwrap();
+    assert_eq!(sent.upstream, Some(Upstream::Gateway));
+    assert_eq!(sent.key, TEAM_GATEWAY_KEY);
+    assert_eq!(sent.model, "google/gemini-2.5-flash");
+    let credential = &sent.body["providerOptions"]["gateway"]["byok"]["vertex"][0];
+    assert_eq!(credential["project"], PROJECT, "{}", sent.body);
+    assert_eq!(credential["location"], LOCATION);
+    assert_eq!(
+        credential["googleCredentials"]["clientEmail"],
+        account.email
+    );
+    assert_eq!(
+        credential["googleCredentials"]["privateKey"],
+        account.private_key_pem.as_str()
+    );
+    // The gateway echoed its bearer into the reply: scrubbed.
+    assert!(!answer.text.contains(TEAM_GATEWAY_KEY), "{}", answer.text);
+    drop(server);
+    stand_in.shutdown().await;
+}
+
+byok_tests::on_every_store!(
+    vertex_service_accounts_serve_completions,
+    vertex_accounts_go_through_the_gateway_in_its_shape
+);

@@ -810,7 +810,16 @@ impl CompletionService {
             &prepared.key,
             upstream_body,
         );
-        let scrubber = upstream::KeyScrubber::new(prepared.scrub.iter().chain(byok.as_ref()));
+        // A service account sent to the gateway: its private key too.
+        let byok_parts: Vec<ApiKey> = byok
+            .iter()
+            .flat_map(|key| {
+                let account = crate::domain::GcpServiceAccount::from_secret(key);
+                std::iter::once(key.clone())
+                    .chain(account.map(|a| ApiKey::new(a.private_key_pem())))
+            })
+            .collect();
+        let scrubber = upstream::KeyScrubber::new(prepared.scrub.iter().chain(&byok_parts));
         drop(prepared);
         drop(byok);
         let mut decoder = decoder;

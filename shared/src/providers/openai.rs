@@ -57,7 +57,20 @@ pub fn add_gateway_byok(
         Some(Ok(map)) => map,
         Some(Err(_)) => return Err("providerOptions must be an object"),
     };
-    let byok = serde_json::json!({ slug: [{ "apiKey": key.expose() }] });
+    // The credential in the gateway's shape for it: an API key, or a
+    // Google service account's project, location and key.
+    let credential = match crate::domain::GcpServiceAccount::from_secret(key) {
+        Some(account) => serde_json::json!({
+            "project": account.project,
+            "location": account.location,
+            "googleCredentials": {
+                "privateKey": account.private_key_pem(),
+                "clientEmail": account.client_email,
+            },
+        }),
+        None => serde_json::json!({ "apiKey": key.expose() }),
+    };
+    let byok = serde_json::json!({ slug: [credential] });
     options.insert("gateway".to_owned(), serde_json::json!({ "byok": byok }));
     let json =
         serde_json::to_string(&options).map_err(|_| "providerOptions could not be written")?;

@@ -27,4 +27,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/../../v1/models",
     gateway_byok_slug: None,
     credential: CredentialKind::ApiKey,
+    gateway_takes_upstream_model: false,
 };

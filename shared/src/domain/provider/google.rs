@@ -23,4 +23,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: Some("google"),
     credential: CredentialKind::ApiKey,
+    gateway_takes_upstream_model: false,
 };

@@ -32,4 +32,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: None,
     credential: CredentialKind::ApiKey,
+    gateway_takes_upstream_model: false,
 };

@@ -73,6 +73,10 @@ pub struct Provider {
     /// What a key of it is: an API key string, or a structured credential
     /// (stored as one JSON secret) that is exchanged before each call.
     pub credential: CredentialKind,
+    /// Through the gateway, its models keep the name the provider's own API
+    /// takes (Vertex: `google/gemini-2.5-flash`, the gateway's name for it)
+    /// instead of `provider/model`.
+    pub gateway_takes_upstream_model: bool,
 }
 
 /// How a provider's API expects model names.

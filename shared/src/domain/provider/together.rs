@@ -25,4 +25,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: Some("togetherai"),
     credential: CredentialKind::ApiKey,
+    gateway_takes_upstream_model: false,
 };

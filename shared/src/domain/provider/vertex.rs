@@ -29,6 +29,7 @@ pub(crate) const PROVIDER: Provider = Provider {
     bare_model_prefixes: &[],
     bare_model_names: &[],
     key_check_path: "/..",
-    gateway_byok_slug: None,
+    gateway_byok_slug: Some("vertex"),
     credential: CredentialKind::GcpServiceAccount,
+    gateway_takes_upstream_model: true,
 };
