@@ -286,6 +286,145 @@ impl fmt::Debug for GcpServiceAccount {
     }
 }
 
+/// AWS credentials for Amazon Bedrock: an access key (and a session token
+/// for temporary credentials) and the region to call. The secret access key
+/// and the session token are secrets; key views show the access key id
+/// masked, and the region.
+#[derive(Clone)]
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    secret_access_key: SecretString,
+    session_token: Option<SecretString>,
+    pub region: String,
+}
+
+/// The stored form's `type`.
+const AWS_STORED_TYPE: &str = "aws_access_key";
+
+impl AwsCredentials {
+    /// Reads an uploaded credential: `accessKeyId`, `secretAccessKey`,
+    /// `sessionToken?`, `region` (the AWS CLI's `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_session_token` are accepted too).
+    pub fn from_document(doc: &CredentialDocument) -> Result<Self, CredentialFieldError> {
+        let text = |names: &[&'static str]| -> Result<Option<&str>, CredentialFieldError> {
+            for name in names {
+                match doc.0.get(*name) {
+                    None | Some(serde_json::Value::Null) => {}
+                    Some(serde_json::Value::String(s)) => return Ok(Some(s.as_str())),
+                    Some(_) => return Err(field_error(names[0], "must be a string")),
+                }
+            }
+            Ok(None)
+        };
+        if let Some(kind) = text(&["type"])?
+            && kind != AWS_STORED_TYPE
+        {
+            return Err(field_error("type", "is not an AWS access key"));
+        }
+        let access_key_id = text(&["accessKeyId", "aws_access_key_id"])?
+            .ok_or_else(|| field_error("accessKeyId", "is required"))?;
+        let secret = text(&["secretAccessKey", "aws_secret_access_key"])?
+            .ok_or_else(|| field_error("secretAccessKey", "is required"))?;
+        let token = text(&["sessionToken", "aws_session_token"])?;
+        let region = text(&["region"])?.ok_or_else(|| {
+            field_error("region", "is required (the Bedrock region, e.g. us-east-1)")
+        })?;
+        let id_ok = (16..=128).contains(&access_key_id.len())
+            && access_key_id
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !id_ok {
+            return Err(field_error(
+                "accessKeyId",
+                "is not an access key id (16-128 uppercase letters and digits, e.g. AKIA…)",
+            ));
+        }
+        let printable = |s: &str, max: usize| {
+            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
+        };
+        if !printable(secret, 128) || secret.len() < 16 {
+            return Err(field_error(
+                "secretAccessKey",
+                "is not a secret access key (16-128 printable characters)",
+            ));
+        }
+        if token.is_some_and(|t| !printable(t, 4096)) {
+            return Err(field_error(
+                "sessionToken",
+                "is not a session token (printable, at most 4096 characters)",
+            ));
+        }
+        // `us-east-1`, `us-gov-west-1`, `eu-central-2`: part of a host name.
+        let parts: Vec<&str> = region.split('-').collect();
+        let region_ok = (3..=4).contains(&parts.len())
+            && parts[..parts.len() - 1]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts[parts.len() - 1].parse::<u8>().is_ok();
+        if !region_ok {
+            return Err(field_error(
+                "region",
+                "is not an AWS region (such as us-east-1)",
+            ));
+        }
+        Ok(Self {
+            access_key_id: access_key_id.to_owned(),
+            secret_access_key: SecretString::from(secret.to_owned()),
+            session_token: token.map(|t| SecretString::from(t.to_owned())),
+            region: region.to_owned(),
+        })
+    }
+
+    /// The secret access key, for signing only.
+    pub fn secret_access_key(&self) -> &str {
+        self.secret_access_key.expose_secret()
+    }
+
+    /// The session token of temporary credentials, sent with each request.
+    pub fn session_token(&self) -> Option<&str> {
+        self.session_token.as_ref().map(|t| t.expose_secret())
+    }
+
+    /// The stored form: one JSON secret.
+    pub fn to_secret(&self) -> ApiKey {
+        let stored = serde_json::json!({
+            "type": AWS_STORED_TYPE,
+            "accessKeyId": self.access_key_id,
+            "secretAccessKey": self.secret_access_key.expose_secret(),
+            "sessionToken": self.session_token(),
+            "region": self.region,
+        });
+        ApiKey::new(stored.to_string())
+    }
+
+    /// The stored form read back; `None` if `secret` is not one.
+    pub fn from_secret(secret: &ApiKey) -> Option<Self> {
+        let text = secret.expose();
+        if !text.starts_with('{') {
+            return None;
+        }
+        let doc: CredentialDocument = serde_json::from_str(text).ok()?;
+        if doc.0.get("type").and_then(serde_json::Value::as_str) != Some(AWS_STORED_TYPE) {
+            return None;
+        }
+        Self::from_document(&doc).ok()
+    }
+
+    /// What key views show: `AKIA…WXYZ (us-east-1)`.
+    pub fn masked(&self) -> String {
+        let id = &self.access_key_id;
+        format!("{}…{} ({})", &id[..4], &id[id.len() - 4..], self.region)
+    }
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.masked())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod structured_tests {
     use super::*;
@@ -378,5 +517,65 @@ pub(crate) mod structured_tests {
         let mut local = good.clone();
         local["token_uri"] = serde_json::json!("http://127.0.0.1:9/token");
         assert!(GcpServiceAccount::from_document(&doc(local), "http://127.0.0.1:9/token").is_ok());
+    }
+
+    #[test]
+    fn aws_credentials_are_checked_stored_and_masked() {
+        let given = doc(serde_json::json!({
+            "accessKeyId": "AKIAIOSFODNN7EXAMPLE",
+            "secretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "region": "eu-central-1"
+        }));
+        let creds = AwsCredentials::from_document(&given).unwrap();
+        let back = AwsCredentials::from_secret(&creds.to_secret()).unwrap();
+        assert_eq!(
+            back.secret_access_key(),
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        );
+        assert_eq!(back.session_token(), None);
+        assert_eq!(back.masked(), "AKIA…MPLE (eu-central-1)");
+        let printed = format!("{back:?} {given:?}");
+        assert!(!printed.contains("wJalr"), "{printed}");
+        // The AWS CLI's names, with a session token.
+        let cli = doc(serde_json::json!({
+            "aws_access_key_id": "ASIAIOSFODNN7EXAMPLE",
+            "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_session_token": "IQoJb3JpZ2luX2VjEXAMPLE",
+            "region": "us-gov-west-1"
+        }));
+        let temporary = AwsCredentials::from_document(&cli).unwrap();
+        assert_eq!(temporary.session_token(), Some("IQoJb3JpZ2luX2VjEXAMPLE"));
+        let good = serde_json::json!({
+            "accessKeyId": "AKIAIOSFODNN7EXAMPLE",
+            "secretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "region": "us-east-1"
+        });
+        for (field, value) in [
+            ("accessKeyId", "akia-lowercase-000000"),
+            ("secretAccessKey", "short"),
+            ("region", "us-east-1.evil.example"),
+            ("region", "useast1"),
+            ("sessionToken", "has space inside"),
+        ] {
+            let mut v = good.clone();
+            v[field] = serde_json::json!(value);
+            let err = AwsCredentials::from_document(&doc(v)).unwrap_err();
+            assert_eq!(err.field, field, "{field}={value}");
+            assert!(!err.to_string().contains(value), "{err}");
+        }
+        assert!(
+            AwsCredentials::from_secret(
+                &GcpServiceAccount::from_document(
+                    &doc(
+                        serde_json::json!({"project": "acme-prod-1", "location": "global",
+                "clientEmail": "sa@acme-prod-1.iam.gserviceaccount.com", "privateKey": pem()})
+                    ),
+                    GCP_TOKEN_URL
+                )
+                .unwrap()
+                .to_secret()
+            )
+            .is_none()
+        );
     }
 }

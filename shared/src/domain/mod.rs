@@ -16,8 +16,8 @@ pub mod settings;
 pub use api_token::{ApiTokenId, ApiTokenRecord, PersonalKey, TokenHash};
 pub use base_url::{BaseUrlError, UserBaseUrl};
 pub use credential::{
-    ApiKey, CredentialDocument, CredentialFieldError, CredentialKind, GCP_TOKEN_URL,
-    GcpServiceAccount,
+    ApiKey, AwsCredentials, CredentialDocument, CredentialFieldError, CredentialKind,
+    GCP_TOKEN_URL, GcpServiceAccount,
 };
 pub use key::{
     KeyFormatError, KeyId, KeyRecord, KeyStrategy, PendingKey, RotationOutcome, RotationRejection,

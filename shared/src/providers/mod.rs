@@ -1,8 +1,10 @@
 //! Upstream provider adapters: one module per wire format. Most services
 //! speak the OpenAI chat-completions format; Anthropic's Messages API is
-//! translated.
+//! translated, and Bedrock's Converse API is bridged through that
+//! translation.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod openai;
 pub mod raw_object;
 pub mod sse;

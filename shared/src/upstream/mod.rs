@@ -6,6 +6,7 @@
 
 pub mod gcp;
 mod redact;
+pub mod sigv4;
 
 use crate::domain::{ApiKey, Service, WireApi};
 use bytes::Bytes;
