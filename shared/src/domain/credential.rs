@@ -80,6 +80,21 @@ pub const GCP_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 #[serde(transparent)]
 pub struct CredentialDocument(serde_json::Map<String, serde_json::Value>);
 
+impl CredentialDocument {
+    /// The first of `names` the document has, as text: absent or `null` is
+    /// `None`; any other type is an error naming the field (its first name).
+    fn text(&self, names: &[&'static str]) -> Result<Option<&str>, CredentialFieldError> {
+        for name in names {
+            match self.0.get(*name) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(s)) => return Ok(Some(s.as_str())),
+                Some(_) => return Err(field_error(names[0], "must be a string")),
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl fmt::Debug for CredentialDocument {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
@@ -123,16 +138,7 @@ impl GcpServiceAccount {
         doc: &CredentialDocument,
         token_url: &str,
     ) -> Result<Self, CredentialFieldError> {
-        let text = |names: &[&'static str]| -> Result<Option<&str>, CredentialFieldError> {
-            for name in names {
-                match doc.0.get(*name) {
-                    None | Some(serde_json::Value::Null) => {}
-                    Some(serde_json::Value::String(s)) => return Ok(Some(s.as_str())),
-                    Some(_) => return Err(field_error(names[0], "must be a string")),
-                }
-            }
-            Ok(None)
-        };
+        let text = |names: &[&'static str]| doc.text(names);
         if let Some(kind) = text(&["type"])?
             && kind != "service_account"
             && kind != GCP_STORED_TYPE
@@ -306,16 +312,7 @@ impl AwsCredentials {
     /// `sessionToken?`, `region` (the AWS CLI's `aws_access_key_id`,
     /// `aws_secret_access_key`, `aws_session_token` are accepted too).
     pub fn from_document(doc: &CredentialDocument) -> Result<Self, CredentialFieldError> {
-        let text = |names: &[&'static str]| -> Result<Option<&str>, CredentialFieldError> {
-            for name in names {
-                match doc.0.get(*name) {
-                    None | Some(serde_json::Value::Null) => {}
-                    Some(serde_json::Value::String(s)) => return Ok(Some(s.as_str())),
-                    Some(_) => return Err(field_error(names[0], "must be a string")),
-                }
-            }
-            Ok(None)
-        };
+        let text = |names: &[&'static str]| doc.text(names);
         if let Some(kind) = text(&["type"])?
             && kind != AWS_STORED_TYPE
         {
