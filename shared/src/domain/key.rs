@@ -205,7 +205,7 @@ pub enum KeyFormatError {
         service: &'static str,
         prefix: &'static str,
     },
-    #[error("this looks like a {other} key, not a {service} key")]
+    #[error("this looks like a key of {other}, not of {service}")]
     WrongService {
         service: &'static str,
         other: &'static str,

@@ -77,6 +77,9 @@ impl TokenCache {
                 .accounts
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if accounts.len() >= MAX_ACCOUNTS {
+                prune(&mut accounts);
+            }
             Arc::clone(accounts.entry(fingerprint(account)).or_default())
         };
         let mut cached = slot.lock().await;
@@ -155,6 +158,20 @@ impl TokenCache {
     }
 }
 
+/// Accounts whose tokens are kept before expired ones are dropped.
+const MAX_ACCOUNTS: usize = 4096;
+
+/// Drops the slots no request is using whose token has expired (or that
+/// never got one), so a long-lived process does not keep every account it
+/// ever served.
+fn prune(accounts: &mut HashMap<[u8; 32], TokenSlot>) {
+    let now = Instant::now();
+    accounts.retain(|_, slot| match slot.try_lock() {
+        Ok(token) => token.as_ref().is_some_and(|t| now < t.refresh_at),
+        Err(_) => true,
+    });
+}
+
 /// Tells accounts apart without keeping their keys as map keys.
 fn fingerprint(account: &GcpServiceAccount) -> [u8; 32] {
     let mut hash = Sha256::new();
@@ -212,6 +229,33 @@ pub fn vertex_base_url(template: &str, account: &GcpServiceAccount) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_and_idle_slots_are_pruned_live_and_busy_ones_kept() {
+        let slot = |refresh_in: Option<i64>| -> TokenSlot {
+            let token = refresh_in.map(|secs| CachedToken {
+                token: SecretString::from("ya29.x"),
+                refresh_at: if secs >= 0 {
+                    Instant::now() + Duration::from_secs(secs.unsigned_abs())
+                } else {
+                    Instant::now() - Duration::from_secs(secs.unsigned_abs())
+                },
+            });
+            Arc::new(tokio::sync::Mutex::new(token))
+        };
+        let mut accounts = HashMap::new();
+        accounts.insert([1; 32], slot(Some(600)));
+        accounts.insert([2; 32], slot(Some(-1)));
+        accounts.insert([3; 32], slot(None));
+        let busy = slot(None);
+        let held = busy.try_lock().unwrap();
+        accounts.insert([4; 32], Arc::clone(&busy));
+        prune(&mut accounts);
+        drop(held);
+        let mut kept: Vec<u8> = accounts.keys().map(|k| k[0]).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [1, 4]);
+    }
 
     #[test]
     fn base_urls_are_filled_in_for_regions_and_global() {
