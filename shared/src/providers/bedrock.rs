@@ -8,8 +8,9 @@
 //! results, stop reasons), so the bridge is a renaming, and every OpenAI
 //! feature the Anthropic path supports works here the same way.
 //!
-//! Not yet used by a provider: the Bedrock service (credentials, SigV4
-//! signing, the event-stream framing) comes with it.
+//! ConverseStream answers in AWS's event-stream framing, read by
+//! [`ConverseFrames`]. Not yet used by a provider: the Bedrock service
+//! (its credentials and SigV4 signing are in place) comes with it.
 
 use serde_json::{Map, Value, json};
 
@@ -326,6 +327,72 @@ impl ConverseStreamBridge {
     }
 }
 
+/// Largest event-stream frame read (a ConverseStream event is small; this
+/// bounds what a misbehaving upstream can make the process buffer).
+const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads ConverseStream's answer, AWS event-stream frames, as its bytes
+/// arrive (split anywhere): each complete frame becomes its event type
+/// (`:event-type`, or `:exception-type` for an exception) and JSON payload,
+/// the input of [`ConverseStreamBridge::events`]. Frames are checked by
+/// their CRCs (the SDK's own codec).
+#[derive(Debug, Default)]
+pub struct ConverseFrames {
+    decoder: aws_smithy_eventstream::frame::MessageFrameDecoder,
+    buffer: bytes::BytesMut,
+}
+
+impl ConverseFrames {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The events completed by `chunk`.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<(String, Value)>, TranslateError> {
+        use aws_smithy_eventstream::frame::DecodedFrame;
+        self.buffer.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        loop {
+            let frame = self
+                .decoder
+                .decode_frame(&mut self.buffer)
+                .map_err(|e| TranslateError::Malformed(format!("event-stream frame: {e}")))?;
+            let message = match frame {
+                DecodedFrame::Complete(message) => message,
+                DecodedFrame::Incomplete => break,
+            };
+            let header = |name: &str| {
+                message
+                    .headers()
+                    .iter()
+                    .find(|h| h.name().as_str() == name)
+                    .and_then(|h| h.value().as_string().ok())
+                    .map(|v| v.as_str().to_owned())
+            };
+            let kind = match header(":message-type").as_deref() {
+                Some("exception") => header(":exception-type"),
+                Some("error") => header(":error-code"),
+                _ => header(":event-type"),
+            }
+            .unwrap_or_default();
+            let payload: Value = if message.payload().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(message.payload()).map_err(|_| {
+                    TranslateError::Malformed(format!("the {kind} event is not JSON"))
+                })?
+            };
+            events.push((kind, payload));
+        }
+        if self.buffer.len() > MAX_FRAME_BYTES {
+            return Err(TranslateError::Malformed(
+                "an event-stream frame is larger than 4 MiB".to_owned(),
+            ));
+        }
+        Ok(events)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::anthropic::{StreamTranslator, from_messages_response, to_messages_request};
@@ -476,5 +543,70 @@ mod tests {
                 .push(error[0].0, &error[0].1.to_string())
                 .is_err()
         );
+    }
+
+    /// One ConverseStream frame as Bedrock writes it.
+    fn frame(kind: &str, payload: &Value) -> Vec<u8> {
+        use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+        let exception = kind.ends_with("Exception");
+        let mut message = Message::new(payload.to_string().into_bytes())
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String((if exception { "exception" } else { "event" }).into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ));
+        let name = if exception {
+            ":exception-type"
+        } else {
+            ":event-type"
+        };
+        message = message.add_header(Header::new(
+            name,
+            HeaderValue::String(kind.to_owned().into()),
+        ));
+        let mut bytes = Vec::new();
+        aws_smithy_eventstream::frame::write_message_to(&message, &mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn frames_split_anywhere_give_the_same_events() {
+        let events = [
+            ("messageStart", json!({"role": "assistant"})),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
+            ),
+            ("messageStop", json!({"stopReason": "end_turn"})),
+            (
+                "metadata",
+                json!({"usage": {"inputTokens": 3, "outputTokens": 1}}),
+            ),
+            (
+                "throttlingException",
+                json!({"message": "Too many requests"}),
+            ),
+        ];
+        let stream: Vec<u8> = events.iter().flat_map(|(k, p)| frame(k, p)).collect();
+        for piece in [1, 3, 7, 64, stream.len()] {
+            let mut frames = ConverseFrames::new();
+            let mut got = Vec::new();
+            for chunk in stream.chunks(piece) {
+                got.extend(frames.push(chunk).unwrap());
+            }
+            let want: Vec<(String, Value)> = events
+                .iter()
+                .map(|(k, p)| ((*k).to_owned(), p.clone()))
+                .collect();
+            assert_eq!(got, want, "pieces of {piece}");
+        }
+        // A damaged frame is refused, not misread.
+        let mut broken = frame("messageStart", &json!({}));
+        let last = broken.len() - 1;
+        broken[last] ^= 0xff;
+        assert!(ConverseFrames::new().push(&broken).is_err());
     }
 }
