@@ -83,6 +83,28 @@ async fn vertex_service_accounts_serve_completions(mode: Mode) {
     assert_eq!(api.get("/api/keys").await.json["keys"], json!([]));
     assert_eq!(stand_in.token_exchanges(), 0);
 
+    // Checked without being stored: a good account, then a refused one.
+    let checked = api
+        .post(
+            "/api/keys/validate",
+            json!({"service": "vertex",
+                   "credentials": alice_sa.key_file(PROJECT, LOCATION, &token_url)}),
+        )
+        .await;
+    assert_eq!(checked.status.as_u16(), 200, "{}", checked.text);
+    assert_eq!(checked.json["valid"], true);
+    let checked = api
+        .post(
+            "/api/keys/validate",
+            json!({"service": "vertex",
+                   "credentials": stranger.key_file(PROJECT, LOCATION, &token_url)}),
+        )
+        .await;
+    assert_eq!(checked.status.as_u16(), 401, "{}", checked.text);
+    assert_eq!(checked.code(), "invalid_key");
+    assert_eq!(api.get("/api/keys").await.json["keys"], json!([]));
+    let exchanges_before_save = stand_in.token_exchanges();
+
     // An account the token endpoint refuses is not saved.
     let refused = api
         .post(
@@ -108,7 +130,8 @@ async fn vertex_service_accounts_serve_completions(mode: Mode) {
         format!("{} ({PROJECT}, {LOCATION})", alice_sa.email)
     );
     assert_eq!(saved.json["lastValidation"], "valid", "{}", saved.text);
-    assert_eq!(stand_in.token_exchanges(), 1);
+    // The check above already holds alice's token: the save reuses it.
+    assert_eq!(stand_in.token_exchanges(), exchanges_before_save);
     let checked = stand_in.requests().pop().unwrap();
     assert_eq!(
         checked.path,
@@ -131,7 +154,11 @@ async fn vertex_service_accounts_serve_completions(mode: Mode) {
     assert_eq!(chat["text"], DEFAULT_REPLY, "{chat}");
     assert!(chat["chunks"].as_u64().unwrap() > 1, "{chat}");
     assert_eq!(chat["provider"], "vertex", "{chat}");
-    assert_eq!(stand_in.token_exchanges(), 1, "the token is reused");
+    assert_eq!(
+        stand_in.token_exchanges(),
+        exchanges_before_save,
+        "the token is reused"
+    );
     let sent = stand_in.requests().pop().unwrap();
     assert_eq!(sent.upstream, Some(Upstream::Vertex));
     assert_eq!(

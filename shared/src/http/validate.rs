@@ -5,7 +5,7 @@
 use super::extract::{ApiJson, Caller, RequestId};
 use super::keys::parse_service;
 use super::{ApiError, AppState};
-use crate::domain::ApiKey;
+use crate::domain::{ApiKey, CredentialDocument};
 use crate::validate::{ValidateError, ValidateRequest};
 use axum::Json;
 use axum::extract::State;
@@ -17,6 +17,8 @@ use time::format_description::well_known::Rfc3339;
 pub(super) struct ValidateBody {
     service: Option<String>,
     api_key: Option<ApiKey>,
+    /// A structured credential to check (`vertex`), instead of `apiKey`.
+    credentials: Option<CredentialDocument>,
     base_url: Option<String>,
     model: Option<String>,
     /// Which stored key of `service` (its primary key if absent).
@@ -45,7 +47,15 @@ pub(super) async fn validate(
     ApiJson(body): ApiJson<ValidateBody>,
 ) -> Result<Json<ValidationView>, ApiError> {
     let service = body.service.as_deref().map(parse_service).transpose()?;
-    let request = match (body.api_key, service, body.model) {
+    // A credential given as its fields is checked as the secret it would be stored as.
+    let api_key = match (body.api_key, body.credentials, service) {
+        (key, None, _) => key,
+        (key, Some(doc), Some(service)) => {
+            Some(state.keys.secret_from(service, key, Some(&doc))?)
+        }
+        (_, Some(_), None) => return Err(ValidateError::ServiceRequired.into()),
+    };
+    let request = match (api_key, service, body.model) {
         (Some(api_key), Some(service), _) => ValidateRequest::Key {
             service,
             api_key,
