@@ -1078,7 +1078,7 @@ class Checker:
             text = source.read_text()
             m = re.search(r'team_secret_env:\s*"([A-Z0-9_]+)"', text)
             # Structured credentials (service accounts) have no team secret yet.
-            if source.name == "mod.rs" or "CredentialKind::GcpServiceAccount" in text:
+            if source.name == "mod.rs" or "CredentialKind::ApiKey" not in text:
                 continue
             if not m:
                 self.fail(source.name, "provider module without team_secret_env")

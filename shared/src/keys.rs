@@ -155,9 +155,17 @@ impl KeyService {
                         .map_err(|e| KeyError::KeyFormat(e.into()))?;
                 Ok(account.to_secret())
             }
-            (crate::domain::CredentialKind::GcpServiceAccount, _, _) => {
-                Err(KeyError::CredentialsExpected(service))
+            (crate::domain::CredentialKind::AwsAccessKey, None, Some(doc)) => {
+                let aws = crate::domain::AwsCredentials::from_document(doc)
+                    .map_err(|e| KeyError::KeyFormat(e.into()))?;
+                Ok(aws.to_secret())
             }
+            (
+                crate::domain::CredentialKind::GcpServiceAccount
+                | crate::domain::CredentialKind::AwsAccessKey,
+                _,
+                _,
+            ) => Err(KeyError::CredentialsExpected(service)),
         }
     }
 

@@ -389,6 +389,15 @@ impl ValidationService {
         .await
         .unwrap_or_else(|_| Err(UpstreamError::timed_out(target.service, self.timeout)));
         let outcome = match (prepared, self.client.for_source(target.user_url)) {
+            // An AWS access key signs its check instead of being sent.
+            (
+                Ok(crate::upstream::CallCredential {
+                    aws: Some(aws),
+                    base_url,
+                    ..
+                }),
+                Ok(client),
+            ) => crate::upstream::check_aws_key(client, &base_url, &aws, self.timeout).await,
             (Ok(prepared), Ok(client)) => {
                 check_key(
                     client,

@@ -65,10 +65,11 @@ pub enum Upstream {
     Cerebras,
     Cohere,
     Vertex,
+    Bedrock,
 }
 
 impl Upstream {
-    pub const ALL: [Upstream; 15] = [
+    pub const ALL: [Upstream; 16] = [
         Upstream::OpenAi,
         Upstream::Anthropic,
         Upstream::OpenRouter,
@@ -84,6 +85,7 @@ impl Upstream {
         Upstream::Cerebras,
         Upstream::Cohere,
         Upstream::Vertex,
+        Upstream::Bedrock,
     ];
 
     /// The path prefix of this upstream's base URL.
@@ -106,6 +108,8 @@ impl Upstream {
             Upstream::Cohere => "/cohere/compatibility/v1",
             // Followed by /v1/projects/{project}/locations/{location}/endpoints.
             Upstream::Vertex => "/vertex",
+            // Followed by /{region}/model/{modelId}/converse[-stream].
+            Upstream::Bedrock => "/bedrock-runtime",
         }
     }
 
@@ -127,6 +131,7 @@ impl Upstream {
             Upstream::Cerebras => "cerebras",
             Upstream::Cohere => "cohere",
             Upstream::Vertex => "vertex",
+            Upstream::Bedrock => "bedrock",
         }
     }
 
@@ -139,6 +144,16 @@ impl Upstream {
         // Vertex: `/v1/projects/{project}/locations/{location}/endpoints`
         // lists endpoints (the key check); below it, `/openapi` is the
         // OpenAI-compatible API.
+        // Bedrock: `/{region}/model/…` on the runtime host; the control
+        // plane (`/bedrock/{region}/foundation-models`) beside it.
+        if let Some((Upstream::Bedrock, rest)) = found {
+            let (_, tail) = rest.strip_prefix('/')?.split_once('/')?;
+            return Some((Upstream::Bedrock, &rest[rest.len() - tail.len() - 1..]));
+        }
+        if let Some(rest) = path.strip_prefix("/bedrock/") {
+            let (_, tail) = rest.split_once('/')?;
+            return Some((Upstream::Bedrock, &rest[rest.len() - tail.len() - 1..]));
+        }
         if let Some((Upstream::Vertex, rest)) = found {
             let (_, tail) = rest.split_once("/endpoints")?;
             let tail = match tail.strip_prefix("/openapi") {
@@ -175,6 +190,7 @@ impl Upstream {
             Upstream::Cerebras => &["gpt-oss-120b"],
             Upstream::Cohere => &["command-r-08-2024"],
             Upstream::Vertex => &["google/gemini-2.5-flash"],
+            Upstream::Bedrock => &["anthropic.claude-3-5-haiku-20241022-v1:0"],
         };
         ids.iter().map(|id| (*id).to_owned()).collect()
     }
@@ -196,6 +212,7 @@ impl Upstream {
             Upstream::Cerebras => "cerebras",
             Upstream::Cohere => "cohere",
             Upstream::Vertex => "vertex",
+            Upstream::Bedrock => "bedrock",
         }
     }
 }
@@ -507,6 +524,7 @@ impl StandIn {
                             | Upstream::Google
                             | Upstream::Gateway
                             | Upstream::Vertex
+                            | Upstream::Bedrock
                     )
                 })
                 .map(|up| {
@@ -523,6 +541,10 @@ impl StandIn {
                 ),
             ),
             ("BYOK_GCP_TOKEN_URL".to_owned(), self.token_url()),
+            (
+                "BYOK_BEDROCK_BASE_URL".to_owned(),
+                format!("{}/{{region}}", self.base_for(Upstream::Bedrock)),
+            ),
         ])
         .collect()
     }
@@ -537,6 +559,14 @@ impl StandIn {
         lock(&self.shared.oauth)
             .accounts
             .insert(account.email.clone(), account.public_key.clone());
+    }
+
+    /// Accepts requests signed (SigV4) with this AWS access key.
+    pub fn accept_aws_key(&self, access_key_id: &str, secret: &str, session_token: Option<&str>) {
+        lock(&self.shared.oauth).aws.insert(
+            access_key_id.to_owned(),
+            (secret.to_owned(), session_token.map(str::to_owned)),
+        );
     }
 
     /// Access tokens issued so far.
@@ -803,11 +833,21 @@ async fn serve(
         serde_json::from_slice(body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
     };
-    let model = json_body
+    let mut model = json_body
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    // Bedrock names the model in the path.
+    if let Some((Upstream::Bedrock, rest)) = routed
+        && let Some(id) = rest.strip_prefix("/model/")
+    {
+        let id = id.rsplit_once('/').map_or(id, |(id, _)| id);
+        model = url::form_urlencoded::parse(format!("m={id}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+    }
     lock(&shared.log).requests.push(Recorded {
         upstream,
         method: method.clone(),
@@ -822,6 +862,9 @@ async fn serve(
     let Some((up, rest)) = routed else {
         return error_response(None, StatusCode::NOT_FOUND, "no such upstream prefix", None);
     };
+    if up == Upstream::Bedrock {
+        return bedrock(shared, &method, uri, headers, body, rest);
+    }
     let mut plan = shared.take_plan();
     // The text an error message quotes as "the key".
     let quoted = if plan.echo_key {
@@ -938,6 +981,15 @@ fn credential(up: Option<Upstream>, headers: &HeaderMap) -> (String, bool) {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    if up == Some(Upstream::Bedrock) {
+        let akid = get("authorization")
+            .and_then(|v| {
+                let (_, rest) = v.split_once("Credential=")?;
+                rest.split_once('/').map(|(id, _)| id.to_owned())
+            })
+            .unwrap_or_default();
+        return (akid, true);
+    }
     let bearer = get("authorization").and_then(|v| {
         let (scheme, token) = v.split_once(' ')?;
         scheme
@@ -2136,6 +2188,8 @@ mod tests {
 #[derive(Default)]
 struct OAuth {
     accounts: HashMap<String, Vec<u8>>,
+    /// AWS access keys: id → (secret, session token).
+    aws: HashMap<String, (String, Option<String>)>,
     issued: HashSet<String>,
     exchanges: u64,
     lifetime: Option<u64>,
@@ -2270,4 +2324,172 @@ fn oauth_token(shared: &Shared, uri: &Uri, body: &Bytes) -> Response {
     let lifetime = oauth.lifetime.unwrap_or(3599);
     axum::Json(json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}))
         .into_response()
+}
+
+// ---- Amazon Bedrock (SigV4) ---------------------------------------------
+
+/// A Bedrock request: its SigV4 signature recomputed with the registered
+/// secret must match, else 403 as Bedrock answers; then Converse,
+/// ConverseStream (event-stream frames) or ListFoundationModels.
+fn bedrock(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    rest: &str,
+) -> Response {
+    let refuse = |status: StatusCode, message: &str| {
+        (status, axum::Json(json!({ "message": message }))).into_response()
+    };
+    if let Err(why) = verify_sigv4(shared, method, uri, headers, body) {
+        return refuse(StatusCode::FORBIDDEN, why);
+    }
+    let reply = lock(&shared.script).reply.clone();
+    let usage = json!({"inputTokens": 8, "outputTokens": 4, "totalTokens": 12});
+    match (method.clone(), rest) {
+        (Method::GET, "/foundation-models") => axum::Json(json!({"modelSummaries": [
+            {"modelId": "anthropic.claude-3-5-haiku-20241022-v1:0", "providerName": "Anthropic"}
+        ]}))
+        .into_response(),
+        (Method::POST, path) if path.ends_with("/converse") => axum::Json(json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": reply}]}},
+            "stopReason": "end_turn",
+            "usage": usage,
+            "metrics": {"latencyMs": 12},
+        }))
+        .into_response(),
+        (Method::POST, path) if path.ends_with("/converse-stream") => {
+            let mut events = vec![("messageStart", json!({"role": "assistant"}))];
+            let chars: Vec<char> = reply.chars().collect();
+            for piece in chars.chunks(4) {
+                let text: String = piece.iter().collect();
+                events.push((
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 0, "delta": {"text": text}}),
+                ));
+            }
+            events.push(("contentBlockStop", json!({"contentBlockIndex": 0})));
+            events.push(("messageStop", json!({"stopReason": "end_turn"})));
+            events.push((
+                "metadata",
+                json!({"usage": usage, "metrics": {"latencyMs": 12}}),
+            ));
+            let mut bytes = Vec::new();
+            for (kind, payload) in events {
+                bytes.extend(event_stream_frame(kind, &payload));
+            }
+            (
+                [(header::CONTENT_TYPE, "application/vnd.amazon.eventstream")],
+                bytes,
+            )
+                .into_response()
+        }
+        _ => refuse(StatusCode::NOT_FOUND, "no such Bedrock operation"),
+    }
+}
+
+/// One event-stream frame, as Bedrock writes ConverseStream events.
+pub fn event_stream_frame(kind: &str, payload: &Value) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let message = Message::new(payload.to_string().into_bytes())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ))
+        .add_header(Header::new(
+            ":event-type",
+            HeaderValue::String(kind.to_owned().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut bytes = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut bytes)
+        .expect("an event-stream frame");
+    bytes
+}
+
+/// Recomputes the request's SigV4 signature with the secret of the access
+/// key it names, over the headers it says it signed; `Err` says why not.
+fn verify_sigv4(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), &'static str> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let authorization = get("authorization").ok_or("Missing Authentication Token")?;
+    let credential = authorization
+        .split_once("Credential=")
+        .and_then(|(_, rest)| rest.split_once(','))
+        .map(|(c, _)| c)
+        .ok_or("malformed Authorization")?;
+    let scope: Vec<&str> = credential.split('/').collect();
+    if scope.len() != 5 || scope[3] != "bedrock" {
+        return Err("malformed credential scope");
+    }
+    let (akid, region) = (scope[0], scope[2]);
+    let (secret, token) = lock(&shared.oauth)
+        .aws
+        .get(akid)
+        .cloned()
+        .ok_or("The security token included in the request is invalid.")?;
+    let signed: Vec<&str> = authorization
+        .split_once("SignedHeaders=")
+        .and_then(|(_, rest)| rest.split_once(','))
+        .map(|(names, _)| names.split(';').collect())
+        .ok_or("malformed Authorization")?;
+    let given: Vec<(&str, &str)> = signed
+        .iter()
+        .filter(|name| {
+            !matches!(
+                **name,
+                "x-amz-date" | "x-amz-security-token" | "x-amz-content-sha256"
+            )
+        })
+        .map(|name| (*name, get(name).unwrap_or_default()))
+        .collect();
+    let date = get("x-amz-date").ok_or("missing x-amz-date")?;
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let when = time::PrimitiveDateTime::parse(date, &format)
+        .map_err(|_| "bad x-amz-date")?
+        .assume_utc();
+    let url = format!(
+        "http://{}{}",
+        get("host").unwrap_or_default(),
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let expected = byok::upstream::sigv4::signature_headers(
+        &byok::upstream::sigv4::SigningKey {
+            access_key_id: akid,
+            secret_access_key: &secret,
+            session_token: token.as_deref(),
+        },
+        "bedrock",
+        region,
+        std::time::SystemTime::from(when),
+        &byok::upstream::sigv4::Unsigned {
+            method: method.as_str(),
+            url: &url,
+            headers: &given,
+            body,
+        },
+    )
+    .map_err(|_| "cannot recompute the signature")?;
+    let expected = expected
+        .iter()
+        .find(|(name, _)| *name == "authorization")
+        .map(|(_, v)| v.as_str());
+    if expected != Some(authorization) {
+        return Err(
+            "The request signature we calculated does not match the signature you provided.",
+        );
+    }
+    if token.is_some() && get("x-amz-security-token") != token.as_deref() {
+        return Err("The security token included in the request is invalid.");
+    }
+    Ok(())
 }

@@ -156,6 +156,7 @@ async fn runbook_checklist_over_http(mode: Mode) {
             "cerebras",
             "cohere",
             "vertex",
+            "bedrock",
             "gateway"
         ]
     );

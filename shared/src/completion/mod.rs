@@ -802,14 +802,36 @@ impl CompletionService {
             Ok(client) => client,
             Err(err) => return fail(UpstreamError::from_transport(service, &err), meter),
         };
-        let call = upstream::build_post(
-            client,
-            service,
-            &prepared.base_url,
-            request.endpoint.path(),
-            &prepared.key,
-            upstream_body,
-        );
+        let call = match &prepared.aws {
+            // Bedrock: the model goes in the path, and the request is signed.
+            Some(aws) => {
+                let action = if request.stream {
+                    "converse-stream"
+                } else {
+                    "converse"
+                };
+                let model: String =
+                    url::form_urlencoded::byte_serialize(resolution.upstream_model.as_bytes())
+                        .collect();
+                let url = format!(
+                    "{}/model/{model}/{action}",
+                    prepared.base_url.trim_end_matches('/')
+                );
+                let bytes = upstream_body.as_bytes().unwrap_or_default().to_vec();
+                match upstream::build_signed(client, http::Method::POST, &url, aws, bytes) {
+                    Ok(call) => call,
+                    Err(e) => return fail(e, meter),
+                }
+            }
+            None => upstream::build_post(
+                client,
+                service,
+                &prepared.base_url,
+                request.endpoint.path(),
+                &prepared.key,
+                upstream_body,
+            ),
+        };
         // A service account sent to the gateway: its private key too.
         let byok_parts: Vec<ApiKey> = byok
             .iter()
@@ -915,6 +937,26 @@ impl CompletionService {
                             .and_then(openai::usage_of_response);
                         (whole, usage)
                     }
+                    Some(WireApi::BedrockConverse) => {
+                        let Ok(parsed) = serde_json::from_slice::<Value>(&whole) else {
+                            let e = UpstreamError::new(
+                                UpstreamErrorKind::Unavailable,
+                                "bedrock sent a response that is not JSON",
+                            );
+                            return fail(e, meter);
+                        };
+                        let message = crate::providers::bedrock::to_messages_response(
+                            &parsed,
+                            &uuid::Uuid::new_v4().simple().to_string(),
+                        );
+                        let translated = anthropic::from_messages_response(
+                            &message,
+                            &request.requested,
+                            unix_now(),
+                        );
+                        let usage = openai::usage_of_response(&translated);
+                        (Bytes::from(translated.to_string()), usage)
+                    }
                     Some(WireApi::AnthropicMessages) => {
                         let Ok(parsed) = serde_json::from_slice::<Value>(&whole) else {
                             let e = UpstreamError::new(
@@ -983,7 +1025,7 @@ fn upstream_request(
                 .then(|| Decoder::pass_through(openai::PassThrough::new(prepared)));
             Ok((upstream_body, decoder))
         }
-        WireApi::AnthropicMessages => {
+        WireApi::AnthropicMessages | WireApi::BedrockConverse => {
             // Translation needs a tree: bounded, so a body of many tiny
             // values cannot cost twenty times its size.
             let values = request.body.stats().map_or(u64::MAX, |s| s.values);
@@ -1005,13 +1047,18 @@ fn upstream_request(
             drop(openai_body);
             let translated =
                 translated.map_err(|e| CompletionError::InvalidRequest(e.to_string()))?;
-            let decoder = request.stream.then(|| {
-                Decoder::anthropic(anthropic::StreamTranslator::new(
-                    &request.requested,
-                    unix_now(),
-                    include_usage,
-                ))
-            });
+            let translator =
+                anthropic::StreamTranslator::new(&request.requested, unix_now(), include_usage);
+            if wire == WireApi::BedrockConverse {
+                // Bedrock: the Anthropic request renamed to Converse's terms.
+                let converse = crate::providers::bedrock::to_converse_request(&translated)
+                    .map_err(|e| CompletionError::InvalidRequest(e.to_string()))?;
+                let decoder = request.stream.then(|| {
+                    Decoder::bedrock(translator, &uuid::Uuid::new_v4().simple().to_string())
+                });
+                return Ok((reqwest::Body::from(converse.to_string()), decoder));
+            }
+            let decoder = request.stream.then(|| Decoder::anthropic(translator));
             Ok((reqwest::Body::from(translated.to_string()), decoder))
         }
     }

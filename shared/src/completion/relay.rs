@@ -54,6 +54,16 @@ enum Wire {
         translator: Box<StreamTranslator>,
         done: bool,
     },
+    /// Bedrock ConverseStream frames, bridged to Anthropic events and
+    /// translated to chat-completion chunks.
+    Bedrock {
+        frames: crate::providers::bedrock::ConverseFrames,
+        bridge: crate::providers::bedrock::ConverseStreamBridge,
+        translator: Box<StreamTranslator>,
+        done: bool,
+        /// Bedrock frames need no SSE splitting; kept for the shared path.
+        split: EventSplitter,
+    },
 }
 
 /// What one upstream chunk produced.
@@ -80,6 +90,21 @@ impl Decoder {
                 split: EventSplitter::new(),
                 translator: Box::new(translator),
                 done: false,
+            },
+            guard: SplitKeyGuard::default(),
+        }
+    }
+
+    /// Bedrock ConverseStream frames translated to chunks; `request_id`
+    /// names the message (Converse streams carry no id).
+    pub(crate) fn bedrock(translator: StreamTranslator, request_id: &str) -> Self {
+        Self {
+            wire: Wire::Bedrock {
+                frames: crate::providers::bedrock::ConverseFrames::new(),
+                bridge: crate::providers::bedrock::ConverseStreamBridge::new(request_id),
+                translator: Box::new(translator),
+                done: false,
+                split: EventSplitter::new(),
             },
             guard: SplitKeyGuard::default(),
         }
@@ -125,11 +150,70 @@ impl Decoder {
         chunk: &[u8],
         scrubber: &KeyScrubber,
     ) -> Result<Decoded, (Bytes, UpstreamError)> {
+        if let Wire::Bedrock { .. } = self.wire {
+            return self.feed_frames(chunk, scrubber);
+        }
         let events = self
             .splitter()
             .push(chunk)
             .map_err(|e| (Bytes::new(), broken(&e)))?;
         self.decode(events, scrubber)
+    }
+
+    /// Bedrock: the frames `chunk` completes, through the bridge and the
+    /// translator, to chunks.
+    fn feed_frames(
+        &mut self,
+        chunk: &[u8],
+        scrubber: &KeyScrubber,
+    ) -> Result<Decoded, (Bytes, UpstreamError)> {
+        let guard = &mut self.guard;
+        let Wire::Bedrock {
+            frames,
+            bridge,
+            translator,
+            done,
+            ..
+        } = &mut self.wire
+        else {
+            return Ok(Decoded {
+                bytes: Bytes::new(),
+                done: false,
+            });
+        };
+        let mut out = BytesMut::new();
+        let events = match frames.push(chunk) {
+            Ok(events) => events,
+            Err(err) => return Err((out.freeze(), translate_error(&err, scrubber))),
+        };
+        for (kind, payload) in events {
+            for (name, data) in bridge.events(&kind, &payload) {
+                match translator.push(name, &data.to_string()) {
+                    Ok(chunks) => {
+                        for chunk in chunks {
+                            out.extend_from_slice(&guard.push(data_event(&chunk)));
+                        }
+                    }
+                    Err(err) => {
+                        out.extend_from_slice(&guard.finish());
+                        return Err((out.freeze(), translate_error(&err, scrubber)));
+                    }
+                }
+                if name == "message_stop" {
+                    out.extend_from_slice(&guard.finish());
+                    out.extend_from_slice(DONE);
+                    *done = true;
+                    return Ok(Decoded {
+                        bytes: out.freeze(),
+                        done: true,
+                    });
+                }
+            }
+        }
+        Ok(Decoded {
+            bytes: out.freeze(),
+            done: *done,
+        })
     }
 
     /// The upstream closed its stream: decodes a last event that was
@@ -146,7 +230,8 @@ impl Decoder {
         match &mut self.wire {
             Wire::PassThrough { split, .. }
             | Wire::Anthropic { split, .. }
-            | Wire::AnthropicRaw { split, .. } => split,
+            | Wire::AnthropicRaw { split, .. }
+            | Wire::Bedrock { split, .. } => split,
         }
     }
 
@@ -214,6 +299,11 @@ impl Decoder {
                     done: *done,
                 })
             }
+            // Bedrock bytes never reach the SSE splitter (`feed_frames`).
+            Wire::Bedrock { .. } => Ok(Decoded {
+                bytes: Bytes::new(),
+                done: false,
+            }),
             Wire::Anthropic {
                 translator, done, ..
             } => {
@@ -227,11 +317,7 @@ impl Decoder {
                     match translator.push(&name, &event.data()) {
                         Ok(chunks) => {
                             for chunk in chunks {
-                                let mut event = BytesMut::with_capacity(chunk.len() + 8);
-                                event.extend_from_slice(b"data: ");
-                                event.extend_from_slice(chunk.as_bytes());
-                                event.extend_from_slice(b"\n\n");
-                                out.extend_from_slice(&guard.push(event.freeze()));
+                                out.extend_from_slice(&guard.push(data_event(&chunk)));
                             }
                         }
                         Err(err) => {
@@ -259,16 +345,18 @@ impl Decoder {
     pub(crate) fn known_prompt_tokens(&self) -> Option<u64> {
         match &self.wire {
             Wire::PassThrough { .. } => None,
-            Wire::Anthropic { translator, .. } | Wire::AnthropicRaw { translator, .. } => {
-                translator.prompt_tokens_so_far()
-            }
+            Wire::Anthropic { translator, .. }
+            | Wire::AnthropicRaw { translator, .. }
+            | Wire::Bedrock { translator, .. } => translator.prompt_tokens_so_far(),
         }
     }
 
     pub(crate) fn usage(&self) -> Option<Usage> {
         match &self.wire {
             Wire::PassThrough { pass, .. } => pass.usage(),
-            Wire::Anthropic { translator, .. } | Wire::AnthropicRaw { translator, .. } => {
+            Wire::Anthropic { translator, .. }
+            | Wire::AnthropicRaw { translator, .. }
+            | Wire::Bedrock { translator, .. } => {
                 translator
                     .usage()
                     .map(|(prompt_tokens, completion_tokens)| Usage {
@@ -278,6 +366,15 @@ impl Decoder {
             }
         }
     }
+}
+
+/// One chunk as an SSE `data:` event.
+fn data_event(chunk: &str) -> Bytes {
+    let mut event = BytesMut::with_capacity(chunk.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(chunk.as_bytes());
+    event.extend_from_slice(b"\n\n");
+    event.freeze()
 }
 
 /// `first` then `second`, copying only when both have bytes.
@@ -314,9 +411,16 @@ pub(crate) fn translate_error(err: &TranslateError, scrubber: &KeyScrubber) -> U
     match err {
         TranslateError::Upstream { kind, message } => {
             let kind_of = match kind.as_str() {
-                "authentication_error" | "permission_error" => UpstreamErrorKind::Auth,
-                "rate_limit_error" => UpstreamErrorKind::RateLimited,
-                "invalid_request_error" | "not_found_error" | "request_too_large" => {
+                "authentication_error"
+                | "permission_error"
+                | "accessDeniedException"
+                | "unrecognizedClientException" => UpstreamErrorKind::Auth,
+                "rate_limit_error" | "throttlingException" => UpstreamErrorKind::RateLimited,
+                "invalid_request_error"
+                | "not_found_error"
+                | "request_too_large"
+                | "validationException"
+                | "resourceNotFoundException" => {
                     UpstreamErrorKind::Rejected(http::StatusCode::BAD_REQUEST)
                 }
                 _ => UpstreamErrorKind::Unavailable,

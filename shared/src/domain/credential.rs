@@ -66,6 +66,9 @@ pub enum CredentialKind {
     /// A Google Cloud service account (Vertex AI): exchanged for short-lived
     /// access tokens, never sent upstream itself.
     GcpServiceAccount,
+    /// An AWS access key (Amazon Bedrock): signs each request (SigV4),
+    /// never sent upstream itself.
+    AwsAccessKey,
 }
 
 /// The token endpoint every Google service account is exchanged at. A

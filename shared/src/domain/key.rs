@@ -211,7 +211,7 @@ pub enum KeyFormatError {
         other: &'static str,
     },
     /// A service whose keys are structured credentials got something else.
-    #[error("{service} takes credentials (a service account), not an API key")]
+    #[error("{service} takes credentials (its fields), not an API key")]
     NeedsCredentials { service: &'static str },
     /// A structured credential with a field out of shape.
     #[error(transparent)]
@@ -226,12 +226,23 @@ pub const KEY_MAX_LEN: usize = 512;
 
 /// Checks that `key` is shaped like a key of `service`. Never echoes the key.
 pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatError> {
-    if service.provider().credential == super::CredentialKind::GcpServiceAccount {
-        return super::credential::GcpServiceAccount::from_secret(key)
-            .map(|_| ())
-            .ok_or(KeyFormatError::NeedsCredentials {
+    let structured = match service.provider().credential {
+        super::CredentialKind::ApiKey => None,
+        super::CredentialKind::GcpServiceAccount => {
+            Some(super::credential::GcpServiceAccount::from_secret(key).is_some())
+        }
+        super::CredentialKind::AwsAccessKey => {
+            Some(super::credential::AwsCredentials::from_secret(key).is_some())
+        }
+    };
+    if let Some(ok) = structured {
+        return if ok {
+            Ok(())
+        } else {
+            Err(KeyFormatError::NeedsCredentials {
                 service: service.as_str(),
-            });
+            })
+        };
     }
     let key = key.expose();
     if key.is_empty() {
@@ -334,6 +345,9 @@ pub fn looks_like_a_key(text: &str) -> bool {
 pub fn mask_key(key: &ApiKey) -> String {
     if let Some(account) = super::credential::GcpServiceAccount::from_secret(key) {
         return account.masked();
+    }
+    if let Some(aws) = super::credential::AwsCredentials::from_secret(key) {
+        return aws.masked();
     }
     let key = key.expose();
     let prefix = Service::ALL

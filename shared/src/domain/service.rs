@@ -32,6 +32,7 @@ pub mod named {
     pub const Groq: Service = Service(&provider::groq::PROVIDER);
     pub const Gateway: Service = Service(&provider::gateway::PROVIDER);
     pub const Vertex: Service = Service(&provider::vertex::PROVIDER);
+    pub const Bedrock: Service = Service(&provider::bedrock::PROVIDER);
 }
 
 #[allow(non_upper_case_globals)]
@@ -44,6 +45,7 @@ impl Service {
     pub const Groq: Service = named::Groq;
     pub const Gateway: Service = named::Gateway;
     pub const Vertex: Service = named::Vertex;
+    pub const Bedrock: Service = named::Bedrock;
 }
 
 impl Service {

@@ -47,6 +47,7 @@ pub(super) async fn providers(
             wire_api: match svc.wire_api() {
                 crate::domain::service::WireApi::OpenAiCompatible => "openai",
                 crate::domain::service::WireApi::AnthropicMessages => "anthropic",
+                crate::domain::service::WireApi::BedrockConverse => "bedrock",
             },
             max_keys,
         })

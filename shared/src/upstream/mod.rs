@@ -79,6 +79,8 @@ pub struct CallCredential {
     pub base_url: String,
     pub key: ApiKey,
     pub scrub: Vec<ApiKey>,
+    /// An AWS access key, which signs the request instead of being sent.
+    pub aws: Option<crate::domain::AwsCredentials>,
 }
 
 impl UpstreamClient {
@@ -134,7 +136,25 @@ impl UpstreamClient {
                 base_url: base_url.to_owned(),
                 key: secret.clone(),
                 scrub: vec![secret.clone()],
+                aws: None,
             }),
+            crate::domain::CredentialKind::AwsAccessKey => {
+                let aws = crate::domain::AwsCredentials::from_secret(secret).ok_or_else(|| {
+                    UpstreamError::new(
+                        UpstreamErrorKind::Auth,
+                        format!("{service}: the stored credential is not an AWS access key"),
+                    )
+                })?;
+                let mut scrub = vec![secret.clone(), ApiKey::new(aws.secret_access_key())];
+                scrub.extend(aws.session_token().map(ApiKey::new));
+                Ok(CallCredential {
+                    // The region was checked to a plain id when saved.
+                    base_url: base_url.replace("{region}", &aws.region),
+                    key: secret.clone(),
+                    scrub,
+                    aws: Some(aws),
+                })
+            }
             crate::domain::CredentialKind::GcpServiceAccount => {
                 let account =
                     crate::domain::GcpServiceAccount::from_secret(secret).ok_or_else(|| {
@@ -148,6 +168,7 @@ impl UpstreamClient {
                     .map_err(|err| UpstreamError::from_transport(service, &err))?;
                 let token = self.clients.gcp.access_token(client, &account).await?;
                 Ok(CallCredential {
+                    aws: None,
                     base_url: gcp::vertex_base_url(base_url, &account),
                     scrub: vec![
                         token.clone(),
@@ -282,7 +303,7 @@ pub fn build_request(
     body: reqwest::Body,
 ) -> reqwest::RequestBuilder {
     let path = match service.wire_api() {
-        WireApi::OpenAiCompatible => "/chat/completions",
+        WireApi::OpenAiCompatible | WireApi::BedrockConverse => "/chat/completions",
         WireApi::AnthropicMessages => "/messages",
     };
     build_post(client, service, base_url, path, key, body)
@@ -312,6 +333,123 @@ pub fn build_post(
         .post(join(base_url, path))
         .headers(headers)
         .body(body)
+}
+
+/// A SigV4-signed (`bedrock`, the key's region) request for Amazon
+/// Bedrock: `method` to `url` with `body` (JSON, or empty for a `GET`).
+pub fn build_signed(
+    client: &reqwest::Client,
+    method: http::Method,
+    url: &str,
+    aws: &crate::domain::AwsCredentials,
+    body: Vec<u8>,
+) -> Result<reqwest::RequestBuilder, UpstreamError> {
+    let service = crate::domain::Service::Bedrock;
+    let parsed = url::Url::parse(url).map_err(|_| {
+        UpstreamError::new(
+            UpstreamErrorKind::Unavailable,
+            "bedrock: the URL is not valid",
+        )
+    })?;
+    let host = match (parsed.host_str(), parsed.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Unavailable,
+                "bedrock: the URL has no host",
+            ));
+        }
+    };
+    let mut signed_headers = vec![("host", host.as_str())];
+    if !body.is_empty() {
+        signed_headers.push(("content-type", "application/json"));
+    }
+    let key = sigv4::SigningKey {
+        access_key_id: &aws.access_key_id,
+        secret_access_key: aws.secret_access_key(),
+        session_token: aws.session_token(),
+    };
+    let signature = sigv4::signature_headers(
+        &key,
+        "bedrock",
+        &aws.region,
+        std::time::SystemTime::now(),
+        &sigv4::Unsigned {
+            method: method.as_str(),
+            url,
+            headers: &signed_headers,
+            body: &body,
+        },
+    )
+    .map_err(|e| UpstreamError::new(UpstreamErrorKind::Unavailable, format!("{service}: {e}")))?;
+    let mut headers = HeaderMap::with_capacity(6);
+    let added = signed_headers
+        .iter()
+        .skip(1)
+        .map(|(name, value)| (*name, *value))
+        .chain(
+            signature
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        );
+    for (name, value) in added {
+        if let (Ok(name), Ok(mut value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+    }
+    Ok(client.request(method, url).headers(headers).body(body))
+}
+
+/// Checks an AWS access key against Bedrock: `ListFoundationModels` on the
+/// control-plane host beside the runtime one (`bedrock.` for
+/// `bedrock-runtime.`), signed; `Ok` on any 2xx.
+pub async fn check_aws_key(
+    client: &reqwest::Client,
+    base_url: &str,
+    aws: &crate::domain::AwsCredentials,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    let service = crate::domain::Service::Bedrock;
+    let control = base_url.replacen("bedrock-runtime", "bedrock", 1);
+    let url = join(&control, key_check_path(service));
+    let call = build_signed(client, http::Method::GET, &url, aws, Vec::new())?;
+    let secret = ApiKey::new(aws.secret_access_key());
+    key_check_outcome(call, service, &secret, timeout).await
+}
+
+/// A key check's answer: `Ok` on any 2xx, else the classified failure
+/// (without `key`); the whole check bounded by `timeout`.
+async fn key_check_outcome(
+    call: reqwest::RequestBuilder,
+    service: Service,
+    key: &ApiKey,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    let attempt = async {
+        let response = call
+            .send()
+            .await
+            .map_err(|err| UpstreamError::from_transport(service, &err))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let headers = response.headers().clone();
+        let body = read_limited(response, timeout).await;
+        let scrubber = KeyScrubber::new([key]);
+        Err(UpstreamError::from_status(
+            service, status, &headers, &body, &scrubber,
+        ))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(UpstreamError::timed_out(service, timeout)),
+    }
 }
 
 /// The cheapest call that proves a key ([`crate::domain::Provider::key_check_path`]):
@@ -344,33 +482,17 @@ pub async fn check_key(
     timeout: Duration,
 ) -> Result<(), UpstreamError> {
     let call = build_models_request(client, service, base_url, key);
-    let attempt = async {
-        let response = call
-            .send()
-            .await
-            .map_err(|err| UpstreamError::from_transport(service, &err))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let headers = response.headers().clone();
-        let body = read_limited(response, timeout).await;
-        let scrubber = KeyScrubber::new([key]);
-        Err(UpstreamError::from_status(
-            service, status, &headers, &body, &scrubber,
-        ))
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(UpstreamError::timed_out(service, timeout)),
-    }
+    key_check_outcome(call, service, key, timeout).await
 }
 
 /// The credential headers of `service`: `Authorization: Bearer` for
 /// OpenAI-compatible APIs, `x-api-key` and `anthropic-version` for Anthropic.
 fn auth_headers(service: Service, key: &ApiKey) -> HeaderMap {
     let (auth_header, auth_value) = match service.wire_api() {
-        WireApi::OpenAiCompatible => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+        // Bedrock requests are signed instead (`build_signed`).
+        WireApi::OpenAiCompatible | WireApi::BedrockConverse => {
+            (header::AUTHORIZATION, format!("Bearer {}", key.expose()))
+        }
         WireApi::AnthropicMessages => (
             header::HeaderName::from_static("x-api-key"),
             key.expose().to_owned(),

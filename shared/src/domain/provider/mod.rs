@@ -23,6 +23,9 @@ pub enum WireApi {
     OpenAiCompatible,
     /// Anthropic's Messages API, `x-api-key` and `anthropic-version`.
     AnthropicMessages,
+    /// Amazon Bedrock's Converse API, signed with SigV4 (bridged through
+    /// the Anthropic translation).
+    BedrockConverse,
 }
 
 /// Everything about one provider.
