@@ -101,6 +101,9 @@ EXPECTED_ACTIONS = {
     # (cache misses; KMS Decrypt via Secrets Manager), on the team secrets
     # and on the alert webhook's secret, at cold start.
     "CompletionFunction": {
+        # Only with TeamBedrock=role (BEDROCK_TEAM_INVOKE).
+        "bedrock:InvokeModel",
+        "bedrock:InvokeModelWithResponseStream",
         "dynamodb:Query",
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
@@ -271,6 +274,15 @@ IN_FUNCTION_AUTH_ENV = {
     "BYOK_JWKS_URL": {"Fn::Sub": "${JwtIssuer}/.well-known/jwks.json"},
     "BYOK_JWT_ISSUER": {"Ref": "JwtIssuer"},
     "BYOK_JWT_AUDIENCE": {"Fn::Join": [",", {"Ref": "JwtAudience"}]},
+}
+# The team path's Bedrock through the completion function's own role: a
+# statement of exactly these actions, only under this condition, only on
+# foundation models and inference profiles.
+BEDROCK_TEAM_INVOKE = {
+    "function": "CompletionFunction",
+    "condition": "HasTeamBedrockRole",
+    "actions": {"bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"},
+    "resources": (":bedrock:*::foundation-model/*", ":bedrock:*:${AWS::AccountId}:inference-profile/*"),
 }
 IN_FUNCTION_AUTH_HTTP_ROUTES = {("GET", "/v1/models"): "ModelsFunction"}
 # Writes to key records allowed to such a function beside those partitions:
@@ -593,7 +605,21 @@ class Checker:
                                       f"{sorted(LEADING_KEYS[name])} (ForAllValues:StringLike "
                                       f"dynamodb:LeadingKeys), found {sorted(keys)}")
 
-                unknown = services - {"dynamodb", "kms", "secretsmanager", "lambda", "events"}
+                if "bedrock" in services:
+                    rule = BEDROCK_TEAM_INVOKE
+                    if name != rule["function"]:
+                        self.fail(sid, "only the completion function may call Bedrock")
+                    if wrap != rule["condition"]:
+                        self.fail(sid, f"Bedrock statement must exist only under {rule['condition']}")
+                    if not st_actions <= rule["actions"]:
+                        self.fail(sid, f"Bedrock actions {sorted(st_actions)}: only {sorted(rule['actions'])}")
+                    for r in resources:
+                        text = r.get("Fn::Sub") if isinstance(r, dict) else r
+                        if not (isinstance(text, str) and text.startswith("arn:${AWS::Partition}")
+                                and text.endswith(rule["resources"])):
+                            self.fail(sid, f"Bedrock resource {show(r)} is not a foundation model "
+                                      "or inference profile ARN")
+                unknown = services - {"dynamodb", "kms", "secretsmanager", "lambda", "events", "bedrock"}
                 if unknown:
                     self.fail(sid, f"no resource rule for {sorted(unknown)} in check_template.py; "
                               "add one before granting it")

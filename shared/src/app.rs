@@ -153,6 +153,9 @@ pub struct Stores {
     pub secrets_manager: Option<aws_sdk_secretsmanager::Client>,
     /// Shared with whatever retries unreadable team secrets.
     pub team: Arc<TeamCredentials>,
+    /// The team's Bedrock access through the process's own credentials
+    /// (`BYOK_TEAM_BEDROCK=role`), for functions that call upstream.
+    pub team_bedrock: Option<crate::completion::TeamBedrock>,
 }
 
 /// How long the first retry of an unreadable team secret waits; each next
@@ -259,6 +262,7 @@ pub async fn open_stores_for(config: &Config, function: Function) -> Result<Stor
                 webhook_secret: None,
                 secrets_manager: None,
                 team: Arc::new(config.team.clone()),
+                team_bedrock: None,
             }
         }
         StoreKind::Aws => {
@@ -334,9 +338,29 @@ pub async fn open_stores_for(config: &Config, function: Function) -> Result<Stor
                 events,
                 secrets_manager: Some(sm),
                 team,
+                team_bedrock: None,
             }
         }
     };
+    if let Some(region) = &config.team_bedrock_region {
+        match function.team_keys() {
+            TeamKeyUse::Read => {
+                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(region.clone()))
+                    .load()
+                    .await;
+                if let Some(provider) = sdk.credentials_provider() {
+                    stores.team.declare(crate::domain::Service::Bedrock);
+                    stores.team_bedrock = Some(crate::completion::TeamBedrock {
+                        provider,
+                        region: region.clone(),
+                    });
+                }
+            }
+            TeamKeyUse::Declare => stores.team.declare(crate::domain::Service::Bedrock),
+            TeamKeyUse::Ignore => {}
+        }
+    }
     if let Some(path) = &config.rotation.events_file {
         stores.events = Arc::new(JsonLinesSink::new(path.clone()));
     }
@@ -431,7 +455,8 @@ pub fn state(
         last_used_granularity: config.keys.last_used_granularity,
         team_fallback_on_user_key_failure: config.keys.team_fallback_on_user_key_failure,
     })
-    .with_audit(audit.clone());
+    .with_audit(audit.clone())
+    .with_team_bedrock(stores.team_bedrock.clone());
     let validation = Arc::new(validation);
     let rotation = Arc::new(RotationService::new(
         stores.meta.clone(),

@@ -104,6 +104,10 @@ pub struct Config {
     /// (`BYOK_GCP_TOKEN_URL`; Google's endpoint unless the operator
     /// overrides it, for tests). Accounts naming another are refused.
     pub gcp_token_url: String,
+    /// The team path serves `bedrock/*` with the process's own AWS
+    /// credentials (the default chain: a Lambda function's role) in this
+    /// region (`BYOK_TEAM_BEDROCK=role`, `BYOK_TEAM_BEDROCK_REGION`).
+    pub team_bedrock_region: Option<String>,
 }
 
 /// How several keys of one service are kept and tried.
@@ -654,7 +658,29 @@ impl Config {
             }
         };
 
+        let team_bedrock_region = match get("BYOK_TEAM_BEDROCK").as_deref().map(str::trim) {
+            None | Some("" | "disabled") => None,
+            Some("role") => {
+                let region = get("BYOK_TEAM_BEDROCK_REGION").unwrap_or_default();
+                let region = region.trim();
+                if !crate::domain::AwsCredentials::is_region(region) {
+                    return Err(ConfigError::Invalid {
+                        name: "BYOK_TEAM_BEDROCK_REGION",
+                        expected: "an AWS region such as us-east-1 (with BYOK_TEAM_BEDROCK=role)",
+                    });
+                }
+                Some(region.to_owned())
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "BYOK_TEAM_BEDROCK",
+                    expected: "role, or unset",
+                });
+            }
+        };
+
         Ok(Self {
+            team_bedrock_region,
             gcp_token_url,
             store,
             data_dir: get("BYOK_DATA_DIR").map_or_else(|| DEFAULT_DATA_DIR.into(), PathBuf::from),
@@ -914,9 +940,25 @@ mod tests {
             ("BYOK_JWKS_URL", "http://idp.example.com/jwks.json"),
             ("BYOK_JWKS_URL", "not a url"),
             ("BYOK_JWT_MAX_TTL_SECS", "0"),
+            ("BYOK_TEAM_BEDROCK", "yes"),
+            ("BYOK_TEAM_BEDROCK", "role"),
+            ("BYOK_GCP_TOKEN_URL", "not a url"),
         ] {
             assert!(config(&[(name, bad)]).is_err(), "{name}={bad}");
         }
+        // role needs a plain region: it becomes part of a host name.
+        let bad_region = [
+            ("BYOK_TEAM_BEDROCK", "role"),
+            ("BYOK_TEAM_BEDROCK_REGION", "us-east-1.evil.example"),
+        ];
+        assert!(config(&bad_region).is_err());
+        let good = config(&[
+            ("BYOK_TEAM_BEDROCK", "role"),
+            ("BYOK_TEAM_BEDROCK_REGION", "eu-west-1"),
+        ])
+        .unwrap();
+        assert_eq!(good.team_bedrock_region.as_deref(), Some("eu-west-1"));
+        assert_eq!(config(&[]).unwrap().team_bedrock_region, None);
     }
 
     #[test]

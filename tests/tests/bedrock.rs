@@ -204,4 +204,59 @@ async fn bedrock_access_keys_serve_completions(mode: Mode) {
     stand_in.shutdown().await;
 }
 
-byok_tests::on_every_store!(bedrock_access_keys_serve_completions);
+/// `BYOK_TEAM_BEDROCK=role`: the team path serves `bedrock/*` with the
+/// process's own credentials from the default chain (here the environment's,
+/// as a Lambda function's role gives them), in the configured region, for a
+/// user without a key who allows team fallback; consent rules unchanged.
+async fn the_team_path_uses_the_processs_own_aws_credentials(mode: Mode) {
+    const ROLE_KEY_ID: &str = "AKIATEAMROLE00000001";
+    const ROLE_SECRET: &str = "teamRoleSecretCANARY0000000000000004";
+    let stand_in = StandIn::start().await;
+    stand_in.accept_aws_key(ROLE_KEY_ID, ROLE_SECRET, None);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        mode,
+        &stand_in,
+        dir.path(),
+        &[
+            ("BYOK_TEAM_BEDROCK", "role"),
+            ("BYOK_TEAM_BEDROCK_REGION", "us-west-2"),
+            ("AWS_ACCESS_KEY_ID", ROLE_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", ROLE_SECRET),
+        ],
+    );
+    let api = Api::new(&server.base, Some(&server.token("nokeys", false)));
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]});
+    let resolved = api.get(&format!("/api/resolve?model={MODEL}")).await;
+    assert_eq!(resolved.json["path"], "team-provider", "{}", resolved.text);
+    let answer = api.post("/v1/chat/completions", body.clone()).await;
+    assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
+    assert_eq!(answer.header("x-byok-path"), Some("team-provider"));
+    assert_eq!(answer.header("x-byok-paid-by"), Some("team"));
+    let sent = stand_in.requests().pop().unwrap();
+    assert_eq!(sent.key, ROLE_KEY_ID, "signed with the process's own key");
+    assert!(
+        sent.path.starts_with("/bedrock-runtime/us-west-2/model/"),
+        "{}",
+        sent.path
+    );
+
+    // Consent off: refused before any call.
+    let off = api
+        .post("/api/user-settings", json!({"allowGatewayFallback": false}))
+        .await;
+    assert_eq!(off.status.as_u16(), 200, "{}", off.text);
+    let calls = stand_in.requests().len();
+    let refused = api.post("/v1/chat/completions", body).await;
+    assert_eq!(refused.status.as_u16(), 403, "{}", refused.text);
+    assert_eq!(refused.code(), "consent_required");
+    assert_eq!(stand_in.requests().len(), calls);
+    assert!(!server.output().contains(ROLE_SECRET));
+    drop(server);
+    stand_in.shutdown().await;
+}
+
+byok_tests::on_every_store!(
+    bedrock_access_keys_serve_completions,
+    the_team_path_uses_the_processs_own_aws_credentials
+);

@@ -180,6 +180,17 @@ pub struct CompletionService {
     turn: std::sync::atomic::AtomicUsize,
     /// Where key failures (refused keys) are recorded.
     audit: Option<crate::audit::AuditLog>,
+    /// The team's Bedrock access: the process's own credentials.
+    team_bedrock: Option<TeamBedrock>,
+}
+
+/// The team path's Amazon Bedrock credentials: the process's own (a Lambda
+/// function's role), from the AWS default credential chain, which caches
+/// and refreshes them; and the region they call.
+#[derive(Clone, Debug)]
+pub struct TeamBedrock {
+    pub provider: aws_credential_types::provider::SharedCredentialsProvider,
+    pub region: String,
 }
 
 /// Which OpenAI-compatible endpoint a request is for.
@@ -240,6 +251,7 @@ impl CompletionService {
             keys: KeyPolicy::default(),
             turn: std::sync::atomic::AtomicUsize::new(0),
             audit: None,
+            team_bedrock: None,
         }
     }
 
@@ -254,6 +266,13 @@ impl CompletionService {
     #[must_use]
     pub fn with_audit(mut self, audit: crate::audit::AuditLog) -> Self {
         self.audit = Some(audit);
+        self
+    }
+
+    /// The team path serves Bedrock with these credentials.
+    #[must_use]
+    pub fn with_team_bedrock(mut self, team: Option<TeamBedrock>) -> Self {
+        self.team_bedrock = team;
         self
     }
 
@@ -729,6 +748,25 @@ impl CompletionService {
 
     /// The credential a resolution names: the cached user secret or the team key.
     async fn credential(&self, resolution: &Resolution) -> Result<ApiKey, CompletionError> {
+        if let (CredentialSource::Team(service), Some(team)) =
+            (&resolution.credential, &self.team_bedrock)
+            && *service == Service::Bedrock
+        {
+            use aws_credential_types::provider::ProvideCredentials as _;
+            let no_credential = || CompletionError::Resolve(ResolveError::NoCredential);
+            let own = team.provider.provide_credentials().await.map_err(|err| {
+                tracing::error!(error = %err, "the process's own AWS credentials are not available");
+                no_credential()
+            })?;
+            return crate::domain::AwsCredentials::from_parts(
+                own.access_key_id(),
+                own.secret_access_key(),
+                own.session_token(),
+                &team.region,
+            )
+            .map(|aws| aws.to_secret())
+            .ok_or_else(no_credential);
+        }
         match &resolution.credential {
             CredentialSource::User(key) => self
                 .secrets

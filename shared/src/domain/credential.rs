@@ -354,14 +354,7 @@ impl AwsCredentials {
                 "is not a session token (printable, at most 4096 characters)",
             ));
         }
-        // `us-east-1`, `us-gov-west-1`, `eu-central-2`: part of a host name.
-        let parts: Vec<&str> = region.split('-').collect();
-        let region_ok = (3..=4).contains(&parts.len())
-            && parts[..parts.len() - 1]
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-            && parts[parts.len() - 1].parse::<u8>().is_ok();
-        if !region_ok {
+        if !Self::is_region(region) {
             return Err(field_error(
                 "region",
                 "is not an AWS region (such as us-east-1)",
@@ -371,6 +364,33 @@ impl AwsCredentials {
             access_key_id: access_key_id.to_owned(),
             secret_access_key: SecretString::from(secret.to_owned()),
             session_token: token.map(|t| SecretString::from(t.to_owned())),
+            region: region.to_owned(),
+        })
+    }
+
+    /// Whether `region` is an AWS region id (`us-east-1`, `us-gov-west-1`):
+    /// it becomes part of a host name, so nothing else is let through.
+    pub fn is_region(region: &str) -> bool {
+        let parts: Vec<&str> = region.split('-').collect();
+        (3..=4).contains(&parts.len())
+            && parts[..parts.len() - 1]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts[parts.len() - 1].parse::<u8>().is_ok()
+    }
+
+    /// Credentials the process holds itself (its role's, from the default
+    /// chain), for `region`; `None` for a region that is not one.
+    pub fn from_parts(
+        access_key_id: &str,
+        secret_access_key: &str,
+        session_token: Option<&str>,
+        region: &str,
+    ) -> Option<Self> {
+        Self::is_region(region).then(|| Self {
+            access_key_id: access_key_id.to_owned(),
+            secret_access_key: SecretString::from(secret_access_key.to_owned()),
+            session_token: session_token.map(|t| SecretString::from(t.to_owned())),
             region: region.to_owned(),
         })
     }
