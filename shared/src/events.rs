@@ -109,6 +109,21 @@ fn service_name<S: serde::Serializer>(service: &Service, s: S) -> Result<S::Ok, 
 }
 
 impl KeyEvent {
+    /// A `kind` event about `record` (its user, service, id and masked key)
+    /// at `at`, with no reason and no key date; set those where they apply.
+    pub fn about(kind: KeyEventKind, record: &crate::domain::KeyRecord, at: Timestamp) -> Self {
+        Self {
+            kind,
+            user: record.user.clone(),
+            service: record.service,
+            key_id: Some(record.id.clone()),
+            masked_key: record.masked_key.clone(),
+            at,
+            reason: None,
+            keyed_at: None,
+        }
+    }
+
     /// The event as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

@@ -668,29 +668,16 @@ impl RotationService {
                 if older_than(started, keyed_at, policy.rotation_age) {
                     report.rotation_due += 1;
                     report.events.push(KeyEvent {
-                        kind: KeyEventKind::RotationDue,
-                        user: record.user.clone(),
-                        service: record.service,
-                        key_id: Some(record.id.clone()),
-                        masked_key: record.masked_key.clone(),
-                        at: started,
-                        reason: None,
                         keyed_at: Some(keyed_at),
+                        ..KeyEvent::about(KeyEventKind::RotationDue, &record, started)
                     });
                 }
                 let last_used = record.last_used_at.unwrap_or(record.created_at);
                 if older_than(started, last_used, policy.stale_after) {
                     report.stale += 1;
-                    report.events.push(KeyEvent {
-                        kind: KeyEventKind::Stale,
-                        user: record.user.clone(),
-                        service: record.service,
-                        key_id: Some(record.id.clone()),
-                        masked_key: record.masked_key.clone(),
-                        at: started,
-                        reason: None,
-                        keyed_at: None,
-                    });
+                    report
+                        .events
+                        .push(KeyEvent::about(KeyEventKind::Stale, &record, started));
                 }
                 if record
                     .last_validated_at
@@ -715,14 +702,8 @@ impl RotationService {
                             ValidationResult::Invalid => {
                                 report.invalid += 1;
                                 report.events.push(KeyEvent {
-                                    kind: KeyEventKind::Invalid,
-                                    user: record.user.clone(),
-                                    service: record.service,
-                                    key_id: Some(record.id.clone()),
-                                    masked_key: record.masked_key.clone(),
-                                    at: now(),
                                     reason: Some("invalid_key"),
-                                    keyed_at: None,
+                                    ..KeyEvent::about(KeyEventKind::Invalid, &record, now())
                                 });
                             }
                         }

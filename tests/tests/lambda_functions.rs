@@ -853,6 +853,12 @@ fn budget_event(method: &str, body: Option<&Value>) -> Value {
     let route = format!("{method} /api/admin/budgets/users/{{userId}}");
     event["routeKey"] = json!(route);
     event["requestContext"]["routeKey"] = json!(route);
+    with_optional_body(event, body)
+}
+
+/// `event` with `body` as its JSON body, or with no body (and no content
+/// headers) when there is none.
+fn with_optional_body(mut event: Value, body: Option<&Value>) -> Value {
     match body {
         Some(body) => with_body(event, body),
         None => {
@@ -1119,14 +1125,7 @@ async fn v1_functions_accept_personal_keys_until_revoked() {
         event["rawPath"] = json!(path);
         event["requestContext"]["http"]["path"] = json!(path);
         event["requestContext"]["http"]["method"] = json!(method);
-        match body {
-            Some(body) => with_body(event, body),
-            None => {
-                event.as_object_mut().expect("event").remove("body");
-                headers_mut(&mut event).retain(|name, _| !name.starts_with("content-"));
-                event
-            }
-        }
+        with_optional_body(event, body)
     };
     let made = keys
         .call(token_event(
