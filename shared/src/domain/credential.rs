@@ -141,6 +141,14 @@ impl GcpServiceAccount {
         doc: &CredentialDocument,
         token_url: &str,
     ) -> Result<Self, CredentialFieldError> {
+        let account = Self::read(doc, token_url)?;
+        account.check_private_key()?;
+        Ok(account)
+    }
+
+    /// The fields of `doc`, each within its shape; the private key is not
+    /// parsed (see [`Self::check_private_key`]).
+    fn read(doc: &CredentialDocument, token_url: &str) -> Result<Self, CredentialFieldError> {
         let text = |names: &[&'static str]| doc.text(names);
         if let Some(kind) = text(&["type"])?
             && kind != "service_account"
@@ -232,15 +240,21 @@ impl GcpServiceAccount {
                 "is not a key id (letters and digits)",
             ));
         }
-        if jsonwebtoken::EncodingKey::from_rsa_pem(self.private_key.expose_secret().as_bytes())
-            .is_err()
-        {
-            return Err(field_error(
-                "privateKey",
-                "is not an RSA private key in PEM (-----BEGIN PRIVATE KEY-----)",
-            ));
-        }
         Ok(())
+    }
+
+    /// The private key parses as an RSA key (PEM): checked when a credential
+    /// arrives, not each time a stored one is read back (every call), where
+    /// signing parses it anyway and a key that does not parse is refused.
+    fn check_private_key(&self) -> Result<(), CredentialFieldError> {
+        jsonwebtoken::EncodingKey::from_rsa_pem(self.private_key.expose_secret().as_bytes())
+            .map(|_| ())
+            .map_err(|_| {
+                field_error(
+                    "privateKey",
+                    "is not an RSA private key in PEM (-----BEGIN PRIVATE KEY-----)",
+                )
+            })
     }
 
     /// The private key, to sign the token request only.
@@ -271,9 +285,9 @@ impl GcpServiceAccount {
         if doc.0.get("type").and_then(serde_json::Value::as_str) != Some(GCP_STORED_TYPE) {
             return None;
         }
-        // Stored values were checked on the way in; the token URL was too.
-        let account = Self::from_document(&doc, GCP_TOKEN_URL).ok()?;
-        Some(account)
+        // Stored values were checked on the way in (the private key too);
+        // the fields that go into URLs are checked again, cheaply.
+        Self::read(&doc, GCP_TOKEN_URL).ok()
     }
 
     /// What key views show: the account, project and location, no secret.
