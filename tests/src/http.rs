@@ -109,4 +109,19 @@ impl Api {
     pub async fn delete(&self, path: &str) -> Answer {
         self.send(Method::DELETE, path, None).await
     }
+
+    /// `GET path` again until its `requests` list holds `count` rows (or 5 s
+    /// pass): the ledger entry of an answer sent whole is written after the
+    /// answer, off the request's path, so a read right after can miss it.
+    pub async fn requests_once_counted(&self, path: &str, count: usize) -> Answer {
+        let mut answer = self.get(path).await;
+        for _ in 0..100 {
+            if answer.json["requests"].as_array().map(Vec::len) >= Some(count) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            answer = self.get(path).await;
+        }
+        answer
+    }
 }

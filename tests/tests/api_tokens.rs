@@ -107,11 +107,17 @@ async fn personal_keys_work_on_v1_only_until_revoked(mode: Mode) {
     assert_eq!(with_key.get("/v1/models").await.status.as_u16(), 200);
 
     // Recorded as tess's usage.
-    let usage = api.get("/api/usage/requests").await;
+    let usage = api.requests_once_counted("/api/usage/requests", 2).await;
+    let usage_log: Vec<String> = server
+        .output()
+        .lines()
+        .filter(|line| line.contains("byok::usage"))
+        .map(str::to_owned)
+        .collect();
     assert_eq!(
         usage.json["requests"].as_array().unwrap().len(),
         2,
-        "{}",
+        "{}\n{usage_log:#?}",
         usage.text
     );
 

@@ -114,14 +114,7 @@ async fn bedrock_access_keys_serve_completions(mode: Mode) {
     assert_eq!(sent.body["system"], json!([{"text": "Be brief."}]));
     assert_eq!(sent.body["inferenceConfig"]["maxTokens"], 32);
     // The ledger entry of an answer sent whole lands off its path: wait.
-    let mut usage = api.get("/api/usage/requests").await;
-    for _ in 0..100 {
-        if usage.json["requests"].as_array().map(Vec::len) == Some(2) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        usage = api.get("/api/usage/requests").await;
-    }
+    let usage = api.requests_once_counted("/api/usage/requests", 2).await;
     let rows = usage.json["requests"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{}", usage.text);
     assert!(

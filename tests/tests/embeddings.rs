@@ -107,7 +107,7 @@ async fn embeddings_work_end_to_end(mode: Mode) {
     assert_eq!(answer["path"], "user-provider", "{answer}");
 
     // Recorded in the ledger at the catalog's price.
-    let recent = api.get("/api/usage/requests").await;
+    let recent = api.requests_once_counted("/api/usage/requests", 2).await;
     let rows: Vec<Value> = recent.json["requests"]
         .as_array()
         .unwrap()

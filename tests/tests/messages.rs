@@ -79,7 +79,7 @@ async fn messages_work_end_to_end(mode: Mode) {
         let usage = answer["inputTokens"].as_u64().unwrap();
         assert!(usage > 0, "{answer}");
     }
-    let recent = api.get("/api/usage/requests").await;
+    let recent = api.requests_once_counted("/api/usage/requests", 2).await;
     let rows = recent.json["requests"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{}", recent.text);
     assert!(

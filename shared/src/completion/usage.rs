@@ -222,15 +222,21 @@ impl UsageMeter {
     /// without it, an attempt that got an answer is estimated from `streamed`
     /// (the text sent on) and `known_prompt` (a prompt count the upstream gave
     /// before it stopped).
+    ///
+    /// The write runs as a counted task of its own, awaited here: a caller
+    /// dropped meanwhile (a client that closes on `[DONE]` drops the body
+    /// stream awaiting this) never cancels it half-written, and a body that
+    /// waits for it ends only once it is written (a Lambda is not frozen
+    /// with the write in flight).
     pub(crate) async fn finish(
-        mut self,
+        self,
         outcome: Outcome,
         usage: Option<Usage>,
         streamed: &StreamedText,
         known_prompt: Option<u64>,
     ) {
-        if let Some(record) = self.take_record(outcome, usage, streamed, known_prompt) {
-            self.sink.record(record).await;
+        if let Some(write) = self.finish_spawned(outcome, usage, *streamed, known_prompt) {
+            let _ = write.await;
         }
     }
 
@@ -282,29 +288,27 @@ impl UsageMeter {
 
     /// Writes `record` from a task of its own (counted in `pending`);
     /// outside a runtime (a process shutting down) it reaches the log alone.
-    fn spawn_record(&self, record: UsageRecord) {
+    fn spawn_record(&self, record: UsageRecord) -> Option<tokio::task::JoinHandle<()>> {
         if tokio::runtime::Handle::try_current().is_err() {
             log_record(&record);
-            return;
+            return None;
         }
         let sink = self.sink.clone();
-        self.pending.spawn(async move { sink.record(record).await });
+        self.pending.spawn(async move { sink.record(record).await })
     }
 
     /// Finishes the attempt in a counted task of its own, for callers that
     /// cannot await it here (a destructor) or want to send first; the handle
     /// ends when the record is written.
     pub(crate) fn finish_spawned(
-        self,
+        mut self,
         outcome: Outcome,
         usage: Option<Usage>,
         streamed: StreamedText,
         known_prompt: Option<u64>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let pending = self.pending.clone();
-        pending.spawn(async move {
-            self.finish(outcome, usage, &streamed, known_prompt).await;
-        })
+        let record = self.take_record(outcome, usage, &streamed, known_prompt)?;
+        self.spawn_record(record)
     }
 }
 
@@ -315,7 +319,7 @@ impl Drop for UsageMeter {
         if self.record.is_some() {
             let streamed = StreamedText::default();
             if let Some(record) = self.take_record(Outcome::Cancelled, None, &streamed, None) {
-                self.spawn_record(record);
+                let _ = self.spawn_record(record);
             }
         }
     }
@@ -324,6 +328,68 @@ impl Drop for UsageMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ledger whose write takes a while, like a DynamoDB round trip.
+    struct SlowSink(Arc<std::sync::Mutex<Vec<UsageRecord>>>);
+
+    #[async_trait]
+    impl UsageSink for SlowSink {
+        async fn record(&self, record: UsageRecord) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(record);
+        }
+    }
+
+    fn record() -> UsageRecord {
+        UsageRecord {
+            user: UserId::new("ulla").unwrap_or_else(|| unreachable!()),
+            tenant: None,
+            request_id: "r1".into(),
+            attempt: 0,
+            provider: Service::OpenAi,
+            path: ResolutionPath::UserProvider,
+            model: "openai/gpt-4o-mini".into(),
+            fallback: false,
+            stream: true,
+            outcome: Outcome::Completed,
+            prompt_tokens: None,
+            completion_tokens: None,
+            estimated: false,
+            time_to_first_byte: None,
+            duration: Duration::ZERO,
+            budget_holds: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finish_dropped_half_way_still_writes_its_record() {
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pending = PendingWrites::default();
+        let meter = UsageMeter::new(
+            Arc::new(SlowSink(written.clone())),
+            pending.clone(),
+            Instant::now(),
+            3,
+            record(),
+        );
+        let usage = Usage {
+            prompt_tokens: 2,
+            completion_tokens: 4,
+        };
+        // The caller (a client's body stream) goes away mid-write.
+        let streamed = StreamedText::default();
+        let finish = meter.finish(Outcome::Completed, Some(usage), &streamed, None);
+        let cut = tokio::time::timeout(Duration::from_millis(5), finish).await;
+        assert!(cut.is_err(), "the write was still running");
+        assert!(pending.settle(Duration::from_secs(5)).await);
+        let written = written.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(written.len(), 1, "written once, whole");
+        assert_eq!(written[0].prompt_tokens, Some(2));
+        assert_eq!(written[0].outcome, Outcome::Completed);
+    }
 
     #[tokio::test]
     async fn settle_waits_for_running_writes() {
