@@ -310,6 +310,9 @@ impl Resolver {
     /// through the team gateway when the operator asked for that, a team
     /// gateway key is set and the gateway takes the provider's keys. The
     /// path stays `user-provider`: the user's key pays.
+    ///
+    /// A model the gateway has no name for (a Bedrock id outside the
+    /// provider's name table) is called directly.
     pub fn routed(&self, resolution: Resolution) -> Resolution {
         let eligible = self.user_keys_via_gateway
             && resolution.path == ResolutionPath::UserProvider
@@ -318,12 +321,15 @@ impl Resolver {
         if !eligible {
             return resolution;
         }
-        let base_url = self.upstreams.base_url(Service::Gateway).to_owned();
-        let upstream_model = if resolution.provider.provider().gateway_takes_upstream_model {
-            resolution.upstream_model.clone()
-        } else {
-            resolution.model.clone()
+        let Some(upstream_model) = resolution
+            .provider
+            .provider()
+            .gateway_model
+            .name_for(&resolution.model, &resolution.upstream_model)
+        else {
+            return resolution;
         };
+        let base_url = self.upstreams.base_url(Service::Gateway).to_owned();
         Resolution {
             base_url_host: url_host(&base_url).unwrap_or_default(),
             base_url,

@@ -249,7 +249,97 @@ async fn the_team_path_uses_the_processs_own_aws_credentials(mode: Mode) {
     stand_in.shutdown().await;
 }
 
+async fn bedrock_keys_go_through_the_gateway_by_its_model_names(mode: Mode) {
+    const TEAM_GATEWAY_KEY: &str = "vck_teamkey0bedrockviagateway0000000001";
+    let stand_in = StandIn::start().await;
+    stand_in.accept_keys([TEAM_GATEWAY_KEY]);
+    stand_in.accept_aws_key(TEMP_KEY_ID, TEMP_SECRET, Some(SESSION_TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        mode,
+        &stand_in,
+        dir.path(),
+        &[
+            ("AI_GATEWAY_API_KEY", TEAM_GATEWAY_KEY),
+            ("BYOK_ROUTE_USER_KEYS_VIA_GATEWAY", "true"),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let api = Api::new(&server.base, Some(&server.token("gus", false)));
+    let stored = api
+        .post(
+            "/api/keys",
+            json!({"service": "bedrock", "credentials": {
+                "accessKeyId": TEMP_KEY_ID, "secretAccessKey": TEMP_SECRET,
+                "sessionToken": SESSION_TOKEN, "region": "eu-west-1"}}),
+        )
+        .await;
+    assert_eq!(stored.status.as_u16(), 201, "{}", stored.text);
+
+    // A Bedrock id the gateway has a name for (an inference profile here):
+    // the gateway gets its own name, the AWS key in its byok shape, and is
+    // told to serve it through Bedrock only.
+    let profile = "bedrock/us.anthropic.claude-3-5-haiku-20241022-v1:0";
+    let resolved = api.get(&format!("/api/resolve?model={profile}")).await;
+    assert_eq!(resolved.json["via"], "gateway", "{}", resolved.text);
+    stand_in.echo_keys(true);
+    let answer = api
+        .post(
+            "/v1/chat/completions",
+            json!({"model": profile, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
+    assert_eq!(answer.header("x-byok-path"), Some("user-provider"));
+    assert_eq!(answer.header("x-byok-via"), Some("gateway"));
+    let sent = stand_in.requests().pop().unwrap();
+    assert_eq!(sent.upstream, Some(Upstream::Gateway));
+    assert_eq!(sent.key, TEAM_GATEWAY_KEY);
+    assert_eq!(sent.model, "anthropic/claude-3.5-haiku");
+    assert_eq!(
+        sent.body["providerOptions"]["gateway"],
+        json!({"byok": {"bedrock": [{
+            "accessKeyId": TEMP_KEY_ID, "secretAccessKey": TEMP_SECRET,
+            "sessionToken": SESSION_TOKEN, "region": "eu-west-1"}]},
+            "only": ["bedrock"]}),
+        "{}",
+        sent.body
+    );
+    stand_in.echo_keys(false);
+
+    // An id without a gateway name is called directly, signed.
+    let other = "bedrock/cohere.command-r-v1:0";
+    let resolved = api.get(&format!("/api/resolve?model={other}")).await;
+    assert_eq!(resolved.json.get("via"), None, "{}", resolved.text);
+    let direct = api
+        .post(
+            "/v1/chat/completions",
+            json!({"model": other, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    assert_eq!(direct.status.as_u16(), 200, "{}", direct.text);
+    assert_eq!(direct.header("x-byok-via"), None);
+    let sent = stand_in.requests().pop().unwrap();
+    assert_eq!(sent.upstream, Some(Upstream::Bedrock));
+    assert_eq!(sent.key, TEMP_KEY_ID);
+    assert!(
+        sent.path.starts_with("/bedrock-runtime/eu-west-1/model/"),
+        "{}",
+        sent.path
+    );
+
+    let log = server.output();
+    for secret in [TEMP_SECRET, SESSION_TOKEN, TEAM_GATEWAY_KEY] {
+        assert!(!answer.text.contains(secret), "{}", answer.text);
+        assert!(!direct.text.contains(secret));
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+    drop(server);
+    stand_in.shutdown().await;
+}
+
 byok_tests::on_every_store!(
     bedrock_access_keys_serve_completions,
-    the_team_path_uses_the_processs_own_aws_credentials
+    the_team_path_uses_the_processs_own_aws_credentials,
+    bedrock_keys_go_through_the_gateway_by_its_model_names
 );

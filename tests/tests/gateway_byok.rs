@@ -86,7 +86,7 @@ async fn user_keys_go_through_the_team_gateway_when_asked(mode: Mode) {
                 assert_eq!(call.model, "openai/gpt-4o-mini");
                 assert_eq!(
                     call.body["providerOptions"],
-                    json!({"gateway": {"byok": {"openai": [{"apiKey": USER_OPENAI_KEY}]}}}),
+                    json!({"gateway": {"byok": {"openai": [{"apiKey": USER_OPENAI_KEY}]}, "only": ["openai"]}}),
                     "the user's key, and only ours, in the gateway's options"
                 );
                 assert_eq!(answer.header("x-byok-via"), Some("gateway"));

@@ -324,6 +324,11 @@ async fn vertex_accounts_go_through_the_gateway_in_its_shape(mode: Mode) {
     assert_eq!(sent.upstream, Some(Upstream::Gateway));
     assert_eq!(sent.key, TEAM_GATEWAY_KEY);
     assert_eq!(sent.model, "google/gemini-2.5-flash");
+    assert_eq!(
+        sent.body["providerOptions"]["gateway"]["only"],
+        json!(["vertex"]),
+        "served through Vertex alone, never Google AI Studio on the gateway's credentials"
+    );
     let credential = &sent.body["providerOptions"]["gateway"]["byok"]["vertex"][0];
     assert_eq!(credential["project"], PROJECT, "{}", sent.body);
     assert_eq!(credential["location"], LOCATION);

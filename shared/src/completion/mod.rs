@@ -870,14 +870,10 @@ impl CompletionService {
                 upstream_body,
             ),
         };
-        // A service account sent to the gateway: its private key too.
+        // A structured credential sent to the gateway: its secret parts too.
         let byok_parts: Vec<ApiKey> = byok
             .iter()
-            .flat_map(|key| {
-                let account = crate::domain::GcpServiceAccount::from_secret(key);
-                std::iter::once(key.clone())
-                    .chain(account.map(|a| ApiKey::new(a.private_key_pem())))
-            })
+            .flat_map(crate::domain::credential_secret_parts)
             .collect();
         let scrubber = upstream::KeyScrubber::new(prepared.scrub.iter().chain(&byok_parts));
         drop(prepared);

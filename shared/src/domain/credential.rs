@@ -613,3 +613,17 @@ pub(crate) mod structured_tests {
         );
     }
 }
+
+/// Every secret text a stored credential holds, to scrub wherever upstream
+/// text goes: the stored value itself and, for a structured credential, its
+/// private key, secret access key and session token on their own.
+pub fn credential_secret_parts(secret: &ApiKey) -> Vec<ApiKey> {
+    let mut parts = vec![secret.clone()];
+    if let Some(account) = GcpServiceAccount::from_secret(secret) {
+        parts.push(ApiKey::new(account.private_key_pem()));
+    } else if let Some(aws) = AwsCredentials::from_secret(secret) {
+        parts.push(ApiKey::new(aws.secret_access_key()));
+        parts.extend(aws.session_token().map(ApiKey::new));
+    }
+    parts
+}

@@ -17,7 +17,7 @@ pub use api_token::{ApiTokenId, ApiTokenRecord, PersonalKey, TokenHash};
 pub use base_url::{BaseUrlError, UserBaseUrl};
 pub use credential::{
     ApiKey, AwsCredentials, CredentialDocument, CredentialFieldError, CredentialKind,
-    GCP_TOKEN_URL, GcpServiceAccount,
+    GCP_TOKEN_URL, GcpServiceAccount, credential_secret_parts,
 };
 pub use key::{
     KeyFormatError, KeyId, KeyRecord, KeyStrategy, PendingKey, RotationOutcome, RotationRejection,

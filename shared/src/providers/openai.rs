@@ -43,10 +43,14 @@ pub fn prepare_request(body: &mut RawObject, upstream_model: &str, stream: bool)
 
 /// Puts the user's `key` into the body as the Vercel AI Gateway's
 /// request-scoped BYOK option, `providerOptions.gateway.byok.{slug}:
-/// [{apiKey}]`. The client's own `providerOptions.gateway` is replaced
-/// whole: its routing options (fallback models, provider order) could
-/// otherwise send the request to the gateway's own credentials, on the
-/// team's account. Other `providerOptions` entries pass unchanged.
+/// [{apiKey}]` (or the credential's own shape for AWS keys and service
+/// accounts), with `only: [slug]` so the gateway serves the model through
+/// that provider alone: `anthropic/claude-3.5-haiku` asked with a Bedrock
+/// credential must not go to Anthropic on the gateway's credentials. The
+/// client's own `providerOptions.gateway` is replaced whole: its routing
+/// options (fallback models, provider order) could otherwise send the
+/// request to the gateway's own credentials, on the team's account. Other
+/// `providerOptions` entries pass unchanged.
 pub fn add_gateway_byok(
     body: &mut RawObject,
     slug: &str,
@@ -57,21 +61,32 @@ pub fn add_gateway_byok(
         Some(Ok(map)) => map,
         Some(Err(_)) => return Err("providerOptions must be an object"),
     };
-    // The credential in the gateway's shape for it: an API key, or a
-    // Google service account's project, location and key.
-    let credential = match crate::domain::GcpServiceAccount::from_secret(key) {
-        Some(account) => serde_json::json!({
+    // The credential in the gateway's shape for it: an API key, a Google
+    // service account's project, location and key, or an AWS access key.
+    let credential = if let Some(account) = crate::domain::GcpServiceAccount::from_secret(key) {
+        serde_json::json!({
             "project": account.project,
             "location": account.location,
             "googleCredentials": {
                 "privateKey": account.private_key_pem(),
                 "clientEmail": account.client_email,
             },
-        }),
-        None => serde_json::json!({ "apiKey": key.expose() }),
+        })
+    } else if let Some(aws) = crate::domain::AwsCredentials::from_secret(key) {
+        let mut credential = serde_json::json!({
+            "accessKeyId": aws.access_key_id,
+            "secretAccessKey": aws.secret_access_key(),
+            "region": aws.region,
+        });
+        if let Some(token) = aws.session_token() {
+            credential["sessionToken"] = Value::from(token);
+        }
+        credential
+    } else {
+        serde_json::json!({ "apiKey": key.expose() })
     };
-    let byok = serde_json::json!({ slug: [credential] });
-    options.insert("gateway".to_owned(), serde_json::json!({ "byok": byok }));
+    let gateway = serde_json::json!({ "byok": { slug: [credential] }, "only": [slug] });
+    options.insert("gateway".to_owned(), gateway);
     let json =
         serde_json::to_string(&options).map_err(|_| "providerOptions could not be written")?;
     body.set("providerOptions", json);

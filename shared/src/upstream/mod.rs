@@ -145,8 +145,7 @@ impl UpstreamClient {
                         format!("{service}: the stored credential is not an AWS access key"),
                     )
                 })?;
-                let mut scrub = vec![secret.clone(), ApiKey::new(aws.secret_access_key())];
-                scrub.extend(aws.session_token().map(ApiKey::new));
+                let scrub = crate::domain::credential_secret_parts(secret);
                 Ok(CallCredential {
                     // The region was checked to a plain id when saved.
                     base_url: base_url.replace("{region}", &aws.region),
@@ -170,11 +169,9 @@ impl UpstreamClient {
                 Ok(CallCredential {
                     aws: None,
                     base_url: gcp::vertex_base_url(base_url, &account),
-                    scrub: vec![
-                        token.clone(),
-                        ApiKey::new(account.private_key_pem()),
-                        secret.clone(),
-                    ],
+                    scrub: std::iter::once(token.clone())
+                        .chain(crate::domain::credential_secret_parts(secret))
+                        .collect(),
                     key: token,
                 })
             }

@@ -1,7 +1,7 @@
 //! Cerebras, OpenAI-compatible (`https://api.cerebras.ai/v1`). It hosts
 //! other makers' models (`gpt-oss-120b`), so no bare id is its own.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "cerebras",
@@ -24,5 +24,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: Some("cerebras"),
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

@@ -4,7 +4,7 @@
 //! `GET /v1/models` beside it (two path segments up from the base). Not
 //! named in gateway BYOK requests: the gateway documents no BYOK slug for it.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "cohere",
@@ -27,5 +27,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/../../v1/models",
     gateway_byok_slug: None,
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

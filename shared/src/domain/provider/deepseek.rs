@@ -2,7 +2,7 @@
 //! path). Its keys start with `sk-`, like OpenAI's: a key with a longer
 //! prefix of another service (`sk-proj-`, `sk-ant-`, `sk-or-`) is refused.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "deepseek",
@@ -25,5 +25,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: Some("deepseek"),
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

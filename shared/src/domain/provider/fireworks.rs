@@ -3,7 +3,7 @@
 //! reaches it with that prefix, and a full id (`fireworks/accounts/…`) as
 //! given. It hosts other makers' models, so no bare id is its own.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "fireworks",
@@ -26,5 +26,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: Some("fireworks"),
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

@@ -1,6 +1,6 @@
 //! The Vercel AI Gateway: OpenAI-compatible, takes `provider/model` ids, a user may give their own base URL; a key is checked on `/credits`.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "gateway",
@@ -23,5 +23,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/credits",
     gateway_byok_slug: None,
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

@@ -1,6 +1,6 @@
 //! Groq, OpenAI-compatible.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "groq",
@@ -23,5 +23,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: Some("groq"),
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

@@ -2,7 +2,7 @@
 //! documented prefix. Not named in gateway BYOK requests: the gateway's
 //! documentation confirms no BYOK slug for it.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "mistral",
@@ -32,5 +32,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: None,
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

@@ -76,10 +76,62 @@ pub struct Provider {
     /// What a key of it is: an API key string, or a structured credential
     /// (stored as one JSON secret) that is exchanged before each call.
     pub credential: CredentialKind,
-    /// Through the gateway, its models keep the name the provider's own API
-    /// takes (Vertex: `google/gemini-2.5-flash`, the gateway's name for it)
-    /// instead of `provider/model`.
-    pub gateway_takes_upstream_model: bool,
+    /// How the gateway names its models when a request goes there with the
+    /// user's credential (`gateway_byok_slug`).
+    pub gateway_model: GatewayModel,
+}
+
+/// How the Vercel AI Gateway names a provider's model on a request that
+/// carries the user's credential for that provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayModel {
+    /// `provider/model`, as the catalog names it: `openai/gpt-4o-mini`.
+    Namespaced,
+    /// The name the provider's own API takes, which is the gateway's name
+    /// for the model too (Vertex: `google/gemini-2.5-flash`).
+    Upstream,
+    /// The gateway names the model by its maker, not by the provider's id
+    /// (Bedrock's `anthropic.claude-3-5-haiku-20241022-v1:0` is the
+    /// gateway's `anthropic/claude-3.5-haiku`): looked up in `names`, a
+    /// list of (id stem, gateway name). An id matches a stem followed by
+    /// nothing, a date (`-20…`), a version (`-v…`) or `:…`, after an
+    /// optional inference-profile prefix (one of `profile_prefixes`, such
+    /// as `us.`). An id without an entry has no gateway name.
+    Renamed {
+        names: &'static [(&'static str, &'static str)],
+        profile_prefixes: &'static [&'static str],
+    },
+}
+
+impl GatewayModel {
+    /// The gateway's name for a model the catalog calls `model` and the
+    /// provider's API `upstream_model`; `None` when it has none.
+    pub fn name_for(self, model: &str, upstream_model: &str) -> Option<String> {
+        match self {
+            GatewayModel::Namespaced => Some(model.to_owned()),
+            GatewayModel::Upstream => Some(upstream_model.to_owned()),
+            GatewayModel::Renamed {
+                names,
+                profile_prefixes,
+            } => {
+                let id = profile_prefixes
+                    .iter()
+                    .find_map(|prefix| upstream_model.strip_prefix(prefix))
+                    .unwrap_or(upstream_model);
+                names
+                    .iter()
+                    .find(|(stem, _)| {
+                        id.strip_prefix(stem).is_some_and(|rest| {
+                            rest.is_empty()
+                                || rest.starts_with("-20")
+                                || rest.starts_with("-v")
+                                || rest.starts_with(':')
+                        })
+                    })
+                    .map(|(_, name)| (*name).to_owned())
+            }
+        }
+    }
 }
 
 /// How a provider's API expects model names.
@@ -148,6 +200,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bedrock_ids_take_the_gateways_names() {
+        let names = bedrock::PROVIDER.gateway_model;
+        let name = |id: &str| names.name_for(&format!("bedrock/{id}"), id);
+        for (id, expected) in [
+            (
+                "anthropic.claude-3-5-haiku-20241022-v1:0",
+                Some("anthropic/claude-3.5-haiku"),
+            ),
+            (
+                "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                Some("anthropic/claude-sonnet-4.5"),
+            ),
+            (
+                "eu.anthropic.claude-sonnet-4-20250514-v1:0",
+                Some("anthropic/claude-sonnet-4"),
+            ),
+            ("amazon.nova-pro-v1:0", Some("amazon/nova-pro")),
+            (
+                "meta.llama3-3-70b-instruct-v1:0",
+                Some("meta/llama-3.3-70b"),
+            ),
+            // A longer name is not its stem's model.
+            ("anthropic.claude-sonnet-4-7-20260101-v1:0", None),
+            ("cohere.command-r-v1:0", None),
+            ("xx.anthropic.claude-3-5-haiku-20241022-v1:0", None),
+        ] {
+            assert_eq!(name(id).as_deref(), expected, "{id}");
+        }
+        let vertex = vertex::PROVIDER.gateway_model;
+        assert_eq!(
+            vertex.name_for("vertex/gemini-2.5-flash", "google/gemini-2.5-flash"),
+            Some("google/gemini-2.5-flash".to_owned())
+        );
+        let openai = openai::PROVIDER.gateway_model;
+        assert_eq!(
+            openai.name_for("openai/gpt-4o-mini", "gpt-4o-mini"),
+            Some("openai/gpt-4o-mini".to_owned())
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! OpenRouter: OpenAI-compatible, takes `provider/model` ids; a key is checked on its own `/key` route.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "openrouter",
@@ -23,5 +23,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/key",
     gateway_byok_slug: None,
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

@@ -2,7 +2,7 @@
 //! (no version in the path). The key check is `GET /v1/models`. Not named
 //! in gateway BYOK requests: the gateway documents no BYOK slug for it.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "perplexity",
@@ -25,5 +25,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/v1/models",
     gateway_byok_slug: None,
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

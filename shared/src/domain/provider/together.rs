@@ -2,7 +2,7 @@
 //! `org/model` (`together/meta-llama/Llama-3.3-70B-Instruct-Turbo` reaches it
 //! as `meta-llama/Llama-3.3-70B-Instruct-Turbo`), so no bare id is its own.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "together",
@@ -25,5 +25,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/models",
     gateway_byok_slug: Some("togetherai"),
     credential: CredentialKind::ApiKey,
-    gateway_takes_upstream_model: false,
+    gateway_model: GatewayModel::Namespaced,
 };

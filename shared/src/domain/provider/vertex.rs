@@ -8,7 +8,7 @@
 //! `vertex/<model>`, sent as Vertex names Google's own (`google/<model>`);
 //! a name with a publisher (`vertex/meta/…`) is sent as it is.
 
-use super::{CredentialKind, ModelIds, Provider, WireApi};
+use super::{CredentialKind, GatewayModel, ModelIds, Provider, WireApi};
 
 pub(crate) const PROVIDER: Provider = Provider {
     id: "vertex",
@@ -31,5 +31,5 @@ pub(crate) const PROVIDER: Provider = Provider {
     key_check_path: "/..",
     gateway_byok_slug: Some("vertex"),
     credential: CredentialKind::GcpServiceAccount,
-    gateway_takes_upstream_model: true,
+    gateway_model: GatewayModel::Upstream,
 };
