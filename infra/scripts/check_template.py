@@ -195,6 +195,8 @@ TEAM_SECRET_PARAMS = {
     "BYOK_TEAM_PERPLEXITY_SECRET_ARN": "TeamPerplexityKeySecretArn",
     "BYOK_TEAM_CEREBRAS_SECRET_ARN": "TeamCerebrasKeySecretArn",
     "BYOK_TEAM_COHERE_SECRET_ARN": "TeamCohereKeySecretArn",
+    "BYOK_TEAM_VERTEX_SECRET_ARN": "TeamVertexKeySecretArn",
+    "BYOK_TEAM_BEDROCK_SECRET_ARN": "TeamBedrockKeySecretArn",
 }
 # The alert webhook's signing secret: variable -> parameter, and the one
 # function that reads it (at cold start) with its grant.
@@ -1103,8 +1105,7 @@ class Checker:
         for source in sorted(root.glob("*.rs")):
             text = source.read_text()
             m = re.search(r'team_secret_env:\s*"([A-Z0-9_]+)"', text)
-            # Structured credentials (service accounts) have no team secret yet.
-            if source.name == "mod.rs" or "CredentialKind::ApiKey" not in text:
+            if source.name == "mod.rs":
                 continue
             if not m:
                 self.fail(source.name, "provider module without team_secret_env")

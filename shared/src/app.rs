@@ -24,7 +24,8 @@ use crate::store::dynamo::{DynamoMetadataStore, ensure_table};
 #[cfg(feature = "local")]
 use crate::store::embedded::EmbeddedStore;
 use crate::store::secrets_manager::{
-    SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
+    SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_credential,
+    read_team_secret,
 };
 use crate::store::{
     ApiTokenStore, AuditStore, BudgetStore, MetadataStore, RateLimitStore, RotationStore,
@@ -172,9 +173,13 @@ async fn read_team_secrets(
     client: &aws_sdk_secretsmanager::Client,
     team: &Arc<TeamCredentials>,
     arns: &std::collections::BTreeMap<crate::domain::Service, String>,
+    token_url: &str,
 ) {
+    let read = |client, service: crate::domain::Service, arn| async move {
+        read_team_credential(client, arn, service.provider().credential, token_url).await
+    };
     let reads = arns.iter().map(|(service, arn)| async move {
-        (*service, arn.clone(), read_team_secret(client, arn).await)
+        (*service, arn.clone(), read(client, *service, arn).await)
     });
     let mut missing = Vec::new();
     for (service, arn, read) in futures_util::future::join_all(reads).await {
@@ -194,7 +199,7 @@ async fn read_team_secrets(
     if missing.is_empty() {
         return;
     }
-    let (client, team) = (client.clone(), Arc::clone(team));
+    let (client, team, token_url) = (client.clone(), Arc::clone(team), token_url.to_owned());
     tokio::spawn(async move {
         let mut wait = TEAM_SECRET_RETRY_FIRST;
         while !missing.is_empty() {
@@ -202,7 +207,8 @@ async fn read_team_secrets(
             wait = (wait * 2).min(TEAM_SECRET_RETRY_MAX);
             let mut still = Vec::new();
             for (service, arn) in missing {
-                match read_team_secret(&client, &arn).await {
+                let kind = service.provider().credential;
+                match read_team_credential(&client, &arn, kind, &token_url).await {
                     Ok(key) => {
                         team.insert(service, key);
                         tracing::info!(
@@ -280,7 +286,10 @@ pub async fn open_stores_for(config: &Config, function: Function) -> Result<Stor
             let sm = aws_sdk_secretsmanager::Client::new(&sdk);
             let team = Arc::new(config.team.clone());
             match function.team_keys() {
-                TeamKeyUse::Read => read_team_secrets(&sm, &team, &config.team_secret_arns).await,
+                TeamKeyUse::Read => {
+                    read_team_secrets(&sm, &team, &config.team_secret_arns, &config.gcp_token_url)
+                        .await;
+                }
                 TeamKeyUse::Declare => {
                     for service in config.team_secret_arns.keys() {
                         team.declare(*service);

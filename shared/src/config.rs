@@ -2,7 +2,7 @@
 //! names operators rely on. `Config::from_env` is the only place that reads
 //! `std::env`; everything else receives a `Config`.
 
-use crate::domain::{ApiKey, KeyStrategy, ModelId, Service};
+use crate::domain::{KeyStrategy, ModelId, Service};
 use crate::domain::{TeamCredentials, Upstreams};
 pub use crate::upstream::UpstreamTimeouts;
 use secrecy::SecretString;
@@ -248,8 +248,11 @@ pub enum ConfigError {
     },
     #[error("{name} is not a valid absolute URL")]
     BadUrl { name: &'static str },
-    #[error("{name} does not look like a key: 8 to 1024 printable characters without spaces")]
-    BadTeamKey { name: &'static str },
+    #[error("{name} {problem}")]
+    BadTeamKey {
+        name: &'static str,
+        problem: crate::domain::TeamCredentialError,
+    },
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -622,6 +625,7 @@ impl Config {
         let mut upstreams = Upstreams::default();
         let team = TeamCredentials::default();
         let mut team_secret_arns = BTreeMap::new();
+        let mut team_values = Vec::new();
         for service in Service::ALL {
             let var = service.base_url_env();
             if let Some(url) = get(var) {
@@ -631,14 +635,9 @@ impl Config {
                 }
                 upstreams.set(service, url);
             }
-            if let Some(key) = get(service.team_key_env()) {
-                let key = ApiKey::new(key.trim());
-                if !crate::domain::is_plausible_team_key(&key) {
-                    return Err(ConfigError::BadTeamKey {
-                        name: service.team_key_env(),
-                    });
-                }
-                team.insert(service, key);
+            if let Some(value) = get(service.team_key_env()) {
+                // Read below, once the token endpoint is known.
+                team_values.push((service, zeroize::Zeroizing::new(value)));
             }
             if let Some(arn) = get(service.team_secret_env()) {
                 team_secret_arns.insert(service, arn.trim().to_owned());
@@ -657,6 +656,19 @@ impl Config {
                 url
             }
         };
+
+        for (service, value) in team_values {
+            let key = crate::domain::team_credential(
+                service.provider().credential,
+                &value,
+                &gcp_token_url,
+            )
+            .map_err(|problem| ConfigError::BadTeamKey {
+                name: service.team_key_env(),
+                problem,
+            })?;
+            team.insert(service, key);
+        }
 
         let team_bedrock_region = match get("BYOK_TEAM_BEDROCK").as_deref().map(str::trim) {
             None | Some("" | "disabled") => None,

@@ -146,26 +146,15 @@ impl KeyService {
         api_key: Option<ApiKey>,
         credentials: Option<&crate::domain::CredentialDocument>,
     ) -> Result<ApiKey, KeyError> {
-        match (service.provider().credential, api_key, credentials) {
+        let kind = service.provider().credential;
+        match (kind, api_key, credentials) {
             (crate::domain::CredentialKind::ApiKey, Some(key), None) => Ok(key),
             (crate::domain::CredentialKind::ApiKey, _, _) => Err(KeyError::ApiKeyExpected(service)),
-            (crate::domain::CredentialKind::GcpServiceAccount, None, Some(doc)) => {
-                let account =
-                    crate::domain::GcpServiceAccount::from_document(doc, &self.gcp_token_url)
-                        .map_err(|e| KeyError::KeyFormat(e.into()))?;
-                Ok(account.to_secret())
-            }
-            (crate::domain::CredentialKind::AwsAccessKey, None, Some(doc)) => {
-                let aws = crate::domain::AwsCredentials::from_document(doc)
-                    .map_err(|e| KeyError::KeyFormat(e.into()))?;
-                Ok(aws.to_secret())
-            }
-            (
-                crate::domain::CredentialKind::GcpServiceAccount
-                | crate::domain::CredentialKind::AwsAccessKey,
-                _,
-                _,
-            ) => Err(KeyError::CredentialsExpected(service)),
+            (_, None, Some(doc)) => match kind.stored_from(doc, &self.gcp_token_url) {
+                Some(stored) => stored.map_err(|e| KeyError::KeyFormat(e.into())),
+                None => Err(KeyError::ApiKeyExpected(service)),
+            },
+            _ => Err(KeyError::CredentialsExpected(service)),
         }
     }
 

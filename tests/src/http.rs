@@ -110,6 +110,15 @@ impl Api {
         self.send(Method::DELETE, path, None).await
     }
 
+    /// `POST /v1/chat/completions` of one short user message to `model`.
+    pub async fn chat(&self, model: &str) -> Answer {
+        let body = serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Hi"}],
+        });
+        self.post("/v1/chat/completions", body).await
+    }
+
     /// `GET path` again until its `requests` list holds `count` rows (or 5 s
     /// pass): the ledger entry of an answer sent whole is written after the
     /// answer, off the request's path, so a read right after can miss it.

@@ -134,12 +134,7 @@ async fn bedrock_access_keys_serve_completions(mode: Mode) {
         )
         .await;
     assert_eq!(stored.status.as_u16(), 201, "{}", stored.text);
-    let answer = tim
-        .post(
-            "/v1/chat/completions",
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
-        )
-        .await;
+    let answer = tim.chat(MODEL).await;
     assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
     assert!(
         stand_in
@@ -160,12 +155,7 @@ async fn bedrock_access_keys_serve_completions(mode: Mode) {
         )
         .await;
     assert_eq!(stored.status.as_u16(), 201, "{}", stored.text);
-    let refused = dan
-        .post(
-            "/v1/chat/completions",
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
-        )
-        .await;
+    let refused = dan.chat(MODEL).await;
     assert_eq!(refused.status.as_u16(), 424, "{}", refused.text);
     assert_eq!(refused.code(), "upstream_auth");
 
@@ -283,12 +273,7 @@ async fn bedrock_keys_go_through_the_gateway_by_its_model_names(mode: Mode) {
     let resolved = api.get(&format!("/api/resolve?model={profile}")).await;
     assert_eq!(resolved.json["via"], "gateway", "{}", resolved.text);
     stand_in.echo_keys(true);
-    let answer = api
-        .post(
-            "/v1/chat/completions",
-            json!({"model": profile, "messages": [{"role": "user", "content": "Hi"}]}),
-        )
-        .await;
+    let answer = api.chat(profile).await;
     assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
     assert_eq!(answer.header("x-byok-path"), Some("user-provider"));
     assert_eq!(answer.header("x-byok-via"), Some("gateway"));
@@ -311,12 +296,7 @@ async fn bedrock_keys_go_through_the_gateway_by_its_model_names(mode: Mode) {
     let other = "bedrock/cohere.command-r-v1:0";
     let resolved = api.get(&format!("/api/resolve?model={other}")).await;
     assert_eq!(resolved.json.get("via"), None, "{}", resolved.text);
-    let direct = api
-        .post(
-            "/v1/chat/completions",
-            json!({"model": other, "messages": [{"role": "user", "content": "Hi"}]}),
-        )
-        .await;
+    let direct = api.chat(other).await;
     assert_eq!(direct.status.as_u16(), 200, "{}", direct.text);
     assert_eq!(direct.header("x-byok-via"), None);
     let sent = stand_in.requests().pop().unwrap();

@@ -17,10 +17,14 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TimeToLiveStatus,
 };
-use byok::domain::{ApiKey, KeyId, KeyRecord, Service, Settings, UserId};
+use byok::domain::{
+    ApiKey, AwsCredentials, CredentialKind, GCP_TOKEN_URL, KeyId, KeyRecord, Service, Settings,
+    UserId,
+};
 use byok::store::dynamo::{DynamoMetadataStore, ensure_table};
 use byok::store::secrets_manager::{
-    SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_secret,
+    SecretDeletion, SecretsManagerOptions, SecretsManagerStore, read_team_credential,
+    read_team_secret,
 };
 use byok::store::{Expected, MetadataStore, SecretStore, StoreError};
 use byok_tests::aws::{CallCounter, dynamo_client, sdk_config, secrets_client, unique_name};
@@ -720,6 +724,48 @@ async fn team_secrets_are_read_as_plain_text_or_json() {
     assert!(
         matches!(missing, Err(StoreError::SecretNotFound)),
         "{missing:?}"
+    );
+
+    // A structured team credential is its JSON document, read by its kind.
+    let aws = client
+        .create_secret()
+        .name(format!("{prefix}/bedrock"))
+        .secret_string(
+            r#"{"accessKeyId":"AKIATEAMSTATIC000001","secretAccessKey":"teamStaticCANARY00000000000000001","region":"eu-west-1"}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    let read = read_team_credential(
+        &client,
+        aws.arn().unwrap(),
+        CredentialKind::AwsAccessKey,
+        GCP_TOKEN_URL,
+    )
+    .await
+    .unwrap();
+    let read = AwsCredentials::from_secret(&read).unwrap();
+    assert_eq!(read.region, "eu-west-1");
+    assert_eq!(
+        read.secret_access_key(),
+        "teamStaticCANARY00000000000000001"
+    );
+    let err = read_team_credential(
+        &client,
+        bad.arn().unwrap(),
+        CredentialKind::AwsAccessKey,
+        GCP_TOKEN_URL,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("accessKeyId"), "{err}");
+    assert!(!err.to_string().contains("CANARY"), "{err}");
+    // An API-key service reads as before.
+    assert_eq!(
+        read_team_credential(&client, plain_arn, CredentialKind::ApiKey, GCP_TOKEN_URL)
+            .await
+            .unwrap(),
+        ApiKey::new("sk-team-rotated-0123456789")
     );
 }
 

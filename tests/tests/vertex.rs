@@ -310,12 +310,7 @@ async fn vertex_accounts_go_through_the_gateway_in_its_shape(mode: Mode) {
         .await;
     assert_eq!(stored.status.as_u16(), 201, "{}", stored.text);
     stand_in.echo_keys(true);
-    let answer = api
-        .post(
-            "/v1/chat/completions",
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
-        )
-        .await;
+    let answer = api.chat(MODEL).await;
     assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
     assert_eq!(answer.header("x-byok-path"), Some("user-provider"));
     assert_eq!(answer.header("x-byok-via"), Some("gateway"));
@@ -346,7 +341,68 @@ async fn vertex_accounts_go_through_the_gateway_in_its_shape(mode: Mode) {
     stand_in.shutdown().await;
 }
 
+async fn the_team_path_uses_a_team_service_account(mode: Mode) {
+    let stand_in = StandIn::start().await;
+    let team_sa = TestServiceAccount::generate("byok-team@acme-prod-1.iam.gserviceaccount.com");
+    stand_in.accept_service_account(&team_sa);
+    // The operator's key file, as Google gives it, plus the location.
+    let key_file = team_sa
+        .key_file(PROJECT, "europe-west4", &stand_in.token_url())
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        mode,
+        &stand_in,
+        dir.path(),
+        &[("VERTEX_API_KEY", key_file.as_str()), ("RUST_LOG", "trace")],
+    );
+    let api = Api::new(&server.base, Some(&server.token("tina", false)));
+    let resolved = api.get(&format!("/api/resolve?model={MODEL}")).await;
+    assert_eq!(resolved.json["path"], "team-provider", "{}", resolved.text);
+    stand_in.echo_keys(true);
+    let answer = api.chat(MODEL).await;
+    assert_eq!(answer.status.as_u16(), 200, "{}", answer.text);
+    assert_eq!(answer.header("x-byok-path"), Some("team-provider"));
+    assert_eq!(answer.header("x-byok-paid-by"), Some("team"));
+    assert_eq!(stand_in.token_exchanges(), 1, "the team account's token");
+    let sent = stand_in.requests().pop().unwrap();
+    assert_eq!(sent.upstream, Some(Upstream::Vertex));
+    assert_eq!(
+        sent.path,
+        format!(
+            "/vertex/v1/projects/{PROJECT}/locations/europe-west4/endpoints/openapi/chat/completions"
+        )
+    );
+    // The echoed access token is scrubbed, and the private key is nowhere.
+    assert!(!answer.text.contains(&sent.key), "{}", answer.text);
+    let fragment = key_fragment(&team_sa);
+    assert!(!answer.text.contains(&fragment));
+    assert!(!server.output().contains(&fragment), "the key in the log");
+
+    // Consent off: refused before any call.
+    let off = api
+        .post("/api/user-settings", json!({"allowGatewayFallback": false}))
+        .await;
+    assert_eq!(off.status.as_u16(), 200, "{}", off.text);
+    let refused = api.chat(MODEL).await;
+    assert_eq!(refused.code(), "consent_required", "{}", refused.text);
+    drop(server);
+
+    // A value that is no service account stops the process at start,
+    // naming the variable and never the value.
+    let dir = tempfile::tempdir().unwrap();
+    let (status, printed) = byok_tests::harness::run_to_exit(
+        dir.path(),
+        &[("VERTEX_API_KEY", "ya29.not-a-service-account-CANARY")],
+    );
+    assert!(!status.success(), "{printed}");
+    assert!(printed.contains("VERTEX_API_KEY"), "{printed}");
+    assert!(!printed.contains("CANARY"), "{printed}");
+    stand_in.shutdown().await;
+}
+
 byok_tests::on_every_store!(
     vertex_service_accounts_serve_completions,
-    vertex_accounts_go_through_the_gateway_in_its_shape
+    vertex_accounts_go_through_the_gateway_in_its_shape,
+    the_team_path_uses_a_team_service_account
 );

@@ -71,6 +71,65 @@ pub enum CredentialKind {
     AwsAccessKey,
 }
 
+impl CredentialKind {
+    /// A structured credential of this kind read from `doc` and turned into
+    /// its stored form (one JSON secret); `None` for an API key, which has
+    /// no document.
+    pub fn stored_from(
+        self,
+        doc: &CredentialDocument,
+        token_url: &str,
+    ) -> Option<Result<ApiKey, CredentialFieldError>> {
+        match self {
+            CredentialKind::ApiKey => None,
+            CredentialKind::GcpServiceAccount => {
+                Some(GcpServiceAccount::from_document(doc, token_url).map(|a| a.to_secret()))
+            }
+            CredentialKind::AwsAccessKey => {
+                Some(AwsCredentials::from_document(doc).map(|a| a.to_secret()))
+            }
+        }
+    }
+}
+
+/// Why an operator's team credential was refused (never its value).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TeamCredentialError {
+    #[error("does not look like a key: 8 to 1024 printable characters without spaces")]
+    NotAKey,
+    #[error(
+        "is not a JSON credential document (a service account key file plus location; an AWS access key with region)"
+    )]
+    NotADocument,
+    #[error("{0}")]
+    Field(CredentialFieldError),
+}
+
+/// An operator's team credential for a service of `kind`, as configured (a
+/// variable's value or a team secret's): an API key as it is, or for a
+/// structured kind a JSON document of the same fields users upload (a
+/// Google service-account key file plus `location`; an AWS access key with
+/// `region`), checked the same way and kept in its stored form.
+pub fn team_credential(
+    kind: CredentialKind,
+    value: &str,
+    token_url: &str,
+) -> Result<ApiKey, TeamCredentialError> {
+    if kind == CredentialKind::ApiKey {
+        let key = ApiKey::new(value.trim());
+        return if super::is_plausible_team_key(&key) {
+            Ok(key)
+        } else {
+            Err(TeamCredentialError::NotAKey)
+        };
+    }
+    let doc: CredentialDocument =
+        serde_json::from_str(value).map_err(|_| TeamCredentialError::NotADocument)?;
+    kind.stored_from(&doc, token_url)
+        .unwrap_or(Err(field_error("credentials", "is not expected")))
+        .map_err(TeamCredentialError::Field)
+}
+
 /// The token endpoint every Google service account is exchanged at. A
 /// credential naming another (`token_uri`) is refused, so no URL a user
 /// chose is ever fetched; only the operator may point it elsewhere
@@ -483,6 +542,77 @@ pub(crate) mod structured_tests {
 
     fn doc(value: serde_json::Value) -> CredentialDocument {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn team_credentials_are_read_by_their_services_kind() {
+        // An API key as it is, if it can be one.
+        assert_eq!(
+            team_credential(
+                CredentialKind::ApiKey,
+                " vck_team_0123456789 ",
+                GCP_TOKEN_URL
+            ),
+            Ok(ApiKey::new("vck_team_0123456789"))
+        );
+        assert_eq!(
+            team_credential(CredentialKind::ApiKey, "{\"a\": 1}", GCP_TOKEN_URL),
+            Err(TeamCredentialError::NotAKey)
+        );
+        // A service account: the key file plus location, in its stored form.
+        let key = pem();
+        let file = serde_json::json!({
+            "type": "service_account", "project_id": "acme-prod-1",
+            "private_key": key, "client_email": "team@acme-prod-1.iam.gserviceaccount.com",
+            "token_uri": GCP_TOKEN_URL, "location": "europe-west4"
+        });
+        let stored = team_credential(
+            CredentialKind::GcpServiceAccount,
+            &file.to_string(),
+            GCP_TOKEN_URL,
+        )
+        .unwrap();
+        let account = GcpServiceAccount::from_secret(&stored).unwrap();
+        assert_eq!(account.location, "europe-west4");
+        assert_eq!(account.private_key_pem(), key);
+        // Refused with the field, never the value.
+        let mut elsewhere = file.clone();
+        elsewhere["token_uri"] = serde_json::json!("https://evil.example/token");
+        let refused = team_credential(
+            CredentialKind::GcpServiceAccount,
+            &elsewhere.to_string(),
+            GCP_TOKEN_URL,
+        )
+        .unwrap_err();
+        assert!(refused.to_string().contains("token_uri"), "{refused}");
+        assert!(!refused.to_string().contains("evil"), "{refused}");
+        assert_eq!(
+            team_credential(CredentialKind::GcpServiceAccount, &key, GCP_TOKEN_URL),
+            Err(TeamCredentialError::NotADocument)
+        );
+        // An AWS access key with its region.
+        let aws = serde_json::json!({
+            "accessKeyId": "AKIATEAMSTATIC000001",
+            "secretAccessKey": "teamStaticSecret000000000000000001",
+            "region": "us-west-2"
+        });
+        let stored = team_credential(
+            CredentialKind::AwsAccessKey,
+            &aws.to_string(),
+            GCP_TOKEN_URL,
+        )
+        .unwrap();
+        assert_eq!(
+            AwsCredentials::from_secret(&stored).unwrap().region,
+            "us-west-2"
+        );
+        let refused = team_credential(
+            CredentialKind::AwsAccessKey,
+            r#"{"accessKeyId": "AKIATEAMSTATIC000001"}"#,
+            GCP_TOKEN_URL,
+        )
+        .unwrap_err();
+        assert!(refused.to_string().contains("secretAccessKey"), "{refused}");
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub use api_token::{ApiTokenId, ApiTokenRecord, PersonalKey, TokenHash};
 pub use base_url::{BaseUrlError, UserBaseUrl};
 pub use credential::{
     ApiKey, AwsCredentials, CredentialDocument, CredentialFieldError, CredentialKind,
-    GCP_TOKEN_URL, GcpServiceAccount, credential_secret_parts,
+    GCP_TOKEN_URL, GcpServiceAccount, TeamCredentialError, credential_secret_parts,
+    team_credential,
 };
 pub use key::{
     KeyFormatError, KeyId, KeyRecord, KeyStrategy, PendingKey, RotationOutcome, RotationRejection,

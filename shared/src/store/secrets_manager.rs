@@ -445,6 +445,41 @@ impl SecretStore for SecretsManagerStore {
 /// is either the key as plain text or JSON with an `apiKey` string. Called at
 /// cold start; [`StoreError::SecretNotFound`] if the secret does not exist.
 pub async fn read_team_secret(client: &Client, arn: &str) -> Result<ApiKey, StoreError> {
+    let key = key_from_output(current_version(client, arn).await?)?;
+    if crate::domain::is_plausible_team_key(&key) {
+        Ok(key)
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "the secret's value {}",
+            crate::domain::TeamCredentialError::NotAKey
+        )))
+    }
+}
+
+/// Reads a team secret for a service whose credentials are of `kind`: an
+/// API key as [`read_team_secret`] reads it; a structured credential as its
+/// JSON document (checked as a user's upload is, `token_url` being the one
+/// service accounts must name), kept in its stored form.
+pub async fn read_team_credential(
+    client: &Client,
+    arn: &str,
+    kind: crate::domain::CredentialKind,
+    token_url: &str,
+) -> Result<ApiKey, StoreError> {
+    if kind == crate::domain::CredentialKind::ApiKey {
+        return read_team_secret(client, arn).await;
+    }
+    let mut out = current_version(client, arn).await?;
+    let text = Zeroizing::new(out.secret_string.take().unwrap_or_default());
+    crate::domain::team_credential(kind, &text, token_url)
+        .map_err(|problem| StoreError::Corrupt(format!("the secret's value {problem}")))
+}
+
+/// The `AWSCURRENT` version of `arn`.
+async fn current_version(
+    client: &Client,
+    arn: &str,
+) -> Result<aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput, StoreError> {
     let got = client
         .get_secret_value()
         .secret_id(arn)
@@ -452,21 +487,10 @@ pub async fn read_team_secret(client: &Client, arn: &str) -> Result<ApiKey, Stor
         .version_stage("AWSCURRENT")
         .send()
         .await;
-    match got {
-        Ok(out) => key_from_output(out).and_then(|key| {
-            if crate::domain::is_plausible_team_key(&key) {
-                Ok(key)
-            } else {
-                Err(StoreError::Backend(
-                    "the secret's value does not look like a key: 8 to 1024 printable characters without spaces".into(),
-                ))
-            }
-        }),
-        Err(err) => match err.as_service_error() {
-            Some(e) if e.is_resource_not_found_exception() => Err(StoreError::SecretNotFound),
-            _ => Err(backend("GetSecretValue", err)),
-        },
-    }
+    got.map_err(|err| match err.as_service_error() {
+        Some(e) if e.is_resource_not_found_exception() => StoreError::SecretNotFound,
+        _ => backend("GetSecretValue", err),
+    })
 }
 
 /// The owner as the secret's description (see the module doc).
