@@ -744,16 +744,75 @@ pub(crate) mod structured_tests {
     }
 }
 
+/// What a stored key is, read back: the closed set of credentials. Every
+/// one is kept as one secret string: an API key as it is, a structured
+/// credential as JSON tagged with its `type` (`to_secret`).
+#[derive(Clone, Debug)]
+pub enum Credential {
+    ApiKey(ApiKey),
+    Aws(AwsCredentials),
+    GcpServiceAccount(GcpServiceAccount),
+}
+
+impl Credential {
+    /// A stored secret read as what it is: a structured credential by its
+    /// `type` tag, anything else an API key.
+    pub fn read(stored: &ApiKey) -> Self {
+        if let Some(account) = GcpServiceAccount::from_secret(stored) {
+            Credential::GcpServiceAccount(account)
+        } else if let Some(aws) = AwsCredentials::from_secret(stored) {
+            Credential::Aws(aws)
+        } else {
+            Credential::ApiKey(stored.clone())
+        }
+    }
+
+    /// A stored secret read as a credential of `kind`; `None` if it is not one.
+    pub fn of_kind(kind: CredentialKind, stored: &ApiKey) -> Option<Self> {
+        let credential = Self::read(stored);
+        (credential.kind() == kind).then_some(credential)
+    }
+
+    pub fn kind(&self) -> CredentialKind {
+        match self {
+            Credential::ApiKey(_) => CredentialKind::ApiKey,
+            Credential::Aws(_) => CredentialKind::AwsAccessKey,
+            Credential::GcpServiceAccount(_) => CredentialKind::GcpServiceAccount,
+        }
+    }
+
+    /// What key views show: no secret part.
+    pub fn masked(&self) -> String {
+        match self {
+            Credential::ApiKey(key) => super::key::mask_api_key(key),
+            Credential::Aws(aws) => aws.masked(),
+            Credential::GcpServiceAccount(account) => account.masked(),
+        }
+    }
+
+    /// Each secret part on its own (the API key; the private key; the
+    /// secret access key and session token), to scrub wherever upstream
+    /// text goes.
+    pub fn secret_parts(&self) -> Vec<ApiKey> {
+        match self {
+            Credential::ApiKey(key) => vec![key.clone()],
+            Credential::Aws(aws) => std::iter::once(ApiKey::new(aws.secret_access_key()))
+                .chain(aws.session_token().map(ApiKey::new))
+                .collect(),
+            Credential::GcpServiceAccount(account) => {
+                vec![ApiKey::new(account.private_key_pem())]
+            }
+        }
+    }
+}
+
 /// Every secret text a stored credential holds, to scrub wherever upstream
-/// text goes: the stored value itself and, for a structured credential, its
-/// private key, secret access key and session token on their own.
-pub fn credential_secret_parts(secret: &ApiKey) -> Vec<ApiKey> {
-    let mut parts = vec![secret.clone()];
-    if let Some(account) = GcpServiceAccount::from_secret(secret) {
-        parts.push(ApiKey::new(account.private_key_pem()));
-    } else if let Some(aws) = AwsCredentials::from_secret(secret) {
-        parts.push(ApiKey::new(aws.secret_access_key()));
-        parts.extend(aws.session_token().map(ApiKey::new));
+/// text goes: the stored value itself and each of its secret parts.
+pub fn credential_secret_parts(stored: &ApiKey) -> Vec<ApiKey> {
+    let mut parts = vec![stored.clone()];
+    match Credential::read(stored) {
+        Credential::ApiKey(_) => {}
+        structured => parts.extend(structured.secret_parts()),
     }
     parts
 }

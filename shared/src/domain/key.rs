@@ -226,17 +226,9 @@ pub const KEY_MAX_LEN: usize = 512;
 
 /// Checks that `key` is shaped like a key of `service`. Never echoes the key.
 pub fn check_key_format(service: Service, key: &ApiKey) -> Result<(), KeyFormatError> {
-    let structured = match service.provider().credential {
-        super::CredentialKind::ApiKey => None,
-        super::CredentialKind::GcpServiceAccount => {
-            Some(super::credential::GcpServiceAccount::from_secret(key).is_some())
-        }
-        super::CredentialKind::AwsAccessKey => {
-            Some(super::credential::AwsCredentials::from_secret(key).is_some())
-        }
-    };
-    if let Some(ok) = structured {
-        return if ok {
+    let kind = service.provider().credential;
+    if kind != super::CredentialKind::ApiKey {
+        return if super::Credential::of_kind(kind, key).is_some() {
             Ok(())
         } else {
             Err(KeyFormatError::NeedsCredentials {
@@ -342,13 +334,14 @@ pub fn looks_like_a_key(text: &str) -> bool {
 /// ([`crate::domain::Provider::prefixes_shown`]; else the first 3
 /// characters), an ellipsis and the last 4 characters. Keys too short to
 /// mask safely show only the prefix.
+/// A structured credential shows its own non-secret parts
+/// ([`super::Credential::masked`]).
 pub fn mask_key(key: &ApiKey) -> String {
-    if let Some(account) = super::credential::GcpServiceAccount::from_secret(key) {
-        return account.masked();
-    }
-    if let Some(aws) = super::credential::AwsCredentials::from_secret(key) {
-        return aws.masked();
-    }
+    super::Credential::read(key).masked()
+}
+
+/// [`mask_key`] of an API key.
+pub(crate) fn mask_api_key(key: &ApiKey) -> String {
     let key = key.expose();
     let prefix = Service::ALL
         .iter()

@@ -16,7 +16,7 @@ pub mod settings;
 pub use api_token::{ApiTokenId, ApiTokenRecord, PersonalKey, TokenHash};
 pub use base_url::{BaseUrlError, UserBaseUrl};
 pub use credential::{
-    ApiKey, AwsCredentials, CredentialDocument, CredentialFieldError, CredentialKind,
+    ApiKey, AwsCredentials, Credential, CredentialDocument, CredentialFieldError, CredentialKind,
     GCP_TOKEN_URL, GcpServiceAccount, TeamCredentialError, credential_secret_parts,
     team_credential,
 };

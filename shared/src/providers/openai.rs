@@ -63,27 +63,27 @@ pub fn add_gateway_byok(
     };
     // The credential in the gateway's shape for it: an API key, a Google
     // service account's project, location and key, or an AWS access key.
-    let credential = if let Some(account) = crate::domain::GcpServiceAccount::from_secret(key) {
-        serde_json::json!({
+    let credential = match crate::domain::Credential::read(key) {
+        crate::domain::Credential::GcpServiceAccount(account) => serde_json::json!({
             "project": account.project,
             "location": account.location,
             "googleCredentials": {
                 "privateKey": account.private_key_pem(),
                 "clientEmail": account.client_email,
             },
-        })
-    } else if let Some(aws) = crate::domain::AwsCredentials::from_secret(key) {
-        let mut credential = serde_json::json!({
-            "accessKeyId": aws.access_key_id,
-            "secretAccessKey": aws.secret_access_key(),
-            "region": aws.region,
-        });
-        if let Some(token) = aws.session_token() {
-            credential["sessionToken"] = Value::from(token);
+        }),
+        crate::domain::Credential::Aws(aws) => {
+            let mut credential = serde_json::json!({
+                "accessKeyId": aws.access_key_id,
+                "secretAccessKey": aws.secret_access_key(),
+                "region": aws.region,
+            });
+            if let Some(token) = aws.session_token() {
+                credential["sessionToken"] = Value::from(token);
+            }
+            credential
         }
-        credential
-    } else {
-        serde_json::json!({ "apiKey": key.expose() })
+        crate::domain::Credential::ApiKey(key) => serde_json::json!({ "apiKey": key.expose() }),
     };
     let gateway = serde_json::json!({ "byok": { slug: [credential] }, "only": [slug] });
     options.insert("gateway".to_owned(), gateway);
@@ -278,7 +278,10 @@ mod tests {
         assert_eq!(
             field(&body, "providerOptions"),
             json!({
-                "gateway": {"byok": {"openai": [{"apiKey": "sk-proj-user-0123456789"}]}},
+                "gateway": {
+                    "byok": {"openai": [{"apiKey": "sk-proj-user-0123456789"}]},
+                    "only": ["openai"]
+                },
                 "openai": {"reasoningEffort": "low"}
             })
         );

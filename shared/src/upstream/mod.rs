@@ -131,37 +131,34 @@ impl UpstreamClient {
         base_url: &str,
         secret: &ApiKey,
     ) -> Result<CallCredential, UpstreamError> {
-        match service.provider().credential {
-            crate::domain::CredentialKind::ApiKey => Ok(CallCredential {
+        use crate::domain::Credential;
+        let kind = service.provider().credential;
+        let credential = Credential::of_kind(kind, secret).ok_or_else(|| {
+            UpstreamError::new(
+                UpstreamErrorKind::Auth,
+                format!("{service}: the stored credential is not of the kind it takes"),
+            )
+        })?;
+        // Each secret part, and a structured credential's stored form whole.
+        let mut scrub = credential.secret_parts();
+        if kind != crate::domain::CredentialKind::ApiKey {
+            scrub.push(secret.clone());
+        }
+        match credential {
+            Credential::ApiKey(key) => Ok(CallCredential {
                 base_url: base_url.to_owned(),
-                key: secret.clone(),
-                scrub: vec![secret.clone()],
+                key,
+                scrub,
                 aws: None,
             }),
-            crate::domain::CredentialKind::AwsAccessKey => {
-                let aws = crate::domain::AwsCredentials::from_secret(secret).ok_or_else(|| {
-                    UpstreamError::new(
-                        UpstreamErrorKind::Auth,
-                        format!("{service}: the stored credential is not an AWS access key"),
-                    )
-                })?;
-                let scrub = crate::domain::credential_secret_parts(secret);
-                Ok(CallCredential {
-                    // The region was checked to a plain id when saved.
-                    base_url: base_url.replace("{region}", &aws.region),
-                    key: secret.clone(),
-                    scrub,
-                    aws: Some(aws),
-                })
-            }
-            crate::domain::CredentialKind::GcpServiceAccount => {
-                let account =
-                    crate::domain::GcpServiceAccount::from_secret(secret).ok_or_else(|| {
-                        UpstreamError::new(
-                            UpstreamErrorKind::Auth,
-                            format!("{service}: the stored credential is not a service account"),
-                        )
-                    })?;
+            Credential::Aws(aws) => Ok(CallCredential {
+                // The region was checked to a plain id when saved.
+                base_url: base_url.replace("{region}", &aws.region),
+                key: secret.clone(),
+                scrub,
+                aws: Some(aws),
+            }),
+            Credential::GcpServiceAccount(account) => {
                 let client = self
                     .for_source(false)
                     .map_err(|err| UpstreamError::from_transport(service, &err))?;
@@ -169,9 +166,7 @@ impl UpstreamClient {
                 Ok(CallCredential {
                     aws: None,
                     base_url: gcp::vertex_base_url(base_url, &account),
-                    scrub: std::iter::once(token.clone())
-                        .chain(crate::domain::credential_secret_parts(secret))
-                        .collect(),
+                    scrub: std::iter::once(token.clone()).chain(scrub).collect(),
                     key: token,
                 })
             }
