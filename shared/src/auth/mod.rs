@@ -28,6 +28,7 @@ mod claims;
 pub mod jwks;
 mod secret;
 mod token;
+mod verified;
 
 use claims::{claim_at, group_names};
 pub use claims::{principal_from_claims, tenant_from_claims};
@@ -254,6 +255,28 @@ mod tests {
             admin,
             tenant: None,
         }
+    }
+
+    #[test]
+    fn a_remembered_token_still_has_its_claims_checked() {
+        let v = verifier().with_max_ttl(Some(3600));
+        let token = hs256(&json!({"sub": "remy", "exp": NOW + 600}));
+        assert_eq!(v.verify(&token, NOW).ok(), Some(user("remy", false)));
+        // Remembered: the same answer without a signature check...
+        assert_eq!(v.verify(&token, NOW + 1).ok(), Some(user("remy", false)));
+        // ...but its expiry still counts, as does a forged copy's signature.
+        let leeway = i64::try_from(DEFAULT_LEEWAY_SECS).unwrap_or(0);
+        let late = v.verify(&token, NOW + 601 + leeway);
+        assert!(matches!(late, Err(AuthError::Expired)), "{late:?}");
+        let forged = with_signature(&token, b"not the signature");
+        assert!(v.verify(&forged, NOW).is_err());
+        // Another verifier (another secret) remembers nothing of this one.
+        let other = TokenVerifier::new(
+            JwtSecret::from_text("another-secret-of-thirty-two-bytes!!").expect("valid"),
+            None,
+            None,
+        );
+        assert!(other.verify(&token, NOW).is_err());
     }
 
     /// Replaces the signature segment with `b64(sig)`.

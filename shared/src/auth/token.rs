@@ -18,6 +18,8 @@ pub struct TokenVerifier {
     leeway_secs: u64,
     /// Refuse tokens that expire further than this in the future.
     max_ttl_secs: Option<u64>,
+    /// Tokens whose signature was already checked (shared by clones).
+    verified: std::sync::Arc<verified::VerifiedTokens>,
 }
 
 impl TokenVerifier {
@@ -31,6 +33,7 @@ impl TokenVerifier {
             audience,
             leeway_secs: DEFAULT_LEEWAY_SECS,
             max_ttl_secs: None,
+            verified: std::sync::Arc::default(),
         }
     }
 
@@ -47,6 +50,7 @@ impl TokenVerifier {
             audience,
             leeway_secs: DEFAULT_LEEWAY_SECS,
             max_ttl_secs: None,
+            verified: std::sync::Arc::default(),
         }
     }
 
@@ -78,15 +82,35 @@ impl TokenVerifier {
     /// Checks signature, algorithm, `exp`, `nbf`, `iss` and `aud`, then maps
     /// the claims to a [`Principal`].
     pub fn verify(&self, token: &str, now_unix: i64) -> Result<Principal, AuthError> {
-        principal_from_claims(&self.verify_claims(token, now_unix)?)
+        principal_from_claims(&*self.verify_claims(token, now_unix)?)
     }
 
-    /// [`Self::verify`]'s checks, returning the verified claims.
+    /// [`Self::verify`]'s checks, returning the verified claims. A token
+    /// whose signature was checked lately is not checked again
+    /// ([`verified`]); its claims are, against `now_unix`, every time.
     pub fn verify_claims(
         &self,
         token: &str,
         now_unix: i64,
-    ) -> Result<Map<String, Value>, AuthError> {
+    ) -> Result<std::sync::Arc<Map<String, Value>>, AuthError> {
+        let claims = match self.verified.get(token, now_unix) {
+            Some(claims) => claims,
+            None => {
+                let claims = std::sync::Arc::new(self.verify_signature(token)?);
+                // A token without a readable `exp` is refused below and
+                // never remembered.
+                if let Some(exp) = claims.get("exp").and_then(numeric_date) {
+                    self.verified.put(token, &claims, exp, now_unix);
+                }
+                claims
+            }
+        };
+        self.check_claims(&claims, now_unix)?;
+        Ok(claims)
+    }
+
+    /// The token's shape, algorithm and signature; its claims, unchecked.
+    fn verify_signature(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -135,7 +159,12 @@ impl TokenVerifier {
         let Value::Object(claims) = verified.claims else {
             return Err(AuthError::Malformed);
         };
+        Ok(claims)
+    }
 
+    /// `exp` (required), the maximum lifetime, `nbf`, `iss` and `aud`,
+    /// against the caller's clock.
+    fn check_claims(&self, claims: &Map<String, Value>, now_unix: i64) -> Result<(), AuthError> {
         let leeway = i64::try_from(self.leeway_secs).unwrap_or(i64::MAX);
 
         let exp = claims
@@ -180,7 +209,7 @@ impl TokenVerifier {
                 return Err(AuthError::WrongAudience);
             }
         }
-        Ok(claims)
+        Ok(())
     }
 }
 

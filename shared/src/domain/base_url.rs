@@ -70,12 +70,69 @@ impl UserBaseUrl {
 /// The host of a URL with `:port` when the port is not the scheme's default;
 /// never the credentials, path or query.
 pub fn url_host(raw: &str) -> Option<String> {
+    // Every request names its upstream's host: the plain `http(s)://host
+    // [:port]/…` of the configured base URLs is read directly, anything
+    // else (credentials, upper case, IDNA, IPv6, odd ports) by the parser.
+    if let Some(host) = plain_url_host(raw) {
+        return Some(host);
+    }
     let url = Url::parse(raw).ok()?;
     let host = url.host_str()?;
     Some(match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
     })
+}
+
+/// [`url_host`] of an `http://` or `https://` URL whose authority is only
+/// lower-case letters, digits, `.` and `-`, with an optional port of digits;
+/// `None` for anything else.
+fn plain_url_host(raw: &str) -> Option<String> {
+    let (rest, default_port) = if let Some(rest) = raw.strip_prefix("https://") {
+        (rest, "443")
+    } else {
+        (raw.strip_prefix("http://")?, "80")
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && !host.starts_with(['.', '-'])
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    // Leading zeros, empty or huge ports and all-digit hosts (IPv4 forms the
+    // parser rewrites) go to the parser.
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && !p.starts_with('0')
+            && p.parse::<u16>().is_ok()
+    });
+    let all_digits = host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if !host_ok || !port_ok || all_digits && !is_dotted_quad(host) {
+        return None;
+    }
+    Some(match port {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    })
+}
+
+/// Four decimal numbers 0-255 without leading zeros: an IPv4 address as
+/// the parser writes it.
+fn is_dotted_quad(host: &str) -> bool {
+    let parts: Vec<&str> = host.split('.').collect();
+    parts.len() == 4
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 3
+                && (p.len() == 1 || !p.starts_with('0'))
+                && p.parse::<u8>().is_ok()
+        })
 }
 
 /// Host names that never name a public host, and names with an empty label
@@ -230,5 +287,38 @@ mod tests {
             Some("h.example")
         );
         assert_eq!(url_host("nope"), None);
+        // The direct reading agrees with the parser wherever it answers.
+        for raw in [
+            "https://api.openai.com/v1",
+            "https://api.openai.com:443/v1",
+            "http://api.openai.com:80/v1",
+            "https://api.openai.com:8443",
+            "http://127.0.0.1:9999/v1",
+            "http://127.000.0.1:9999/v1",
+            "http://2130706433/v1",
+            "http://127.1/v1",
+            "https://bedrock-runtime.us-east-1.amazonaws.com",
+            "https://host.example?x=1",
+            "https://host.example#f",
+            "https://a.example:0/",
+            "https://a.example:099/",
+            "https://a.example:99999/",
+            "https://a.example:/",
+            "https://.a.example/",
+            "https://a..example/",
+            "https://a-.example./v1",
+        ] {
+            let parsed = Url::parse(raw).ok().and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            });
+            if let Some(direct) = plain_url_host(raw) {
+                assert_eq!(Some(direct), parsed, "{raw}");
+            }
+            assert_eq!(url_host(raw), parsed, "{raw}");
+        }
     }
 }
