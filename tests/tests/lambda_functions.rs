@@ -687,6 +687,50 @@ fn sse_data(body: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `keys` with ALICE's OpenAI key stored (`post-keys.json`), and
+/// `completion` behind the streaming REST API calling `standin` for it.
+async fn completion_with_a_stored_key(dir: &Path, standin: &StandIn) -> (Function, Function) {
+    let keys = Function::start("keys", dir, &[]);
+    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
+    let openai = standin.openai_base();
+    let env = [
+        ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true"),
+        ("BYOK_OPENAI_BASE_URL", openai.as_str()),
+    ];
+    let completion = Function::start("completion", dir, &env);
+    (keys, completion)
+}
+
+/// The completion function's first token follows its prelude at once. The
+/// two are small writes on the Runtime API connection one after the other;
+/// with Nagle's algorithm on (the runtime client's default) the second
+/// waited for the first one's ACK, which the receiver delays by ~40 ms.
+#[tokio::test]
+async fn the_first_token_follows_the_prelude_without_a_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = StandIn::start().await;
+    let (_keys, completion) = completion_with_a_stored_key(dir.path(), &standin).await;
+    let mut gaps = Vec::new();
+    for _ in 0..5 {
+        let answer = streamed(completion.invoke(event("post-chat-completions.json")).await);
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let arrival = completion.runtime.stream_arrivals().pop().unwrap();
+        let total = arrival.frames.last().map_or(0, |(_, n)| *n);
+        let body_start = total - answer.body.len();
+        // The prelude's last byte, before its 8-byte separator.
+        let prelude_done = arrival.arrival_of(body_start - 9).unwrap();
+        let first_piece = format!("\"content\":\"{}\"", standin.reply_chunks()[0]);
+        let at = answer.body.find(&first_piece).unwrap();
+        let first_token = arrival.arrival_of(body_start + at).unwrap();
+        gaps.push(first_token - prelude_done);
+    }
+    gaps.sort();
+    assert!(
+        gaps[2] < Duration::from_millis(20),
+        "prelude to first token: {gaps:?}"
+    );
+}
+
 /// `completion` behind the streaming REST API: a payload 1.0 event with
 /// Cognito claims on stage `prod` (`post-chat-completions.json`), the
 /// caller's OpenAI key stored by `keys` in the shared store, the upstream a
@@ -698,15 +742,7 @@ async fn completion_function_streams_with_the_users_key() {
     let standin = StandIn::start().await;
     // Far enough apart that one piece sent at the end is told from a stream.
     standin.set_chunk_delay(Duration::from_millis(150));
-    let keys = Function::start("keys", dir.path(), &[]);
-    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
-
-    let openai = standin.openai_base();
-    let env = [
-        ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true"),
-        ("BYOK_OPENAI_BASE_URL", openai.as_str()),
-    ];
-    let completion = Function::start("completion", dir.path(), &env);
+    let (keys, completion) = completion_with_a_stored_key(dir.path(), &standin).await;
     let sent = event("post-chat-completions.json");
     assert_eq!(sent["requestContext"]["stage"], "prod");
     assert_eq!(
@@ -835,7 +871,7 @@ async fn completion_function_streams_with_the_users_key() {
     let prefixed = Function::start(
         "completion",
         dir.path(),
-        &[("BYOK_OPENAI_BASE_URL", openai.as_str())],
+        &[("BYOK_OPENAI_BASE_URL", standin.openai_base().as_str())],
     );
     let missed = streamed(prefixed.invoke(event("post-chat-completions.json")).await);
     assert_eq!(missed.status, 404, "{missed:?}");
@@ -876,14 +912,7 @@ fn with_optional_body(mut event: Value, body: Option<&Value>) -> Value {
 async fn completion_function_serves_embeddings() {
     let dir = tempfile::tempdir().unwrap();
     let standin = StandIn::start().await;
-    let keys = Function::start("keys", dir.path(), &[]);
-    assert_eq!(keys.call(event("post-keys.json")).await.status, 201);
-    let openai = standin.openai_base();
-    let env = [
-        ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true"),
-        ("BYOK_OPENAI_BASE_URL", openai.as_str()),
-    ];
-    let completion = Function::start("completion", dir.path(), &env);
+    let (keys, completion) = completion_with_a_stored_key(dir.path(), &standin).await;
     let answer = streamed(completion.invoke(event("post-embeddings.json")).await);
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.header("content-type"), Some("application/json"));
