@@ -220,7 +220,12 @@ STREAMING_ROUTES = {("POST", "/v1/chat/completions"): "CompletionFunction",
 # function of its streamed route, which answers it.
 PREFLIGHT_ROUTES = {("OPTIONS", "/v1/chat/completions"): "CompletionFunction",
                     ("OPTIONS", "/v1/embeddings"): "CompletionFunction",
-                    ("OPTIONS", "/v1/messages"): "CompletionFunction"}
+                    ("OPTIONS", "/v1/messages"): "CompletionFunction",
+                    ("OPTIONS", "/v1/models"): "ModelsFunction"}
+# Other /v1/* routes on the REST API, so `<StreamingApiUrl>/v1` serves an
+# OpenAI client whole: answered in one piece (a plain Lambda proxy), and
+# authenticated in the function like the streamed ones.
+BUFFERED_REST_ROUTES = {("GET", "/v1/models"): "ModelsFunction"}
 # The REST API's Cognito authorizer takes its user pool from this parameter.
 USER_POOL_PARAM = "UserPoolArn"
 # API Gateway's limit on a streaming integration's timeout (15 minutes).
@@ -845,6 +850,21 @@ class Checker:
                 if target != preflight or integration.get("type") != "aws_proxy":
                     self.fail(where, f"preflight goes to {target!r}, expected a Lambda proxy to {preflight}")
                 continue
+            buffered = BUFFERED_REST_ROUTES.get((method, path))
+            if buffered is not None:
+                found.add((method, path))
+                if kinds:
+                    self.fail(where, f"authenticates in the function (personal API keys): no "
+                              f"API Gateway authorizer, found {sorted(kinds)}")
+                self.check_in_function_auth(buffered)
+                if target != buffered or integration.get("type") != "aws_proxy":
+                    self.fail(where, f"goes to {target!r}, expected a Lambda proxy to {buffered}")
+                env = functions.get(buffered, {}).get("Properties", {}).get(
+                    "Environment", {}).get("Variables", {})
+                if env.get(IGNORE_STAGE_ENV) != "true":
+                    self.fail(buffered, f"{IGNORE_STAGE_ENV} must be \"true\": the REST API stage "
+                              f"would prefix {path} and the router would answer 404")
+                continue
             expected = STREAMING_ROUTES.get((method, path))
             if expected is None:
                 if not kinds:
@@ -885,6 +905,8 @@ class Checker:
                           "edge-optimized cuts idle streams after 30 s)")
         for method, path in sorted(set(STREAMING_ROUTES) - found):
             self.fail(f"{method} {path}", "streamed route missing from every REST API")
+        for method, path in sorted(set(BUFFERED_REST_ROUTES) - found):
+            self.fail(f"{method} {path}", "/v1/* route missing from the REST API")
 
         # No HTTP API carries a streamed route or integrates its function.
         streamed_fns = set(STREAMING_ROUTES.values())

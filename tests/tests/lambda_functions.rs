@@ -1189,7 +1189,13 @@ async fn v1_functions_accept_personal_keys_until_revoked() {
     assert_eq!(standin.requests().len(), 1);
     assert_eq!(standin.requests()[0].key, SAMPLE_KEY);
 
-    let models = Function::start("models", dir.path(), &[]);
+    // As the template runs it: GET /v1/models comes through the HTTP API
+    // and through the streaming REST API (whose stage is in the path).
+    let models = Function::start(
+        "models",
+        dir.path(),
+        &[("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true")],
+    );
     let mut list = event("get-models.json");
     if let Some(context) = list["requestContext"].as_object_mut() {
         context.remove("authorizer");
@@ -1197,6 +1203,16 @@ async fn v1_functions_accept_personal_keys_until_revoked() {
     headers_mut(&mut list).insert("authorization".to_owned(), json!(bearer));
     let listed = models.call(list.clone()).await;
     assert_json_reply(&listed, 200);
+    let mut rest = event("rest-get-keys.json");
+    rest["resource"] = json!("/v1/models");
+    rest["path"] = json!("/v1/models");
+    rest["requestContext"]["resourcePath"] = json!("/v1/models");
+    rest["requestContext"]["path"] = json!("/prod/v1/models");
+    let rest = unauthorized_rest(rest, Some(&bearer));
+    let listed_rest = models.call(rest.clone()).await;
+    assert_eq!(listed_rest.status, 200, "{}", listed_rest.raw);
+    assert_eq!(listed_rest.json["object"], "list", "{}", listed_rest.raw);
+    assert_eq!(listed_rest.json["data"], listed.json["data"]);
 
     let anonymous = streamed(
         completion
