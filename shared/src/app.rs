@@ -486,7 +486,7 @@ pub fn state(
             config.keys.last_used_granularity,
         ),
     );
-    Ok(AppState {
+    Ok(AppState::new(crate::http::Services {
         tokens,
         keys: Arc::new(
             KeyService::new(stores.meta, stores.secrets)
@@ -510,7 +510,7 @@ pub fn state(
         usage: Arc::new(UsageReports::new(stores.usage)),
         budgets,
         cors: config.cors.clone(),
-    })
+    }))
 }
 
 /// The operator's catalog file (`BYOK_CATALOG_FILE`), else the shipped one.

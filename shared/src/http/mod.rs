@@ -80,9 +80,28 @@ pub fn key_record_json(
     serde_json::to_string(&keys::KeyRecordView::new(record, rotation_age)).unwrap_or_default()
 }
 
-/// What every handler can reach. Built once per process by [`crate::app`].
+/// What every handler can reach, built once per process by [`crate::app`]:
+/// one shared [`Services`], so the copy axum hands each request is one
+/// reference count, not one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub keys: Arc<KeyService>,
     pub resolver: Arc<Resolver>,
     pub auth: Arc<Authenticator>,
