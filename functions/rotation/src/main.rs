@@ -6,5 +6,5 @@
 async fn main() -> Result<(), lambda_http::Error> {
     byok::telemetry::init(byok::telemetry::Runtime::Lambda);
     let (config, state) = byok::lambda::init(byok::app::Function::Rotation).await?;
-    byok::lambda::run_rotation(state.rotation, config.rotation.sweep).await
+    byok::lambda::run_rotation(state.rotation.clone(), config.rotation.sweep).await
 }
