@@ -98,7 +98,13 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts `bin` on 127.0.0.1:0 with a fresh data directory and the OpenAI
     /// base URL `openai_base_url`, waits until it listens, and issues a token.
-    pub fn start(bin: &Path, openai_base_url: &str) -> Result<Gateway, BoxError> {
+    /// With `cpu`, it runs on that CPU only (`taskset -c`, which execs it,
+    /// so the pid is byok-local's).
+    pub fn start(
+        bin: &Path,
+        openai_base_url: &str,
+        cpu: Option<usize>,
+    ) -> Result<Gateway, BoxError> {
         let dir = tempfile::Builder::new().prefix("byok-bench-").tempdir()?;
         let data_dir = dir.path().join("data");
         let stderr_path = dir.path().join("byok-local.stderr");
@@ -124,7 +130,21 @@ impl Gateway {
             }
             cmd
         };
-        let child = command(&["serve"])
+        let mut serve = command(&["serve"]);
+        if let Some(cpu) = cpu {
+            let mut pinned = Command::new("taskset");
+            pinned
+                .args(["-c", &cpu.to_string()])
+                .arg(bin)
+                .arg("serve")
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            if let Some(path) = std::env::var_os("PATH") {
+                pinned.env("PATH", path);
+            }
+            serve = pinned;
+        }
+        let child = serve
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path)?)

@@ -51,6 +51,9 @@ usage: cargo run --release -p byok-bench -- [options]
   --baseline PATH     also run this other byok-local build (e.g. an earlier
                       commit's) and compare it with this one at concurrency 1,
                       both in the same run, taking turns request by request
+  --pin               run byok-local on CPU 1 and the load generator and
+                      stand-in on CPU 0 (with taskset; needs 2 CPUs), so
+                      the gateway has a core of its own
   --budget            also compare, on the same byok-local, a user on the
                       team path under a paused budget (reserve and settle on
                       every request) with the user on their own key, taking
@@ -71,6 +74,7 @@ struct Options {
     direct_only: bool,
     baseline: Option<PathBuf>,
     budget: bool,
+    pin: bool,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, BoxError> {
@@ -86,6 +90,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         direct_only: false,
         baseline: None,
         budget: false,
+        pin: false,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -126,6 +131,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
             "--direct-only" => opts.direct_only = true,
             "--baseline" => opts.baseline = Some(value("--baseline")?.into()),
             "--budget" => opts.budget = true,
+            "--pin" => opts.pin = true,
             "-h" | "--help" | "help" => return Ok(None),
             other => return Err(format!("unknown option: {other}\n\n{USAGE}").into()),
         }
@@ -148,11 +154,43 @@ fn progress(msg: &str) {
     eprintln!("byok-bench: {msg}");
 }
 
+/// Set on the benchmark's own re-run under `taskset` (`--pin`): the
+/// machine's CPU count before pinning.
+const PINNED_ENV: &str = "BYOK_BENCH_PINNED_FROM";
+/// The CPU byok-local runs on with `--pin` (the benchmark takes CPU 0).
+const GATEWAY_CPU: usize = 1;
+
+/// `--pin`: runs this benchmark again on CPU 0 (`taskset -c 0`), waits for
+/// it and passes its exit status on.
+fn rerun_pinned() -> Result<ExitCode, BoxError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return Err(format!("--pin needs 2 CPUs; this process may use {cpus}").into());
+    }
+    let status = std::process::Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env(PINNED_ENV, cpus.to_string())
+        .status()
+        .map_err(|e| format!("--pin runs taskset (util-linux): {e}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(2)),
+        None => ExitCode::from(2),
+    })
+}
+
 async fn run() -> Result<ExitCode, BoxError> {
     let Some(opts) = parse_args(std::env::args().skip(1))? else {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     };
+    let pinned_from: Option<usize> = std::env::var(PINNED_ENV).ok().and_then(|v| v.parse().ok());
+    if opts.pin && pinned_from.is_none() {
+        return tokio::task::spawn_blocking(rerun_pinned).await?;
+    }
+    let gateway_cpu = pinned_from.map(|_| GATEWAY_CPU);
     let bin = if opts.direct_only {
         None
     } else {
@@ -181,7 +219,7 @@ async fn run() -> Result<ExitCode, BoxError> {
 
     let mut gw = None;
     if let Some(bin) = &bin {
-        let (g, target) = start_gateway(bin, "gateway", &standin, &client).await?;
+        let (g, target) = start_gateway(bin, "gateway", &standin, &client, gateway_cpu).await?;
         let target = Arc::new(target);
         if let Err(err) = probe(&client, &target, &bodies).await {
             return Err(format!(
@@ -294,10 +332,11 @@ async fn start_gateway(
     name: &'static str,
     standin: &StandIn,
     client: &reqwest::Client,
+    cpu: Option<usize>,
 ) -> Result<(Gateway, Target), BoxError> {
     let base_url = standin.base_url();
     let bin = bin.to_owned();
-    let g = tokio::task::spawn_blocking(move || Gateway::start(&bin, &base_url)).await??;
+    let g = tokio::task::spawn_blocking(move || Gateway::start(&bin, &base_url, cpu)).await??;
     progress(&format!(
         "{name}: byok-local (pid {}) listening on {}",
         g.pid, g.base
@@ -500,7 +539,8 @@ async fn compare_baseline(
     this_pid: u32,
     path: &std::path::Path,
 ) -> Result<BaselineRun, BoxError> {
-    let (g, baseline) = start_gateway(path, "baseline", standin, client).await?;
+    let cpu = std::env::var_os(PINNED_ENV).map(|_| GATEWAY_CPU);
+    let (g, baseline) = start_gateway(path, "baseline", standin, client, cpu).await?;
     probe(client, &baseline, bodies).await?;
     progress(&format!(
         "this build vs the baseline: {} warm-up + {} requests per build and kind",
@@ -650,7 +690,11 @@ async fn measure_all(
 
     Ok(Report {
         started_at,
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus: std::env::var(PINNED_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        gateway_cpu: std::env::var_os(PINNED_ENV).map(|_| GATEWAY_CPU),
         requests: n,
         warmup,
         concurrency: opts.concurrency,

@@ -140,6 +140,8 @@ impl CpuRow {
 pub struct Report {
     pub started_at: String,
     pub cpus: usize,
+    /// `--pin`: the CPU byok-local ran on (the benchmark ran on CPU 0).
+    pub gateway_cpu: Option<usize>,
     pub requests: usize,
     pub warmup: usize,
     pub concurrency: usize,
@@ -238,15 +240,22 @@ impl Report {
         );
         line(
             &mut out,
-            &format!(
-                "machine: {} CPUs, shared by {}the load generator and the stand-in (one process)",
-                self.cpus,
-                if self.plain.gateway.is_some() {
-                    "byok-local, "
-                } else {
-                    ""
-                }
-            ),
+            &match self.gateway_cpu {
+                Some(cpu) => format!(
+                    "machine: {} CPUs; byok-local pinned to CPU {cpu}, the load generator and \
+                     the stand-in (one process) to CPU 0",
+                    self.cpus
+                ),
+                None => format!(
+                    "machine: {} CPUs, shared by {}the load generator and the stand-in (one process)",
+                    self.cpus,
+                    if self.plain.gateway.is_some() {
+                        "byok-local, "
+                    } else {
+                        ""
+                    }
+                ),
+            },
         );
         line(
             &mut out,
@@ -478,6 +487,7 @@ impl Report {
             "started_at": self.started_at,
             "setup": {
                 "cpus": self.cpus,
+                "gatewayCpu": self.gateway_cpu,
                 "requests": self.requests,
                 "warmup": self.warmup,
                 "concurrency": self.concurrency,
