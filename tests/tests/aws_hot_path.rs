@@ -303,23 +303,73 @@ impl UsageSink for KeptUsage {
     }
 }
 
-#[tokio::test]
-async fn warm_completions_make_one_query_and_no_secret_calls() {
+/// A stand-in answering with usage (8, 3), a new table and secret prefix
+/// named after `name`, and a user whose OpenAI `key` is stored there
+/// (through uncounted clients): (stand-in, table, prefix, writer, user).
+#[expect(
+    clippy::unwrap_used,
+    reason = "test setup: a failed step stops the test"
+)]
+async fn one_stored_key(name: &str, key: &str) -> (StandIn, String, String, KeyService, UserId) {
     let stand_in = StandIn::start().await;
     stand_in.set_usage(Some((8, 3)));
-    let table = unique_name("hot-completion");
-    let prefix = format!("{}/", unique_name("hot-completion"));
+    let table = unique_name(name);
+    let prefix = format!("{}/", unique_name(name));
     ensure_table(&dynamo_client(None), &table).await.unwrap();
     let writer = KeyService::new(
         Arc::new(DynamoMetadataStore::new(dynamo_client(None), table.clone())),
         Arc::new(secrets_store(None, &prefix)),
     );
     let user = UserId::new(unique_name("user")).unwrap();
-    let key = "sk-proj-hotcompletion-0000000001";
     writer
         .upsert(&user, upsert(Service::OpenAi, key), "test")
         .await
         .unwrap();
+    (stand_in, table, prefix, writer, user)
+}
+
+/// One streamed completion of `body`, read to its `[DONE]`.
+#[expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test step: a failed step stops the test"
+)]
+async fn stream_one(service: &CompletionService, ctx: &RequestContext, body: &str) {
+    let completion = service.complete(ctx, body.as_bytes()).await.unwrap();
+    let CompletionBody::Stream(stream) = completion.body else {
+        panic!("a stream was asked for");
+    };
+    let bytes: Vec<u8> = stream
+        .flat_map(|b| futures_util::stream::iter(b.to_vec()))
+        .collect()
+        .await;
+    assert!(
+        String::from_utf8(bytes)
+            .unwrap()
+            .ends_with("data: [DONE]\n\n")
+    );
+}
+
+/// Waits until `user`'s key has its first use recorded: written once, off
+/// the request's path (read through an uncounted client).
+#[expect(
+    clippy::unwrap_used,
+    reason = "test step: a failed step stops the test"
+)]
+async fn first_use_recorded(writer: &KeyService, user: &UserId) {
+    for _ in 0..200 {
+        let keys = writer.list(user).await.unwrap();
+        if keys.first().is_some_and(|k| k.last_used_at.is_some()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn warm_completions_make_one_query_and_no_secret_calls() {
+    let key = "sk-proj-hotcompletion-0000000001";
+    let (stand_in, table, prefix, writer, user) = one_stored_key("hot-completion", key).await;
 
     let dynamo_calls = CallCounter::default();
     let secret_calls = CallCounter::default();
@@ -357,29 +407,9 @@ async fn warm_completions_make_one_query_and_no_secret_calls() {
 
     let ctx = RequestContext::user(user.clone());
     for n in 1..=10 {
-        let completion = service.complete(&ctx, body.as_bytes()).await.unwrap();
-        let CompletionBody::Stream(stream) = completion.body else {
-            panic!("a stream was asked for");
-        };
-        let bytes: Vec<u8> = stream
-            .flat_map(|b| futures_util::stream::iter(b.to_vec()))
-            .collect()
-            .await;
-        assert!(
-            String::from_utf8(bytes)
-                .unwrap()
-                .ends_with("data: [DONE]\n\n")
-        );
+        stream_one(&service, &ctx, &body).await;
         if n == 1 {
-            // The key's first use is recorded once, off the request's path:
-            // wait until it is stored (read through an uncounted client).
-            for _ in 0..200 {
-                let keys = writer.list(&user).await.unwrap();
-                if keys.first().is_some_and(|k| k.last_used_at.is_some()) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            first_use_recorded(&writer, &user).await;
         }
         assert_eq!(
             dynamo_calls.total(),
@@ -407,6 +437,80 @@ async fn warm_completions_make_one_query_and_no_secret_calls() {
         assert!(r.stream);
         let ttfb = r.time_to_first_byte.unwrap();
         assert!(ttfb <= r.duration);
+    }
+    writer
+        .delete(&user, Service::OpenAi, None, "test")
+        .await
+        .unwrap();
+    stand_in.shutdown().await;
+}
+
+/// What a warm completion costs on AWS with the usage ledger and a request
+/// limit on (as deployed), counted per call: on a user's own key, one
+/// `Query` (resolution), one `UpdateItem` for the limiter, two for the
+/// ledger's day aggregates and one `PutItem` for its raw entry; no Secrets
+/// Manager call.
+#[tokio::test]
+async fn a_warm_completion_makes_one_read_and_four_writes() {
+    let key = "sk-proj-hotledger-00000000000001";
+    let (stand_in, table, prefix, writer, user) = one_stored_key("hot-ledger", key).await;
+
+    let dynamo_calls = CallCounter::default();
+    let secret_calls = CallCounter::default();
+    let store = Arc::new(DynamoMetadataStore::new(
+        dynamo_client(Some(dynamo_calls.clone())),
+        table,
+    ));
+    let mut upstreams = Upstreams::default();
+    upstreams.set(Service::OpenAi, stand_in.base_for(Upstream::OpenAi));
+    let resolver = Arc::new(Resolver::new(
+        store.clone(),
+        Arc::new(TeamCredentials::default()),
+        Arc::new(upstreams),
+    ));
+    let secrets = Arc::new(CachedSecretStore::new(
+        Arc::new(secrets_store(Some(secret_calls.clone()), &prefix)),
+        64,
+        Duration::from_secs(300),
+    ));
+    let catalog = Arc::new(byok::catalog::Catalog::builtin().unwrap());
+    let ledger =
+        byok::usage::UsageLedger::new(store.clone(), catalog, Some(Duration::from_secs(86_400)));
+    let timeouts = UpstreamTimeouts::default();
+    let service = CompletionService::new(
+        resolver,
+        secrets,
+        UpstreamClient::new(&timeouts).unwrap(),
+        Vec::new(),
+        Arc::new(ledger),
+        timeouts,
+    )
+    .with_limits(byok::completion::RequestLimits::new(
+        store,
+        Some(1000),
+        Some(1000),
+    ));
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini",
+        "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]
+    })
+    .to_string();
+    let ctx = RequestContext::user(user.clone());
+    // Cold: the secret is read and the key's first use written.
+    stream_one(&service, &ctx, &body).await;
+    first_use_recorded(&writer, &user).await;
+    dynamo_calls.reset();
+    secret_calls.reset();
+    for n in 1..=5 {
+        // The ledger is written before the stream ends.
+        stream_one(&service, &ctx, &body).await;
+        let calls = dynamo_calls.snapshot();
+        assert_eq!(calls.get("Query").copied(), Some(n), "{calls:?}");
+        assert_eq!(calls.get("UpdateItem").copied(), Some(3 * n), "{calls:?}");
+        assert_eq!(calls.get("PutItem").copied(), Some(n), "{calls:?}");
+        assert_eq!(dynamo_calls.total(), 5 * n, "{calls:?}");
+        assert_eq!(secret_calls.total(), 0);
     }
     writer
         .delete(&user, Service::OpenAi, None, "test")
