@@ -3,12 +3,6 @@
 
 use std::process::ExitCode;
 
-/// Under load glibc's malloc took about a fifth of the process's CPU (a
-/// profile of `byok-bench`'s throughput run); mimalloc's per-thread heaps
-/// cost a fraction of that.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     byok::telemetry::init(byok::telemetry::Runtime::Local);
