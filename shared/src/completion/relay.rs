@@ -188,20 +188,10 @@ impl Decoder {
         };
         for (kind, payload) in events {
             for (name, data) in bridge.events(&kind, &payload) {
-                match translator.push(name, &data.to_string()) {
-                    Ok(chunks) => {
-                        for chunk in chunks {
-                            out.extend_from_slice(&guard.push(data_event(&chunk)));
-                        }
-                    }
-                    Err(err) => {
-                        out.extend_from_slice(&guard.finish());
-                        return Err((out.freeze(), translate_error(&err, scrubber)));
-                    }
-                }
-                if name == "message_stop" {
-                    out.extend_from_slice(&guard.finish());
-                    out.extend_from_slice(DONE);
+                let finished = name == "message_stop";
+                let data = data.to_string();
+                translate_into(&mut out, translator, guard, name, &data, finished, scrubber)?;
+                if finished {
                     *done = true;
                     return Ok(Decoded {
                         bytes: out.freeze(),
@@ -314,20 +304,11 @@ impl Decoder {
                     }
                     let finished = is_message_stop(&event);
                     let name = event.name().unwrap_or_default().to_owned();
-                    match translator.push(&name, &event.data()) {
-                        Ok(chunks) => {
-                            for chunk in chunks {
-                                out.extend_from_slice(&guard.push(data_event(&chunk)));
-                            }
-                        }
-                        Err(err) => {
-                            out.extend_from_slice(&guard.finish());
-                            return Err((out.freeze(), translate_error(&err, scrubber)));
-                        }
-                    }
+                    let data = event.data();
+                    translate_into(
+                        &mut out, translator, guard, &name, &data, finished, scrubber,
+                    )?;
                     if finished {
-                        out.extend_from_slice(&guard.finish());
-                        out.extend_from_slice(DONE);
                         *done = true;
                         break;
                     }
@@ -366,6 +347,41 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Feeds one Anthropic-format event (Anthropic's own, or Bedrock's bridged)
+/// to `translator` and appends the OpenAI chunks it makes to `out` through
+/// the split-key guard; the event that ends the stream (`finished`) also
+/// releases the guard's held text and `[DONE]`. On a translation error the
+/// held text goes first and the error comes back with everything so far.
+fn translate_into(
+    out: &mut BytesMut,
+    translator: &mut StreamTranslator,
+    guard: &mut SplitKeyGuard,
+    name: &str,
+    data: &str,
+    finished: bool,
+    scrubber: &KeyScrubber,
+) -> Result<(), (Bytes, UpstreamError)> {
+    match translator.push(name, data) {
+        Ok(chunks) => {
+            for chunk in chunks {
+                out.extend_from_slice(&guard.push(data_event(&chunk)));
+            }
+        }
+        Err(err) => {
+            out.extend_from_slice(&guard.finish());
+            return Err((
+                std::mem::take(out).freeze(),
+                translate_error(&err, scrubber),
+            ));
+        }
+    }
+    if finished {
+        out.extend_from_slice(&guard.finish());
+        out.extend_from_slice(DONE);
+    }
+    Ok(())
 }
 
 /// One chunk as an SSE `data:` event.

@@ -336,17 +336,14 @@ impl GcpServiceAccount {
 
     /// The stored form read back; `None` if `secret` is not one.
     pub fn from_secret(secret: &ApiKey) -> Option<Self> {
-        let text = secret.expose();
-        if !text.starts_with('{') {
-            return None;
-        }
-        let doc: CredentialDocument = serde_json::from_str(text).ok()?;
-        if doc.0.get("type").and_then(serde_json::Value::as_str) != Some(GCP_STORED_TYPE) {
-            return None;
-        }
-        // Stored values were checked on the way in (the private key too);
-        // the fields that go into URLs are checked again, cheaply.
-        Self::read(&doc, GCP_TOKEN_URL).ok()
+        Self::from_stored(&stored_document(secret, GCP_STORED_TYPE)?)
+    }
+
+    /// A stored document of [`GCP_STORED_TYPE`]: stored values were checked
+    /// on the way in (the private key too); the fields that go into URLs
+    /// are checked again, cheaply.
+    fn from_stored(doc: &CredentialDocument) -> Option<Self> {
+        Self::read(doc, GCP_TOKEN_URL).ok()
     }
 
     /// What key views show: the account, project and location, no secret.
@@ -492,15 +489,7 @@ impl AwsCredentials {
 
     /// The stored form read back; `None` if `secret` is not one.
     pub fn from_secret(secret: &ApiKey) -> Option<Self> {
-        let text = secret.expose();
-        if !text.starts_with('{') {
-            return None;
-        }
-        let doc: CredentialDocument = serde_json::from_str(text).ok()?;
-        if doc.0.get("type").and_then(serde_json::Value::as_str) != Some(AWS_STORED_TYPE) {
-            return None;
-        }
-        Self::from_document(&doc).ok()
+        Self::from_document(&stored_document(secret, AWS_STORED_TYPE)?).ok()
     }
 
     /// What key views show: `AKIA…WXYZ (us-east-1)`.
@@ -754,17 +743,39 @@ pub enum Credential {
     GcpServiceAccount(GcpServiceAccount),
 }
 
+/// A stored secret's JSON document, if it is one (parsed once), with its
+/// `type` tag.
+fn stored_json(stored: &ApiKey) -> Option<(CredentialDocument, String)> {
+    let text = stored.expose();
+    if !text.starts_with('{') {
+        return None;
+    }
+    let doc: CredentialDocument = serde_json::from_str(text).ok()?;
+    let kind = doc.0.get("type")?.as_str()?.to_owned();
+    Some((doc, kind))
+}
+
+/// A stored secret's document if it is tagged `kind`.
+fn stored_document(stored: &ApiKey, kind: &str) -> Option<CredentialDocument> {
+    stored_json(stored)
+        .filter(|(_, tag)| tag == kind)
+        .map(|(doc, _)| doc)
+}
+
 impl Credential {
     /// A stored secret read as what it is: a structured credential by its
-    /// `type` tag, anything else an API key.
+    /// `type` tag (the JSON parsed once), anything else an API key.
     pub fn read(stored: &ApiKey) -> Self {
-        if let Some(account) = GcpServiceAccount::from_secret(stored) {
-            Credential::GcpServiceAccount(account)
-        } else if let Some(aws) = AwsCredentials::from_secret(stored) {
-            Credential::Aws(aws)
-        } else {
-            Credential::ApiKey(stored.clone())
-        }
+        let structured = stored_json(stored).and_then(|(doc, kind)| match kind.as_str() {
+            GCP_STORED_TYPE => {
+                GcpServiceAccount::from_stored(&doc).map(Credential::GcpServiceAccount)
+            }
+            AWS_STORED_TYPE => AwsCredentials::from_document(&doc)
+                .ok()
+                .map(Credential::Aws),
+            _ => None,
+        });
+        structured.unwrap_or_else(|| Credential::ApiKey(stored.clone()))
     }
 
     /// A stored secret read as a credential of `kind`; `None` if it is not one.
