@@ -136,6 +136,12 @@ impl UsageSink for UsageLedger {
             budgets.release(&holds).await;
         }
     }
+
+    async fn flush(&self) {
+        if let Err(err) = self.store.flush_usage().await {
+            tracing::error!(target: "byok::usage", error = %err, "usage ledger not flushed");
+        }
+    }
 }
 
 /// What a report groups by.

@@ -277,10 +277,14 @@ impl CompletionService {
     }
 
     /// Waits (at most `limit`) for usage writes that no request awaits any
-    /// more (of clients that went away): call before the process exits.
-    /// True when none is left.
+    /// more (of clients that went away), then for the ledger to commit what
+    /// it holds: call before the process exits. True when none is left.
     pub async fn settle_usage(&self, limit: Duration) -> bool {
-        self.pending.settle(limit).await
+        let settled = self.pending.settle(limit).await;
+        tokio::time::timeout(limit, self.usage.flush())
+            .await
+            .is_ok()
+            && settled
     }
 
     /// Per-user request limits (none by default).

@@ -103,6 +103,9 @@ pub trait UsageSink: Send + Sync {
     async fn release(&self, holds: Vec<HoldRef>) {
         let _ = holds;
     }
+
+    /// Returns once every record handed over so far is stored.
+    async fn flush(&self) {}
 }
 
 /// Writes each record as one structured log event (target `byok::usage`),

@@ -239,12 +239,20 @@ pub struct UsageRow {
 pub trait UsageStore: Send + Sync {
     /// Adds `entry` to its user's day aggregate and to the operator's
     /// per-day view, atomically per aggregate; with `retention`, also keeps
-    /// the raw entry until `retention` after `entry.at`.
+    /// the raw entry until `retention` after `entry.at`. A store may return
+    /// once the entry is safely on its way (the embedded store hands it to
+    /// its writer thread and logs a failure), provided its own reads see it.
     async fn record_usage(
         &self,
         entry: &UsageEntry,
         retention: Option<Duration>,
     ) -> Result<(), StoreError>;
+
+    /// Returns once every entry recorded so far is stored (nothing to do
+    /// for a store whose `record_usage` returns only then).
+    async fn flush_usage(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The user's aggregates for the days `from..=to` (UTC), any order;
     /// `tenant` is `None` in these rows.
