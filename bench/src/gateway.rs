@@ -84,6 +84,8 @@ pub struct Gateway {
     budget_tokens: Option<(String, String)>,
     /// Process id, for the report (and for `perf record -p`).
     pub pid: u32,
+    /// Process start → its "listening" line.
+    pub listening_after: Duration,
     stderr_path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -144,6 +146,7 @@ impl Gateway {
             }
             serve = pinned;
         }
+        let spawned = std::time::Instant::now();
         let child = serve
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -155,10 +158,12 @@ impl Gateway {
             base: String::new(),
             token: String::new(),
             budget_tokens: None,
+            listening_after: Duration::ZERO,
             stderr_path,
             _dir: dir,
         };
         gateway.base = gateway.wait_ready()?;
+        gateway.listening_after = spawned.elapsed();
         let token = |args: &[&str]| -> Result<String, BoxError> {
             let out = command(args)
                 .stdin(Stdio::null())

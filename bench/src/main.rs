@@ -14,7 +14,9 @@
 
 mod cpu;
 mod gateway;
+mod litellm;
 mod measure;
+mod memory;
 mod report;
 mod standin;
 
@@ -58,6 +60,12 @@ usage: cargo run --release -p byok-bench -- [options]
                       team path under a paused budget (reserve and settle on
                       every request) with the user on their own key, taking
                       turns request by request
+  --open-streams N    streams held open at once for the memory-per-stream
+                      figure (default 200; 0 skips it)
+  --litellm PATH      also compare byok-local with the LiteLLM proxy started
+                      from PATH (the `litellm` command of
+                      `pip install 'litellm[proxy]'`), one worker, on the
+                      same stand-in and (with --pin) the same CPU
 
 Exit status: 0, or 1 with --strict and a missed target, or 2 on an error.";
 
@@ -75,6 +83,8 @@ struct Options {
     baseline: Option<PathBuf>,
     budget: bool,
     pin: bool,
+    litellm: Option<PathBuf>,
+    open_streams: usize,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, BoxError> {
@@ -91,6 +101,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         baseline: None,
         budget: false,
         pin: false,
+        litellm: None,
+        open_streams: 200,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -132,6 +144,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
             "--baseline" => opts.baseline = Some(value("--baseline")?.into()),
             "--budget" => opts.budget = true,
             "--pin" => opts.pin = true,
+            "--litellm" => opts.litellm = Some(value("--litellm")?.into()),
+            "--open-streams" => {
+                let v = value("--open-streams")?;
+                opts.open_streams = v
+                    .parse()
+                    .map_err(|_| format!("--open-streams needs an integer, not {v:?}"))?;
+            }
             "-h" | "--help" | "help" => return Ok(None),
             other => return Err(format!("unknown option: {other}\n\n{USAGE}").into()),
         }
@@ -218,15 +237,35 @@ async fn run() -> Result<ExitCode, BoxError> {
     probe(&client, &direct, &bodies).await?;
 
     let mut gw = None;
+    let mut startup = None;
+    let mut stream_memory = None;
     if let Some(bin) = &bin {
         let (g, target) = start_gateway(bin, "gateway", &standin, &client, gateway_cpu).await?;
         let target = Arc::new(target);
+        let first = std::time::Instant::now();
+        let first_answer = measure::plain(&client, &target, &bodies.plain).await;
+        if first_answer.is_ok() {
+            startup = Some(memory::Startup {
+                listening: g.listening_after,
+                first_answer: first.elapsed(),
+                idle_rss_kib: memory::rss_kib(g.pid)?,
+            });
+        }
         if let Err(err) = probe(&client, &target, &bodies).await {
             return Err(format!(
                 "the gateway's POST /v1/chat/completions does not work yet: {err}\nbyok-local stderr:\n{}",
                 g.stderr_tail()
             )
             .into());
+        }
+        if opts.open_streams > 0 {
+            progress(&format!(
+                "memory: {} streams held open at once",
+                opts.open_streams
+            ));
+            stream_memory = Some(
+                memory::open_streams(&standin, &target, &bodies, g.pid, opts.open_streams).await?,
+            );
         }
         gw = Some((g, target));
     }
@@ -246,6 +285,8 @@ async fn run() -> Result<ExitCode, BoxError> {
     }
     let mut report = result?;
     report.byok_local = bin.map(|b| b.display().to_string());
+    report.startup = startup;
+    report.stream_memory = stream_memory;
     let baseline = match (&opts.baseline, &gw) {
         (Some(path), Some((g, target))) => {
             Some(compare_baseline(&opts, &client, &standin, &bodies, target, g.pid, path).await?)
@@ -255,6 +296,12 @@ async fn run() -> Result<ExitCode, BoxError> {
     let budget = match (opts.budget, &gw) {
         (true, Some((g, target))) => {
             Some(compare_budget(&opts, &client, &standin, &bodies, target, g).await?)
+        }
+        _ => None,
+    };
+    let litellm = match (&opts.litellm, &gw) {
+        (Some(path), Some((g, target))) => {
+            Some(compare_litellm(&opts, &client, &standin, &bodies, target, g.pid, path).await?)
         }
         _ => None,
     };
@@ -299,6 +346,50 @@ async fn run() -> Result<ExitCode, BoxError> {
         ));
     }
 
+    if let Some(budget) = &budget {
+        let direct = &report.plain.direct;
+        let ttfb_direct = &report.ttfb.direct;
+        let [team, _] = &budget.plain;
+        let [team_ttfb, _] = &budget.ttfb;
+        for (what, d, g, max) in [
+            (
+                "team path + budget: added p50 ≤ 100 µs (c=1)",
+                direct.p50,
+                team.p50,
+                report::ADDED_P50_MAX_US,
+            ),
+            (
+                "team path + budget: added p99 ≤ 500 µs (c=1)",
+                direct.p99,
+                team.p99,
+                report::ADDED_P99_MAX_US,
+            ),
+            (
+                "team path + budget: added TTFB p50 ≤ 1 ms",
+                ttfb_direct.p50,
+                team_ttfb.p50,
+                report::ADDED_TTFB_MAX_US,
+            ),
+        ] {
+            let added = (g as f64 - d as f64) / 1e3;
+            report.extra_checks.push(report::Check {
+                what,
+                direct: format!("{:.1} µs", d as f64 / 1e3),
+                gateway: format!("{:.1} µs", g as f64 / 1e3),
+                measured: format!("{added:.1} µs"),
+                pass: added <= max,
+            });
+        }
+        let direct_rps = report.load_plain.direct.per_second;
+        let share = budget.load[0].0 / direct_rps.max(f64::MIN_POSITIVE);
+        report.extra_checks.push(report::Check {
+            what: "team path + budget: throughput ≥ 50 % of direct",
+            direct: format!("{direct_rps:.0} req/s"),
+            gateway: format!("{:.0} req/s", budget.load[0].0),
+            measured: format!("{:.1} %", share * 100.0),
+            pass: share >= report::THROUGHPUT_MIN_RATIO,
+        });
+    }
     print!("{}", report.table());
     let mut json = report.json();
     if let Some(baseline) = &baseline {
@@ -313,6 +404,35 @@ async fn run() -> Result<ExitCode, BoxError> {
             map.insert("budget".to_owned(), budget.json());
         }
     }
+    if let Some(run) = &litellm {
+        print!("{}", run.table());
+        // byok-local's own figures come from its runs alone (sections 1
+        // and 3), not from the interleaved ones next to LiteLLM.
+        let direct_p50 = report.plain.direct.p50 as f64 / 1e3;
+        let direct_rps = report.load_plain.direct.per_second;
+        let byok_p50 = report.plain.gateway.map_or(0.0, |g| g.p50 as f64 / 1e3) - direct_p50;
+        let byok_rps = report
+            .load_plain
+            .gateway
+            .as_ref()
+            .map_or(0.0, |g| g.per_second);
+        let litellm_p50 = run.plain[1].p50 as f64 / 1e3 - direct_p50;
+        let litellm_rps = run.load[1].0;
+        println!(
+            "   added over direct at p50 (c=1, non-streaming): byok-local {byok_p50:.0} µs, \
+             LiteLLM {litellm_p50:.0} µs ({:.0}×)\n   \
+             throughput at c={}: byok-local {:.1} %, LiteLLM {:.2} % of direct ({:.0}×)",
+            litellm_p50 / byok_p50.max(1.0),
+            run.concurrency,
+            byok_rps / direct_rps * 100.0,
+            litellm_rps / direct_rps * 100.0,
+            byok_rps / litellm_rps.max(f64::MIN_POSITIVE),
+        );
+        if let Value::Object(map) = &mut json {
+            map.insert("litellm".to_owned(), run.json());
+        }
+    }
+    print!("{}", report.summary());
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
         progress(&format!("wrote {}", path.display()));
@@ -528,6 +648,66 @@ async fn compare_budget(
     })
 }
 
+/// Starts the LiteLLM proxy from `path` and measures `this` (byok-local)
+/// against it, as [`compare_baseline`] does with another build.
+async fn compare_litellm(
+    opts: &Options,
+    client: &reqwest::Client,
+    standin: &StandIn,
+    bodies: &Bodies,
+    this: &Arc<Target>,
+    this_pid: u32,
+    path: &std::path::Path,
+) -> Result<BaselineRun, BoxError> {
+    let cpu = std::env::var_os(PINNED_ENV).map(|_| GATEWAY_CPU);
+    progress("starting the LiteLLM proxy (it takes a while to import)");
+    let proxy = litellm::LiteLlm::start(path, &standin.base_url(), cpu, client).await?;
+    progress(&format!(
+        "litellm: LiteLLM proxy (pid {}) listening on {}",
+        proxy.pid, proxy.base
+    ));
+    let target = Arc::new(Target::new(
+        "litellm",
+        format!("{}/v1/chat/completions", proxy.base),
+        &proxy.master_key,
+    )?);
+    if let Err(err) = probe(client, &target, bodies).await {
+        return Err(format!(
+            "LiteLLM's POST /v1/chat/completions does not work: {err}
+its stderr:
+{}",
+            proxy.stderr_tail()
+        )
+        .into());
+    }
+    progress(&format!(
+        "byok-local vs LiteLLM: {} warm-up + {} requests per gateway and kind",
+        opts.warmup, opts.requests
+    ));
+    let (plain, ttfb, stream_total, load) = compare(
+        opts,
+        client,
+        standin,
+        bodies,
+        [(this, this_pid), (&target, proxy.pid)],
+    )
+    .await?;
+    drop(proxy);
+    Ok(BaselineRun {
+        title: "7. byok-local vs the LiteLLM proxy (one worker, same stand-in, same CPU), \
+                concurrency 1, taking turns (byok-local's figures here include the CPU \
+                LiteLLM keeps using after each of its answers)"
+            .to_owned(),
+        names: ["byok", "litellm"],
+        path: path.display().to_string(),
+        plain,
+        ttfb,
+        stream_total,
+        load,
+        concurrency: opts.concurrency,
+    })
+}
+
 /// Starts the baseline byok-local and measures it against `this` (the
 /// current build's gateway) at concurrency 1, taking turns.
 async fn compare_baseline(
@@ -707,6 +887,9 @@ async fn measure_all(
         load_stream,
         upstream_calls: gateway.is_some().then_some(upstream),
         cpu,
+        startup: None,
+        stream_memory: None,
+        extra_checks: Vec::new(),
         notes: Vec::new(),
     })
 }

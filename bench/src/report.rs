@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::measure::LoadRun;
+use crate::memory::{Startup, StreamMemory};
 
 /// Distribution of one set of samples, in nanoseconds.
 #[derive(Clone, Copy, Debug)]
@@ -157,17 +158,33 @@ pub struct Report {
     pub upstream_calls: Option<(u64, u64)>,
     /// CPU time per request, by run and path.
     pub cpu: Vec<CpuRow>,
+    /// byok-local's start and idle memory.
+    pub startup: Option<Startup>,
+    /// byok-local's memory with many streams open.
+    pub stream_memory: Option<StreamMemory>,
+    /// Further rows of the summary (the team path under a budget, LiteLLM).
+    pub extra_checks: Vec<Check>,
     /// Anything that looked wrong during the run.
     pub notes: Vec<String>,
 }
 
-/// A target and whether the run met it.
+/// A target, the figures it is checked on, and whether the run met it.
 #[derive(Clone, Debug)]
 pub struct Check {
     pub what: &'static str,
+    /// The figure direct ("-" where only byok-local has one).
+    pub direct: String,
+    /// The figure through byok-local.
+    pub gateway: String,
+    /// What the target is checked on: the difference, share or figure.
     pub measured: String,
     pub pass: bool,
 }
+
+/// Target: byok-local's resident memory when idle (KiB).
+pub const IDLE_RSS_MAX_KIB: u64 = 16 * 1024;
+/// Target: resident memory per open stream (KiB).
+pub const STREAM_MAX_KIB: f64 = 16.0;
 
 /// Target: added latency at p50, concurrency 1 (µs).
 pub const ADDED_P50_MAX_US: f64 = 100.0;
@@ -188,11 +205,15 @@ impl Report {
             let p99 = added_us(g.p99, d.p99);
             checks.push(Check {
                 what: "added latency p50 ≤ 100 µs (c=1)",
+                direct: format!("{} µs", fmt_us(d.p50 as f64)),
+                gateway: format!("{} µs", fmt_us(g.p50 as f64)),
                 measured: format!("{p50:.1} µs"),
                 pass: p50 <= ADDED_P50_MAX_US,
             });
             checks.push(Check {
                 what: "added latency p99 ≤ 500 µs (c=1)",
+                direct: format!("{} µs", fmt_us(d.p99 as f64)),
+                gateway: format!("{} µs", fmt_us(g.p99 as f64)),
                 measured: format!("{p99:.1} µs"),
                 pass: p99 <= ADDED_P99_MAX_US,
             });
@@ -201,34 +222,58 @@ impl Report {
             let ratio = ratio(g.per_second, self.load_plain.direct.per_second);
             checks.push(Check {
                 what: "throughput ≥ 50 % of direct (non-streaming)",
+                direct: format!("{:.0} req/s", self.load_plain.direct.per_second),
+                gateway: format!("{:.0} req/s", g.per_second),
                 measured: format!("{:.1} %", ratio * 100.0),
                 pass: ratio >= THROUGHPUT_MIN_RATIO,
             });
         }
         if let Some(g) = &self.ttfb.gateway {
             let d = &self.ttfb.direct;
-            for (what, added) in [
-                (
-                    "added TTFB p50 ≤ 1 ms (streaming, c=1)",
-                    added_us(g.p50, d.p50),
-                ),
-                (
-                    "added TTFB p99 ≤ 1 ms (streaming, c=1)",
-                    added_us(g.p99, d.p99),
-                ),
+            for (what, direct, gateway) in [
+                ("added TTFB p50 ≤ 1 ms (streaming, c=1)", d.p50, g.p50),
+                ("added TTFB p99 ≤ 1 ms (streaming, c=1)", d.p99, g.p99),
             ] {
+                let added = added_us(gateway, direct);
                 checks.push(Check {
                     what,
+                    direct: format!("{} µs", fmt_us(direct as f64)),
+                    gateway: format!("{} µs", fmt_us(gateway as f64)),
                     measured: format!("{added:.1} µs"),
                     pass: added <= ADDED_TTFB_MAX_US,
                 });
             }
         }
+        if let Some(s) = &self.startup {
+            checks.push(Check {
+                what: "idle resident memory ≤ 16 MB",
+                direct: "-".to_owned(),
+                gateway: format!("{:.1} MiB", s.idle_rss_kib as f64 / 1024.0),
+                measured: format!("{:.1} MiB", s.idle_rss_kib as f64 / 1024.0),
+                pass: s.idle_rss_kib <= IDLE_RSS_MAX_KIB,
+            });
+        }
+        if let Some(m) = &self.stream_memory {
+            let per = m.per_stream_kib();
+            checks.push(Check {
+                what: "memory per open stream ≤ 16 KiB",
+                direct: "-".to_owned(),
+                gateway: format!(
+                    "{} streams: +{:.1} MiB",
+                    m.streams,
+                    (m.open_kib.saturating_sub(m.before_kib)) as f64 / 1024.0
+                ),
+                measured: format!("{per:.1} KiB"),
+                pass: per <= STREAM_MAX_KIB,
+            });
+        }
+        checks.extend(self.extra_checks.iter().cloned());
         checks
     }
 
     /// The plain-text report.
     pub fn table(&self) -> String {
+        let machine = crate::memory::machine_description(self.cpus);
         let mut out = String::new();
         let line = |out: &mut String, s: &str| {
             out.push_str(s);
@@ -242,13 +287,11 @@ impl Report {
             &mut out,
             &match self.gateway_cpu {
                 Some(cpu) => format!(
-                    "machine: {} CPUs; byok-local pinned to CPU {cpu}, the load generator and \
-                     the stand-in (one process) to CPU 0",
-                    self.cpus
+                    "machine: {machine}; byok-local pinned to CPU {cpu}, the load generator and \
+                     the stand-in (one process) to CPU 0"
                 ),
                 None => format!(
-                    "machine: {} CPUs, shared by {}the load generator and the stand-in (one process)",
-                    self.cpus,
+                    "machine: {machine}, shared by {}the load generator and the stand-in (one process)",
                     if self.plain.gateway.is_some() {
                         "byok-local, "
                     } else {
@@ -423,25 +466,72 @@ impl Report {
             render_aligned(&mut out, &rows, 2);
             line(&mut out, "");
         }
+        if self.startup.is_some() || self.stream_memory.is_some() {
+            line(&mut out, "byok-local as a process (embedded store)");
+            let mut rows = Vec::new();
+            if let Some(s) = &self.startup {
+                rows.push(vec![
+                    "process start → listening".to_owned(),
+                    format!("{:.1} ms", s.listening.as_secs_f64() * 1e3),
+                ]);
+                rows.push(vec![
+                    "first completion after start".to_owned(),
+                    format!("{:.2} ms", s.first_answer.as_secs_f64() * 1e3),
+                ]);
+                rows.push(vec![
+                    "resident memory, idle (after it)".to_owned(),
+                    format!("{:.1} MiB", s.idle_rss_kib as f64 / 1024.0),
+                ]);
+            }
+            if let Some(m) = &self.stream_memory {
+                rows.push(vec![
+                    format!("resident memory, {} streams open", m.streams),
+                    format!(
+                        "{:.1} → {:.1} MiB, {:.1} KiB per stream",
+                        m.before_kib as f64 / 1024.0,
+                        m.open_kib as f64 / 1024.0,
+                        m.per_stream_kib()
+                    ),
+                ]);
+            }
+            render(&mut out, &rows);
+            line(&mut out, "");
+        }
         for note in &self.notes {
             line(&mut out, &format!("note: {note}"));
         }
         if !self.notes.is_empty() {
             line(&mut out, "");
         }
+        out
+    }
+
+    /// The summary table: every target with its figures, direct and
+    /// through byok-local.
+    pub fn summary(&self) -> String {
+        let machine = crate::memory::machine_description(self.cpus);
+        let mut out = String::new();
+        let line = |out: &mut String, s: &str| {
+            out.push_str(s);
+            out.push('\n');
+        };
         let checks = self.checks();
         if !checks.is_empty() {
-            line(&mut out, "targets");
-            let rows: Vec<Vec<String>> = checks
-                .iter()
-                .map(|c| {
-                    vec![
-                        if c.pass { "PASS" } else { "FAIL" }.to_owned(),
-                        c.what.to_owned(),
-                        c.measured.clone(),
-                    ]
-                })
-                .collect();
+            line(&mut out, "");
+            line(
+                &mut out,
+                &format!("summary: direct vs byok-local against the targets ({machine})"),
+            );
+            let mut rows = vec![row(&["", "target", "direct", "byok-local", "measured"])];
+            rows.extend(checks.iter().map(|c| {
+                vec![
+                    if c.pass { "PASS" } else { "FAIL" }.to_owned(),
+                    c.what.to_owned(),
+                    c.direct.clone(),
+                    c.gateway.clone(),
+                    c.measured.clone(),
+                ]
+            }));
             render_aligned(&mut out, &rows, 2);
         }
         out
@@ -507,8 +597,19 @@ impl Report {
                 "bench": c.bench_us.map(|v| (v * 10.0).round() / 10.0),
             })).collect::<Vec<_>>(),
             "notes": self.notes,
+            "machine": crate::memory::machine_description(self.cpus),
+            "startup": self.startup.map(|s| json!({
+                "listening_ms": s.listening.as_secs_f64() * 1e3,
+                "first_answer_ms": s.first_answer.as_secs_f64() * 1e3,
+                "idle_rss_kib": s.idle_rss_kib,
+            })),
+            "stream_memory": self.stream_memory.map(|m| json!({
+                "streams": m.streams, "before_kib": m.before_kib, "open_kib": m.open_kib,
+                "per_stream_kib": (m.per_stream_kib() * 10.0).round() / 10.0,
+            })),
             "targets": self.checks().iter().map(|c| json!({
-                "target": c.what, "measured": c.measured, "pass": c.pass
+                "target": c.what, "direct": c.direct, "byok_local": c.gateway,
+                "measured": c.measured, "pass": c.pass
             })).collect::<Vec<_>>(),
         })
     }

@@ -7,7 +7,9 @@
 //! with `"stream": true` get a fixed SSE stream: a role chunk, content chunks,
 //! a finish chunk, a usage chunk (`choices: []`) when
 //! `stream_options.include_usage` is true, then `data: [DONE]`. Any Bearer
-//! key is accepted; no sleeps anywhere.
+//! key is accepted; no sleeps anywhere. For the memory measurement,
+//! [`StandIn::hold`] makes streams stop after their first event until
+//! [`StandIn::release`].
 
 use std::convert::Infallible;
 use std::io;
@@ -43,6 +45,8 @@ pub struct Counters {
     pub other_model: AtomicU64,
     /// Requests refused (no Bearer key, body not JSON).
     pub refused: AtomicU64,
+    /// Streams that sent their first event and wait for a release.
+    pub held: AtomicU64,
 }
 
 /// Pre-rendered responses, shared by every request.
@@ -57,12 +61,15 @@ struct Canned {
 struct AppState {
     canned: Arc<Canned>,
     counters: Arc<Counters>,
+    /// True while streams are to be held after their first event.
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A running stand-in; stops when dropped.
 pub struct StandIn {
     pub addr: SocketAddr,
     pub counters: Arc<Counters>,
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -71,9 +78,11 @@ impl StandIn {
     /// Binds 127.0.0.1:0 and serves on the current runtime.
     pub async fn start() -> io::Result<StandIn> {
         let counters = Arc::new(Counters::default());
+        let hold = Arc::new(tokio::sync::watch::Sender::new(false));
         let state = AppState {
             canned: Arc::new(Canned::render()),
             counters: Arc::clone(&counters),
+            hold: Arc::clone(&hold),
         };
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -95,6 +104,7 @@ impl StandIn {
         Ok(StandIn {
             addr,
             counters,
+            hold,
             shutdown: Some(tx),
             task,
         })
@@ -103,6 +113,18 @@ impl StandIn {
     /// The OpenAI-style base URL, e.g. `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// From now on, streams stop after their first event until
+    /// [`StandIn::release`].
+    pub fn hold(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Lets every held stream finish.
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+        self.counters.held.store(0, Ordering::Relaxed);
     }
 
     /// Requests answered 200 so far.
@@ -226,9 +248,26 @@ async fn chat(State(state): State<AppState>, headers: HeaderMap, body: Bytes) ->
         events.push(canned.usage_chunk.clone());
     }
     events.push(canned.done.clone());
-    let body = Body::from_stream(futures_util::stream::iter(
-        events.into_iter().map(Ok::<Bytes, Infallible>),
-    ));
+    let body = if *state.hold.borrow() {
+        use futures_util::StreamExt as _;
+        let mut rest = events.split_off(1);
+        let mut released = state.hold.subscribe();
+        let counters = Arc::clone(&state.counters);
+        let wait = async move {
+            counters.held.fetch_add(1, Ordering::Relaxed);
+            let _ = released.wait_for(|holding| !*holding).await;
+            futures_util::stream::iter(std::mem::take(&mut rest))
+        };
+        Body::from_stream(
+            futures_util::stream::iter(events)
+                .chain(futures_util::stream::once(wait).flatten())
+                .map(Ok::<Bytes, Infallible>),
+        )
+    } else {
+        Body::from_stream(futures_util::stream::iter(
+            events.into_iter().map(Ok::<Bytes, Infallible>),
+        ))
+    };
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

@@ -238,15 +238,24 @@ pub struct BudgetRecord {
     pub used: Amount,
     /// Live reservations (of that period).
     pub holds: Vec<Hold>,
-    /// Reservations settled, kept (at zero) until they would have expired:
-    /// settling one again (a write that was applied, reported failed and
-    /// retried) charges nothing.
+    /// Reservations settled, kept (at zero) until they would have expired,
+    /// the [`MAX_SETTLED`] most recent: settling one again (a write that
+    /// was applied, reported failed and retried) charges nothing.
     pub settled: Vec<Hold>,
     /// Thresholds already alerted this period.
     pub alerted: Vec<u8>,
     /// Bumped by every write; writes are conditional on it.
     pub revision: u64,
 }
+
+/// Most settled reservations a budget remembers. A retried settlement
+/// follows its first attempt within the same write's retries (well under a
+/// second), so this many settlements of one budget in between are needed
+/// to forget it (the retry would then charge twice, never too little).
+/// Without a bound, a busy budget carried every settlement of the
+/// reservation lifetime (15 minutes by default: hundreds of thousands at
+/// load), read and rewritten on every request.
+pub const MAX_SETTLED: usize = 128;
 
 /// What a reservation attempt found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,6 +325,10 @@ impl BudgetRecord {
             if let Some(at) = self.holds.iter().position(|h| h.id == id) {
                 let mut done = self.holds.remove(at);
                 done.amount = Amount::ZERO;
+                if self.settled.len() >= MAX_SETTLED {
+                    let excess = self.settled.len() + 1 - MAX_SETTLED;
+                    self.settled.drain(..excess);
+                }
                 self.settled.push(done);
             }
         }
@@ -652,6 +665,26 @@ mod tests {
         // A hold that expired before its settlement still charges.
         r.settle(Some("gone"), actual);
         assert_eq!(r.used.tokens, 240);
+    }
+
+    #[test]
+    fn a_busy_budget_remembers_its_recent_settlements_only() {
+        let mut r = record(false);
+        let one = Amount {
+            tokens: 1,
+            nanos: 0,
+        };
+        for i in 0..1_000 {
+            assert_eq!(r.reserve(hold(&i.to_string(), 5, 1_000)), Reserve::Granted);
+            r.settle(Some(&i.to_string()), one);
+        }
+        assert_eq!(r.settled.len(), MAX_SETTLED);
+        assert_eq!(r.used.tokens, 1_000);
+        // The most recent ones still count once.
+        r.settle(Some("999"), one);
+        r.settle(Some(&(1_000 - MAX_SETTLED).to_string()), one);
+        assert_eq!(r.used.tokens, 1_000);
+        assert!(r.holds.is_empty());
     }
 
     #[test]
