@@ -557,15 +557,7 @@ async fn compare(
     standin: &StandIn,
     bodies: &Bodies,
     targets: [(&Arc<Target>, u32); 2],
-) -> Result<
-    (
-        [Summary; 2],
-        [Summary; 2],
-        [Summary; 2],
-        [(f64, Option<f64>); 2],
-    ),
-    BoxError,
-> {
+) -> Result<Compared, BoxError> {
     let plain_targets: [&Target; 2] = [targets[0].0.as_ref(), targets[1].0.as_ref()];
     let (n, warmup) = (opts.requests, opts.warmup);
     let plain = measure::latency(
@@ -602,12 +594,38 @@ async fn compare(
             (Load::of(&r.run).per_second, r.gateway_us())
         })
     };
-    Ok((
-        both(&plain, |s| &s.total),
-        both(&stream, |s| &s.first_byte),
-        both(&stream, |s| &s.total),
-        [load_of(runs.first()), load_of(runs.get(1))],
-    ))
+    Ok(Compared {
+        plain: both(&plain, |s| &s.total),
+        ttfb: both(&stream, |s| &s.first_byte),
+        stream_total: both(&stream, |s| &s.total),
+        load: [load_of(runs.first()), load_of(runs.get(1))],
+        concurrency: opts.concurrency,
+    })
+}
+
+/// What [`compare`] measured of two targets.
+struct Compared {
+    plain: [Summary; 2],
+    ttfb: [Summary; 2],
+    stream_total: [Summary; 2],
+    load: [(f64, Option<f64>); 2],
+    concurrency: usize,
+}
+
+impl Compared {
+    /// The section titled `title`, the two named `names`.
+    fn into_run(self, title: String, names: [&'static str; 2], path: String) -> BaselineRun {
+        BaselineRun {
+            title,
+            names,
+            path,
+            plain: self.plain,
+            ttfb: self.ttfb,
+            stream_total: self.stream_total,
+            load: self.load,
+            concurrency: self.concurrency,
+        }
+    }
 }
 
 /// The same gateway's team path under a paused budget (a reservation and a
@@ -626,7 +644,7 @@ async fn compare_budget(
         "team path under a budget vs own key: {} warm-up + {} requests per path and kind",
         opts.warmup, opts.requests
     ));
-    let (plain, ttfb, stream_total, load) = compare(
+    let compared = compare(
         opts,
         client,
         standin,
@@ -634,18 +652,13 @@ async fn compare_budget(
         [(&team, gateway.pid), (own_key, gateway.pid)],
     )
     .await?;
-    Ok(BaselineRun {
-        title: "6. team path under a paused budget vs the user's own key, same byok-local, \
+    Ok(compared.into_run(
+        "6. team path under a paused budget vs the user's own key, same byok-local, \
                 concurrency 1, taking turns"
             .to_owned(),
-        names: ["budget", "own"],
-        path: "this build".to_owned(),
-        plain,
-        ttfb,
-        stream_total,
-        load,
-        concurrency: opts.concurrency,
-    })
+        ["budget", "own"],
+        "this build".to_owned(),
+    ))
 }
 
 /// Starts the LiteLLM proxy from `path` and measures `this` (byok-local)
@@ -673,9 +686,7 @@ async fn compare_litellm(
     )?);
     if let Err(err) = probe(client, &target, bodies).await {
         return Err(format!(
-            "LiteLLM's POST /v1/chat/completions does not work: {err}
-its stderr:
-{}",
+            "LiteLLM's POST /v1/chat/completions does not work: {err}\nits stderr:\n{}",
             proxy.stderr_tail()
         )
         .into());
@@ -684,7 +695,7 @@ its stderr:
         "byok-local vs LiteLLM: {} warm-up + {} requests per gateway and kind",
         opts.warmup, opts.requests
     ));
-    let (plain, ttfb, stream_total, load) = compare(
+    let compared = compare(
         opts,
         client,
         standin,
@@ -693,19 +704,14 @@ its stderr:
     )
     .await?;
     drop(proxy);
-    Ok(BaselineRun {
-        title: "7. byok-local vs the LiteLLM proxy (one worker, same stand-in, same CPU), \
+    Ok(compared.into_run(
+        "7. byok-local vs the LiteLLM proxy (one worker, same stand-in, same CPU), \
                 concurrency 1, taking turns (byok-local's figures here include the CPU \
                 LiteLLM keeps using after each of its answers)"
             .to_owned(),
-        names: ["byok", "litellm"],
-        path: path.display().to_string(),
-        plain,
-        ttfb,
-        stream_total,
-        load,
-        concurrency: opts.concurrency,
-    })
+        ["byok", "litellm"],
+        path.display().to_string(),
+    ))
 }
 
 /// Starts the baseline byok-local and measures it against `this` (the
@@ -727,7 +733,7 @@ async fn compare_baseline(
         opts.warmup, opts.requests
     ));
     let baseline = Arc::new(baseline);
-    let (plain, ttfb, stream_total, load) = compare(
+    let compared = compare(
         opts,
         client,
         standin,
@@ -736,19 +742,14 @@ async fn compare_baseline(
     )
     .await?;
     drop(g);
-    Ok(BaselineRun {
-        title: format!(
+    Ok(compared.into_run(
+        format!(
             "5. this build vs the baseline build ({}), concurrency 1, taking turns",
             path.display()
         ),
-        names: ["this", "baseline"],
-        path: path.display().to_string(),
-        plain,
-        ttfb,
-        stream_total,
-        load,
-        concurrency: opts.concurrency,
-    })
+        ["this", "baseline"],
+        path.display().to_string(),
+    ))
 }
 
 /// One request of each kind, checking the reply's content came through intact.
