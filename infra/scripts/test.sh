@@ -25,6 +25,30 @@ fi
 npm ci --prefix tests/clients/node --no-audit --no-fund --loglevel=error
 export BYOK_TEST_PYTHON="$PWD/$PY_ENV/bin/python" BYOK_TEST_NODE_CLIENT_DIR="$PWD/tests/clients/node"
 
+step "tools: a headless browser for the console's tests (the system's Chromium, driven by puppeteer-core)"
+if [ -z "${BYOK_TEST_CHROMIUM:-}" ]; then
+  for candidate in chromium chromium-browser; do
+    if command -v "$candidate" >/dev/null; then
+      BYOK_TEST_CHROMIUM="$(command -v "$candidate")"
+      break
+    fi
+  done
+fi
+if [ -z "${BYOK_TEST_CHROMIUM:-}" ]; then
+  if command -v apt-get >/dev/null; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+    BYOK_TEST_CHROMIUM="$(command -v chromium)"
+  else
+    echo "Chromium is needed for the console's browser test: install it, or set BYOK_TEST_CHROMIUM" >&2
+    exit 1
+  fi
+fi
+export BYOK_TEST_CHROMIUM
+echo "browser: $BYOK_TEST_CHROMIUM"
+
 step "format"
 cargo fmt --all -- --check
 # Provider modules are declared by shared/build.rs, out of cargo fmt's sight.

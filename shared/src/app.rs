@@ -254,6 +254,11 @@ pub async fn open_stores_for(config: &Config, function: Function) -> Result<Stor
                 }
             };
             let store = Arc::new(EmbeddedStore::open(&config.data_dir, master)?);
+            if function == Function::Local {
+                // byok-local serves until stopped, reads its ledger in
+                // process and flushes it at exit.
+                store.defer_ledger_commits();
+            }
             Stores {
                 function,
                 meta: store.clone(),

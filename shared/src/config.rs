@@ -28,6 +28,10 @@ pub struct Config {
     /// Base64 of the 32-byte master key; else one is generated into `data_dir`.
     pub master_key: Option<SecretString>,
     pub listen: SocketAddr,
+    /// byok-local's console may hand its page a token for the dev user
+    /// (only while listening on loopback; `BYOK_CONSOLE_DEV_SESSION`,
+    /// default on).
+    pub console_dev_session: bool,
     /// How byok-local treats slow, idle and numerous clients.
     pub connections: ConnectionLimits,
     /// HS256 secret that signs user tokens (byok-local: generated if unset).
@@ -416,6 +420,16 @@ impl Config {
                 },
             )?),
         };
+        let console_dev_session = match get("BYOK_CONSOLE_DEV_SESSION").as_deref() {
+            None | Some("true" | "1") => true,
+            Some("false" | "0") => false,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "BYOK_CONSOLE_DEV_SESSION",
+                    expected: "true or false",
+                });
+            }
+        };
         let allow_credentials = match get("BYOK_CORS_ALLOW_CREDENTIALS").as_deref() {
             None | Some("false" | "0") => false,
             Some("true" | "1") => true,
@@ -698,6 +712,7 @@ impl Config {
             data_dir: get("BYOK_DATA_DIR").map_or_else(|| DEFAULT_DATA_DIR.into(), PathBuf::from),
             master_key: get("BYOK_MASTER_KEY").map(SecretString::from),
             listen,
+            console_dev_session,
             connections,
             jwt_secret: get("BYOK_JWT_SECRET").map(SecretString::from),
             jwt_issuer: get("BYOK_JWT_ISSUER"),

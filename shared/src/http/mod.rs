@@ -163,9 +163,16 @@ pub fn completion_router(state: AppState) -> Router {
 
 /// Every route in one router, plus `GET /healthz`: byok-local.
 pub fn local_router(state: AppState) -> Router {
+    local_router_with(state, Router::new())
+}
+
+/// [`local_router`] with `extra` routes (byok-local's console) under the
+/// same error answers, limits and request log.
+pub fn local_router_with(state: AppState, extra: Router) -> Router {
     let cors = state.cors.clone();
     let all = Router::new()
         .route("/healthz", get(healthz))
+        .merge(extra)
         .merge(keys_routes(state.clone()))
         .merge(settings_routes(state.clone()))
         .merge(validate_routes(state.clone()))

@@ -5,7 +5,7 @@ use super::*;
 /// Where configuration comes from, appended to the help text.
 const CONFIGURATION: &str = "configuration comes from the environment: BYOK_LISTEN, BYOK_DATA_DIR, \
 BYOK_MASTER_KEY, BYOK_JWT_SECRET, BYOK_STORE, BYOK_CATALOG_FILE, AI_GATEWAY_API_KEY, \
-AI_GATEWAY_URL, OPENAI_API_KEY, ... (README, \"Configuration\")";
+AI_GATEWAY_URL, OPENAI_API_KEY, ... (docs/configuration.md)";
 
 /// The command line, as `clap` parses it (help text generated from it).
 #[derive(Debug, clap::Parser)]
@@ -62,6 +62,18 @@ enum Sub {
     /// Re-validate stale keys, flag keys due for rotation, remove orphaned
     /// secrets; print the report (JSON).
     Sweep,
+    /// A development stand-in for the providers on 127.0.0.1: speaks the
+    /// OpenAI and Anthropic wire formats, echoes the last user message
+    /// (streamed word by word, with usage) and accepts any key of the
+    /// right shape, so a first completion needs no account. Not a model.
+    StandIn {
+        /// The loopback port.
+        #[arg(long, default_value_t = super::stand_in::DEFAULT_STAND_IN_PORT)]
+        port: u16,
+        /// Milliseconds between streamed words.
+        #[arg(long, default_value_t = 40)]
+        pace_ms: u64,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -161,5 +173,6 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Loc
         }) => Command::MasterKeyRotate,
         Some(Sub::Rotate { user, service }) => Command::Rotate { user, service },
         Some(Sub::Sweep) => Command::Sweep,
+        Some(Sub::StandIn { port, pace_ms }) => Command::StandIn { port, pace_ms },
     })
 }

@@ -10,8 +10,10 @@
 mod catalog;
 mod cli;
 mod connections;
+mod console;
 mod master_key;
 mod serve;
+mod stand_in;
 
 pub use cli::{help, parse_args};
 pub use master_key::NEW_MASTER_KEY_ENV;
@@ -58,6 +60,11 @@ pub enum Command {
     },
     /// Run the key-health sweep once.
     Sweep,
+    /// Serve the development stand-in upstream.
+    StandIn {
+        port: u16,
+        pace_ms: u64,
+    },
     /// The whole help text.
     Help,
     /// A subcommand's help text, as `clap` renders it.
@@ -117,6 +124,9 @@ pub async fn run(command: Command, config: Config, out: &mut dyn Write) -> Resul
             )?)
         }
         Command::Serve => serve::serve(config, out).await,
+        Command::StandIn { port, pace_ms } => {
+            stand_in::run(port, std::time::Duration::from_millis(pace_ms), out).await
+        }
         Command::CatalogRefresh { from, out: file } => {
             catalog::refresh_catalog(&config, from, file, out).await
         }

@@ -16,9 +16,10 @@ pub(super) async fn serve(config: Config, out: &mut dyn Write) -> Result<(), Loc
     write_banner(out, &config, addr, &secret)?;
     tracing::info!(%addr, "byok-local listening");
     let completions = state.completions.clone();
+    let session = (config.console_dev_session && addr.ip().is_loopback()).then(|| secret.clone());
     super::connections::serve(
         listener,
-        crate::http::local_router(state),
+        crate::http::local_router_with(state, super::console::router(session)),
         config.connections,
         shutdown_signal(),
     )
@@ -43,6 +44,7 @@ fn write_banner(
         StoreKind::Aws => "aws".to_owned(),
     };
     writeln!(out, "byok-local listening on http://{addr}")?;
+    writeln!(out, "console: http://{addr}/")?;
     writeln!(out, "store: {store}")?;
     writeln!(
         out,

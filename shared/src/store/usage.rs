@@ -240,8 +240,9 @@ pub trait UsageStore: Send + Sync {
     /// Adds `entry` to its user's day aggregate and to the operator's
     /// per-day view, atomically per aggregate; with `retention`, also keeps
     /// the raw entry until `retention` after `entry.at`. A store may return
-    /// once the entry is safely on its way (the embedded store hands it to
-    /// its writer thread and logs a failure), provided its own reads see it.
+    /// once the entry is safely on its way (the embedded store of a
+    /// long-lived server hands it to its writer thread and logs a
+    /// failure), provided its own reads see it.
     async fn record_usage(
         &self,
         entry: &UsageEntry,

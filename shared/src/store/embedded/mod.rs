@@ -190,6 +190,13 @@ impl EmbeddedStore {
         })
     }
 
+    /// Ledger writes return once handed to the writer thread, which
+    /// commits them in batches (for a long-lived server whose reads and
+    /// shutdown flush; see [`usage`]).
+    pub fn defer_ledger_commits(&self) {
+        self.inner.usage_writer.defer_commits();
+    }
+
     /// Where the database file is.
     pub fn db_path(&self) -> &Path {
         &self.db_path

@@ -13,16 +13,20 @@
 //!
 //! Writes go to one writer thread that owns the ledger's own connection and
 //! commits whatever is waiting in one immediate transaction (group commit).
-//! A ledger entry is handed to the writer and not waited for: the writer
-//! lets entries gather for up to [`ENTRY_LINGER`] before it commits them, so
-//! even one request at a time shares its commit with the next ones instead
-//! of paying a commit each (a commit was about a quarter of the CPU of a
-//! proxied request). Every read of the ledger first has the writer commit
-//! what it holds, so this process reads its own writes. Budget changes are
-//! urgent (a request waits on its reservation): one wakes the writer at once
-//! and commits with whatever entries wait. If a batch fails, its jobs are
-//! retried one by one, so each budget caller gets its own outcome and a
-//! failed entry is logged alone.
+//! By default each caller waits until its entry is committed. A long-lived
+//! server (byok-local, [`EmbeddedStore::defer_ledger_commits`]) instead hands
+//! an entry to the writer and does not wait: the writer lets entries gather
+//! for up to [`ENTRY_LINGER`] before it commits them, so even one request at
+//! a time shares its commit with the next ones instead of paying a commit
+//! each (a commit was about a quarter of the CPU of a proxied request).
+//! Every read of the ledger first has the writer commit what it holds, so
+//! the process reads its own writes, and the server flushes before it
+//! exits. A process that may be frozen or read by another right after a
+//! response (a Lambda function, a command) keeps the default. Budget
+//! changes are urgent (a request waits on its reservation): one wakes the
+//! writer at once and commits with whatever entries wait. If a batch
+//! fails, its jobs are retried one by one, so each caller gets its own
+//! outcome and a failed entry nobody waits for is logged alone.
 
 use super::super::budget::{BudgetChange, BudgetRecord, BudgetScope};
 use super::super::usage::{
@@ -191,10 +195,12 @@ type BudgetUpdate = Option<(BudgetRecord, BudgetRecord)>;
 
 /// One write waiting for the writer, and where its outcome goes.
 enum Job {
-    /// A ledger entry; its outcome is logged, nobody waits for it.
+    /// A ledger entry, with its caller if it waits (else a failure is
+    /// logged).
     Entry {
         entry: UsageEntry,
         retention: Option<Duration>,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
     },
     /// A budget change (see [`super::budget`]).
     Budget {
@@ -212,14 +218,21 @@ impl Job {
     /// Whether the writer should commit this job without letting others
     /// gather: somebody is waiting for it.
     fn is_urgent(&self) -> bool {
-        !matches!(self, Job::Entry { .. })
+        !matches!(self, Job::Entry { done: None, .. })
     }
 
     /// Answers the caller with `outcome` (a budget job with its own result);
     /// an entry's failure is logged.
     fn answer(self, outcome: Result<Option<BudgetUpdate>, StoreError>) {
         match self {
-            Job::Entry { entry, .. } => {
+            Job::Entry {
+                done: Some(done), ..
+            } => {
+                let _ = done.send(outcome.map(|_| ()));
+            }
+            Job::Entry {
+                entry, done: None, ..
+            } => {
                 if let Err(err) = outcome {
                     tracing::error!(
                         target: "byok::usage",
@@ -243,6 +256,8 @@ impl Job {
 /// holds and ends when the handle (the store) is dropped.
 pub(super) struct UsageWriter {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Entries are handed over without waiting for their commit.
+    deferred: std::sync::atomic::AtomicBool,
     /// The writer thread, unparked when an urgent job arrives while it lets
     /// entries gather.
     thread: std::thread::Thread,
@@ -258,16 +273,41 @@ impl UsageWriter {
             .map_err(StoreError::backend)?;
         Ok(Self {
             jobs,
+            deferred: std::sync::atomic::AtomicBool::new(false),
             thread: handle.thread().clone(),
         })
     }
 
-    /// Hands `entry` to the writer, which commits it within
-    /// [`ENTRY_LINGER`] (logging a failure).
-    fn write(&self, entry: UsageEntry, retention: Option<Duration>) -> Result<(), StoreError> {
-        self.jobs
-            .send(Job::Entry { entry, retention })
-            .map_err(|_| writer_gone())
+    /// From now on, [`Self::write`] returns once the entry is handed over.
+    pub(super) fn defer_commits(&self) {
+        self.deferred
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes `entry`: waits for its commit, or (deferred) hands it to the
+    /// writer, which commits it within [`ENTRY_LINGER`] and logs a failure.
+    async fn write(
+        &self,
+        entry: UsageEntry,
+        retention: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        if self.deferred.load(std::sync::atomic::Ordering::Relaxed) {
+            return self
+                .jobs
+                .send(Job::Entry {
+                    entry,
+                    retention,
+                    done: None,
+                })
+                .map_err(|_| writer_gone());
+        }
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.send_urgent(Job::Entry {
+            entry,
+            retention,
+            done: Some(done),
+        })?;
+        outcome.await.map_err(|_| writer_gone())?
     }
 
     /// Sends an urgent job and wakes the writer if it is letting entries
@@ -383,7 +423,9 @@ fn commit(
     let mut entries = Vec::new();
     for job in jobs {
         match job {
-            Job::Entry { entry, retention } => {
+            Job::Entry {
+                entry, retention, ..
+            } => {
                 entries.push((entry, *retention));
                 outcomes.push(None);
             }
@@ -617,7 +659,10 @@ impl UsageStore for EmbeddedStore {
         entry: &UsageEntry,
         retention: Option<Duration>,
     ) -> Result<(), StoreError> {
-        self.inner.usage_writer.write(entry.clone(), retention)
+        self.inner
+            .usage_writer
+            .write(entry.clone(), retention)
+            .await
     }
 
     async fn flush_usage(&self) -> Result<(), StoreError> {
@@ -756,6 +801,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(tmp.path(), MasterKey::generate()).unwrap();
         let keep = Some(Duration::from_secs(3600));
+
+        // By default a write returns once committed, for any reader.
+        let user = UserId::new("eager").unwrap();
+        store.record_usage(&entry(&user, "e1"), keep).await.unwrap();
+        assert_eq!(raw_count(tmp.path(), &user), 1);
+
+        store.defer_ledger_commits();
 
         // Left alone, the writer commits within its linger.
         let user = UserId::new("linger").unwrap();
