@@ -269,7 +269,7 @@ $("#add-form").addEventListener("submit", async (e) => {
   } else {
     const key = $("#add-key").value.trim();
     if (provider.keyPrefix && !key.startsWith(provider.keyPrefix)) {
-      $("#add-error").textContent = `A ${provider.name} key starts with ${provider.keyPrefix}.`;
+      $("#add-error").textContent = `${provider.name} keys start with ${provider.keyPrefix}.`;
       return;
     }
     if (key.length < 8) {

@@ -43,8 +43,11 @@ impl DevStandIn {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
         let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first).unwrap();
+        reader.read_line(&mut first).unwrap();
+        // Keep reading what it prints, so it never writes to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         let base = first
             .split_whitespace()
             .find(|w| w.starts_with("http://127.0.0.1:"))

@@ -29,14 +29,29 @@ const browser = await puppeteer.launch({
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 
+let page;
+
 async function step(name, fn) {
   process.stdout.write(`console: ${name} … `);
-  await fn();
+  try {
+    await fn();
+  } catch (err) {
+    // What the page showed when the step failed.
+    const seen = await page.evaluate(() => ({
+      status: document.querySelector("#status")?.textContent,
+      addError: document.querySelector("#add-error")?.textContent,
+      dialogOpen: document.querySelector("#add-dialog")?.open,
+      openai: document.querySelector("article[aria-labelledby=card-openai]")?.innerText,
+    })).catch(() => ({}));
+    await page.screenshot({ path: join(shots, "failed.png"), fullPage: true }).catch(() => {});
+    console.log(`FAILED\n${JSON.stringify(seen, null, 2)}`);
+    throw err;
+  }
   console.log("ok");
 }
 
 try {
-  const page = await browser.newPage();
+  page = await browser.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT);
   await page.setViewport({ width: 1200, height: 900 });
   // 4xx answers the console asks for on purpose: the preview of a refused
