@@ -21,7 +21,8 @@ use crate::domain::{
 };
 use crate::resolve::{BaseUrlSource, CredentialSource, ResolutionPath, ResolveError, Resolver};
 use crate::store::{
-    AuditAction, Expected, MetadataStore, RateAction, RateLimitStore, SecretStore, StoreError,
+    AuditAction, Expected, MetadataStore, RateAction, RateDecision, RateLimitStore, SecretStore,
+    StoreError,
 };
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamErrorKind, check_key};
 use std::sync::Arc;
@@ -60,6 +61,9 @@ pub struct Validated {
     pub checked_at: Timestamp,
     /// The stored key checked, if one was.
     pub key_id: Option<KeyId>,
+    /// Checks the caller has left this minute, and the limit (`None`
+    /// without a limit).
+    pub checks_left: Option<(u32, u32)>,
 }
 
 /// Why a validation was refused or did not say `valid`.
@@ -153,7 +157,7 @@ impl ValidationService {
         request_id: &str,
     ) -> Result<Validated, ValidateError> {
         let target = self.target(user, request).await?;
-        self.take_hit(user).await?;
+        let checks_left = self.take_hit(user).await?;
         let (outcome, result) = self.check(&target).await;
         match &target.record {
             Some(record) => {
@@ -188,6 +192,7 @@ impl ValidationService {
             base_url_host: crate::domain::base_url::url_host(&target.base_url).unwrap_or_default(),
             checked_at: now(),
             key_id: target.record.as_ref().map(|r| r.id.clone()),
+            checks_left: (self.per_minute > 0).then_some((checks_left, self.per_minute)),
         })
     }
 
@@ -360,21 +365,26 @@ impl ValidationService {
     /// staging of a rotation key, which is checked too): `Ok(None)` if
     /// allowed, else the seconds to wait.
     pub(crate) async fn hit(&self, user: &UserId) -> Result<Option<u64>, StoreError> {
-        let decision = self
-            .limits
-            .hit(user, RateAction::Validate, self.per_minute, WINDOW, now())
-            .await?;
+        let decision = self.decision(user).await?;
         Ok((!decision.allowed).then(|| decision.retry_after_secs()))
     }
 
-    async fn take_hit(&self, user: &UserId) -> Result<(), ValidateError> {
-        match self.hit(user).await? {
-            None => Ok(()),
-            Some(retry_after_secs) => {
-                tracing::info!(retry_after_secs, "validation rate limited");
-                Err(ValidateError::RateLimited { retry_after_secs })
-            }
+    async fn decision(&self, user: &UserId) -> Result<RateDecision, StoreError> {
+        self.limits
+            .hit(user, RateAction::Validate, self.per_minute, WINDOW, now())
+            .await
+    }
+
+    /// One hit for a validation: the checks left in this window, or
+    /// `RateLimited`.
+    async fn take_hit(&self, user: &UserId) -> Result<u32, ValidateError> {
+        let decision = self.decision(user).await?;
+        if decision.allowed {
+            return Ok(decision.remaining);
         }
+        let retry_after_secs = decision.retry_after_secs();
+        tracing::info!(retry_after_secs, "validation rate limited");
+        Err(ValidateError::RateLimited { retry_after_secs })
     }
 
     /// Calls the provider once.

@@ -95,6 +95,16 @@ async fn a_new_user_walks_the_console_in_a_real_browser() {
     let stand_in = DevStandIn::start();
     let dir = tempfile::tempdir().unwrap();
     let server = start_local(&stand_in, dir.path(), &[]);
+    // An admin, and a budget on the dev user for the admin screen to show.
+    let admin_token = server.token("console-admin", true);
+    let admin = Api::new(&server.base, Some(&admin_token));
+    let budget = admin
+        .put(
+            "/api/admin/budgets/users/dev",
+            serde_json::json!({"type": "tokens", "period": "monthly", "limit": 100_000, "pauseAtLimit": false}),
+        )
+        .await;
+    assert!(budget.status.is_success(), "{}", budget.text);
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screens");
     let script = node_dir.join("console.mjs");
     let base = server.base.clone();
@@ -103,6 +113,7 @@ async fn a_new_user_walks_the_console_in_a_real_browser() {
             .arg(script)
             .arg(base)
             .arg(&shots)
+            .arg(admin_token)
             .output()
             .unwrap()
     })
@@ -123,6 +134,7 @@ async fn a_new_user_walks_the_console_in_a_real_browser() {
         "4-playground",
         "5-usage",
         "6-audit",
+        "8-admin",
     ] {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../target/console-screens")

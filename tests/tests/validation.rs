@@ -537,6 +537,16 @@ async fn the_limit_holds_under_concurrency(mode: Mode) {
         )
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    // Each answer says how many checks are left this minute.
+    assert_eq!(header(&answer, "x-ratelimit-limit-requests"), "5");
+    assert_eq!(header(&answer, "x-ratelimit-remaining-requests"), "4");
+    let again = other
+        .post(
+            "/api/keys/validate",
+            json!({"service": "openai", "apiKey": KEYS[0].1}),
+        )
+        .await;
+    assert_eq!(header(&again, "x-ratelimit-remaining-requests"), "3");
     drop(server);
     stand_in.shutdown().await;
 }

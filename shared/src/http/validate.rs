@@ -45,7 +45,7 @@ pub(super) async fn validate(
     Caller(caller): Caller,
     request_id: RequestId,
     ApiJson(body): ApiJson<ValidateBody>,
-) -> Result<Json<ValidationView>, ApiError> {
+) -> Result<(http::HeaderMap, Json<ValidationView>), ApiError> {
     let service = body.service.as_deref().map(parse_service).transpose()?;
     // A credential given as its fields is checked as the secret it would be stored as.
     let api_key = match (body.api_key, body.credentials, service) {
@@ -83,13 +83,23 @@ pub(super) async fn validate(
         .validation
         .validate(&caller.user, request, request_id.as_str())
         .await?;
-    Ok(Json(ValidationView {
-        valid: true,
-        service: v.service.as_str(),
-        path: v.path.map(|p| p.as_str()),
-        provider: v.service.as_str(),
-        base_url_host: v.base_url_host,
-        checked_at: v.checked_at.format(&Rfc3339).unwrap_or_default(),
-        key_id: v.key_id.map(|id| id.to_string()),
-    }))
+    // What is left of the caller's checks this minute (the console's Test
+    // button shows it).
+    let mut limits = http::HeaderMap::new();
+    if let Some((left, limit)) = v.checks_left {
+        limits.insert("x-ratelimit-limit-requests", limit.into());
+        limits.insert("x-ratelimit-remaining-requests", left.into());
+    }
+    Ok((
+        limits,
+        Json(ValidationView {
+            valid: true,
+            service: v.service.as_str(),
+            path: v.path.map(|p| p.as_str()),
+            provider: v.service.as_str(),
+            base_url_host: v.base_url_host,
+            checked_at: v.checked_at.format(&Rfc3339).unwrap_or_default(),
+            key_id: v.key_id.map(|id| id.to_string()),
+        }),
+    ))
 }

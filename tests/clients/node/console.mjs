@@ -5,16 +5,16 @@
 // screenshot of each screen. Fails on any console error, any request that
 // leaves loopback, or any step that does not show what it should.
 //
-// node console.mjs BASE_URL SCREENSHOT_DIR
+// node console.mjs BASE_URL SCREENSHOT_DIR ADMIN_TOKEN
 // (BYOK_TEST_CHROMIUM names the browser; default: chromium on PATH)
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import puppeteer from "puppeteer-core";
 
-const [base, shots] = process.argv.slice(2);
-if (!base || !shots) {
-  console.error("usage: node console.mjs BASE_URL SCREENSHOT_DIR");
+const [base, shots, adminToken] = process.argv.slice(2);
+if (!base || !shots || !adminToken) {
+  console.error("usage: node console.mjs BASE_URL SCREENSHOT_DIR ADMIN_TOKEN");
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -181,6 +181,21 @@ try {
     for (const s of ["keys", "consent", "models", "playground", "usage", "audit"]) {
       if (!reached.has(s)) throw new Error(`Tab never reached ${s}`);
     }
+  });
+
+  await step("sign out, paste an admin token: budgets and usage by user", async () => {
+    await page.setViewport({ width: 1200, height: 900 });
+    await page.click("#sign-out");
+    await page.waitForSelector("#signin:not([hidden])");
+    await page.type("#token-input", adminToken);
+    await page.click("#signin-form button");
+    await page.waitForSelector("[data-screen=admin]:not([hidden])");
+    const who = await text("#who");
+    if (!who.includes("console-admin")) throw new Error(`signed in as? ${who}`);
+    await page.click("[data-screen=admin]");
+    await page.waitForSelector("#budgets meter");
+    await page.waitForFunction(() => document.querySelector("#admin-usage tbody")?.textContent.includes("dev"));
+    await shot("8-admin");
   });
 } finally {
   await browser.close();
