@@ -73,6 +73,20 @@ impl AuditLog {
             .await;
     }
 
+    /// Records that `user` turned team fallback on or off.
+    pub async fn record_consent(&self, user: &UserId, allowed: bool, request_id: &str) {
+        let result = format!("allowGatewayFallback={allowed}");
+        self.append(
+            user,
+            AuditAction::ConsentChanged,
+            None,
+            None,
+            Some(&result),
+            request_id,
+        )
+        .await;
+    }
+
     /// Records `action` on `user`'s personal API key `id`.
     pub async fn record_token(
         &self,

@@ -529,12 +529,22 @@ impl KeyService {
         Ok(self.meta.load_user(user).await?.settings)
     }
 
+    /// Saves `user`'s settings; a change of consent is audited.
     pub async fn save_settings(
         &self,
         user: &UserId,
         settings: Settings,
+        request_id: &str,
     ) -> Result<Settings, KeyError> {
+        let before = self.meta.load_user(user).await?.settings;
         self.meta.put_settings(user, settings).await?;
+        if before.allow_gateway_fallback != settings.allow_gateway_fallback
+            && let Some(audit) = &self.audit
+        {
+            audit
+                .record_consent(user, settings.allow_gateway_fallback, request_id)
+                .await;
+        }
         tracing::info!(
             allow_gateway_fallback = settings.allow_gateway_fallback,
             "settings saved"

@@ -460,6 +460,7 @@ async fn models_route_marks_what_the_caller_can_reach() {
         Settings {
             allow_gateway_fallback: false,
         },
+        "req-catalog",
     )
     .await
     .unwrap();

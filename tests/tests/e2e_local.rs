@@ -80,7 +80,63 @@ on_every_store!(
     keys_and_tokens_survive_a_restart_and_sigterm_stops_cleanly,
     every_documented_route_is_served,
     canary_keys_never_leak,
+    consent_changes_and_relabels_are_audited,
 );
+
+/// Turning team fallback off or on is an audit event (saving the same
+/// value again is not), and so is relabelling a key.
+async fn consent_changes_and_relabels_are_audited(mode: Mode) {
+    let dir = tempfile::tempdir().unwrap();
+    let names = mode.names();
+    let server = start(mode, &names, dir.path(), &[]);
+    let api = Api::new(&server.base, Some(&server.token("auditee", false)));
+    for allowed in [true, false, false, true] {
+        let saved = api
+            .post(
+                "/api/user-settings",
+                json!({"allowGatewayFallback": allowed}),
+            )
+            .await;
+        assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+    }
+    api.post(
+        "/api/keys",
+        json!({"service": "groq", "apiKey": "gsk_auditee0000000000000000001"}),
+    )
+    .await;
+    let relabelled = api
+        .patch("/api/keys/groq", json!({"label": "renamed"}))
+        .await;
+    assert_eq!(relabelled.status, StatusCode::OK, "{}", relabelled.text);
+
+    let audit = api.get("/api/audit").await;
+    let events: Vec<(String, String)> = audit.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                e["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = events
+        .iter()
+        .map(|(a, r)| (a.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("updated", ""),
+            ("added", ""),
+            ("consent_changed", "allowGatewayFallback=true"),
+            ("consent_changed", "allowGatewayFallback=false"),
+        ],
+        "{}",
+        audit.text
+    );
+}
 
 fn key_for(keys: &Answer, service: &str) -> Option<Value> {
     keys.json["keys"]

@@ -1,6 +1,6 @@
 //! Handlers of the settings function: the user's consent to team fallback.
 
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Caller, RequestId};
 use super::{ApiError, AppState};
 use crate::domain::Settings;
 use axum::Json;
@@ -31,6 +31,7 @@ pub(super) async fn get(
 pub(super) async fn save(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    request_id: RequestId,
     ApiJson(body): ApiJson<SettingsBody>,
 ) -> Result<Json<SettingsBody>, ApiError> {
     let settings = Settings {
@@ -39,7 +40,7 @@ pub(super) async fn save(
     Ok(Json(
         state
             .keys
-            .save_settings(&caller.user, settings)
+            .save_settings(&caller.user, settings, request_id.as_str())
             .await?
             .into(),
     ))

@@ -46,10 +46,13 @@ pub enum AuditAction {
     TokenCreated,
     /// The user revoked a personal API key (`token:{id}` in `result`).
     TokenRevoked,
+    /// The user changed their consent to team fallback
+    /// (`allowGatewayFallback=true` or `=false` in `result`).
+    ConsentChanged,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Added,
         Self::Replaced,
         Self::Updated,
@@ -62,6 +65,7 @@ impl AuditAction {
         Self::BudgetDeleted,
         Self::TokenCreated,
         Self::TokenRevoked,
+        Self::ConsentChanged,
     ];
 
     /// The stored and wire name.
@@ -79,6 +83,7 @@ impl AuditAction {
             Self::BudgetDeleted => "budget_deleted",
             Self::TokenCreated => "token_created",
             Self::TokenRevoked => "token_revoked",
+            Self::ConsentChanged => "consent_changed",
         }
     }
 
