@@ -4,7 +4,13 @@
 // over the documented JSON routes; nothing here holds a provider key after
 // the form that sends it.
 
-const api = new URL(new URLSearchParams(location.search).get("api") || location.origin);
+// The API this console talks to: `?api=` (kept for the page's session, so
+// it survives a sign-in's round trip), else the page's own origin.
+const API_KEY = "byok.console.api";
+const apiParam = new URLSearchParams(location.search).get("api");
+if (apiParam) sessionStorage.setItem(API_KEY, apiParam);
+const api = new URL(sessionStorage.getItem(API_KEY) || location.origin);
+const PKCE_KEY = "byok.console.pkce";
 const TOKEN_KEY = "byok.console.token";
 let token = sessionStorage.getItem(TOKEN_KEY) || "";
 let providers = [];
@@ -56,8 +62,71 @@ function when(iso) {
 
 // ---------------------------------------------------------------- session
 
+/** How this console may sign in: `{oidc, localSession}` from the gateway,
+ * else `console-config.json` beside the page (a static host), else none. */
+async function loadConfig() {
+  for (const url of [new URL("/console/config", api), new URL("console-config.json", location.href)]) {
+    try {
+      const r = await fetch(url);
+      if (r.ok) return await r.json();
+    } catch {
+      // Try the next place.
+    }
+  }
+  return {};
+}
+
+const b64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+  .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+
+/** Authorization code with PKCE: off to the issuer, which sends the
+ * browser back here with `?code=&state=`. */
+async function startOidc(oidc) {
+  const verifier = b64url(crypto.getRandomValues(new Uint8Array(32)));
+  const state = b64url(crypto.getRandomValues(new Uint8Array(16)));
+  const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  sessionStorage.setItem(PKCE_KEY, JSON.stringify({ verifier, state }));
+  const target = new URL(oidc.authorizationEndpoint);
+  for (const [k, v] of Object.entries({
+    response_type: "code", client_id: oidc.clientId, redirect_uri: location.origin + location.pathname,
+    scope: oidc.scope, state, code_challenge: challenge, code_challenge_method: "S256",
+  })) target.searchParams.set(k, v);
+  location.assign(target);
+}
+
+/** Back from the issuer: trades the code (with the verifier) for a token. */
+async function finishOidc(oidc, params) {
+  const saved = JSON.parse(sessionStorage.getItem(PKCE_KEY) || "{}");
+  sessionStorage.removeItem(PKCE_KEY);
+  history.replaceState(null, "", location.pathname + location.hash);
+  if (!saved.state || saved.state !== params.get("state")) {
+    say("That sign-in did not start here; try again.", "error");
+    return;
+  }
+  const r = await fetch(oidc.tokenEndpoint, {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({
+      grant_type: "authorization_code", code: params.get("code"), client_id: oidc.clientId,
+      redirect_uri: location.origin + location.pathname, code_verifier: saved.verifier,
+    }),
+  });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok || !(body.id_token || body.access_token)) {
+    say(`The identity provider refused the sign-in (${body.error || r.status}).`, "error");
+    return;
+  }
+  token = body.id_token || body.access_token;
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+let config = {};
+
 async function startSession() {
-  if (!token) {
+  config = await loadConfig();
+  const params = new URLSearchParams(location.search);
+  if (config.oidc && params.has("code")) await finishOidc(config.oidc, params);
+  if (!token && config.localSession) {
     try {
       const r = await fetch(new URL("/console/session", api), { method: "POST" });
       if (r.ok) {
@@ -99,8 +168,11 @@ function decodeClaims(jwt) {
 function showSignIn() {
   for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== "signin";
   $("#nav").hidden = true;
-  $("#token-input").focus();
+  $("#oidc-row").hidden = !config.oidc;
+  (config.oidc ? $("#oidc-signin") : $("#token-input")).focus();
 }
+
+$("#oidc-signin").addEventListener("click", () => startOidc(config.oidc));
 
 $("#signin-form").addEventListener("submit", (e) => {
   e.preventDefault();

@@ -20,6 +20,68 @@ pub enum StoreKind {
     Aws,
 }
 
+/// Where the console sends a user to sign in (`BYOK_OIDC_AUTHORIZATION_URL`,
+/// `BYOK_OIDC_TOKEN_URL`, `BYOK_OIDC_CLIENT_ID`, `BYOK_OIDC_SCOPE`): an
+/// OIDC issuer's endpoints and the console's public client id (no secret:
+/// the browser proves the exchange with PKCE).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleOidc {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub scope: String,
+}
+
+impl ConsoleOidc {
+    fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let auth = get("BYOK_OIDC_AUTHORIZATION_URL");
+        let token = get("BYOK_OIDC_TOKEN_URL");
+        let client = get("BYOK_OIDC_CLIENT_ID");
+        let (auth, token, client_id) = match (auth, token, client) {
+            (None, None, None) => return Ok(None),
+            (Some(a), Some(t), Some(c)) if !c.trim().is_empty() => (a, t, c.trim().to_owned()),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "BYOK_OIDC_CLIENT_ID",
+                    expected: "BYOK_OIDC_AUTHORIZATION_URL, BYOK_OIDC_TOKEN_URL and BYOK_OIDC_CLIENT_ID set together",
+                });
+            }
+        };
+        let endpoint = |name: &'static str, value: String| -> Result<String, ConfigError> {
+            let value = value.trim().to_owned();
+            if secure_or_loopback(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError::Invalid {
+                    name,
+                    expected: "an https URL (or http on this machine)",
+                })
+            }
+        };
+        Ok(Some(Self {
+            authorization_endpoint: endpoint("BYOK_OIDC_AUTHORIZATION_URL", auth)?,
+            token_endpoint: endpoint("BYOK_OIDC_TOKEN_URL", token)?,
+            client_id,
+            scope: get("BYOK_OIDC_SCOPE").unwrap_or_else(|| "openid".to_owned()),
+        }))
+    }
+}
+
+/// An https URL with a host, or plain http to this machine.
+fn secure_or_loopback(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| match u.scheme() {
+        "https" => u.host().is_some(),
+        "http" => matches!(
+            u.host(),
+            Some(url::Host::Domain("localhost"))
+                | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+                | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+        ),
+        _ => false,
+    })
+}
+
 /// Everything the binaries need to know, parsed and checked.
 #[derive(Debug)]
 pub struct Config {
@@ -32,6 +94,9 @@ pub struct Config {
     /// (only while listening on loopback; `BYOK_CONSOLE_DEV_SESSION`,
     /// default on).
     pub console_dev_session: bool,
+    /// The console's sign-in through an OIDC issuer (authorization code
+    /// with PKCE), when `BYOK_OIDC_*` is set.
+    pub console_oidc: Option<ConsoleOidc>,
     /// How byok-local treats slow, idle and numerous clients.
     pub connections: ConnectionLimits,
     /// HS256 secret that signs user tokens (byok-local: generated if unset).
@@ -393,18 +458,8 @@ impl Config {
         );
         let jwks_url = get("BYOK_JWKS_URL").map(|u| u.trim().to_owned());
         if let Some(url) = &jwks_url {
-            let ok = url::Url::parse(url).is_ok_and(|u| match u.scheme() {
-                "https" => u.host().is_some(),
-                // Plain http only to this machine (a local identity provider, tests).
-                "http" => matches!(
-                    u.host(),
-                    Some(url::Host::Domain("localhost"))
-                        | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
-                        | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
-                ),
-                _ => false,
-            });
-            if !ok {
+            // Plain http only to this machine (a local identity provider, tests).
+            if !secure_or_loopback(url) {
                 return Err(ConfigError::Invalid {
                     name: "BYOK_JWKS_URL",
                     expected: "an https URL (http only on localhost)",
@@ -420,6 +475,7 @@ impl Config {
                 },
             )?),
         };
+        let console_oidc = ConsoleOidc::from_vars(&get)?;
         let console_dev_session = match get("BYOK_CONSOLE_DEV_SESSION").as_deref() {
             None | Some("true" | "1") => true,
             Some("false" | "0") => false,
@@ -713,6 +769,7 @@ impl Config {
             master_key: get("BYOK_MASTER_KEY").map(SecretString::from),
             listen,
             console_dev_session,
+            console_oidc,
             connections,
             jwt_secret: get("BYOK_JWT_SECRET").map(SecretString::from),
             jwt_issuer: get("BYOK_JWT_ISSUER"),
@@ -764,6 +821,35 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn the_consoles_oidc_sign_in_needs_all_three_and_safe_urls() {
+        assert_eq!(config(&[]).unwrap().console_oidc, None);
+        assert!(config(&[]).unwrap().console_dev_session);
+        assert!(config(&[("BYOK_OIDC_CLIENT_ID", "abc")]).is_err());
+        let set = |auth: &'static str| {
+            config(&[
+                ("BYOK_OIDC_AUTHORIZATION_URL", auth),
+                ("BYOK_OIDC_TOKEN_URL", "https://id.example.com/oauth2/token"),
+                ("BYOK_OIDC_CLIENT_ID", "abc"),
+            ])
+        };
+        let oidc = set("https://id.example.com/oauth2/authorize")
+            .unwrap()
+            .console_oidc
+            .unwrap();
+        assert_eq!(oidc.scope, "openid");
+        assert_eq!(oidc.client_id, "abc");
+        assert!(set("http://127.0.0.1:9000/authorize").is_ok());
+        assert!(set("http://id.example.com/authorize").is_err());
+        assert!(set("javascript:alert(1)").is_err());
+        assert!(config(&[("BYOK_CONSOLE_DEV_SESSION", "maybe")]).is_err());
+        assert!(
+            !config(&[("BYOK_CONSOLE_DEV_SESSION", "false")])
+                .unwrap()
+                .console_dev_session
+        );
     }
 
     #[test]

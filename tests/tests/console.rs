@@ -187,6 +187,20 @@ async fn the_console_is_served_and_its_local_session_stays_local() {
         }
     }
 
+    // How the page may sign in.
+    let config: serde_json::Value = client
+        .get(format!("{}/console/config", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        config,
+        serde_json::json!({"oidc": null, "localSession": true})
+    );
+
     // The page's own session: same origin, loopback host.
     let session = format!("{}/console/session", server.base);
     let r = client
@@ -236,4 +250,188 @@ async fn the_console_is_served_and_its_local_session_stays_local() {
     // The page itself is still there, for pasting a token.
     let r = client.get(format!("{}/", off.base)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A stand-in OIDC issuer on 127.0.0.1 for the console's sign-in: an
+/// authorization endpoint that signs the user in at once and sends the
+/// browser back with a code, a token endpoint that gives an RS256 ID token
+/// only for the PKCE verifier of that code's challenge, and the key set
+/// byok-local verifies it with (the test fixtures' RSA key).
+struct Issuer {
+    base: String,
+    /// Token exchanges answered, and refused.
+    exchanges: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const OIDC_CLIENT: &str = "byok-console-test";
+const OIDC_USER: &str = "oidc-user";
+
+impl Issuer {
+    #[expect(clippy::unwrap_used, reason = "test setup")]
+    async fn start() -> Self {
+        use axum::extract::Query;
+        use axum::response::{IntoResponse, Redirect};
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwks");
+        let jwks: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixtures.join("jwks.json")).unwrap()).unwrap();
+        let public = jwks["rsa"].clone();
+        let private = std::fs::read(fixtures.join("rsa.pem")).unwrap();
+        // code -> its PKCE challenge
+        let codes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let exchanges = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let issuer = base.clone();
+
+        let authorize = {
+            let codes = codes.clone();
+            move |Query(q): Query<HashMap<String, String>>| async move {
+                let ok = q.get("response_type").map(String::as_str) == Some("code")
+                    && q.get("client_id").map(String::as_str) == Some(OIDC_CLIENT)
+                    && q.get("code_challenge_method").map(String::as_str) == Some("S256");
+                let (Some(redirect), Some(state), Some(challenge), true) = (
+                    q.get("redirect_uri"),
+                    q.get("state"),
+                    q.get("code_challenge"),
+                    ok,
+                ) else {
+                    return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
+                };
+                let code = format!("code-{}", codes.lock().unwrap().len() + 1);
+                codes
+                    .lock()
+                    .unwrap()
+                    .insert(code.clone(), challenge.clone());
+                Redirect::to(&format!("{redirect}?code={code}&state={state}")).into_response()
+            }
+        };
+        let token = {
+            let (codes, exchanges, issuer) = (codes.clone(), exchanges.clone(), issuer.clone());
+            move |body: axum::body::Bytes| async move {
+                let f: HashMap<String, String> =
+                    url::form_urlencoded::parse(&body).into_owned().collect();
+                exchanges.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let cors = [("access-control-allow-origin", "*")];
+                let challenge = f.get("code").and_then(|c| codes.lock().unwrap().remove(c));
+                let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+                let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(sha2::Sha256::digest(verifier.as_bytes()));
+                if challenge.as_deref() != Some(expected.as_str())
+                    || f.get("grant_type").map(String::as_str) != Some("authorization_code")
+                {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        cors,
+                        axum::Json(serde_json::json!({"error": "invalid_grant"})),
+                    )
+                        .into_response();
+                }
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let claims = serde_json::json!({
+                    "iss": issuer, "aud": OIDC_CLIENT, "sub": OIDC_USER,
+                    "iat": now, "exp": now + 600, "token_use": "id",
+                });
+                let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+                header.kid = Some("test-rsa-1".to_owned());
+                let key = jsonwebtoken::EncodingKey::from_rsa_pem(&private).unwrap();
+                let id_token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+                (
+                    StatusCode::OK,
+                    cors,
+                    axum::Json(serde_json::json!({
+                        "id_token": id_token, "token_type": "Bearer", "expires_in": 600,
+                    })),
+                )
+                    .into_response()
+            }
+        };
+        let app = axum::Router::new()
+            .route("/authorize", axum::routing::get(authorize))
+            .route("/token", axum::routing::post(token))
+            .route(
+                "/.well-known/jwks.json",
+                axum::routing::get(move || async move {
+                    axum::Json(serde_json::json!({"keys": [public]}))
+                }),
+            );
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            base,
+            exchanges,
+            task,
+        }
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn the_console_signs_in_through_an_oidc_issuer_with_pkce() {
+    let node_dir = PathBuf::from(
+        std::env::var("BYOK_TEST_NODE_CLIENT_DIR")
+            .expect("BYOK_TEST_NODE_CLIENT_DIR (tests/clients/node, set by infra/scripts/test.sh)"),
+    );
+    let issuer = Issuer::start().await;
+    let stand_in = DevStandIn::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (authorize, token_url, jwks) = (
+        format!("{}/authorize", issuer.base),
+        format!("{}/token", issuer.base),
+        format!("{}/.well-known/jwks.json", issuer.base),
+    );
+    let server = start_local(
+        &stand_in,
+        dir.path(),
+        &[
+            ("BYOK_CONSOLE_DEV_SESSION", "false"),
+            ("BYOK_OIDC_AUTHORIZATION_URL", authorize.as_str()),
+            ("BYOK_OIDC_TOKEN_URL", token_url.as_str()),
+            ("BYOK_OIDC_CLIENT_ID", OIDC_CLIENT),
+            ("BYOK_JWKS_URL", jwks.as_str()),
+            ("BYOK_JWT_ISSUER", issuer.base.as_str()),
+            ("BYOK_JWT_AUDIENCE", OIDC_CLIENT),
+        ],
+    );
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screens");
+    let script = node_dir.join("console_oidc.mjs");
+    let base = server.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(base)
+            .arg(&shots)
+            .arg(OIDC_USER)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the sign-in failed:\n{stdout}\n{stderr}\nbyok-local:\n{}",
+        server.output()
+    );
+    assert!(
+        stdout.contains("console: signed in through the issuer"),
+        "{stdout}"
+    );
+    assert_eq!(
+        issuer.exchanges.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one code exchanged, with its verifier"
+    );
 }

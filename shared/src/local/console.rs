@@ -7,6 +7,9 @@
 //! `BYOK_CONSOLE_DEV_SESSION` is not `false`. Anyone who can reach the
 //! port from this machine can already run `byok-local token`; the session
 //! is what the start banner prints, handed to the browser.
+//! `GET /console/config` tells the page how else it may sign in: through
+//! the OIDC issuer of `BYOK_OIDC_*` (authorization code with PKCE, done by
+//! the page), or by pasting a token.
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -14,7 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use std::sync::Arc;
+
 use crate::auth::{JwtSecret, issue_token, now_unix};
+use crate::config::ConsoleOidc;
 
 use super::{DEFAULT_TOKEN_TTL_SECS, DEV_USER};
 
@@ -22,26 +28,41 @@ const INDEX_HTML: &str = include_str!("../../../web/index.html");
 const CONSOLE_JS: &str = include_str!("../../../web/console.js");
 const CONSOLE_CSS: &str = include_str!("../../../web/console.css");
 
-/// What a page of the console may load: only this origin, no inline
-/// script, no framing.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+/// What a page of the console may load: only this origin (and the OIDC
+/// issuer's token endpoint, which the page calls), no inline script, no
+/// framing.
+fn content_security_policy(oidc: Option<&ConsoleOidc>) -> String {
+    let issuer = oidc
+        .and_then(|o| url::Url::parse(&o.token_endpoint).ok())
+        .map(|u| format!(" {}", u.origin().ascii_serialization()))
+        .unwrap_or_default();
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'{issuer}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
 
 /// The console's routes. `session` is the secret that signs dev tokens,
-/// `None` when no local session is offered.
-pub fn router(session: Option<JwtSecret>) -> Router {
+/// `None` when no local session is offered; `oidc`, the issuer users sign
+/// in with, if any.
+pub fn router(session: Option<JwtSecret>, oidc: Option<ConsoleOidc>) -> Router {
+    let csp = HeaderValue::from_str(&content_security_policy(oidc.as_ref()))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+    let page = |content_type: &'static str, body: &'static str| {
+        let csp = csp.clone();
+        get(move || async move { asset(content_type, body, csp) })
+    };
+    let config = Arc::new(json!({"oidc": oidc, "localSession": session.is_some()}));
     Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-        )
+        .route("/", page("text/html; charset=utf-8", INDEX_HTML))
         .route(
             "/console.js",
-            get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }),
+            page("text/javascript; charset=utf-8", CONSOLE_JS),
         )
+        .route("/console.css", page("text/css; charset=utf-8", CONSOLE_CSS))
         .route(
-            "/console.css",
-            get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }),
+            "/console/config",
+            get(move || async move { axum::Json((*config).clone()) }),
         )
         .route(
             "/console/session",
@@ -51,14 +72,11 @@ pub fn router(session: Option<JwtSecret>) -> Router {
         )
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+fn asset(content_type: &'static str, body: &'static str, csp: HeaderValue) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(CSP),
-            ),
+            (header::CONTENT_SECURITY_POLICY, csp),
             (
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),

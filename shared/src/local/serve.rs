@@ -19,7 +19,10 @@ pub(super) async fn serve(config: Config, out: &mut dyn Write) -> Result<(), Loc
     let session = (config.console_dev_session && addr.ip().is_loopback()).then(|| secret.clone());
     super::connections::serve(
         listener,
-        crate::http::local_router_with(state, super::console::router(session)),
+        crate::http::local_router_with(
+            state,
+            super::console::router(session, config.console_oidc.clone()),
+        ),
         config.connections,
         shutdown_signal(),
     )
