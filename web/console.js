@@ -237,7 +237,8 @@ function status(keys) {
 
 function card(provider, keys) {
   const [label, kind] = status(keys);
-  const list = el("ul", { class: "keys" }, keys.map((k) => keyRow(provider, k)));
+  // Keys come in priority order: the first is the primary one.
+  const list = el("ul", { class: "keys" }, keys.map((k, i) => keyRow(provider, k, i === 0)));
   return el("article", { class: "card", "aria-labelledby": `card-${provider.service}` },
     el("header", {},
       el("span", { class: "icon", "aria-hidden": "true" }, provider.name.slice(0, 1)),
@@ -247,7 +248,7 @@ function card(provider, keys) {
       el("a", { href: provider.docsUrl, target: "_blank", rel: "noopener noreferrer" }, "How to get your key")),
     keys.length ? list : "",
     keys.length < provider.maxKeys
-      ? el("button", { type: "button", onclick: () => openAdd(provider, keys.length > 0) },
+      ? el("button", { type: "button", onclick: () => openAdd(provider, keys.length ? "another" : "first") },
           keys.length ? "Add another key" : "Add key")
       : el("p", { class: "hint" }, `At most ${provider.maxKeys} keys.`));
 }
@@ -266,7 +267,7 @@ async function testKey(service, keyId) {
   }
 }
 
-function keyRow(provider, k) {
+function keyRow(provider, k, primary) {
   const service = provider.service;
   const path = `/api/keys/${service}/${k.id}`;
   const result = el("span", { class: "result", "aria-live": "polite" }, testResults.get(k.id) || "");
@@ -292,6 +293,7 @@ function keyRow(provider, k) {
         say(`${provider.name} key ${k.enabled ? "disabled" : "enabled"}.`);
         loadKeys();
       }) }, k.enabled ? "Disable" : "Enable"),
+      primary ? el("button", { type: "button", onclick: () => openAdd(provider, "replace") }, "Replace") : "",
       el("button", { type: "button", onclick: act(async () => {
         const next = prompt(`New ${provider.name} key to rotate to (staged, then swapped in):`);
         if (!next) return;
@@ -308,12 +310,15 @@ function keyRow(provider, k) {
       result));
 }
 
-function openAdd(provider, another) {
+/** The add dialog for `provider`: its `first` key, `another` one, or a
+ * `replace`ment of its primary key (a new version, same id). */
+function openAdd(provider, mode) {
   const dialog = $("#add-dialog");
-  $("#add-h").textContent = `${another ? "Add another" : "Add a"} ${provider.name} key`;
+  const title = { first: "Add a", another: "Add another", replace: "Replace the primary" }[mode];
+  $("#add-h").textContent = `${title} ${provider.name} key`;
   $("#add-help").textContent = provider.keyFormatHint;
   $("#add-service").value = provider.service;
-  $("#add-service").dataset.another = another ? "1" : "";
+  $("#add-service").dataset.mode = mode;
   const structured = STRUCTURED.has(provider.service);
   $("#add-key-row").hidden = structured;
   $("#add-cred-row").hidden = !structured;
@@ -351,7 +356,7 @@ $("#add-form").addEventListener("submit", async (e) => {
     body.apiKey = key;
   }
   if (!$("#add-base-row").hidden && $("#add-base").value.trim()) body.baseUrl = $("#add-base").value.trim();
-  const another = $("#add-service").dataset.another === "1";
+  const another = $("#add-service").dataset.mode === "another";
   $("#add-submit").disabled = true;
   try {
     let saved;
@@ -447,9 +452,13 @@ function renderModels() {
   const q = $("#model-search").value.trim().toLowerCase();
   const provider = $("#model-provider").value;
   const onlyReachable = $("#model-accessible").checked;
+  const minContext = Number($("#model-context").value);
+  const maxPrice = $("#model-price").value === "" ? Infinity : Number($("#model-price").value);
   const rows = catalog
     .filter((m) => (!q || m.id.toLowerCase().includes(q) || (m.name || "").toLowerCase().includes(q))
-      && (!provider || m.owned_by === provider) && (!onlyReachable || m.accessible))
+      && (!provider || m.owned_by === provider) && (!onlyReachable || m.accessible)
+      && (m.context_window || 0) >= minContext
+      && (maxPrice === Infinity || (m.pricing?.input ?? Infinity) <= maxPrice))
     .slice(0, 300)
     .map((m) => el("tr", {},
       el("td", {}, el("code", {}, m.id)),
@@ -460,7 +469,7 @@ function renderModels() {
   $("#model-table tbody").replaceChildren(...rows);
 }
 
-for (const id of ["#model-search", "#model-provider", "#model-accessible"]) {
+for (const id of ["#model-search", "#model-provider", "#model-accessible", "#model-context", "#model-price"]) {
   $(id).addEventListener("input", renderModels);
 }
 

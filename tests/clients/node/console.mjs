@@ -108,8 +108,24 @@ try {
     const test = await page.$$("article[aria-labelledby=card-openai] li button");
     await test[0].click();
     await page.waitForFunction(() =>
-      /valid/.test(document.querySelector("article[aria-labelledby=card-openai] .result")?.textContent || ""));
+      /valid · \d+ tests left/.test(document.querySelector("article[aria-labelledby=card-openai] .result")?.textContent || ""));
     await shot("1-keys");
+  });
+
+  await step("replace the primary key: same key id, new masked key", async () => {
+    const before = await page.$eval("article[aria-labelledby=card-openai] code", (n) => n.textContent);
+    const [replace] = await page.$$("xpath/.//article[@aria-labelledby='card-openai']//button[text()='Replace']");
+    await replace.click();
+    await page.waitForSelector("#add-dialog[open]");
+    await page.type("#add-key", OPENAI_KEY.replace(/1$/, "2"));
+    await page.click("#add-submit");
+    await page.waitForFunction(() => !document.querySelector("#add-dialog").open);
+    await page.waitForFunction(
+      (b) => document.querySelector("article[aria-labelledby=card-openai] code")?.textContent !== b, {}, before);
+    const after = await page.$eval("article[aria-labelledby=card-openai] code", (n) => n.textContent);
+    if (!after.endsWith("0002")) throw new Error(`replaced key shows ${after}`);
+    const count = await page.$$eval("article[aria-labelledby=card-openai] li", (l) => l.length);
+    if (count !== 1) throw new Error(`${count} keys after a replacement`);
   });
 
   await step("consent: the preview changes with the switch", async () => {
@@ -127,6 +143,11 @@ try {
   await step("models: the catalog with filters", async () => {
     await page.click("[data-screen=models]");
     await page.waitForSelector("#model-table tbody tr");
+    const all = await page.$$eval("#model-table tbody tr", (r) => r.length);
+    await page.select("#model-context", "1000000");
+    const big = await page.$$eval("#model-table tbody tr", (r) => r.length);
+    if (!(big < all)) throw new Error(`the context filter kept ${big} of ${all}`);
+    await page.select("#model-context", "0");
     await page.type("#model-search", "gpt-4o-mini");
     await page.click("#model-accessible");
     const rows = await page.$$eval("#model-table tbody tr", (r) => r.map((x) => x.textContent));
