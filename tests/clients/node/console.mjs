@@ -25,7 +25,7 @@ const problems = [];
 const browser = await puppeteer.launch({
   executablePath: process.env.BYOK_TEST_CHROMIUM || "chromium",
   headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run", "--disable-extensions",
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 
