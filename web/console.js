@@ -232,6 +232,8 @@ function status(keys) {
   if (keys.some((k) => k.cooldownUntil && Date.parse(k.cooldownUntil) > now)) return ["cooling down", "warn"];
   if (keys.some((k) => k.enabled && k.lastValidation === "valid")) return ["connected", "ok"];
   if (keys.some((k) => k.lastValidation === "invalid")) return ["error", "bad"];
+  if (keys.some((k) => k.lastValidation === "unverified")) return ["could not check", "warn"];
+  if (keys.some((k) => k.lastValidation === "unreachable")) return ["provider unreachable", "warn"];
   return ["not tested", "warn"];
 }
 

@@ -538,7 +538,10 @@ impl RotationService {
         drop(key);
         match result {
             ValidationResult::Valid => Ok(()),
-            ValidationResult::Unreachable => Err(RotationError::Unreachable),
+            // Not confirmed: the staged key waits, as for an outage.
+            ValidationResult::Unreachable | ValidationResult::Unverified => {
+                Err(RotationError::Unreachable)
+            }
             ValidationResult::Invalid => {
                 if let Err(err) = self.store.discard(secret_id, Some(token), true).await {
                     tracing::warn!(%service, error = %err, "rejected key versions not discarded");
@@ -698,7 +701,10 @@ impl RotationService {
                         report.checked += 1;
                         match result {
                             ValidationResult::Valid => report.valid += 1,
-                            ValidationResult::Unreachable => report.unreachable += 1,
+                            // Neither could say whether the key works.
+                            ValidationResult::Unreachable | ValidationResult::Unverified => {
+                                report.unreachable += 1;
+                            }
                             ValidationResult::Invalid => {
                                 report.invalid += 1;
                                 report.events.push(KeyEvent {

@@ -11,7 +11,9 @@
 //! Order of a check: input and resolution first (their 4xx never count
 //! toward the limit), then one hit of the limiter, then the provider call.
 //! A provider that does not answer, answers 5xx or 429 makes the key
-//! `unreachable`, never `invalid`: only 401/403 mean `invalid`.
+//! `unreachable`, never `invalid`: only 401/403 mean `invalid`. One that
+//! answers anything else (a 404 for a base URL that is not the API's)
+//! was reached but could not tell: `unverified`.
 
 use crate::audit::AuditLog;
 use crate::domain::key::check_key_format;
@@ -424,6 +426,9 @@ impl ValidationService {
         let result = match &outcome {
             Ok(()) => ValidationResult::Valid,
             Err(e) if e.kind == UpstreamErrorKind::Auth => ValidationResult::Invalid,
+            Err(e) if matches!(e.kind, UpstreamErrorKind::Rejected(_)) => {
+                ValidationResult::Unverified
+            }
             Err(_) => ValidationResult::Unreachable,
         };
         match &outcome {

@@ -330,6 +330,12 @@ async fn provider_failures_are_never_invalid(mode: Mode) {
     assert_error(&check().await, 401, "invalid_key");
     assert_eq!(stored(&api, service).await["lastValidation"], "invalid");
 
+    // Reached, but neither yes nor no (a 404 for the check's path): the key
+    // is not called unreachable, nor invalid.
+    stand_in.fail_next(Failure::Status(404, None));
+    assert_error(&check().await, 502, "upstream_error");
+    assert_eq!(stored(&api, service).await["lastValidation"], "unverified");
+
     // Back to normal.
     assert_eq!(check().await.status, StatusCode::OK);
     assert_eq!(stored(&api, service).await["lastValidation"], "valid");

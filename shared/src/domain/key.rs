@@ -72,8 +72,13 @@ pub struct SecretRef {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValidationResult {
     Valid,
+    /// The provider refused it (401/403).
     Invalid,
+    /// No answer, a 5xx, a 429 or a timeout: the provider could not tell.
     Unreachable,
+    /// The provider answered, but neither accepted nor refused the key
+    /// (e.g. 404 for the check's path: a base URL that is not the API's).
+    Unverified,
 }
 
 impl ValidationResult {
@@ -82,13 +87,19 @@ impl ValidationResult {
             ValidationResult::Valid => "valid",
             ValidationResult::Invalid => "invalid",
             ValidationResult::Unreachable => "unreachable",
+            ValidationResult::Unverified => "unverified",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Valid, Self::Invalid, Self::Unreachable]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            Self::Valid,
+            Self::Invalid,
+            Self::Unreachable,
+            Self::Unverified,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 }
 
