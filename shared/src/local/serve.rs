@@ -57,7 +57,7 @@ fn write_banner(
     writeln!(out, "try:")?;
     writeln!(
         out,
-        "  curl -s -H \"Authorization: Bearer $BYOK_TOKEN\" \"http://{addr}/api/resolve?model=openai/gpt-4o-mini\""
+        "  curl -sS -w '\\n%{{http_code}}\\n' -H \"Authorization: Bearer $BYOK_TOKEN\" \"http://{addr}/api/resolve?model=openai/gpt-4o-mini\""
     )?;
     out.flush()
 }
