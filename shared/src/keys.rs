@@ -536,8 +536,7 @@ impl KeyService {
         settings: Settings,
         request_id: &str,
     ) -> Result<Settings, KeyError> {
-        let before = self.meta.load_user(user).await?.settings;
-        self.meta.put_settings(user, settings).await?;
+        let before = self.meta.put_settings(user, settings).await?;
         if before.allow_gateway_fallback != settings.allow_gateway_fallback
             && let Some(audit) = &self.audit
         {

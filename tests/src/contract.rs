@@ -179,12 +179,15 @@ pub async fn settings_default_then_round_trip(b: &Backend) {
     assert_eq!(snap.settings, Settings::default());
     assert!(snap.settings.allow_gateway_fallback);
 
+    let mut before = Settings::default();
     for allow in [false, true, false] {
         let settings = Settings {
             allow_gateway_fallback: allow,
         };
-        b.meta.put_settings(&user, settings).await.unwrap();
+        let replaced = b.meta.put_settings(&user, settings).await.unwrap();
+        assert_eq!(replaced, before, "the write returns what it replaced");
         assert_eq!(b.meta.load_user(&user).await.unwrap().settings, settings);
+        before = settings;
     }
 
     // Another user is unaffected.
@@ -874,7 +877,7 @@ impl MetadataStore for Crashing {
         &self,
         user: &UserId,
         settings: byok::domain::Settings,
-    ) -> Result<(), StoreError> {
+    ) -> Result<byok::domain::Settings, StoreError> {
         self.inner.put_settings(user, settings).await
     }
     async fn scan_keys(

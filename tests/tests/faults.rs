@@ -108,7 +108,11 @@ impl MetadataStore for Faulty {
         self.step()?;
         self.inner.delete_key(user, service, id).await
     }
-    async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError> {
+    async fn put_settings(
+        &self,
+        user: &UserId,
+        settings: Settings,
+    ) -> Result<Settings, StoreError> {
         self.step()?;
         self.inner.put_settings(user, settings).await
     }

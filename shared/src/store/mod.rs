@@ -168,8 +168,10 @@ pub trait MetadataStore: Send + Sync {
         mark: KeyMark,
     ) -> Result<(), StoreError>;
 
-    /// Saves the user's settings.
-    async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError>;
+    /// Saves the user's settings; returns those they replace (the
+    /// defaults if none were saved), from the same write.
+    async fn put_settings(&self, user: &UserId, settings: Settings)
+    -> Result<Settings, StoreError>;
 
     /// One page of every user's key records, for operator jobs (the sweep),
     /// never for a request. `after` is the previous page's [`KeyPage::next`];

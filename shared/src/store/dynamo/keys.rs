@@ -325,20 +325,28 @@ impl MetadataStore for DynamoMetadataStore {
         }
     }
 
-    async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError> {
+    async fn put_settings(
+        &self,
+        user: &UserId,
+        settings: Settings,
+    ) -> Result<Settings, StoreError> {
         let mut item = key_of(user, SETTINGS_SK.to_owned());
         item.insert(
             "allowGatewayFallback".to_owned(),
             AttributeValue::Bool(settings.allow_gateway_fallback),
         );
         item.insert("updatedAt".to_owned(), s(ts_to_attr(domain::now())?));
-        self.client
+        // The item it replaces comes back with the write (no read).
+        let out = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await
             .map_err(|e| backend("PutItem", e))?;
-        Ok(())
+        out.attributes()
+            .map_or(Ok(Settings::default()), settings_from_item)
     }
 }

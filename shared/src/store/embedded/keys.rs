@@ -322,22 +322,30 @@ impl MetadataStore for EmbeddedStore {
         .await
     }
 
-    async fn put_settings(&self, user: &UserId, settings: Settings) -> Result<(), StoreError> {
+    async fn put_settings(
+        &self,
+        user: &UserId,
+        settings: Settings,
+    ) -> Result<Settings, StoreError> {
         let user = user.clone();
         self.run(move |inner| {
             let now = ts_to_text(domain::now())?;
-            inner
-                .conn()?
-                .execute(
-                    "INSERT INTO settings (user_id, allow_gateway_fallback, updated_at) \
+            let mut conn = inner.conn()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::backend)?;
+            let before = read_settings(&tx, &user)?;
+            tx.execute(
+                "INSERT INTO settings (user_id, allow_gateway_fallback, updated_at) \
                      VALUES (?1, ?2, ?3) \
                      ON CONFLICT (user_id) DO UPDATE SET \
                      allow_gateway_fallback = excluded.allow_gateway_fallback, \
                      updated_at = excluded.updated_at",
-                    params![user.as_str(), settings.allow_gateway_fallback, now],
-                )
-                .map_err(StoreError::backend)?;
-            Ok(())
+                params![user.as_str(), settings.allow_gateway_fallback, now],
+            )
+            .map_err(StoreError::backend)?;
+            tx.commit().map_err(StoreError::backend)?;
+            Ok(before)
         })
         .await
     }
@@ -388,19 +396,24 @@ impl MetadataStore for EmbeddedStore {
     }
 }
 
-/// Settings and keys of one user, from one read transaction (the same snapshot).
-fn read_snapshot(conn: &mut Connection, user: &UserId) -> Result<UserSnapshot, StoreError> {
-    let tx = conn.transaction().map_err(StoreError::backend)?;
-    let allow: Option<i64> = tx
+/// The user's saved settings, or the defaults.
+fn read_settings(conn: &Connection, user: &UserId) -> Result<Settings, StoreError> {
+    let allow: Option<i64> = conn
         .prepare_cached("SELECT allow_gateway_fallback FROM settings WHERE user_id = ?1")
         .and_then(|mut stmt| stmt.query_row([user.as_str()], |row| row.get(0)).optional())
         .map_err(StoreError::backend)?;
-    let settings = match allow {
+    Ok(match allow {
         Some(v) => Settings {
             allow_gateway_fallback: bool_from_int(v, "settings.allow_gateway_fallback")?,
         },
         None => Settings::default(),
-    };
+    })
+}
+
+/// Settings and keys of one user, from one read transaction (the same snapshot).
+fn read_snapshot(conn: &mut Connection, user: &UserId) -> Result<UserSnapshot, StoreError> {
+    let tx = conn.transaction().map_err(StoreError::backend)?;
+    let settings = read_settings(&tx, user)?;
     let mut keys = Vec::new();
     {
         let mut stmt = tx
