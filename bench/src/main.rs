@@ -869,12 +869,14 @@ async fn measure_all(
     let load_plain = load_pairs.next().ok_or("no throughput run")?;
     let load_stream = load_pairs.next();
 
+    let cpus = std::env::var(PINNED_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     Ok(Report {
         started_at,
-        cpus: std::env::var(PINNED_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        cpus,
+        machine: memory::machine_description(cpus),
         gateway_cpu: std::env::var_os(PINNED_ENV).map(|_| GATEWAY_CPU),
         requests: n,
         warmup,

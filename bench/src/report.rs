@@ -141,6 +141,8 @@ impl CpuRow {
 pub struct Report {
     pub started_at: String,
     pub cpus: usize,
+    /// CPU model, CPUs, memory and kernel, read once.
+    pub machine: String,
     /// `--pin`: the CPU byok-local ran on (the benchmark ran on CPU 0).
     pub gateway_cpu: Option<usize>,
     pub requests: usize,
@@ -273,7 +275,7 @@ impl Report {
 
     /// The plain-text report.
     pub fn table(&self) -> String {
-        let machine = crate::memory::machine_description(self.cpus);
+        let machine = &self.machine;
         let mut out = String::new();
         let line = |out: &mut String, s: &str| {
             out.push_str(s);
@@ -509,7 +511,7 @@ impl Report {
     /// The summary table: every target with its figures, direct and
     /// through byok-local.
     pub fn summary(&self) -> String {
-        let machine = crate::memory::machine_description(self.cpus);
+        let machine = &self.machine;
         let mut out = String::new();
         let line = |out: &mut String, s: &str| {
             out.push_str(s);
@@ -597,7 +599,7 @@ impl Report {
                 "bench": c.bench_us.map(|v| (v * 10.0).round() / 10.0),
             })).collect::<Vec<_>>(),
             "notes": self.notes,
-            "machine": crate::memory::machine_description(self.cpus),
+            "machine": self.machine,
             "startup": self.startup.map(|s| json!({
                 "listening_ms": s.listening.as_secs_f64() * 1e3,
                 "first_answer_ms": s.first_answer.as_secs_f64() * 1e3,

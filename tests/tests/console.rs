@@ -86,12 +86,47 @@ fn start_local(
     LocalServer::start(dir, &env)
 }
 
-#[tokio::test]
-async fn a_new_user_walks_the_console_in_a_real_browser() {
+/// Where screenshots go.
+fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screens")
+}
+
+/// Runs `tests/clients/node/SCRIPT BASE SCREENSHOTS EXTRA` (off the async
+/// runtime, so servers on it keep answering) and returns its stdout,
+/// failing with everything it and `server` printed unless it succeeded.
+#[expect(
+    clippy::expect_used,
+    reason = "test support: a failed step stops the test"
+)]
+async fn run_browser_script(script: &str, server: &LocalServer, extra: String) -> String {
     let node_dir = PathBuf::from(
         std::env::var("BYOK_TEST_NODE_CLIENT_DIR")
             .expect("BYOK_TEST_NODE_CLIENT_DIR (tests/clients/node, set by infra/scripts/test.sh)"),
     );
+    let (script, base) = (node_dir.join(script), server.base.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(base)
+            .arg(screenshots())
+            .arg(extra)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the browser run failed:\n{stdout}\n{}\nbyok-local:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.output()
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn a_new_user_walks_the_console_in_a_real_browser() {
     let stand_in = DevStandIn::start();
     let dir = tempfile::tempdir().unwrap();
     let server = start_local(&stand_in, dir.path(), &[]);
@@ -105,27 +140,7 @@ async fn a_new_user_walks_the_console_in_a_real_browser() {
         )
         .await;
     assert!(budget.status.is_success(), "{}", budget.text);
-    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screens");
-    let script = node_dir.join("console.mjs");
-    let base = server.base.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .arg(base)
-            .arg(&shots)
-            .arg(admin_token)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser run failed:\n{stdout}\n{stderr}\nbyok-local:\n{}",
-        server.output()
-    );
+    let stdout = run_browser_script("console.mjs", &server, admin_token).await;
     assert!(stdout.contains("console: all screens ok"), "{stdout}");
     for name in [
         "1-keys",
@@ -136,9 +151,7 @@ async fn a_new_user_walks_the_console_in_a_real_browser() {
         "6-audit",
         "8-admin",
     ] {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/console-screens")
-            .join(format!("{name}.png"));
+        let path = screenshots().join(format!("{name}.png"));
         assert!(
             std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
             "no screenshot {}",
@@ -379,10 +392,6 @@ impl Drop for Issuer {
 
 #[tokio::test]
 async fn the_console_signs_in_through_an_oidc_issuer_with_pkce() {
-    let node_dir = PathBuf::from(
-        std::env::var("BYOK_TEST_NODE_CLIENT_DIR")
-            .expect("BYOK_TEST_NODE_CLIENT_DIR (tests/clients/node, set by infra/scripts/test.sh)"),
-    );
     let issuer = Issuer::start().await;
     let stand_in = DevStandIn::start();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -404,27 +413,7 @@ async fn the_console_signs_in_through_an_oidc_issuer_with_pkce() {
             ("BYOK_JWT_AUDIENCE", OIDC_CLIENT),
         ],
     );
-    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screens");
-    let script = node_dir.join("console_oidc.mjs");
-    let base = server.base.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .arg(base)
-            .arg(&shots)
-            .arg(OIDC_USER)
-            .output()
-            .expect("run node")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the sign-in failed:\n{stdout}\n{stderr}\nbyok-local:\n{}",
-        server.output()
-    );
+    let stdout = run_browser_script("console_oidc.mjs", &server, OIDC_USER.to_owned()).await;
     assert!(
         stdout.contains("console: signed in through the issuer"),
         "{stdout}"

@@ -10,7 +10,7 @@
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import puppeteer from "puppeteer-core";
+import { finish, launch, watch } from "./browser.mjs";
 
 const [base, shots, adminToken] = process.argv.slice(2);
 if (!base || !shots || !adminToken) {
@@ -22,12 +22,7 @@ const OPENAI_KEY = "sk-proj-ConsoleBrowserTest000000000000000000000001";
 const STEP_TIMEOUT = 20_000;
 
 const problems = [];
-const browser = await puppeteer.launch({
-  executablePath: process.env.BYOK_TEST_CHROMIUM || "chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run", "--disable-extensions",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 
 let page;
 
@@ -56,22 +51,7 @@ try {
   await page.setViewport({ width: 1200, height: 900 });
   // 4xx answers the console asks for on purpose: the preview of a refused
   // model, and the admin check of a non-admin.
-  const expected = (url) => url.includes("/api/resolve") || url.includes("/api/admin/");
-  page.on("console", (msg) => {
-    if (msg.type() !== "error") return;
-    if (msg.text().startsWith("Failed to load resource") && expected(msg.location()?.url || "")) return;
-    problems.push(`console error: ${msg.text()} (${msg.location()?.url || ""})`);
-  });
-  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
-  page.on("request", (req) => {
-    const url = new URL(req.url());
-    if (!["127.0.0.1", "localhost", "[::1]"].includes(url.hostname) && url.protocol !== "data:") {
-      problems.push(`request left loopback: ${req.url()}`);
-    }
-  });
-  page.on("response", (res) => {
-    if (res.status() >= 400 && !expected(res.url())) problems.push(`${res.status()} from ${res.url()}`);
-  });
+  watch(page, problems, (url) => url.includes("/api/resolve") || url.includes("/api/admin/"));
   const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
   const text = (sel) => page.$eval(sel, (n) => n.textContent);
 
@@ -222,8 +202,4 @@ try {
   await browser.close();
 }
 
-if (problems.length) {
-  console.error(`console: problems:\n  ${problems.join("\n  ")}`);
-  process.exit(1);
-}
-console.log("console: all screens ok");
+finish(problems, "console: all screens ok");

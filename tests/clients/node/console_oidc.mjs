@@ -8,7 +8,7 @@
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import puppeteer from "puppeteer-core";
+import { finish, launch, watch } from "./browser.mjs";
 
 const [base, shots, user] = process.argv.slice(2);
 if (!base || !shots || !user) {
@@ -17,23 +17,12 @@ if (!base || !shots || !user) {
 }
 mkdirSync(shots, { recursive: true });
 const problems = [];
-const browser = await puppeteer.launch({
-  executablePath: process.env.BYOK_TEST_CHROMIUM || "chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run", "--disable-extensions",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage();
   page.setDefaultTimeout(20_000);
-  page.on("console", (msg) => {
-    if (msg.type() !== "error") return;
-    const url = msg.location()?.url || "";
-    // The console asks whether the user is an admin; a 403 says no.
-    if (msg.text().startsWith("Failed to load resource") && url.includes("/api/admin/")) return;
-    problems.push(`console error: ${msg.text()} (${url})`);
-  });
-  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  // The console asks whether the user is an admin; a 403 says no.
+  watch(page, problems, (url) => url.includes("/api/admin/"));
   await page.goto(`${base}/`, { waitUntil: "networkidle0" });
   await page.waitForSelector("#oidc-row:not([hidden])");
   await page.screenshot({ path: join(shots, "9-sign-in.png"), fullPage: true });
@@ -46,8 +35,4 @@ try {
 } finally {
   await browser.close();
 }
-if (problems.length) {
-  console.error(`console: problems:\n  ${problems.join("\n  ")}`);
-  process.exit(1);
-}
-console.log("console: signed in through the issuer");
+finish(problems, "console: signed in through the issuer");
